@@ -1,0 +1,9 @@
+//! Pure builders: a validated spec in, Kubernetes objects out. No I/O here.
+
+pub mod labels;
+pub mod merge;
+pub mod pod;
+pub mod quantity;
+pub mod rbac;
+pub mod secret;
+pub mod service;

@@ -1,0 +1,236 @@
+//! The server (Spark driver) pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+use super::labels::{
+    BLOCK_MANAGER_PORT, DRIVER_PORT, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, TOKEN_KEY, UI_PORT,
+    driver_account_name, server_labels, token_secret_name,
+};
+use super::merge::merge;
+use super::quantity::overhead_mib;
+use crate::crd::AuthMode;
+use crate::error::Error;
+use crate::validate::ValidCluster;
+
+/// Main class of the Spark Connect server.
+pub const CONNECT_SERVER_CLASS: &str = "org.apache.spark.sql.connect.service.SparkConnectServer";
+
+/// The Spark configuration of one server: the user's `sparkConf` under the keys the operator owns.
+pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
+    let spec = &v.cluster.spec;
+    let mut conf = spec.spark_conf.clone();
+    let dynamic = &spec.executors.dynamic_allocation;
+    let mut set = |key: &str, value: String| {
+        conf.insert(key.to_string(), value);
+    };
+    set("spark.master", "k8s://https://kubernetes.default.svc:443".into());
+    set("spark.submit.deployMode", "client".into());
+    set("spark.app.name", server.into());
+    set("spark.kubernetes.namespace", v.namespace.into());
+    set("spark.kubernetes.container.image", spec.image.clone());
+    if let Some(policy) = &spec.image_pull_policy {
+        set("spark.kubernetes.container.image.pullPolicy", policy.clone());
+    }
+    set("spark.kubernetes.driver.pod.name", server.into());
+    set("spark.kubernetes.executor.podNamePrefix", server.into());
+    for (key, value) in [
+        ("sparkconnect.dev/cluster", v.name),
+        ("sparkconnect.dev/server", server),
+        ("app.kubernetes.io/component", "executor"),
+    ] {
+        set(&format!("spark.kubernetes.executor.label.{key}"), value.into());
+    }
+    // Spark 4.x advertises the bind address to executors: it must be the pod IP, not 0.0.0.0.
+    set("spark.driver.bindAddress", "$(SPARK_DRIVER_BIND_ADDRESS)".into());
+    set("spark.driver.host", format!("{server}.{}.svc", v.namespace));
+    set("spark.driver.port", DRIVER_PORT.to_string());
+    set("spark.driver.blockManager.port", BLOCK_MANAGER_PORT.to_string());
+    set("spark.ui.port", UI_PORT.to_string());
+    set("spark.connect.grpc.binding.port", spec.server.port.to_string());
+    set("spark.driver.cores", spec.server.resources.cores.to_string());
+    set("spark.driver.memory", format!("{}m", v.driver_memory_mib));
+    set("spark.executor.cores", spec.executors.resources.cores.to_string());
+    set("spark.executor.memory", format!("{}m", v.executor_memory_mib));
+    if dynamic.enabled {
+        set("spark.dynamicAllocation.enabled", "true".into());
+        set("spark.dynamicAllocation.shuffleTracking.enabled", "true".into());
+        set("spark.dynamicAllocation.minExecutors", dynamic.min_executors.to_string());
+        set("spark.dynamicAllocation.maxExecutors", dynamic.max_executors.to_string());
+    } else {
+        set("spark.dynamicAllocation.enabled", "false".into());
+        set("spark.executor.instances", spec.executors.instances.to_string());
+    }
+    conf
+}
+
+/// The driver pod of server `server`, with the user's pod template merged on top.
+pub fn server_pod(v: &ValidCluster, server: &str) -> Result<Pod, Error> {
+    let spec = &v.cluster.spec;
+    let mut labels = server_labels(v.name, server);
+    labels.insert(STATE_LABEL.into(), ServerState::Starting.as_str().into());
+    labels.insert(SPEC_HASH_LABEL.into(), v.spec_hash.clone());
+
+    let mut args: Vec<String> = vec![
+        "--deploy-mode".into(),
+        "client".into(),
+        "--class".into(),
+        CONNECT_SERVER_CLASS.into(),
+    ];
+    for (key, value) in spark_conf(v, server) {
+        args.push("--conf".into());
+        args.push(format!("{key}={value}"));
+    }
+
+    let mut env = vec![
+        json!({"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "SPARK_USER", "value": "spark"}),
+    ];
+    if spec.auth.mode == AuthMode::Token {
+        env.push(json!({
+            "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": token_secret_name(v.cluster), "key": TOKEN_KEY}}
+        }));
+    }
+    let memory_mib = v.driver_memory_mib + overhead_mib(v.driver_memory_mib);
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": server,
+            "namespace": v.namespace,
+            "labels": labels,
+            "ownerReferences": [v.owner],
+        },
+        "spec": {
+            "serviceAccountName": driver_account_name(v.name),
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 15,
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 185, "runAsGroup": 185, "fsGroup": 185,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "containers": [{
+                "name": SERVER_CONTAINER,
+                "image": spec.image,
+                "imagePullPolicy": spec.image_pull_policy.as_deref().unwrap_or("IfNotPresent"),
+                "command": ["/opt/spark/bin/spark-submit"],
+                "args": args,
+                "env": env,
+                "ports": [
+                    {"name": "connect", "containerPort": spec.server.port},
+                    {"name": "driver", "containerPort": DRIVER_PORT},
+                    {"name": "blockmanager", "containerPort": BLOCK_MANAGER_PORT},
+                    {"name": "ui", "containerPort": UI_PORT}
+                ],
+                "resources": {
+                    "requests": {"cpu": spec.server.resources.cores.to_string(), "memory": format!("{memory_mib}Mi")},
+                    "limits": {"memory": format!("{memory_mib}Mi")}
+                },
+                "readinessProbe": {
+                    "tcpSocket": {"port": spec.server.port},
+                    "periodSeconds": 2,
+                    "failureThreshold": 1
+                },
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]}
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}]
+        }
+    });
+    if let Some(template) = &v.pod_template {
+        merge(&mut pod, template);
+    }
+    serde_json::from_value(pod)
+        .map_err(|e| Error::InvalidSpec(format!("server.podTemplate does not merge into a valid pod: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::cluster;
+    use crate::validate::validate;
+
+    fn container(pod: &Pod) -> &k8s_openapi::api::core::v1::Container {
+        &pod.spec.as_ref().unwrap().containers[0]
+    }
+
+    #[test]
+    fn pod_runs_the_connect_server_against_kubernetes() {
+        let c = cluster();
+        let v = validate(&c).unwrap();
+        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let args = container(&pod).args.clone().unwrap();
+        let has = |s: &str| args.iter().any(|a| a == s);
+        assert!(has(CONNECT_SERVER_CLASS));
+        assert!(has("spark.master=k8s://https://kubernetes.default.svc:443"));
+        assert!(has("spark.kubernetes.driver.pod.name=analytics-abcde"));
+        assert!(has("spark.driver.bindAddress=$(SPARK_DRIVER_BIND_ADDRESS)"));
+        assert!(has("spark.driver.port=7078"));
+        assert!(has("spark.executor.instances=1"));
+        assert!(has("spark.sql.shuffle.partitions=4"));
+        let meta = &pod.metadata;
+        assert_eq!(meta.owner_references.as_ref().unwrap()[0].name, "analytics");
+        assert_eq!(meta.labels.as_ref().unwrap()[STATE_LABEL], "starting");
+        let probe = container(&pod).readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15002));
+        let requests = container(&pod).resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(requests["memory"].0, "1408Mi");
+        assert_eq!(pod.spec.as_ref().unwrap().security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn token_auth_passes_the_token_by_env_from_the_secret() {
+        let mut c = cluster();
+        c.spec.auth.mode = AuthMode::Token;
+        let v = validate(&c).unwrap();
+        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let env = container(&pod).env.clone().unwrap();
+        let token = env.iter().find(|e| e.name == "SPARK_CONNECT_AUTHENTICATE_TOKEN").unwrap();
+        let secret = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!(secret.name, "analytics-connect-token");
+        assert!(!container(&pod).args.as_ref().unwrap().iter().any(|a| a.contains("authenticate.token")));
+    }
+
+    #[test]
+    fn dynamic_allocation_replaces_static_instances() {
+        let mut c = cluster();
+        c.spec.executors.dynamic_allocation.enabled = true;
+        c.spec.executors.dynamic_allocation.max_executors = 3;
+        let v = validate(&c).unwrap();
+        let conf = spark_conf(&v, "s");
+        assert_eq!(conf["spark.dynamicAllocation.maxExecutors"], "3");
+        assert_eq!(conf["spark.dynamicAllocation.shuffleTracking.enabled"], "true");
+        assert!(!conf.contains_key("spark.executor.instances"));
+    }
+
+    #[test]
+    fn pod_template_is_merged() {
+        let mut c = cluster();
+        c.spec.server.pod_template = Some(serde_json::json!({
+            "metadata": {"labels": {"team": "data"}},
+            "spec": {
+                "nodeSelector": {"pool": "spark"},
+                "containers": [
+                    {"name": SERVER_CONTAINER, "env": [{"name": "EXTRA", "value": "1"}]},
+                    {"name": "sidecar", "image": "busybox"}
+                ]
+            }
+        }));
+        let v = validate(&c).unwrap();
+        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()["team"], "data");
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[STATE_LABEL], "starting");
+        assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "spark");
+        assert_eq!(spec.containers.len(), 2);
+        let env = spec.containers[0].env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "EXTRA"));
+        assert!(env.iter().any(|e| e.name == "SPARK_DRIVER_BIND_ADDRESS"));
+    }
+}

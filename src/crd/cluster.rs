@@ -1,0 +1,386 @@
+//! The `SparkConnectCluster` custom resource: a team's Spark Connect servers and their hot pool.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{list_map_by_type, preserve_unknown_object};
+
+/// Spark Connect servers for one team: a shared endpoint plus a pool of pre-warmed servers.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sparkconnect.dev",
+    version = "v1alpha1",
+    kind = "SparkConnectCluster",
+    namespaced,
+    shortname = "scc",
+    category = "spark",
+    status = "SparkConnectClusterStatus",
+    doc = "Spark Connect servers for a team: a shared endpoint and a hot pool of pre-warmed servers.",
+    scale(
+        spec_replicas_path = ".spec.hotPool.idle",
+        status_replicas_path = ".status.servers.idle",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Idle", type_ = "integer", json_path = ".status.servers.idle"),
+    printcolumn(name = "Claimed", type_ = "integer", json_path = ".status.servers.claimed"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    cel,
+    validation = Rule::new("size(self.metadata.name) <= 40").message(
+        "metadata.name must be at most 40 characters: server, Service and executor pod names are derived from it"
+    ),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SparkConnectClusterSpec {
+    /// Container image with Spark at /opt/spark, e.g. apache/spark:4.1.1-scala2.13-java17-python3-ubuntu.
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("image must not be empty"))]
+    pub image: String,
+    /// Image pull policy for server and executor pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: Option<String>,
+    /// Extra Spark configuration for every server; keys the operator manages are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub spark_conf: BTreeMap<String, String>,
+    /// The driver pod that runs the Connect server.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Executors that each server's Spark driver starts.
+    #[serde(default)]
+    pub executors: ExecutorSpec,
+    /// Servers held for the cluster's own Service `<name>` (0 = pool only).
+    #[serde(default = "default_shared")]
+    #[schemars(range(min = 0, max = 10))]
+    pub shared: i32,
+    /// The pool of idle, pre-warmed servers handed to claims.
+    #[serde(default)]
+    pub hot_pool: HotPoolSpec,
+    /// How the operator health-checks each server with a Spark Connect Config call.
+    #[serde(default)]
+    pub probe: ProbeSpec,
+    /// Client authentication on the Connect port.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+fn default_shared() -> i32 {
+    1
+}
+
+/// CPU cores and memory for a Spark JVM.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SparkResources {
+    /// Whole CPU cores (spark.driver.cores / spark.executor.cores).
+    #[serde(default = "default_cores")]
+    #[schemars(range(min = 1, max = 64))]
+    pub cores: i32,
+    /// JVM heap as a Kubernetes quantity, e.g. 2Gi; the pod asks for this plus Spark's overhead.
+    #[serde(default = "default_memory")]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self)").message("memory must be a quantity such as 2Gi or 512Mi"),
+        validation = Rule::new("!isQuantity(self) || quantity(self).compareTo(quantity('512Mi')) >= 0")
+            .message("memory must be at least 512Mi"),
+        validation = Rule::new("!isQuantity(self) || quantity(self).compareTo(quantity('1Ti')) <= 0")
+            .message("memory must be at most 1Ti")
+    )]
+    pub memory: String,
+}
+
+fn default_cores() -> i32 {
+    1
+}
+fn default_memory() -> String {
+    "1Gi".into()
+}
+
+impl Default for SparkResources {
+    fn default() -> Self {
+        Self { cores: default_cores(), memory: default_memory() }
+    }
+}
+
+/// The Spark Connect server (driver) pod.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerSpec {
+    /// Driver cores and memory.
+    #[serde(default)]
+    pub resources: SparkResources,
+    /// The Spark Connect gRPC port.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 7078 && self != 7079 && self != 4040").message(
+        "port must differ from the driver (7078), block manager (7079) and UI (4040) ports"
+    ))]
+    pub port: i32,
+    /// A pod template merged onto the generated server pod: labels, annotations, nodeSelector,
+    /// tolerations, affinity, env, volumes, sidecars. Lists of named items merge by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub pod_template: Option<serde_json::Value>,
+}
+
+fn default_port() -> i32 {
+    15002
+}
+
+impl Default for ServerSpec {
+    fn default() -> Self {
+        Self { resources: SparkResources::default(), port: default_port(), pod_template: None }
+    }
+}
+
+/// Executors of each server.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutorSpec {
+    /// Static executor count (ignored when dynamic allocation is enabled).
+    #[serde(default = "default_instances")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub instances: i32,
+    /// Executor cores and memory.
+    #[serde(default)]
+    pub resources: SparkResources,
+    /// Spark dynamic allocation (with shuffle tracking, no external shuffle service needed).
+    #[serde(default)]
+    pub dynamic_allocation: DynamicAllocation,
+}
+
+fn default_instances() -> i32 {
+    1
+}
+
+impl Default for ExecutorSpec {
+    fn default() -> Self {
+        Self {
+            instances: default_instances(),
+            resources: SparkResources::default(),
+            dynamic_allocation: DynamicAllocation::default(),
+        }
+    }
+}
+
+/// Spark dynamic allocation bounds.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minExecutors <= self.maxExecutors").message(
+    "dynamicAllocation.minExecutors must not exceed dynamicAllocation.maxExecutors"
+))]
+pub struct DynamicAllocation {
+    /// Turn dynamic allocation on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Lower bound of executors.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_executors: i32,
+    /// Upper bound of executors.
+    #[serde(default = "default_max_executors")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_executors: i32,
+}
+
+fn default_max_executors() -> i32 {
+    10
+}
+
+/// The hot pool of idle servers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.min <= self.idle && self.idle <= self.max")
+        .message("hotPool must satisfy min <= idle <= max"),
+)]
+pub struct HotPoolSpec {
+    /// Idle, ready servers to keep (the scale subresource drives this).
+    #[serde(default = "default_idle")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub idle: i32,
+    /// Lowest idle target the autoscaler may choose.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min: i32,
+    /// Highest idle target the autoscaler may choose.
+    #[serde(default = "default_pool_max")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max: i32,
+    /// Demand-driven idle target.
+    #[serde(default)]
+    pub autoscale: AutoscaleSpec,
+    /// Recycle servers idle for longer than this (Go duration, e.g. 6h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub max_idle_age: Option<String>,
+}
+
+fn default_idle() -> i32 {
+    1
+}
+fn default_pool_max() -> i32 {
+    20
+}
+
+impl Default for HotPoolSpec {
+    fn default() -> Self {
+        Self {
+            idle: default_idle(),
+            min: 0,
+            max: default_pool_max(),
+            autoscale: AutoscaleSpec::default(),
+            max_idle_age: None,
+        }
+    }
+}
+
+/// A Go-style duration such as 90s, 5m or 1h30m.
+const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h))+$')";
+const DURATION_MESSAGE: &str = "must be a duration such as 30s, 5m or 1h30m";
+
+/// Autoscaler of the idle target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleSpec {
+    /// Let the operator set hotPool.idle from claim demand.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How long demand must stay low before the idle target falls.
+    #[serde(default = "default_scale_down_delay")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub scale_down_delay: String,
+}
+
+fn default_scale_down_delay() -> String {
+    "5m".into()
+}
+
+impl Default for AutoscaleSpec {
+    fn default() -> Self {
+        Self { enabled: false, scale_down_delay: default_scale_down_delay() }
+    }
+}
+
+/// The operator's Spark Connect health probe.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeSpec {
+    /// Time between probes of one server.
+    #[serde(default = "default_probe_period")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub period: String,
+    /// Deadline of one probe call.
+    #[serde(default = "default_probe_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub timeout: String,
+    /// Consecutive failures that make a server Unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: i32,
+    /// A server not healthy this long after its pod was created is replaced.
+    #[serde(default = "default_startup_deadline")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub startup_deadline: String,
+}
+
+fn default_probe_period() -> String {
+    "10s".into()
+}
+fn default_probe_timeout() -> String {
+    "3s".into()
+}
+fn default_failure_threshold() -> i32 {
+    3
+}
+fn default_startup_deadline() -> String {
+    "10m".into()
+}
+
+impl Default for ProbeSpec {
+    fn default() -> Self {
+        Self {
+            period: default_probe_period(),
+            timeout: default_probe_timeout(),
+            failure_threshold: default_failure_threshold(),
+            startup_deadline: default_startup_deadline(),
+        }
+    }
+}
+
+/// How clients authenticate to the servers.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AuthMode {
+    /// No authentication: only for trusted networks.
+    #[default]
+    None,
+    /// A bearer token from a Secret, passed to Spark by environment variable.
+    Token,
+}
+
+/// Client authentication.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode == oldSelf.mode").message(
+    "auth.mode cannot be changed on a running cluster: claimed servers keep the mode they started with; create a new cluster"
+))]
+pub struct AuthSpec {
+    /// None or Token.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// An existing Secret with key `token` to use instead of a generated one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+}
+
+/// Observed state of a `SparkConnectCluster`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SparkConnectClusterStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Ready or Degraded.
+    #[serde(default)]
+    pub phase: String,
+    /// The shared endpoint, `sc://<name>.<namespace>.svc.cluster.local:<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Ready, PoolReady and Degraded.
+    #[serde(default)]
+    #[schemars(schema_with = "list_map_by_type")]
+    pub conditions: Vec<Condition>,
+    /// Servers by state.
+    #[serde(default)]
+    pub servers: ServerCounts,
+    /// Label selector of the pool's pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Spark version reported by a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spark_version: Option<String>,
+    /// Name of the Secret holding the client token (auth mode Token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
+}
+
+/// Server counts by state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCounts {
+    /// Every server pod of the cluster.
+    pub total: i32,
+    /// Started, not yet healthy.
+    pub starting: i32,
+    /// Healthy and free for claims.
+    pub idle: i32,
+    /// Serving the cluster's own Service.
+    pub shared: i32,
+    /// Bound to a claim.
+    pub claimed: i32,
+    /// Failing health checks.
+    pub unhealthy: i32,
+}

@@ -1,0 +1,59 @@
+//! Prometheus metrics of the operator.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Every metric the operator exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` serves.
+    pub registry: Registry,
+    /// Reconciles by controller.
+    pub reconciles: IntCounterVec,
+    /// Failed reconciles by controller and error kind.
+    pub reconcile_errors: IntCounterVec,
+    /// Reconcile duration by controller.
+    pub reconcile_duration: HistogramVec,
+    /// Servers by cluster and state.
+    pub servers: IntGaugeVec,
+    /// Write requests (anything but GET/HEAD) sent to the apiserver, by verb.
+    pub api_writes: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("spark_connect_operator".into()), None)?;
+        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run"), &["controller"])?;
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("reconcile_errors_total", "Reconciles that failed"),
+            &["controller", "error"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["controller"],
+        )?;
+        let servers = IntGaugeVec::new(
+            Opts::new("servers", "Servers by cluster and state"),
+            &["namespace", "cluster", "state"],
+        )?;
+        let api_writes =
+            IntCounterVec::new(Opts::new("api_write_requests_total", "Write requests sent to the apiserver"), &["verb"])?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_errors.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
+        registry.register(Box::new(servers.clone()))?;
+        registry.register(Box::new(api_writes.clone()))?;
+        Ok(Self { registry, reconciles, reconcile_errors, reconcile_duration, servers, api_writes })
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(e) = encoder.encode_utf8(&self.registry.gather(), &mut out) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
