@@ -1,0 +1,435 @@
+//! One pod's life on the node: prepare, start the sandbox with its veth, report status, probe
+//! readiness, restart by policy, stop with a grace period.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use super::images;
+use super::volumes::{self, expand};
+use crate::paths::State;
+use crate::sandbox::{Mount, SandboxSpec};
+use crate::world::GATEWAY;
+
+/// What a pod task shares with the agent.
+pub struct Node {
+    /// API client.
+    pub client: Client,
+    /// State directory.
+    pub state: State,
+    /// Publishes pod Events.
+    pub recorder: Recorder,
+    /// Free pod IP indexes (10.244.x.y, counted from 2).
+    pub ips: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+}
+
+impl Node {
+    fn take_ip(&self) -> anyhow::Result<u32> {
+        let mut free = self.ips.lock().map_err(|_| anyhow::anyhow!("ip pool poisoned"))?;
+        free.pop_first().context("the pod network is full")
+    }
+    fn give_ip(&self, index: u32) {
+        if let Ok(mut free) = self.ips.lock() {
+            free.insert(index);
+        }
+    }
+    async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
+        let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let _ = self.recorder.publish(&event, &pod.object_ref(&())).await;
+    }
+}
+
+fn ip_of(index: u32) -> String {
+    format!("10.244.{}.{}", index / 256, index % 256)
+}
+
+/// The base of every pod's root: host directories read-only, private scratch directories.
+fn base_mounts(pod_dir: &std::path::Path) -> Vec<Mount> {
+    let mut mounts = Vec::new();
+    for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+        let host = std::path::Path::new("/").join(dir);
+        if let Ok(target) = std::fs::read_link(&host) {
+            mounts.push(Mount::Symlink { link: format!("/{dir}"), to: target.to_string_lossy().into_owned() });
+        } else if host.is_dir() {
+            mounts.push(Mount::Bind { source: host, target: format!("/{dir}"), read_only: true, recursive: false });
+        }
+    }
+    for dir in ["usr", "etc"] {
+        mounts.push(Mount::Bind { source: format!("/{dir}").into(), target: format!("/{dir}"), read_only: true, recursive: false });
+    }
+    for dir in ["dev", "proc", "sys"] {
+        mounts.push(Mount::Bind { source: format!("/{dir}").into(), target: format!("/{dir}"), read_only: false, recursive: true });
+    }
+    for dir in ["tmp", "var", "run", "root", "home", "opt"] {
+        mounts.push(Mount::Tmpfs { target: format!("/{dir}") });
+    }
+    for file in ["hosts", "resolv.conf", "hostname"] {
+        mounts.push(Mount::Bind { source: pod_dir.join(file), target: format!("/etc/{file}"), read_only: true, recursive: false });
+    }
+    mounts
+}
+
+struct Running {
+    child: tokio::process::Child,
+}
+
+/// Runs `pod` until `stop` flips or it ends for good.
+pub async fn run(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<bool>) {
+    let api: Api<Pod> = Api::namespaced(node.client.clone(), &pod.namespace().unwrap_or_default());
+    let name = pod.name_any();
+    let result = run_inner(&node, &pod, &api, &mut stop).await;
+    if let Err(e) = &result {
+        tracing::warn!(pod = %name, error = %format!("{e:#}"), "pod failed");
+        node.event(&pod, EventType::Warning, "Failed", format!("{e:#}")).await;
+        let _ = patch_status(&api, &name, json!({"phase": "Failed", "reason": "StartError", "message": format!("{e:#}")})).await;
+        // Wait for the deletion that follows.
+        stopped(&mut stop).await;
+    }
+    let deleting = *stop.borrow();
+    if deleting {
+        let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+    }
+}
+
+async fn run_inner(node: &Node, pod: &Pod, api: &Api<Pod>, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    let name = pod.name_any();
+    let ns = pod.namespace().unwrap_or_default();
+    let spec = pod.spec.clone().context("pod has no spec")?;
+    let container = spec.containers.first().context("pod has no container")?.clone();
+    let image = container.image.clone().unwrap_or_default();
+    let layout = match images::resolve(&image, node.state.dir()) {
+        Ok(layout) => layout,
+        Err(message) => {
+            node.event(pod, EventType::Warning, "Failed", message.clone()).await;
+            let status = container_waiting(&container, "ErrImagePull", &message);
+            patch_status(api, &name, json!({"phase": "Pending", "containerStatuses": [status]})).await?;
+            stopped(stop).await;
+            return Ok(());
+        }
+    };
+    let dir = node.state.pod_dir(&ns, &name);
+    std::fs::create_dir_all(&dir)?;
+    let ip_index = node.take_ip()?;
+    let ip = ip_of(ip_index);
+    let result = supervise(node, pod, api, stop, &container, &layout, &dir, ip_index, &ip).await;
+    node.give_ip(ip_index);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    node: &Node,
+    pod: &Pod,
+    api: &Api<Pod>,
+    stop: &mut watch::Receiver<bool>,
+    container: &Container,
+    layout: &images::ImageLayout,
+    dir: &std::path::Path,
+    ip_index: u32,
+    ip: &str,
+) -> anyhow::Result<()> {
+    let name = pod.name_any();
+    let ns = pod.namespace().unwrap_or_default();
+    // Configuration the kubelet would wait for (a Secret or ConfigMap that is not there yet).
+    let (env, volume_mounts) = loop {
+        let prepared = async {
+            let env = volumes::environment(&node.client, pod, container, ip, &layout.env).await?;
+            let mounts = volumes::prepare(&node.client, pod, container, dir, ip).await?;
+            anyhow::Ok((env, mounts))
+        }
+        .await;
+        match prepared {
+            Ok(ready) => break ready,
+            Err(e) => {
+                let status = container_waiting(container, "CreateContainerConfigError", &format!("{e:#}"));
+                patch_status(api, &name, json!({"phase": "Pending", "containerStatuses": [status]})).await?;
+                tokio::select! {
+                    _ = stopped(stop) => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
+    let mut argv: Vec<String> = match &container.command {
+        Some(command) if !command.is_empty() => command.iter().map(|c| expand(c, &env_map)).collect(),
+        _ => layout.default_argv.clone(),
+    };
+    argv.extend(container.args.iter().flatten().map(|a| expand(a, &env_map)));
+    let hostname = name.clone();
+    std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{ip} {hostname}.{ns}.pod.cluster.local {hostname}\n"))?;
+    std::fs::write(
+        dir.join("resolv.conf"),
+        format!("search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n", crate::world::DNS_SERVICE_IP),
+    )?;
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+    let mut mounts = base_mounts(dir);
+    mounts.extend(layout.mounts.iter().cloned());
+    mounts.extend(volume_mounts);
+    let sandbox = SandboxSpec {
+        ip: ip.into(),
+        hostname,
+        root: dir.join("root"),
+        mounts,
+        argv,
+        env,
+        workdir: container.working_dir.clone().unwrap_or_else(|| layout.workdir.clone()),
+    };
+    std::fs::write(dir.join("sandbox.json"), serde_json::to_vec_pretty(&sandbox)?)?;
+
+    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
+    let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    let started_at = Timestamp::now();
+    let mut restarts = 0;
+    loop {
+        let mut running = start(dir, ip_index).await?;
+        let container_started = Timestamp::now();
+        let mut ready = container.readiness_probe.is_none();
+        report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
+        let mut probe = Prober::new(container.readiness_probe.as_ref(), container);
+        let exit = loop {
+            tokio::select! {
+                status = running.child.wait() => break status?,
+                _ = stopped(stop) => {
+                    terminate(&mut running.child, grace).await;
+                    return Ok(());
+                }
+                _ = tokio::time::sleep(probe.next_delay()) => {
+                    if let Some(now_ready) = probe.check(ip, running.child.id()).await {
+                        if now_ready != ready {
+                            ready = now_ready;
+                            report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
+                        }
+                    }
+                }
+            }
+        };
+        let code = exit.code().unwrap_or(128 + exit.signal_number());
+        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+        if !restart {
+            report(api, &name, container, ip, started_at, container_started, false, restarts, Some(code)).await?;
+            stopped(stop).await;
+            return Ok(());
+        }
+        restarts += 1;
+        node.event(pod, EventType::Warning, "BackOff", format!("container exited with code {code}; restarting")).await;
+        let backoff = Duration::from_secs((1u64 << restarts.min(5)).min(30));
+        tokio::select! {
+            _ = stopped(stop) => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+/// Resolves once the agent asks the pod to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+trait SignalNumber {
+    fn signal_number(&self) -> i32;
+}
+impl SignalNumber for std::process::ExitStatus {
+    fn signal_number(&self) -> i32 {
+        std::os::unix::process::ExitStatusExt::signal(self).unwrap_or(0)
+    }
+}
+
+/// Starts the sandbox in new network, UTS and mount namespaces and plugs its veth in.
+async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log"))?;
+    let me = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new("unshare")
+        .args(["--net", "--uts", "--mount", "--"])
+        .arg(me)
+        .arg("sandbox")
+        .arg(dir.join("sandbox.json"))
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the pod sandbox")?;
+    let pid = child.id().context("sandbox has no pid")?.to_string();
+    // veth names are limited to 15 characters: derive them from the IP index.
+    let host_end = format!("vp{ip_index}");
+    let _ = crate::world::run("ip", &["link", "del", &host_end]);
+    crate::world::run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pid])?;
+    crate::world::run("ip", &["link", "set", &host_end, "master", "br0"])?;
+    crate::world::run("ip", &["link", "set", &host_end, "type", "bridge_slave", "hairpin", "on"])?;
+    crate::world::run("ip", &["link", "set", &host_end, "up"])?;
+    let mut stdin = child.stdin.take().context("sandbox has no stdin")?;
+    stdin.write_all(b"g").await?;
+    drop(stdin);
+    Ok(Running { child })
+}
+
+/// SIGTERM to the pod's process group, SIGKILL after the grace period.
+async fn terminate(child: &mut tokio::process::Child, grace: i64) {
+    if let Some(pid) = child.id() {
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), child.wait()).await.is_ok() {
+            return;
+        }
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+    let _ = child.wait().await;
+}
+
+/// A readiness probe with its thresholds.
+struct Prober<'a> {
+    probe: Option<&'a Probe>,
+    container: &'a Container,
+    first: bool,
+    failures: i32,
+    successes: i32,
+}
+
+impl<'a> Prober<'a> {
+    fn new(probe: Option<&'a Probe>, container: &'a Container) -> Self {
+        Self { probe, container, first: true, failures: 0, successes: 0 }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let Some(p) = self.probe else { return Duration::from_secs(3600) };
+        if std::mem::take(&mut self.first) {
+            Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64) + Duration::from_millis(200)
+        } else {
+            Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)
+        }
+    }
+
+    fn port(&self, port: &IntOrString) -> Option<i32> {
+        match port {
+            IntOrString::Int(p) => Some(*p),
+            IntOrString::String(name) => self
+                .container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port),
+        }
+    }
+
+    /// Runs one probe; returns the new readiness when the thresholds decide it.
+    async fn check(&mut self, ip: &str, pid: Option<u32>) -> Option<bool> {
+        let p = self.probe?;
+        let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+        let ok = if let Some(tcp) = &p.tcp_socket {
+            let port = self.port(&tcp.port)?;
+            matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port as u16))).await, Ok(Ok(_)))
+        } else if let Some(http) = &p.http_get {
+            let port = self.port(&http.port)?;
+            http_ok(ip, port as u16, http.path.as_deref().unwrap_or("/"), timeout).await
+        } else if let Some(exec) = &p.exec {
+            let pid = pid?.to_string();
+            let mut command = tokio::process::Command::new("nsenter");
+            command.args(["-t", &pid, "-n", "-m", "-u", "-r", "-w", "--"]).args(exec.command.iter().flatten());
+            matches!(tokio::time::timeout(timeout, command.status()).await, Ok(Ok(s)) if s.success())
+        } else {
+            true
+        };
+        if ok {
+            self.failures = 0;
+            self.successes += 1;
+            (self.successes >= p.success_threshold.unwrap_or(1)).then_some(true)
+        } else {
+            self.successes = 0;
+            self.failures += 1;
+            (self.failures >= p.failure_threshold.unwrap_or(3)).then_some(false)
+        }
+    }
+}
+
+async fn http_ok(ip: &str, port: u16, path: &str, timeout: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        std::io::Result::Ok(head)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(head)) => matches!(head.get(9), Some(b'2' | b'3')),
+        _ => false,
+    }
+}
+
+fn container_waiting(container: &Container, reason: &str, message: &str) -> serde_json::Value {
+    json!({
+        "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": reason, "message": message}}
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    api: &Api<Pod>,
+    name: &str,
+    container: &Container,
+    ip: &str,
+    started: Timestamp,
+    container_started: Timestamp,
+    ready: bool,
+    restarts: i32,
+    exit_code: Option<i32>,
+) -> anyhow::Result<()> {
+    let now = Timestamp::now().to_string();
+    let state = match exit_code {
+        None => json!({"running": {"startedAt": container_started.to_string()}}),
+        Some(code) => json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+            "startedAt": container_started.to_string(), "finishedAt": now}}),
+    };
+    let phase = match exit_code {
+        None => "Running",
+        Some(0) => "Succeeded",
+        Some(_) => "Failed",
+    };
+    let ready_s = if ready { "True" } else { "False" };
+    let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": now});
+    patch_status(
+        api,
+        name,
+        json!({
+            "phase": phase,
+            "hostIP": GATEWAY, "hostIPs": [{"ip": GATEWAY}],
+            "podIP": ip, "podIPs": [{"ip": ip}],
+            "startTime": started.to_string(),
+            "conditions": [
+                condition("PodScheduled", "True"), condition("Initialized", "True"),
+                condition("ContainersReady", ready_s), condition("Ready", ready_s)
+            ],
+            "containerStatuses": [{
+                "name": container.name, "image": container.image, "imageID": "", "containerID": format!("world://{name}"),
+                "ready": ready, "started": exit_code.is_none(), "restartCount": restarts, "state": state
+            }]
+        }),
+    )
+    .await
+}
+
+async fn patch_status(api: &Api<Pod>, name: &str, status: serde_json::Value) -> anyhow::Result<()> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
+        .await
+        .with_context(|| format!("updating the status of pod {name}"))?;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Where the world keeps its files: the build cache (outside the work tree) and one state
+//! directory per running world.
+
+use std::path::{Path, PathBuf};
+
+/// Pinned versions; the same defaults as `e2e/cluster/build-binaries.sh`.
+pub fn k8s_version() -> String {
+    std::env::var("K8S_VERSION").unwrap_or_else(|_| "v1.36.3".into())
+}
+fn coredns_version() -> String {
+    std::env::var("COREDNS_VERSION").unwrap_or_else(|_| "v1.15.0".into())
+}
+/// The pyspark release that stands in for the Spark image.
+pub fn pyspark_version() -> String {
+    std::env::var("PYSPARK_VERSION").unwrap_or_else(|_| "4.3.0".into())
+}
+
+/// The build cache.
+pub fn cache() -> PathBuf {
+    if let Ok(dir) = std::env::var("SCO_CACHE") {
+        return dir.into();
+    }
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
+    base.join("spark-connect-operator")
+}
+
+/// A Kubernetes or etcd binary.
+pub fn k8s_bin(name: &str) -> PathBuf {
+    cache().join(format!("k8s-{}", k8s_version())).join("bin").join(name)
+}
+/// The CoreDNS binary.
+pub fn coredns_bin() -> PathBuf {
+    cache().join(format!("coredns-{}", coredns_version())).join("bin/coredns")
+}
+/// The pyspark venv.
+pub fn venv() -> PathBuf {
+    cache().join(format!("pyspark-{}", pyspark_version())).join("venv")
+}
+/// `SPARK_HOME` inside the venv: the pyspark package directory.
+pub fn spark_home() -> anyhow::Result<PathBuf> {
+    let lib = venv().join("lib");
+    for entry in std::fs::read_dir(&lib)? {
+        let candidate = entry?.path().join("site-packages/pyspark");
+        if candidate.join("jars").is_dir() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("no pyspark with jars under {}; run e2e/cluster/build-binaries.sh", lib.display())
+}
+
+/// Layout of one world's state directory.
+#[derive(Clone, Debug)]
+pub struct State(pub PathBuf);
+
+impl State {
+    /// A path in the state directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+    /// Kubeconfig for use inside the world (apiserver at 10.244.0.1).
+    pub fn inner_kubeconfig(&self) -> PathBuf {
+        self.path("pki/admin.kubeconfig")
+    }
+    /// Kubeconfig for use on the host (apiserver relayed to 127.0.0.1).
+    pub fn host_kubeconfig(&self) -> PathBuf {
+        self.path("kubeconfig")
+    }
+    /// The relay socket that dials addresses inside the world.
+    pub fn dial_socket(&self) -> PathBuf {
+        self.path("dial.sock")
+    }
+    /// Logs of the world's components.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.path(&format!("logs/{name}.log"))
+    }
+    /// Files of one pod.
+    pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.path(&format!("pods/{namespace}_{name}"))
+    }
+}

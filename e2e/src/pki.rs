@@ -1,0 +1,65 @@
+//! The world's certificates and keys, made with the `openssl` command.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    if !out.status.success() {
+        bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Creates the CA, apiserver serving cert, admin client cert and service-account key in `dir`.
+pub fn generate(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ec = |name: &str| openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", name]);
+    ec("ca.key")?;
+    openssl(dir, &["req", "-x509", "-new", "-key", "ca.key", "-days", "30", "-subj", "/CN=sco-world-ca", "-out", "ca.crt"])?;
+    let sign = |name: &str, subject: &str, ext: &str| -> anyhow::Result<()> {
+        ec(&format!("{name}.key"))?;
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        openssl(dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", subject, "-out", &format!("{name}.csr")])?;
+        openssl(
+            dir,
+            &[
+                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "30", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt"),
+            ],
+        )
+    };
+    sign(
+        "apiserver",
+        "/CN=kube-apiserver",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n\
+         subjectAltName=IP:10.244.0.1,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,\
+         DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost\n",
+    )?;
+    sign(
+        "admin",
+        "/O=system:masters/CN=sco-admin",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )?;
+    openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
+    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
+    Ok(())
+}
+
+/// A kubeconfig with embedded credentials for the admin user against `server`.
+pub fn kubeconfig(dir: &Path, server: &str) -> anyhow::Result<String> {
+    use base64::Engine;
+    let b64 = |name: &str| -> anyhow::Result<String> {
+        Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join(name))?))
+    };
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: world\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\n\
+         users:\n- name: admin\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+         contexts:\n- name: world\n  context: {{cluster: world, user: admin, namespace: default}}\ncurrent-context: world\n",
+        b64("ca.crt")?,
+        b64("admin.crt")?,
+        b64("admin.key")?
+    ))
+}
