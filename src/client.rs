@@ -24,18 +24,30 @@ pub enum ClientError {
 
 /// A client from `kubeconfig` (or the environment: `KUBECONFIG`, in-cluster) that counts each
 /// write request it sends in `writes`, by verb.
-pub async fn build(kubeconfig: Option<&Path>, writes: IntCounterVec) -> Result<Client, ClientError> {
+pub async fn build(
+    kubeconfig: Option<&Path>,
+    writes: IntCounterVec,
+) -> Result<Client, ClientError> {
     let config = match kubeconfig {
         Some(path) => {
-            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default()).await?
+            Config::from_custom_kubeconfig(
+                Kubeconfig::read_from(path)?,
+                &KubeConfigOptions::default(),
+            )
+            .await?
         }
         None => Config::infer().await?,
     };
     let count_writes = MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        if !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        if !matches!(
+            *request.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS
+        ) {
             writes.with_label_values(&[request.method().as_str()]).inc();
         }
         request
     });
-    Ok(ClientBuilder::try_from(config)?.with_layer(&count_writes).build())
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&count_writes)
+        .build())
 }

@@ -26,7 +26,10 @@ pub enum Error {
 impl Error {
     /// Wraps a client error with what the operator was doing.
     pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube { action: action.into(), source }
+        Self::Kube {
+            action: action.into(),
+            source,
+        }
     }
 
     /// Permanent errors need a spec change; transient ones are retried with backoff.

@@ -14,7 +14,10 @@ use spark_connect_operator::{client, crd, telemetry};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "Runs Apache Spark Connect servers on Kubernetes, with a hot pool")]
+#[command(
+    version,
+    about = "Runs Apache Spark Connect servers on Kubernetes, with a hot pool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -54,9 +57,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { kubeconfig, namespace, admin_addr, log_json } => {
+        Command::Run {
+            kubeconfig,
+            namespace,
+            admin_addr,
+            log_json,
+        } => {
             telemetry::init(log_json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting runtime: {e}");
@@ -85,9 +96,16 @@ async fn run(
     tracing::info!(apiserver = %version.git_version, "connected");
 
     let shutdown = CancellationToken::new();
-    let admin_state = AdminState { metrics: metrics.clone(), ready: Default::default() };
+    let admin_state = AdminState {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+    };
     admin_state.ready.store(true, Ordering::Relaxed);
-    let admin = tokio::spawn(admin::serve(admin_addr, admin_state, shutdown.clone().cancelled_owned()));
+    let admin = tokio::spawn(admin::serve(
+        admin_addr,
+        admin_state,
+        shutdown.clone().cancelled_owned(),
+    ));
 
     let signals = shutdown.clone();
     tokio::spawn(async move {

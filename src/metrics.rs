@@ -23,28 +23,44 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("spark_connect_operator".into()), None)?;
-        let reconciles = IntCounterVec::new(Opts::new("reconciles_total", "Reconciles run"), &["controller"])?;
+        let reconciles = IntCounterVec::new(
+            Opts::new("reconciles_total", "Reconciles run"),
+            &["controller"],
+        )?;
         let reconcile_errors = IntCounterVec::new(
             Opts::new("reconcile_errors_total", "Reconciles that failed"),
             &["controller", "error"],
         )?;
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration").buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["controller"],
         )?;
         let servers = IntGaugeVec::new(
             Opts::new("servers", "Servers by cluster and state"),
             &["namespace", "cluster", "state"],
         )?;
-        let api_writes =
-            IntCounterVec::new(Opts::new("api_write_requests_total", "Write requests sent to the apiserver"), &["verb"])?;
+        let api_writes = IntCounterVec::new(
+            Opts::new(
+                "api_write_requests_total",
+                "Write requests sent to the apiserver",
+            ),
+            &["verb"],
+        )?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(servers.clone()))?;
         registry.register(Box::new(api_writes.clone()))?;
-        Ok(Self { registry, reconciles, reconcile_errors, reconcile_duration, servers, api_writes })
+        Ok(Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            servers,
+            api_writes,
+        })
     }
 
     /// The registry in the Prometheus text format.

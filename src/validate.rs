@@ -81,19 +81,37 @@ pub fn parse_duration(field: &str, value: &str) -> Result<Duration, Error> {
     value
         .parse::<kube::core::Duration>()
         .ok()
-        .and_then(|d| Duration::try_from(d).ok())
-        .ok_or_else(|| Error::InvalidSpec(format!("{field} {value:?} is not a duration such as 30s or 5m")))
+        .map(Duration::from)
+        .ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "{field} {value:?} is not a duration such as 30s or 5m"
+            ))
+        })
 }
 
 /// Validates a cluster and parses its values.
 pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error> {
-    let name = cluster.metadata.name.as_deref().ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let namespace = cluster.metadata.namespace.as_deref().ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let owner = cluster.controller_owner_ref(&()).ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let name = cluster
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let namespace = cluster
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let owner = cluster
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let spec = &cluster.spec;
 
-    let managed: Vec<&str> =
-        spec.spark_conf.keys().map(String::as_str).filter(|key| MANAGED_SPARK_CONF.contains(key)).collect();
+    let managed: Vec<&str> = spec
+        .spark_conf
+        .keys()
+        .map(String::as_str)
+        .filter(|key| MANAGED_SPARK_CONF.contains(key))
+        .collect();
     if !managed.is_empty() {
         return Err(Error::InvalidSpec(format!(
             "sparkConf sets {} which the operator manages; use the matching spec field instead",
@@ -101,16 +119,25 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         )));
     }
     let memory = |field: &str, value: &str| {
-        quantity::mebibytes(value)
-            .ok_or_else(|| Error::InvalidSpec(format!("{field} {value:?} is not a memory quantity such as 2Gi")))
+        quantity::mebibytes(value).ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "{field} {value:?} is not a memory quantity such as 2Gi"
+            ))
+        })
     };
     let driver_memory_mib = memory("server.resources.memory", &spec.server.resources.memory)?;
-    let executor_memory_mib = memory("executors.resources.memory", &spec.executors.resources.memory)?;
+    let executor_memory_mib = memory(
+        "executors.resources.memory",
+        &spec.executors.resources.memory,
+    )?;
 
     let pod_template = match &spec.server.pod_template {
         Some(template) => {
-            serde_json::from_value::<PodTemplateSpec>(template.clone())
-                .map_err(|e| Error::InvalidSpec(format!("server.podTemplate is not a valid pod template: {e}")))?;
+            serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| {
+                Error::InvalidSpec(format!(
+                    "server.podTemplate is not a valid pod template: {e}"
+                ))
+            })?;
             Some(template.clone())
         }
         None => None,
@@ -120,8 +147,16 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         probe_period: parse_duration("probe.period", &spec.probe.period)?,
         probe_timeout: parse_duration("probe.timeout", &spec.probe.timeout)?,
         startup_deadline: parse_duration("probe.startupDeadline", &spec.probe.startup_deadline)?,
-        max_idle_age: spec.hot_pool.max_idle_age.as_deref().map(|v| parse_duration("hotPool.maxIdleAge", v)).transpose()?,
-        scale_down_delay: parse_duration("hotPool.autoscale.scaleDownDelay", &spec.hot_pool.autoscale.scale_down_delay)?,
+        max_idle_age: spec
+            .hot_pool
+            .max_idle_age
+            .as_deref()
+            .map(|v| parse_duration("hotPool.maxIdleAge", v))
+            .transpose()?,
+        scale_down_delay: parse_duration(
+            "hotPool.autoscale.scaleDownDelay",
+            &spec.hot_pool.autoscale.scale_down_delay,
+        )?,
     };
     if timings.probe_timeout >= timings.probe_period {
         return Err(Error::InvalidSpec(format!(
@@ -174,7 +209,9 @@ mod tests {
     #[test]
     fn refuses_managed_spark_conf() {
         let mut c = cluster();
-        c.spec.spark_conf.insert("spark.master".into(), "local".into());
+        c.spec
+            .spark_conf
+            .insert("spark.master".into(), "local".into());
         let err = validate(&c).unwrap_err();
         assert!(err.to_string().contains("spark.master"), "{err}");
         assert!(err.is_permanent());
@@ -184,14 +221,24 @@ mod tests {
     fn refuses_a_bad_pod_template() {
         let mut c = cluster();
         c.spec.server.pod_template = Some(serde_json::json!({"spec": {"containers": "nope"}}));
-        assert!(validate(&c).unwrap_err().to_string().contains("podTemplate"));
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("podTemplate")
+        );
     }
 
     #[test]
     fn refuses_a_timeout_longer_than_the_period() {
         let mut c = cluster();
         c.spec.probe.timeout = "20s".into();
-        assert!(validate(&c).unwrap_err().to_string().contains("probe.timeout"));
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("probe.timeout")
+        );
     }
 
     #[test]
@@ -199,8 +246,14 @@ mod tests {
         let a = cluster();
         let mut b = cluster();
         b.spec.hot_pool.idle = 5;
-        assert_eq!(validate(&a).unwrap().spec_hash, validate(&b).unwrap().spec_hash);
+        assert_eq!(
+            validate(&a).unwrap().spec_hash,
+            validate(&b).unwrap().spec_hash
+        );
         b.spec.image = "other".into();
-        assert_ne!(validate(&a).unwrap().spec_hash, validate(&b).unwrap().spec_hash);
+        assert_ne!(
+            validate(&a).unwrap().spec_hash,
+            validate(&b).unwrap().spec_hash
+        );
     }
 }

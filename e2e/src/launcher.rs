@@ -26,25 +26,30 @@ impl std::str::FromStr for Forward {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (port, target) = s.split_once('=').ok_or("expected PORT=HOST:PORT")?;
-        Ok(Self { port: port.parse().map_err(|e| format!("bad port {port}: {e}"))?, target: target.into() })
+        Ok(Self {
+            port: port.parse().map_err(|e| format!("bad port {port}: {e}"))?,
+            target: target.into(),
+        })
     }
 }
 
 /// Host PID of the world's init (the child of the `unshare` process).
 pub fn init_pid(state: &State) -> anyhow::Result<u32> {
-    let pid = std::fs::read_to_string(state.path("pid")).context("the world is not running (no pid file)")?;
+    let pid = std::fs::read_to_string(state.path("pid"))
+        .context("the world is not running (no pid file)")?;
     Ok(pid.trim().parse()?)
 }
 
 /// Starts the world and blocks until SIGINT/SIGTERM or the world's end.
 pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::Result<()> {
     let dir = state.dir();
-    if dir.join("pid").exists() {
-        if let Ok(pid) = init_pid(&state) {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                bail!("a world already runs from {} (pid {pid}); stop it first", dir.display());
-            }
-        }
+    if let Ok(pid) = init_pid(&state)
+        && Path::new(&format!("/proc/{pid}")).exists()
+    {
+        bail!(
+            "a world already runs from {} (pid {pid}); stop it first",
+            dir.display()
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("logs"))?;
@@ -52,7 +57,17 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
     let log = std::fs::File::create(state.log("world"))?;
     let mut command = std::process::Command::new("unshare");
     command
-        .args(["--user", "--map-root-user", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+        .args([
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "--",
+        ])
         .arg(&me)
         .arg("inside")
         .arg("--state")
@@ -69,17 +84,25 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
             Ok(())
         });
     }
-    let mut unshare = tokio::process::Command::from(command).kill_on_drop(true).spawn().context("starting unshare")?;
+    let mut unshare = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting unshare")?;
     let unshare_pid = unshare.id().context("unshare has no pid")?;
 
     let started = std::time::Instant::now();
     let mut init = None;
     while started.elapsed() < Duration::from_secs(600) {
         if let Some(status) = unshare.try_wait()? {
-            bail!("the world exited ({status}) while starting; see {}", state.log("world").display());
+            bail!(
+                "the world exited ({status}) while starting; see {}",
+                state.log("world").display()
+            );
         }
         if init.is_none() {
-            let children = std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))?;
+            let children = std::fs::read_to_string(format!(
+                "/proc/{unshare_pid}/task/{unshare_pid}/children"
+            ))?;
             if let Some(pid) = children.split_whitespace().next() {
                 std::fs::write(state.path("pid"), pid)?;
                 init = Some(pid.to_string());
@@ -91,10 +114,15 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if !state.path("ready").exists() {
-        bail!("the world did not become ready; see {}", state.path("logs").display());
+        bail!(
+            "the world did not become ready; see {}",
+            state.path("logs").display()
+        );
     }
 
-    let api = TcpListener::bind(("127.0.0.1", api_port)).await.with_context(|| format!("binding 127.0.0.1:{api_port}"))?;
+    let api = TcpListener::bind(("127.0.0.1", api_port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{api_port}"))?;
     let api_port = api.local_addr()?.port();
     std::fs::write(
         state.host_kubeconfig(),
@@ -102,13 +130,26 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
     )?;
     let socket: PathBuf = state.dial_socket();
     let mut relays = tokio::task::JoinSet::new();
-    relays.spawn(relay::forward(api, socket.clone(), format!("{}:6443", crate::world::GATEWAY)));
+    relays.spawn(relay::forward(
+        api,
+        socket.clone(),
+        format!("{}:6443", crate::world::GATEWAY),
+    ));
     for f in &forwards {
-        let listener = TcpListener::bind(("127.0.0.1", f.port)).await.with_context(|| format!("binding 127.0.0.1:{}", f.port))?;
+        let listener = TcpListener::bind(("127.0.0.1", f.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", f.port))?;
         relays.spawn(relay::forward(listener, socket.clone(), f.target.clone()));
-        println!("forward: 127.0.0.1:{} -> {} (inside the world)", f.port, f.target);
+        println!(
+            "forward: 127.0.0.1:{} -> {} (inside the world)",
+            f.port, f.target
+        );
     }
-    println!("world ready in {:.1}s: KUBECONFIG={}", started.elapsed().as_secs_f64(), state.host_kubeconfig().display());
+    println!(
+        "world ready in {:.1}s: KUBECONFIG={}",
+        started.elapsed().as_secs_f64(),
+        state.host_kubeconfig().display()
+    );
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -129,7 +170,15 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
 pub fn exec(state: &State, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
     let pid = init_pid(state)?.to_string();
     let status = std::process::Command::new("nsenter")
-        .args(["-t", &pid, "--user", "--net", "--mount", "--pid", "--preserve-credentials"])
+        .args([
+            "-t",
+            &pid,
+            "--user",
+            "--net",
+            "--mount",
+            "--pid",
+            "--preserve-credentials",
+        ])
         .arg(format!("--wd={}", std::env::current_dir()?.display()))
         .arg("--")
         .args(command)

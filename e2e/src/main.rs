@@ -57,10 +57,15 @@ fn main() -> ExitCode {
             Ok(status) => return ExitCode::from(status.code().unwrap_or(1) as u8),
             Err(e) => Err(e),
         },
-        Command::Up { api_port, forwards } => runtime().and_then(|rt| rt.block_on(launcher::up(state, api_port, forwards))),
+        Command::Up { api_port, forwards } => {
+            runtime().and_then(|rt| rt.block_on(launcher::up(state, api_port, forwards)))
+        }
         Command::Inside => {
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
                 .init();
             runtime().and_then(|rt| rt.block_on(world::inside(state)))
         }
@@ -75,5 +80,7 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

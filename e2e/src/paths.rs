@@ -22,21 +22,30 @@ pub fn cache() -> PathBuf {
     }
     let base = std::env::var("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
+        });
     base.join("spark-connect-operator")
 }
 
 /// A Kubernetes or etcd binary.
 pub fn k8s_bin(name: &str) -> PathBuf {
-    cache().join(format!("k8s-{}", k8s_version())).join("bin").join(name)
+    cache()
+        .join(format!("k8s-{}", k8s_version()))
+        .join("bin")
+        .join(name)
 }
 /// The CoreDNS binary.
 pub fn coredns_bin() -> PathBuf {
-    cache().join(format!("coredns-{}", coredns_version())).join("bin/coredns")
+    cache()
+        .join(format!("coredns-{}", coredns_version()))
+        .join("bin/coredns")
 }
 /// The pyspark venv.
 pub fn venv() -> PathBuf {
-    cache().join(format!("pyspark-{}", pyspark_version())).join("venv")
+    cache()
+        .join(format!("pyspark-{}", pyspark_version()))
+        .join("venv")
 }
 /// `SPARK_HOME` inside the venv: the pyspark package directory.
 pub fn spark_home() -> anyhow::Result<PathBuf> {
@@ -47,7 +56,10 @@ pub fn spark_home() -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    anyhow::bail!("no pyspark with jars under {}; run e2e/cluster/build-binaries.sh", lib.display())
+    anyhow::bail!(
+        "no pyspark with jars under {}; run e2e/cluster/build-binaries.sh",
+        lib.display()
+    )
 }
 
 /// Layout of one world's state directory.

@@ -6,9 +6,17 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl")?;
     if !out.status.success() {
-        bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -16,18 +24,71 @@ fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
 /// Creates the CA, apiserver serving cert, admin client cert and service-account key in `dir`.
 pub fn generate(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let ec = |name: &str| openssl(dir, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", name]);
-    ec("ca.key")?;
-    openssl(dir, &["req", "-x509", "-new", "-key", "ca.key", "-days", "30", "-subj", "/CN=sco-world-ca", "-out", "ca.crt"])?;
-    let sign = |name: &str, subject: &str, ext: &str| -> anyhow::Result<()> {
-        ec(&format!("{name}.key"))?;
-        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-        openssl(dir, &["req", "-new", "-key", &format!("{name}.key"), "-subj", subject, "-out", &format!("{name}.csr")])?;
+    let ec = |name: &str| {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                "-days", "30", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.crt"),
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                name,
+            ],
+        )
+    };
+    ec("ca.key")?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=sco-world-ca",
+            "-out",
+            "ca.crt",
+        ],
+    )?;
+    let sign = |name: &str, subject: &str, ext: &str| -> anyhow::Result<()> {
+        ec(&format!("{name}.key"))?;
+        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}.key"),
+                "-subj",
+                subject,
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
             ],
         )
     };

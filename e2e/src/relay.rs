@@ -13,7 +13,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 /// Inside the world: dials what each client asks for.
 pub async fn serve_dialer(socket: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
@@ -48,8 +49,14 @@ pub async fn forward(listener: TcpListener, socket: PathBuf, target: String) -> 
         let socket = socket.clone();
         let target = target.clone();
         tokio::spawn(async move {
-            let Ok(mut inner) = UnixStream::connect(&socket).await else { return };
-            if inner.write_all(format!("{target}\n").as_bytes()).await.is_err() {
+            let Ok(mut inner) = UnixStream::connect(&socket).await else {
+                return;
+            };
+            if inner
+                .write_all(format!("{target}\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
             let _ = tokio::io::copy_bidirectional(&mut client, &mut inner).await;

@@ -18,7 +18,12 @@ pub enum Mount {
     /// A fresh tmpfs.
     Tmpfs { target: String },
     /// A bind of a host file or directory.
-    Bind { source: PathBuf, target: String, read_only: bool, recursive: bool },
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+        recursive: bool,
+    },
     /// A symbolic link.
     Symlink { link: String, to: String },
 }
@@ -51,17 +56,35 @@ fn apply(root: &Path, mount: &Mount) -> anyhow::Result<()> {
         Mount::Tmpfs { target } => {
             let path = inside(root, target);
             std::fs::create_dir_all(&path).with_context(|| format!("creating {target}"))?;
-            run("mount", &["-t", "tmpfs", "-o", "mode=1777", "tmpfs", &path.to_string_lossy()])
+            run(
+                "mount",
+                &[
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    "mode=1777",
+                    "tmpfs",
+                    &path.to_string_lossy(),
+                ],
+            )
         }
-        Mount::Bind { source, target, read_only, recursive } => {
+        Mount::Bind {
+            source,
+            target,
+            read_only,
+            recursive,
+        } => {
             let path = inside(root, target);
             if source.is_dir() {
-                std::fs::create_dir_all(&path).with_context(|| format!("creating mount point {target}"))?;
+                std::fs::create_dir_all(&path)
+                    .with_context(|| format!("creating mount point {target}"))?;
             } else if !path.exists() {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating the directory of {target}"))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating the directory of {target}"))?;
                 }
-                std::fs::write(&path, b"").with_context(|| format!("creating mount point {target}"))?;
+                std::fs::write(&path, b"")
+                    .with_context(|| format!("creating mount point {target}"))?;
             }
             let mut args = vec![if *recursive { "--rbind" } else { "--bind" }];
             if *read_only {
@@ -71,9 +94,8 @@ fn apply(root: &Path, mount: &Mount) -> anyhow::Result<()> {
             args.extend([source.as_ref(), path.as_ref()]);
             run("mount", &args)
         }
-        Mount::Symlink { link, to } => {
-            std::os::unix::fs::symlink(to, inside(root, link)).with_context(|| format!("linking {link}"))
-        }
+        Mount::Symlink { link, to } => std::os::unix::fs::symlink(to, inside(root, link))
+            .with_context(|| format!("linking {link}")),
     }
 }
 
@@ -82,10 +104,15 @@ pub fn run_sandbox(spec_path: &Path) -> anyhow::Result<()> {
     let spec: SandboxSpec = serde_json::from_slice(&std::fs::read(spec_path)?)?;
     // Wait for the agent: it moves our end of the veth in, then writes one byte.
     let mut go = [0u8; 1];
-    std::io::stdin().read_exact(&mut go).context("waiting for the agent")?;
+    std::io::stdin()
+        .read_exact(&mut go)
+        .context("waiting for the agent")?;
 
     run("ip", &["link", "set", "lo", "up"])?;
-    run("ip", &["addr", "add", &format!("{}/16", spec.ip), "dev", "eth0"])?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{}/16", spec.ip), "dev", "eth0"],
+    )?;
     run("ip", &["link", "set", "eth0", "up"])?;
     run("ip", &["route", "add", "default", "via", GATEWAY])?;
     let hostname = std::ffi::CString::new(spec.hostname.clone())?;
@@ -95,17 +122,35 @@ pub fn run_sandbox(spec_path: &Path) -> anyhow::Result<()> {
 
     run("mount", &["--make-rprivate", "/"])?;
     std::fs::create_dir_all(&spec.root)?;
-    run("mount", &["-t", "tmpfs", "-o", "mode=0755", "podroot", &spec.root.to_string_lossy()])?;
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "mode=0755",
+            "podroot",
+            &spec.root.to_string_lossy(),
+        ],
+    )?;
     for mount in &spec.mounts {
         apply(&spec.root, mount)?;
     }
     std::os::unix::fs::chroot(&spec.root).context("chroot")?;
-    std::env::set_current_dir(&spec.workdir).with_context(|| format!("workingDir {}", spec.workdir))?;
+    std::env::set_current_dir(&spec.workdir)
+        .with_context(|| format!("workingDir {}", spec.workdir))?;
     let devnull = std::fs::File::open("/dev/null")?;
     unsafe {
         libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&devnull), 0);
     }
-    let (program, args) = spec.argv.split_first().context("the container has no command")?;
-    let err = std::process::Command::new(program).args(args).env_clear().envs(spec.env.iter().cloned()).exec();
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .context("the container has no command")?;
+    let err = std::process::Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(spec.env.iter().cloned())
+        .exec();
     bail!("exec {program}: {err}")
 }

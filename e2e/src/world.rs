@@ -30,9 +30,16 @@ pub const NODE_NAME: &str = "world";
 
 /// Runs a command to completion, failing with its output.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
-        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -40,11 +47,17 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
 fn setup_network() -> anyhow::Result<()> {
     run("ip", &["link", "set", "lo", "up"])?;
     run("ip", &["link", "add", "br0", "type", "bridge"])?;
-    run("ip", &["addr", "add", &format!("{GATEWAY}/16"), "dev", "br0"])?;
+    run(
+        "ip",
+        &["addr", "add", &format!("{GATEWAY}/16"), "dev", "br0"],
+    )?;
     run("ip", &["link", "set", "br0", "up"])?;
     // Without a route for the service network, a ClusterIP dialled from the world itself fails
     // before kube-proxy's rules are reached. There is no default route: nothing leaves.
-    run("ip", &["route", "add", SERVICE_CIDR, "dev", "br0", "src", GATEWAY])?;
+    run(
+        "ip",
+        &["route", "add", SERVICE_CIDR, "dev", "br0", "src", GATEWAY],
+    )?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     Ok(())
 }
@@ -54,12 +67,22 @@ fn setup_resolver(state: &State) -> anyhow::Result<()> {
     let resolv = state.path("resolv.conf");
     std::fs::write(
         &resolv,
-        format!("search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_SERVICE_IP}\noptions ndots:5\n"),
+        format!(
+            "search default.svc.cluster.local svc.cluster.local cluster.local\nnameserver {DNS_SERVICE_IP}\noptions ndots:5\n"
+        ),
     )?;
-    run("mount", &["--bind", &resolv.to_string_lossy(), "/etc/resolv.conf"])
+    run(
+        "mount",
+        &["--bind", &resolv.to_string_lossy(), "/etc/resolv.conf"],
+    )
 }
 
-fn spawn(state: &State, name: &str, program: &std::path::Path, args: &[String]) -> anyhow::Result<Child> {
+fn spawn(
+    state: &State,
+    name: &str,
+    program: &std::path::Path,
+    args: &[String],
+) -> anyhow::Result<Child> {
     let log = std::fs::File::create(state.log(name))?;
     Command::new(program)
         .args(args)
@@ -88,7 +111,9 @@ where
 
 /// A client from a kubeconfig file.
 pub async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
-    let config = Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default()).await?;
+    let config =
+        Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default())
+            .await?;
     Ok(Client::try_from(config)?)
 }
 
@@ -98,71 +123,94 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
     std::fs::create_dir_all(state.path("logs"))?;
     let pki = state.path("pki");
     crate::pki::generate(&pki)?;
-    std::fs::write(state.inner_kubeconfig(), crate::pki::kubeconfig(&pki, &format!("https://{GATEWAY}:6443"))?)?;
+    std::fs::write(
+        state.inner_kubeconfig(),
+        crate::pki::kubeconfig(&pki, &format!("https://{GATEWAY}:6443"))?,
+    )?;
     let p = |name: &str| pki.join(name).to_string_lossy().into_owned();
     let s = |v: &str| v.to_string();
     let kubeconfig = state.inner_kubeconfig().to_string_lossy().into_owned();
 
     let mut children = Vec::new();
-    children.push(spawn(&state, "etcd", &paths::k8s_bin("etcd"), &[
-        s("--name=world"),
-        format!("--data-dir={}", state.path("etcd").display()),
-        s("--listen-client-urls=http://127.0.0.1:2379"),
-        s("--advertise-client-urls=http://127.0.0.1:2379"),
-        s("--listen-peer-urls=http://127.0.0.1:2380"),
-        s("--initial-advertise-peer-urls=http://127.0.0.1:2380"),
-        s("--initial-cluster=world=http://127.0.0.1:2380"),
-        s("--unsafe-no-fsync"),
-        s("--log-level=warn"),
-    ])?);
-    children.push(spawn(&state, "kube-apiserver", &paths::k8s_bin("kube-apiserver"), &[
-        s("--etcd-servers=http://127.0.0.1:2379"),
-        format!("--bind-address={GATEWAY}"),
-        format!("--advertise-address={GATEWAY}"),
-        s("--secure-port=6443"),
-        format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-        format!("--tls-cert-file={}", p("apiserver.crt")),
-        format!("--tls-private-key-file={}", p("apiserver.key")),
-        format!("--client-ca-file={}", p("ca.crt")),
-        s("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
-        format!("--service-account-key-file={}", p("sa.pub")),
-        format!("--service-account-signing-key-file={}", p("sa.key")),
-        s("--authorization-mode=Node,RBAC"),
-        s("--allow-privileged=true"),
-        s("--profiling=false"),
-        s("--v=1"),
-    ])?);
+    children.push(spawn(
+        &state,
+        "etcd",
+        &paths::k8s_bin("etcd"),
+        &[
+            s("--name=world"),
+            format!("--data-dir={}", state.path("etcd").display()),
+            s("--listen-client-urls=http://127.0.0.1:2379"),
+            s("--advertise-client-urls=http://127.0.0.1:2379"),
+            s("--listen-peer-urls=http://127.0.0.1:2380"),
+            s("--initial-advertise-peer-urls=http://127.0.0.1:2380"),
+            s("--initial-cluster=world=http://127.0.0.1:2380"),
+            s("--unsafe-no-fsync"),
+            s("--log-level=warn"),
+        ],
+    )?);
+    children.push(spawn(
+        &state,
+        "kube-apiserver",
+        &paths::k8s_bin("kube-apiserver"),
+        &[
+            s("--etcd-servers=http://127.0.0.1:2379"),
+            format!("--bind-address={GATEWAY}"),
+            format!("--advertise-address={GATEWAY}"),
+            s("--secure-port=6443"),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--tls-cert-file={}", p("apiserver.crt")),
+            format!("--tls-private-key-file={}", p("apiserver.key")),
+            format!("--client-ca-file={}", p("ca.crt")),
+            s("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            s("--authorization-mode=Node,RBAC"),
+            s("--allow-privileged=true"),
+            s("--profiling=false"),
+            s("--v=1"),
+        ],
+    )?);
     let client = client_from(&state.inner_kubeconfig()).await?;
     wait_for("the apiserver", Duration::from_secs(120), || {
         let client = client.clone();
         async move { client.apiserver_version().await.is_ok() }
     })
     .await?;
-    children.push(spawn(&state, "kube-controller-manager", &paths::k8s_bin("kube-controller-manager"), &[
-        format!("--kubeconfig={kubeconfig}"),
-        s("--leader-elect=false"),
-        format!("--root-ca-file={}", p("ca.crt")),
-        format!("--service-account-private-key-file={}", p("sa.key")),
-        s("--use-service-account-credentials=true"),
-        s("--secure-port=0"),
-        format!("--cluster-signing-cert-file={}", p("ca.crt")),
-        format!("--cluster-signing-key-file={}", p("ca.key")),
-        s("--v=1"),
-    ])?);
-    children.push(spawn(&state, "kube-proxy", &paths::k8s_bin("kube-proxy"), &[
-        format!("--kubeconfig={kubeconfig}"),
-        format!("--hostname-override={NODE_NAME}"),
-        s("--proxy-mode=nftables"),
-        format!("--cluster-cidr={POD_CIDR}"),
-        s("--conntrack-max-per-core=0"),
-        s("--conntrack-min=0"),
-        s("--conntrack-tcp-timeout-established=0"),
-        s("--conntrack-tcp-timeout-close-wait=0"),
-        s("--conntrack-udp-timeout=0"),
-        s("--conntrack-udp-timeout-stream=0"),
-        s("--metrics-bind-address=127.0.0.1:10249"),
-        s("--healthz-bind-address=127.0.0.1:10256"),
-    ])?);
+    children.push(spawn(
+        &state,
+        "kube-controller-manager",
+        &paths::k8s_bin("kube-controller-manager"),
+        &[
+            format!("--kubeconfig={kubeconfig}"),
+            s("--leader-elect=false"),
+            format!("--root-ca-file={}", p("ca.crt")),
+            format!("--service-account-private-key-file={}", p("sa.key")),
+            s("--use-service-account-credentials=true"),
+            s("--secure-port=0"),
+            format!("--cluster-signing-cert-file={}", p("ca.crt")),
+            format!("--cluster-signing-key-file={}", p("ca.key")),
+            s("--v=1"),
+        ],
+    )?);
+    children.push(spawn(
+        &state,
+        "kube-proxy",
+        &paths::k8s_bin("kube-proxy"),
+        &[
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--hostname-override={NODE_NAME}"),
+            s("--proxy-mode=nftables"),
+            format!("--cluster-cidr={POD_CIDR}"),
+            s("--conntrack-max-per-core=0"),
+            s("--conntrack-min=0"),
+            s("--conntrack-tcp-timeout-established=0"),
+            s("--conntrack-tcp-timeout-close-wait=0"),
+            s("--conntrack-udp-timeout=0"),
+            s("--conntrack-udp-timeout-stream=0"),
+            s("--metrics-bind-address=127.0.0.1:10249"),
+            s("--healthz-bind-address=127.0.0.1:10256"),
+        ],
+    )?);
     let corefile = state.path("Corefile");
     std::fs::write(
         &corefile,
@@ -171,7 +219,12 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
              .:53 {{\n  bind {GATEWAY}\n  template ANY ANY {{\n    rcode NXDOMAIN\n  }}\n}}\n"
         ),
     )?;
-    children.push(spawn(&state, "coredns", &paths::coredns_bin(), &[s("-conf"), corefile.to_string_lossy().into_owned()])?);
+    children.push(spawn(
+        &state,
+        "coredns",
+        &paths::coredns_bin(),
+        &[s("-conf"), corefile.to_string_lossy().into_owned()],
+    )?);
     create_dns_service(&client).await?;
     setup_resolver(&state)?;
 
@@ -183,10 +236,14 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
 
     // Ready: the default ServiceAccount exists (pods need it) and the node is registered.
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    wait_for("the default ServiceAccount", Duration::from_secs(120), || {
-        let accounts = accounts.clone();
-        async move { accounts.get_opt("default").await.ok().flatten().is_some() }
-    })
+    wait_for(
+        "the default ServiceAccount",
+        Duration::from_secs(120),
+        || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await.ok().flatten().is_some() }
+        },
+    )
     .await?;
     std::fs::write(state.path("ready"), "ready\n")?;
     tracing::info!("world ready");
@@ -211,7 +268,14 @@ async fn create_dns_service(client: &Client) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     wait_for("namespace kube-system", Duration::from_secs(60), || {
         let namespaces = namespaces.clone();
-        async move { namespaces.get_opt("kube-system").await.ok().flatten().is_some() }
+        async move {
+            namespaces
+                .get_opt("kube-system")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        }
     })
     .await?;
     let service: Service = serde_json::from_value(serde_json::json!({
@@ -229,7 +293,11 @@ async fn create_dns_service(client: &Client) -> anyhow::Result<()> {
         "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": true}}],
         "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
     }))?;
-    Api::<Service>::namespaced(client.clone(), "kube-system").create(&PostParams::default(), &service).await?;
-    Api::<EndpointSlice>::namespaced(client.clone(), "kube-system").create(&PostParams::default(), &slice).await?;
+    Api::<Service>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &service)
+        .await?;
+    Api::<EndpointSlice>::namespaced(client.clone(), "kube-system")
+        .create(&PostParams::default(), &slice)
+        .await?;
     Ok(())
 }

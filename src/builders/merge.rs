@@ -19,11 +19,14 @@ pub fn merge(base: &mut Value, overlay: &Value) {
                 }
             }
         }
-        (Value::Array(base), Value::Array(overlay)) if overlay.iter().all(Value::is_object) && !overlay.is_empty() => {
+        (Value::Array(base), Value::Array(overlay))
+            if overlay.iter().all(Value::is_object) && !overlay.is_empty() =>
+        {
             for item in overlay {
-                let same_name = item
-                    .get("name")
-                    .and_then(|name| base.iter_mut().find(|existing| existing.get("name") == Some(name)));
+                let same_name = item.get("name").and_then(|name| {
+                    base.iter_mut()
+                        .find(|existing| existing.get("name") == Some(name))
+                });
                 match same_name {
                     Some(existing) => merge(existing, item),
                     None => base.push(item.clone()),
@@ -48,26 +51,39 @@ mod tests {
                 "tolerations": [{"key": "t1"}]
             }
         });
-        merge(&mut pod, &json!({
-            "metadata": {"labels": {"b": "2"}},
-            "spec": {
-                "nodeSelector": {"disk": "ssd"},
-                "containers": [
-                    {"name": "server", "env": [{"name": "A", "value": "9"}, {"name": "B", "value": "2"}], "args": ["c"]},
-                    {"name": "sidecar", "image": "busybox"}
-                ],
-                "tolerations": [{"key": "t2"}]
-            }
-        }));
+        merge(
+            &mut pod,
+            &json!({
+                "metadata": {"labels": {"b": "2"}},
+                "spec": {
+                    "nodeSelector": {"disk": "ssd"},
+                    "containers": [
+                        {"name": "server", "env": [{"name": "A", "value": "9"}, {"name": "B", "value": "2"}], "args": ["c"]},
+                        {"name": "sidecar", "image": "busybox"}
+                    ],
+                    "tolerations": [{"key": "t2"}]
+                }
+            }),
+        );
         assert_eq!(pod["metadata"]["labels"], json!({"a": "1", "b": "2"}));
         assert_eq!(pod["spec"]["nodeSelector"], json!({"disk": "ssd"}));
         let containers = pod["spec"]["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 2);
         assert_eq!(containers[0]["image"], "x");
-        assert_eq!(containers[0]["env"], json!([{"name": "A", "value": "9"}, {"name": "B", "value": "2"}]));
-        assert_eq!(containers[0]["args"], json!(["c"]), "scalar lists are replaced");
+        assert_eq!(
+            containers[0]["env"],
+            json!([{"name": "A", "value": "9"}, {"name": "B", "value": "2"}])
+        );
+        assert_eq!(
+            containers[0]["args"],
+            json!(["c"]),
+            "scalar lists are replaced"
+        );
         assert_eq!(containers[1]["name"], "sidecar");
-        assert_eq!(pod["spec"]["tolerations"], json!([{"key": "t1"}, {"key": "t2"}]));
+        assert_eq!(
+            pod["spec"]["tolerations"],
+            json!([{"key": "t1"}, {"key": "t2"}])
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::labels::{
-    BLOCK_MANAGER_PORT, DRIVER_PORT, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, TOKEN_KEY, UI_PORT,
-    driver_account_name, server_labels, token_secret_name,
+    BLOCK_MANAGER_PORT, DRIVER_PORT, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL, ServerState,
+    TOKEN_KEY, UI_PORT, driver_account_name, server_labels, token_secret_name,
 };
 use super::merge::merge;
 use super::quantity::overhead_mib;
@@ -26,13 +26,19 @@ pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
     let mut set = |key: &str, value: String| {
         conf.insert(key.to_string(), value);
     };
-    set("spark.master", "k8s://https://kubernetes.default.svc:443".into());
+    set(
+        "spark.master",
+        "k8s://https://kubernetes.default.svc:443".into(),
+    );
     set("spark.submit.deployMode", "client".into());
     set("spark.app.name", server.into());
     set("spark.kubernetes.namespace", v.namespace.into());
     set("spark.kubernetes.container.image", spec.image.clone());
     if let Some(policy) = &spec.image_pull_policy {
-        set("spark.kubernetes.container.image.pullPolicy", policy.clone());
+        set(
+            "spark.kubernetes.container.image.pullPolicy",
+            policy.clone(),
+        );
     }
     set("spark.kubernetes.driver.pod.name", server.into());
     set("spark.kubernetes.executor.podNamePrefix", server.into());
@@ -41,27 +47,60 @@ pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
         ("sparkconnect.dev/server", server),
         ("app.kubernetes.io/component", "executor"),
     ] {
-        set(&format!("spark.kubernetes.executor.label.{key}"), value.into());
+        set(
+            &format!("spark.kubernetes.executor.label.{key}"),
+            value.into(),
+        );
     }
     // Spark 4.x advertises the bind address to executors: it must be the pod IP, not 0.0.0.0.
-    set("spark.driver.bindAddress", "$(SPARK_DRIVER_BIND_ADDRESS)".into());
+    set(
+        "spark.driver.bindAddress",
+        "$(SPARK_DRIVER_BIND_ADDRESS)".into(),
+    );
     set("spark.driver.host", format!("{server}.{}.svc", v.namespace));
     set("spark.driver.port", DRIVER_PORT.to_string());
-    set("spark.driver.blockManager.port", BLOCK_MANAGER_PORT.to_string());
+    set(
+        "spark.driver.blockManager.port",
+        BLOCK_MANAGER_PORT.to_string(),
+    );
     set("spark.ui.port", UI_PORT.to_string());
-    set("spark.connect.grpc.binding.port", spec.server.port.to_string());
-    set("spark.driver.cores", spec.server.resources.cores.to_string());
+    set(
+        "spark.connect.grpc.binding.port",
+        spec.server.port.to_string(),
+    );
+    set(
+        "spark.driver.cores",
+        spec.server.resources.cores.to_string(),
+    );
     set("spark.driver.memory", format!("{}m", v.driver_memory_mib));
-    set("spark.executor.cores", spec.executors.resources.cores.to_string());
-    set("spark.executor.memory", format!("{}m", v.executor_memory_mib));
+    set(
+        "spark.executor.cores",
+        spec.executors.resources.cores.to_string(),
+    );
+    set(
+        "spark.executor.memory",
+        format!("{}m", v.executor_memory_mib),
+    );
     if dynamic.enabled {
         set("spark.dynamicAllocation.enabled", "true".into());
-        set("spark.dynamicAllocation.shuffleTracking.enabled", "true".into());
-        set("spark.dynamicAllocation.minExecutors", dynamic.min_executors.to_string());
-        set("spark.dynamicAllocation.maxExecutors", dynamic.max_executors.to_string());
+        set(
+            "spark.dynamicAllocation.shuffleTracking.enabled",
+            "true".into(),
+        );
+        set(
+            "spark.dynamicAllocation.minExecutors",
+            dynamic.min_executors.to_string(),
+        );
+        set(
+            "spark.dynamicAllocation.maxExecutors",
+            dynamic.max_executors.to_string(),
+        );
     } else {
         set("spark.dynamicAllocation.enabled", "false".into());
-        set("spark.executor.instances", spec.executors.instances.to_string());
+        set(
+            "spark.executor.instances",
+            spec.executors.instances.to_string(),
+        );
     }
     conf
 }
@@ -146,8 +185,11 @@ pub fn server_pod(v: &ValidCluster, server: &str) -> Result<Pod, Error> {
     if let Some(template) = &v.pod_template {
         merge(&mut pod, template);
     }
-    serde_json::from_value(pod)
-        .map_err(|e| Error::InvalidSpec(format!("server.podTemplate does not merge into a valid pod: {e}")))
+    serde_json::from_value(pod).map_err(|e| {
+        Error::InvalidSpec(format!(
+            "server.podTemplate does not merge into a valid pod: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -178,10 +220,28 @@ mod tests {
         assert_eq!(meta.owner_references.as_ref().unwrap()[0].name, "analytics");
         assert_eq!(meta.labels.as_ref().unwrap()[STATE_LABEL], "starting");
         let probe = container(&pod).readiness_probe.as_ref().unwrap();
-        assert_eq!(probe.tcp_socket.as_ref().unwrap().port, k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15002));
-        let requests = container(&pod).resources.as_ref().unwrap().requests.as_ref().unwrap();
+        assert_eq!(
+            probe.tcp_socket.as_ref().unwrap().port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15002)
+        );
+        let requests = container(&pod)
+            .resources
+            .as_ref()
+            .unwrap()
+            .requests
+            .as_ref()
+            .unwrap();
         assert_eq!(requests["memory"].0, "1408Mi");
-        assert_eq!(pod.spec.as_ref().unwrap().security_context.as_ref().unwrap().run_as_non_root, Some(true));
+        assert_eq!(
+            pod.spec
+                .as_ref()
+                .unwrap()
+                .security_context
+                .as_ref()
+                .unwrap()
+                .run_as_non_root,
+            Some(true)
+        );
     }
 
     #[test]
@@ -191,10 +251,26 @@ mod tests {
         let v = validate(&c).unwrap();
         let pod = server_pod(&v, "analytics-abcde").unwrap();
         let env = container(&pod).env.clone().unwrap();
-        let token = env.iter().find(|e| e.name == "SPARK_CONNECT_AUTHENTICATE_TOKEN").unwrap();
-        let secret = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        let token = env
+            .iter()
+            .find(|e| e.name == "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+            .unwrap();
+        let secret = token
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
         assert_eq!(secret.name, "analytics-connect-token");
-        assert!(!container(&pod).args.as_ref().unwrap().iter().any(|a| a.contains("authenticate.token")));
+        assert!(
+            !container(&pod)
+                .args
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|a| a.contains("authenticate.token"))
+        );
     }
 
     #[test]
@@ -205,7 +281,10 @@ mod tests {
         let v = validate(&c).unwrap();
         let conf = spark_conf(&v, "s");
         assert_eq!(conf["spark.dynamicAllocation.maxExecutors"], "3");
-        assert_eq!(conf["spark.dynamicAllocation.shuffleTracking.enabled"], "true");
+        assert_eq!(
+            conf["spark.dynamicAllocation.shuffleTracking.enabled"],
+            "true"
+        );
         assert!(!conf.contains_key("spark.executor.instances"));
     }
 
@@ -226,7 +305,10 @@ mod tests {
         let pod = server_pod(&v, "analytics-abcde").unwrap();
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["team"], "data");
-        assert_eq!(pod.metadata.labels.as_ref().unwrap()[STATE_LABEL], "starting");
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[STATE_LABEL],
+            "starting"
+        );
         assert_eq!(spec.node_selector.as_ref().unwrap()["pool"], "spark");
         assert_eq!(spec.containers.len(), 2);
         let env = spec.containers[0].env.as_ref().unwrap();

@@ -3,7 +3,9 @@
 /// Parses a Kubernetes quantity (e.g. `2Gi`, `1500M`, `512Mi`) into bytes.
 pub fn parse_bytes(quantity: &str) -> Option<u64> {
     let quantity = quantity.trim();
-    let split = quantity.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(quantity.len());
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
     let (number, suffix) = quantity.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor: f64 = match suffix {

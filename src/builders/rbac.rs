@@ -19,7 +19,9 @@ fn metadata(v: &ValidCluster) -> serde_json::Value {
 
 /// The ServiceAccount the driver pods run as.
 pub fn driver_service_account(v: &ValidCluster) -> Result<ServiceAccount, Error> {
-    Ok(serde_json::from_value(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(v)}))?)
+    Ok(serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(v)}),
+    )?)
 }
 
 /// What a Spark driver needs to run executors in its namespace.
@@ -60,10 +62,23 @@ mod tests {
         let v = validate(&c).unwrap();
         let role = driver_role(&v).unwrap();
         let rule = &role.rules.unwrap()[0];
-        assert!(rule.resources.as_ref().unwrap().contains(&"pods".to_string()));
+        assert!(
+            rule.resources
+                .as_ref()
+                .unwrap()
+                .contains(&"pods".to_string())
+        );
         assert!(rule.verbs.contains(&"delete".to_string()));
         let binding = driver_role_binding(&v).unwrap();
         assert_eq!(binding.subjects.unwrap()[0].name, "analytics-spark");
-        assert_eq!(driver_service_account(&v).unwrap().metadata.owner_references.unwrap()[0].kind, "SparkConnectCluster");
+        assert_eq!(
+            driver_service_account(&v)
+                .unwrap()
+                .metadata
+                .owner_references
+                .unwrap()[0]
+                .kind,
+            "SparkConnectCluster"
+        );
     }
 }

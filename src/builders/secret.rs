@@ -21,7 +21,10 @@ pub fn token_secret(v: &ValidCluster) -> Secret {
             owner_references: Some(vec![v.owner.clone()]),
             ..ObjectMeta::default()
         },
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), hex::encode(bytes))])),
+        string_data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            hex::encode(bytes),
+        )])),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }

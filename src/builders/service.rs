@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::Service;
 use serde_json::json;
 
 use super::labels::{
-    BLOCK_MANAGER_PORT, CLUSTER_LABEL, DRIVER_PORT, STATE_LABEL, SERVER_LABEL, ServerState, UI_PORT, cluster_labels,
-    server_labels,
+    BLOCK_MANAGER_PORT, CLUSTER_LABEL, DRIVER_PORT, SERVER_LABEL, STATE_LABEL, ServerState,
+    UI_PORT, cluster_labels, server_labels,
 };
 use crate::error::Error;
 use crate::validate::ValidCluster;
@@ -42,7 +42,10 @@ pub fn server_service(v: &ValidCluster, server: &str) -> Result<Service, Error> 
 pub fn shared_service(v: &ValidCluster) -> Result<Service, Error> {
     let selector = BTreeMap::from([
         (CLUSTER_LABEL.to_string(), v.name.to_string()),
-        (STATE_LABEL.to_string(), ServerState::Shared.as_str().to_string()),
+        (
+            STATE_LABEL.to_string(),
+            ServerState::Shared.as_str().to_string(),
+        ),
     ]);
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -75,7 +78,12 @@ mod tests {
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
         assert_eq!(spec.selector.unwrap()[SERVER_LABEL], "analytics-abcde");
-        let names: Vec<_> = spec.ports.unwrap().into_iter().filter_map(|p| p.name).collect();
+        let names: Vec<_> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
         assert_eq!(names, ["connect", "driver", "blockmanager", "ui"]);
     }
 

@@ -14,12 +14,18 @@ use crate::error::Error;
 
 /// Hash of a desired object, recorded on it as an annotation.
 fn desired_hash<K: Serialize>(desired: &K) -> Result<String, Error> {
-    Ok(hex::encode(&Sha256::digest(serde_json::to_vec(desired)?)[..8]))
+    Ok(hex::encode(
+        &Sha256::digest(serde_json::to_vec(desired)?)[..8],
+    ))
 }
 
 /// Applies `desired` (server-side, forced) unless `existing` already carries its hash.
 /// Returns whether a write was made.
-pub async fn apply_if_changed<K>(api: &Api<K>, mut desired: K, existing: Option<&K>) -> Result<bool, Error>
+pub async fn apply_if_changed<K>(
+    api: &Api<K>,
+    mut desired: K,
+    existing: Option<&K>,
+) -> Result<bool, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
@@ -29,10 +35,16 @@ where
         return Ok(false);
     }
     let name = desired.name_any();
-    desired.annotations_mut().insert(APPLIED_HASH_ANNOTATION.into(), hash);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired))
-        .await
-        .map_err(|e| Error::kube(format!("apply {} {name}", K::kind(&Default::default())), e))?;
+    desired
+        .annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("apply {} {name}", K::kind(&Default::default())), e))?;
     Ok(true)
 }
 

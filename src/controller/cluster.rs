@@ -19,7 +19,8 @@ use super::apply::{apply_if_changed, get_and_apply};
 use super::plan::{PoolTargets, ServerView, plan};
 use super::status::{healthy_status, invalid_status, server_counts};
 use crate::builders::labels::{
-    FIELD_MANAGER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, new_server_name, server_selector, token_secret_name,
+    FIELD_MANAGER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, new_server_name, server_selector,
+    token_secret_name,
 };
 use crate::builders::{pod, rbac, secret, service};
 use crate::crd::{AuthMode, SparkConnectCluster, SparkConnectClusterStatus};
@@ -29,21 +30,41 @@ use crate::validate::{ValidCluster, validate};
 const CONTROLLER: &str = "cluster";
 
 /// Reconciles one cluster; records metrics around [`reconcile_inner`].
-pub async fn reconcile(cluster: Arc<SparkConnectCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    cluster: Arc<SparkConnectCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[CONTROLLER])
+        .inc();
     let result = reconcile_inner(&cluster, &ctx).await;
-    ctx.metrics.reconcile_duration.with_label_values(&[CONTROLLER]).observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[CONTROLLER])
+        .observe(started.elapsed().as_secs_f64());
     if let Err(e) = &result {
-        ctx.metrics.reconcile_errors.with_label_values(&[CONTROLLER, e.metric_label()]).inc();
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&[CONTROLLER, e.metric_label()])
+            .inc();
     }
     result
 }
 
 /// Retry policy: permanent errors wait for a change, transient ones back off.
-pub fn error_policy(cluster: Arc<SparkConnectCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    cluster: Arc<SparkConnectCluster>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), namespace = ?cluster.namespace(), %error, "reconcile failed");
-    if error.is_permanent() { Action::await_change() } else { Action::requeue(Duration::from_secs(5)) }
+    if error.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
 }
 
 async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Error> {
@@ -51,9 +72,11 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         Ok(valid) => valid,
         Err(e) if matches!(e, Error::InvalidSpec(_)) => {
             let message = e.to_string();
-            let status = invalid_status(cluster, cluster.status.as_ref(), &message, Timestamp::now());
+            let status =
+                invalid_status(cluster, cluster.status.as_ref(), &message, Timestamp::now());
             if write_status(cluster, ctx, status).await? {
-                ctx.event(cluster, EventType::Warning, "InvalidSpec", &message).await;
+                ctx.event(cluster, EventType::Warning, "InvalidSpec", &message)
+                    .await;
             }
             return Ok(Action::await_change());
         }
@@ -63,26 +86,53 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     let ns = valid.namespace;
 
     // Objects of the whole cluster.
-    get_and_apply(&Api::<ServiceAccount>::namespaced(client.clone(), ns), rbac::driver_service_account(&valid)?).await?;
-    get_and_apply(&Api::<Role>::namespaced(client.clone(), ns), rbac::driver_role(&valid)?).await?;
-    get_and_apply(&Api::<RoleBinding>::namespaced(client.clone(), ns), rbac::driver_role_binding(&valid)?).await?;
+    get_and_apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        rbac::driver_service_account(&valid)?,
+    )
+    .await?;
+    get_and_apply(
+        &Api::<Role>::namespaced(client.clone(), ns),
+        rbac::driver_role(&valid)?,
+    )
+    .await?;
+    get_and_apply(
+        &Api::<RoleBinding>::namespaced(client.clone(), ns),
+        rbac::driver_role_binding(&valid)?,
+    )
+    .await?;
     if cluster.spec.shared > 0 {
-        get_and_apply(&Api::<Service>::namespaced(client.clone(), ns), service::shared_service(&valid)?).await?;
+        get_and_apply(
+            &Api::<Service>::namespaced(client.clone(), ns),
+            service::shared_service(&valid)?,
+        )
+        .await?;
     }
     let mut problems = Vec::new();
-    if cluster.spec.auth.mode == AuthMode::Token {
-        if let Some(problem) = ensure_token_secret(&valid, ctx).await? {
-            problems.push(problem);
-        }
+    if cluster.spec.auth.mode == AuthMode::Token
+        && let Some(problem) = ensure_token_secret(&valid, ctx).await?
+    {
+        problems.push(problem);
     }
 
     // The servers.
     let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
     let services_api = Api::<Service>::namespaced(client.clone(), ns);
     let selector = ListParams::default().labels(&server_selector(valid.name));
-    let pods = pods_api.list(&selector).await.map_err(|e| Error::kube("list server pods", e))?.items;
-    let services = services_api.list(&selector).await.map_err(|e| Error::kube("list server services", e))?.items;
-    let live: Vec<&Pod> = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+    let pods = pods_api
+        .list(&selector)
+        .await
+        .map_err(|e| Error::kube("list server pods", e))?
+        .items;
+    let services = services_api
+        .list(&selector)
+        .await
+        .map_err(|e| Error::kube("list server services", e))?
+        .items;
+    let live: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     let views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p)).collect();
     let now = Timestamp::now();
     let targets = PoolTargets {
@@ -97,28 +147,55 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     for (name, state) in &plan.relabel {
         if let Some(pod) = live.iter().find(|p| p.name_any() == *name) {
             relabel(&pods_api, pod, *state).await?;
-            ctx.event(cluster, EventType::Normal, "ServerStateChanged", &format!("server {name} is now {}", state.as_str()))
-                .await;
+            ctx.event(
+                cluster,
+                EventType::Normal,
+                "ServerStateChanged",
+                &format!("server {name} is now {}", state.as_str()),
+            )
+            .await;
         }
     }
     for (name, reason) in &plan.remove {
         if let Some(pod) = live.iter().find(|p| p.name_any() == *name) {
             delete_pod(&pods_api, pod).await?;
-            let kind = if reason.is_warning() { EventType::Warning } else { EventType::Normal };
-            ctx.event(cluster, kind, reason.event_reason(), &format!("server {name} removed")).await;
+            let kind = if reason.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            ctx.event(
+                cluster,
+                kind,
+                reason.event_reason(),
+                &format!("server {name} removed"),
+            )
+            .await;
         }
     }
     for _ in 0..plan.create {
         let name = create_server(&valid, &pods_api, &services_api).await?;
-        ctx.event(cluster, EventType::Normal, "ServerCreated", &format!("server {name} created")).await;
+        ctx.event(
+            cluster,
+            EventType::Normal,
+            "ServerCreated",
+            &format!("server {name} created"),
+        )
+        .await;
     }
 
     // Every kept server has its headless Service; Services of vanished servers are pruned.
     let kept: BTreeSet<&str> = plan.states.keys().map(String::as_str).collect();
-    let existing_services: BTreeMap<String, &Service> = services.iter().map(|s| (s.name_any(), s)).collect();
+    let existing_services: BTreeMap<String, &Service> =
+        services.iter().map(|s| (s.name_any(), s)).collect();
     for name in &kept {
         let desired = service::server_service(&valid, name)?;
-        apply_if_changed(&services_api, desired, existing_services.get(*name).copied()).await?;
+        apply_if_changed(
+            &services_api,
+            desired,
+            existing_services.get(*name).copied(),
+        )
+        .await?;
     }
     let pod_names: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
     for (name, svc) in &existing_services {
@@ -139,14 +216,22 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         (ServerState::Claimed, counts.claimed),
         (ServerState::Unhealthy, counts.unhealthy),
     ] {
-        ctx.metrics.servers.with_label_values(&[ns, valid.name, state.as_str()]).set(i64::from(value));
+        ctx.metrics
+            .servers
+            .with_label_values(&[ns, valid.name, state.as_str()])
+            .set(i64::from(value));
     }
     let mut status = healthy_status(cluster, cluster.status.as_ref(), counts, &problems, now);
-    status.token_secret = (cluster.spec.auth.mode == AuthMode::Token).then(|| token_secret_name(cluster));
+    status.token_secret =
+        (cluster.spec.auth.mode == AuthMode::Token).then(|| token_secret_name(cluster));
     write_status(cluster, ctx, status).await?;
 
     let busy = plan.create > 0 || !plan.remove.is_empty() || plan.count(ServerState::Starting) > 0;
-    Ok(Action::requeue(if busy { Duration::from_secs(5) } else { Duration::from_secs(300) }))
+    Ok(Action::requeue(if busy {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(300)
+    }))
 }
 
 /// What the plan needs to know about a server pod.
@@ -156,7 +241,9 @@ fn server_view(pod: &Pod) -> Option<ServerView> {
     let healthy = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let exited = status.and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Failed" || p == "Succeeded");
+    let exited = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Failed" || p == "Succeeded");
     Some(ServerView {
         name: pod.metadata.name.clone()?,
         state: ServerState::from_label(labels.get(STATE_LABEL).map(String::as_str)),
@@ -183,7 +270,10 @@ async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Er
 async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
     let name = pod.name_any();
     let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
     match api.delete(&name, &params).await {
@@ -194,26 +284,45 @@ async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
 }
 
 /// Creates a new server: its headless Service, then its pod.
-async fn create_server(valid: &ValidCluster<'_>, pods: &Api<Pod>, services: &Api<Service>) -> Result<String, Error> {
+async fn create_server(
+    valid: &ValidCluster<'_>,
+    pods: &Api<Pod>,
+    services: &Api<Service>,
+) -> Result<String, Error> {
     let name = new_server_name(valid.name);
     apply_if_changed(services, service::server_service(valid, &name)?, None).await?;
     let pod = pod::server_pod(valid, &name)?;
-    pods.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&pod))
-        .await
-        .map_err(|e| Error::kube(format!("create server {name}"), e))?;
+    pods.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&pod),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("create server {name}"), e))?;
     Ok(name)
 }
 
 /// Creates the generated token Secret once; reports a missing user-named Secret as a problem.
-async fn ensure_token_secret(valid: &ValidCluster<'_>, ctx: &Context) -> Result<Option<String>, Error> {
+async fn ensure_token_secret(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), valid.namespace);
     let name = token_secret_name(valid.cluster);
-    let existing = api.get_opt(&name).await.map_err(|e| Error::kube(format!("get secret {name}"), e))?;
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("get secret {name}"), e))?;
     match (existing, &valid.cluster.spec.auth.secret_name) {
         (Some(_), _) => Ok(None),
-        (None, Some(_)) => Ok(Some(format!("auth Secret {name} does not exist; servers cannot start until it does"))),
+        (None, Some(_)) => Ok(Some(format!(
+            "auth Secret {name} does not exist; servers cannot start until it does"
+        ))),
         (None, None) => {
-            match api.create(&PostParams::default(), &secret::token_secret(valid)).await {
+            match api
+                .create(&PostParams::default(), &secret::token_secret(valid))
+                .await
+            {
                 Ok(_) => Ok(None),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
                 Err(e) => Err(Error::kube(format!("create secret {name}"), e)),
@@ -231,18 +340,30 @@ async fn write_status(
     if cluster.status.as_ref() == Some(&status) {
         return Ok(false);
     }
-    let api: Api<SparkConnectCluster> =
-        Api::namespaced(ctx.client.clone(), cluster.namespace().as_deref().unwrap_or_default());
+    let api: Api<SparkConnectCluster> = Api::namespaced(
+        ctx.client.clone(),
+        cluster.namespace().as_deref().unwrap_or_default(),
+    );
     let name = cluster.name_any();
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-        .await
-        .map_err(|e| Error::kube(format!("update status of {name}"), e))?;
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("update status of {name}"), e))?;
     Ok(true)
 }
 
 impl Context {
     /// Publishes an Event on a cluster; failures are logged, never fatal.
-    pub async fn event(&self, cluster: &SparkConnectCluster, type_: EventType, reason: &str, note: &str) {
+    pub async fn event(
+        &self,
+        cluster: &SparkConnectCluster,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
         let event = kube::runtime::events::Event {
             type_,
             reason: reason.into(),
@@ -250,7 +371,11 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &cluster.object_ref(&()))
+            .await
+        {
             tracing::warn!(error = %e, reason, "publishing event failed");
         }
     }

@@ -1,7 +1,7 @@
 //! Status conditions: a list keyed by `type` whose transition times survive unchanged updates.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// Sets condition `type_` in `conditions`, keeping its transition time when the status holds.
 pub fn set_condition(
@@ -36,7 +36,9 @@ pub fn set_condition(
 
 /// Whether condition `type_` is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
 }
 
 #[cfg(test)]
@@ -48,11 +50,35 @@ mod tests {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: Timestamp = "2026-01-01T00:05:00Z".parse().unwrap();
         let mut conditions = Vec::new();
-        set_condition(&mut conditions, "Ready", false, "Starting", "m".into(), Some(1), t0);
-        set_condition(&mut conditions, "Ready", false, "Starting", "m2".into(), Some(1), t1);
+        set_condition(
+            &mut conditions,
+            "Ready",
+            false,
+            "Starting",
+            "m".into(),
+            Some(1),
+            t0,
+        );
+        set_condition(
+            &mut conditions,
+            "Ready",
+            false,
+            "Starting",
+            "m2".into(),
+            Some(1),
+            t1,
+        );
         assert_eq!(conditions[0].last_transition_time.0, t0);
         assert_eq!(conditions[0].message, "m2");
-        set_condition(&mut conditions, "Ready", true, "Up", "m".into(), Some(1), t1);
+        set_condition(
+            &mut conditions,
+            "Ready",
+            true,
+            "Up",
+            "m".into(),
+            Some(1),
+            t1,
+        );
         assert_eq!(conditions[0].last_transition_time.0, t1);
         assert_eq!(conditions.len(), 1);
         assert!(is_true(&conditions, "Ready"));

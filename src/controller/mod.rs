@@ -31,22 +31,42 @@ pub struct Context {
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, metrics: Metrics) -> Self {
-        let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, metrics }
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+        }
     }
 }
 
 /// Runs the cluster controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let api = |client: Client| -> (Api<SparkConnectCluster>, Api<Pod>, Api<Service>) {
         match &namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client)),
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
         }
     };
     let (clusters, pods, services) = api(client);
-    let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=spark-connect-operator");
+    let children =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=spark-connect-operator");
     Controller::new(clusters, watcher::Config::default())
         .owns(pods, children.clone())
         .owns(services, children)

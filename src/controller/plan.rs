@@ -63,7 +63,10 @@ impl RemoveReason {
 
     /// Whether the removal means something went wrong.
     pub fn is_warning(self) -> bool {
-        matches!(self, Self::Exited | Self::StartupTimeout | Self::Unhealthy | Self::FailedOver)
+        matches!(
+            self,
+            Self::Exited | Self::StartupTimeout | Self::Unhealthy | Self::FailedOver
+        )
     }
 }
 
@@ -98,7 +101,12 @@ pub struct PoolPlan {
 impl PoolPlan {
     /// How many kept servers (plus those to create) are in `state`.
     pub fn count(&self, state: ServerState) -> usize {
-        self.states.values().filter(|s| **s == state).count() + if state == ServerState::Starting { self.create } else { 0 }
+        self.states.values().filter(|s| **s == state).count()
+            + if state == ServerState::Starting {
+                self.create
+            } else {
+                0
+            }
     }
 }
 
@@ -131,8 +139,12 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             ServerState::Shared => shared_bad.push(s),
             _ if !current => remove(&mut plan, s, RemoveReason::Outdated),
             _ if s.healthy => spare.push(s),
-            ServerState::Idle | ServerState::Unhealthy => remove(&mut plan, s, RemoveReason::Unhealthy),
-            _ if age(now, s.created) > targets.startup_deadline => remove(&mut plan, s, RemoveReason::StartupTimeout),
+            ServerState::Idle | ServerState::Unhealthy => {
+                remove(&mut plan, s, RemoveReason::Unhealthy)
+            }
+            _ if age(now, s.created) > targets.startup_deadline => {
+                remove(&mut plan, s, RemoveReason::StartupTimeout)
+            }
             _ => {
                 plan.states.insert(s.name.clone(), ServerState::Starting);
             }
@@ -144,7 +156,12 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
     for (s, reason) in shared_bad
         .iter()
         .map(|s| (*s, RemoveReason::FailedOver))
-        .chain(shared_ok.iter().filter(|s| s.spec_hash != targets.spec_hash).map(|s| (*s, RemoveReason::Outdated)))
+        .chain(
+            shared_ok
+                .iter()
+                .filter(|s| s.spec_hash != targets.spec_hash)
+                .map(|s| (*s, RemoveReason::Outdated)),
+        )
     {
         if spare.is_empty() {
             shared.push(s);
@@ -154,7 +171,11 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             shared.push(successor);
         }
     }
-    shared.extend(shared_ok.iter().filter(|s| s.spec_hash == targets.spec_hash));
+    shared.extend(
+        shared_ok
+            .iter()
+            .filter(|s| s.spec_hash == targets.spec_hash),
+    );
     // Healthy shared servers first, so scale-down drops the failing ones.
     shared.sort_by_key(|s| !s.healthy);
     while shared.len() < targets.shared && !spare.is_empty() {
@@ -169,12 +190,17 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
 
     // Idle servers past maxIdleAge do not count toward the target: replacements start first,
     // and one old server is recycled per step once the fresh ones cover the target.
-    let over_age = |s: &ServerView| targets.max_idle_age.is_some_and(|max| age(now, s.created) > max);
+    let over_age = |s: &ServerView| {
+        targets
+            .max_idle_age
+            .is_some_and(|max| age(now, s.created) > max)
+    };
     let leaving = spare.iter().filter(|s| over_age(s)).count();
-    if leaving > 0 && spare.len() - leaving >= targets.idle {
-        if let Some(pos) = spare.iter().position(|s| over_age(s)) {
-            remove(&mut plan, spare.remove(pos), RemoveReason::Recycled);
-        }
+    if leaving > 0
+        && spare.len() - leaving >= targets.idle
+        && let Some(pos) = spare.iter().position(|s| over_age(s))
+    {
+        remove(&mut plan, spare.remove(pos), RemoveReason::Recycled);
     }
     let leaving = spare.iter().filter(|s| over_age(s)).count();
     for s in &spare {
@@ -182,7 +208,12 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
     }
 
     // Pool size: shared + idle targets, counting servers still starting.
-    let members = plan.states.values().filter(|s| **s != ServerState::Claimed).count() - leaving;
+    let members = plan
+        .states
+        .values()
+        .filter(|s| **s != ServerState::Claimed)
+        .count()
+        - leaving;
     let desired = targets.shared + targets.idle;
     if members < desired {
         plan.create += desired - members;
@@ -190,7 +221,12 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         // Drop servers still starting first (least sunk cost), then the newest idle ones.
         let mut victims: Vec<&ServerView> = servers
             .iter()
-            .filter(|s| matches!(plan.states.get(&s.name), Some(ServerState::Starting | ServerState::Idle)))
+            .filter(|s| {
+                matches!(
+                    plan.states.get(&s.name),
+                    Some(ServerState::Starting | ServerState::Idle)
+                )
+            })
             .collect();
         victims.sort_by(|a, b| {
             let rank = |s: &ServerView| plan.states.get(&s.name) == Some(&ServerState::Idle);
@@ -202,10 +238,10 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         }
     }
     for s in servers {
-        if let Some(state) = plan.states.get(&s.name) {
-            if *state != s.state {
-                plan.relabel.insert(s.name.clone(), *state);
-            }
+        if let Some(state) = plan.states.get(&s.name)
+            && *state != s.state
+        {
+            plan.relabel.insert(s.name.clone(), *state);
         }
     }
     for name in plan.remove.keys() {
@@ -252,11 +288,21 @@ mod tests {
 
     #[test]
     fn first_healthy_server_becomes_shared_then_idle() {
-        let servers = [server("a", Starting, true, 60), server("b", Starting, true, 50), server("c", Starting, false, 5)];
+        let servers = [
+            server("a", Starting, true, 60),
+            server("b", Starting, true, 50),
+            server("c", Starting, false, 5),
+        ];
         let p = plan(&servers, targets(1, 2), now());
-        assert_eq!(p.relabel, BTreeMap::from([("a".into(), Shared), ("b".into(), Idle)]));
+        assert_eq!(
+            p.relabel,
+            BTreeMap::from([("a".into(), Shared), ("b".into(), Idle)])
+        );
         assert_eq!(p.create, 0);
-        assert_eq!((p.count(Shared), p.count(Idle), p.count(Starting)), (1, 1, 1));
+        assert_eq!(
+            (p.count(Shared), p.count(Idle), p.count(Starting)),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -271,7 +317,10 @@ mod tests {
     fn failed_shared_server_hands_over_to_an_idle_one() {
         let servers = [server("a", Shared, false, 60), server("b", Idle, true, 50)];
         let p = plan(&servers, targets(1, 1), now());
-        assert_eq!(p.remove, BTreeMap::from([("a".into(), RemoveReason::FailedOver)]));
+        assert_eq!(
+            p.remove,
+            BTreeMap::from([("a".into(), RemoveReason::FailedOver)])
+        );
         assert_eq!(p.relabel, BTreeMap::from([("b".into(), Shared)]));
         assert_eq!(p.create, 1, "the pool refills");
     }
@@ -329,7 +378,10 @@ mod tests {
         let p = plan(&servers, targets(0, 1), now());
         assert_eq!(
             p.remove,
-            BTreeMap::from([("b".into(), RemoveReason::ScaledDown), ("c".into(), RemoveReason::ScaledDown)])
+            BTreeMap::from([
+                ("b".into(), RemoveReason::ScaledDown),
+                ("c".into(), RemoveReason::ScaledDown)
+            ])
         );
         assert_eq!(p.count(Idle), 1);
     }
@@ -343,7 +395,10 @@ mod tests {
         assert!(p.remove.is_empty(), "no replacement yet");
         assert_eq!(p.create, 1, "surge one replacement");
         let p = plan(&[old, server("b", Idle, true, 10)], t, now());
-        assert_eq!(p.remove, BTreeMap::from([("a".into(), RemoveReason::Recycled)]));
+        assert_eq!(
+            p.remove,
+            BTreeMap::from([("a".into(), RemoveReason::Recycled)])
+        );
         assert_eq!(p.create, 0);
     }
 }

@@ -45,23 +45,53 @@ pub fn healthy_status(
 
     let (ready, reason, message) = if spec.shared > 0 {
         if counts.shared > 0 {
-            (true, "SharedServerReady", format!("{} of {} shared servers serve the endpoint", counts.shared, spec.shared))
+            (
+                true,
+                "SharedServerReady",
+                format!(
+                    "{} of {} shared servers serve the endpoint",
+                    counts.shared, spec.shared
+                ),
+            )
         } else {
-            (false, "NoSharedServer", "no healthy server serves the endpoint yet".to_string())
+            (
+                false,
+                "NoSharedServer",
+                "no healthy server serves the endpoint yet".to_string(),
+            )
         }
     } else if counts.idle > 0 || spec.hot_pool.idle == 0 {
-        (true, "PoolServing", "pool-only cluster: claims are served from the pool".to_string())
+        (
+            true,
+            "PoolServing",
+            "pool-only cluster: claims are served from the pool".to_string(),
+        )
     } else {
-        (false, "PoolEmpty", "pool-only cluster with no idle server yet".to_string())
+        (
+            false,
+            "PoolEmpty",
+            "pool-only cluster with no idle server yet".to_string(),
+        )
     };
-    set_condition(&mut status.conditions, READY, ready, reason, message, generation, now);
+    set_condition(
+        &mut status.conditions,
+        READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    );
     let pool_full = counts.idle >= spec.hot_pool.idle;
     set_condition(
         &mut status.conditions,
         POOL_READY,
         pool_full,
         if pool_full { "PoolFull" } else { "PoolFilling" },
-        format!("{} of {} idle servers ready, {} starting", counts.idle, spec.hot_pool.idle, counts.starting),
+        format!(
+            "{} of {} idle servers ready, {} starting",
+            counts.idle, spec.hot_pool.idle, counts.starting
+        ),
         generation,
         now,
     );
@@ -70,8 +100,16 @@ pub fn healthy_status(
         &mut status.conditions,
         DEGRADED,
         degraded,
-        if degraded { "ServerProblems" } else { "AsExpected" },
-        if degraded { problems.join("; ") } else { "no problems".to_string() },
+        if degraded {
+            "ServerProblems"
+        } else {
+            "AsExpected"
+        },
+        if degraded {
+            problems.join("; ")
+        } else {
+            "no problems".to_string()
+        },
         generation,
         now,
     );
@@ -91,7 +129,15 @@ pub fn invalid_status(
     let generation = cluster.metadata.generation;
     let mut status = previous.cloned().unwrap_or_default();
     status.observed_generation = generation;
-    set_condition(&mut status.conditions, DEGRADED, true, "InvalidSpec", problem.to_string(), generation, now);
+    set_condition(
+        &mut status.conditions,
+        DEGRADED,
+        true,
+        "InvalidSpec",
+        problem.to_string(),
+        generation,
+        now,
+    );
     status.phase = "Degraded".into();
     status
 }
@@ -103,7 +149,13 @@ mod tests {
     use crate::test_support::cluster;
 
     fn counts(shared: i32, idle: i32, starting: i32) -> ServerCounts {
-        ServerCounts { total: shared + idle + starting, starting, idle, shared, ..ServerCounts::default() }
+        ServerCounts {
+            total: shared + idle + starting,
+            starting,
+            idle,
+            shared,
+            ..ServerCounts::default()
+        }
     }
 
     #[test]
@@ -117,7 +169,10 @@ mod tests {
         assert_eq!(s.phase, "Ready");
         assert!(is_true(&s.conditions, READY) && is_true(&s.conditions, POOL_READY));
         assert!(!is_true(&s.conditions, DEGRADED));
-        assert_eq!(s.endpoint.as_deref(), Some("sc://analytics.data.svc.cluster.local:15002"));
+        assert_eq!(
+            s.endpoint.as_deref(),
+            Some("sc://analytics.data.svc.cluster.local:15002")
+        );
         assert_eq!(s.observed_generation, Some(1));
     }
 

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::list_map_by_type;
 
 /// A request for a dedicated Spark Connect server from a cluster's hot pool.
+// clippy reads the repeated `type_ = "string"` of the print columns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sparkconnect.dev",
@@ -21,7 +23,11 @@ use super::list_map_by_type;
     printcolumn(name = "Cluster", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Server", type_ = "string", json_path = ".status.server"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     cel
 )]
 #[serde(rename_all = "camelCase")]

@@ -101,7 +101,10 @@ fn default_memory() -> String {
 
 impl Default for SparkResources {
     fn default() -> Self {
-        Self { cores: default_cores(), memory: default_memory() }
+        Self {
+            cores: default_cores(),
+            memory: default_memory(),
+        }
     }
 }
 
@@ -132,7 +135,11 @@ fn default_port() -> i32 {
 
 impl Default for ServerSpec {
     fn default() -> Self {
-        Self { resources: SparkResources::default(), port: default_port(), pod_template: None }
+        Self {
+            resources: SparkResources::default(),
+            port: default_port(),
+            pod_template: None,
+        }
     }
 }
 
@@ -261,7 +268,10 @@ fn default_scale_down_delay() -> String {
 
 impl Default for AutoscaleSpec {
     fn default() -> Self {
-        Self { enabled: false, scale_down_delay: default_scale_down_delay() }
+        Self {
+            enabled: false,
+            scale_down_delay: default_scale_down_delay(),
+        }
     }
 }
 

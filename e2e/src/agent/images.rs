@@ -25,7 +25,11 @@ const ENTRYPOINT: &str = include_str!("../../images/spark/entrypoint.sh");
 fn java_home() -> String {
     std::fs::canonicalize("/usr/bin/java")
         .ok()
-        .and_then(|java| java.parent()?.parent().map(|p| p.to_string_lossy().into_owned()))
+        .and_then(|java| {
+            java.parent()?
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "/usr/lib/jvm/java-17-openjdk-amd64".into())
 }
 
@@ -40,7 +44,10 @@ fn base_env(extra_path: &str) -> Vec<(String, String)> {
 fn project_binary(name: &str) -> PathBuf {
     let var = format!("SCO_{}_BIN", name.to_uppercase().replace('-', "_"));
     std::env::var(var).map(PathBuf::from).unwrap_or_else(|_| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| name.into())
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join(name)))
+            .unwrap_or_else(|| name.into())
     })
 }
 
@@ -56,20 +63,29 @@ fn repository(image: &str) -> (&str, &str) {
 pub fn resolve(image: &str, state_dir: &std::path::Path) -> Result<ImageLayout, String> {
     let (name, tag) = repository(image);
     match name {
-        "spark" if tag.starts_with('4') => spark(state_dir).map_err(|e| format!("emulating {image}: {e}")),
+        "spark" if tag.starts_with('4') => {
+            spark(state_dir).map_err(|e| format!("emulating {image}: {e}"))
+        }
         "spark-connect-operator" | "sco-fake-connect" => {
             let binary = project_binary(name);
             if !binary.is_file() {
                 return Err(format!("{image}: binary {} is not built", binary.display()));
             }
             Ok(ImageLayout {
-                mounts: vec![Mount::Bind { source: binary, target: format!("/{name}"), read_only: true, recursive: false }],
+                mounts: vec![Mount::Bind {
+                    source: binary,
+                    target: format!("/{name}"),
+                    read_only: true,
+                    recursive: false,
+                }],
                 env: base_env(""),
                 default_argv: vec![format!("/{name}")],
                 workdir: "/".into(),
             })
         }
-        _ => Err(format!("image {image} is not available in the local world (known: apache/spark:4.*, spark-connect-operator, sco-fake-connect)")),
+        _ => Err(format!(
+            "image {image} is not available in the local world (known: apache/spark:4.*, spark-connect-operator, sco-fake-connect)"
+        )),
     }
 }
 
@@ -78,21 +94,43 @@ fn spark(state_dir: &std::path::Path) -> anyhow::Result<ImageLayout> {
     let entrypoint = state_dir.join("entrypoint.sh");
     if !entrypoint.exists() {
         std::fs::write(&entrypoint, ENTRYPOINT)?;
-        std::fs::set_permissions(&entrypoint, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        std::fs::set_permissions(
+            &entrypoint,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
     }
     // /opt/spark is a tmpfs with read-only binds of the venv's directories, so mounts such as
     // conf/ never write into the shared cache.
-    let mut mounts = vec![Mount::Tmpfs { target: "/opt/spark".into() }];
-    let mut entries: Vec<_> = std::fs::read_dir(&home)?.filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut mounts = vec![Mount::Tmpfs {
+        target: "/opt/spark".into(),
+    }];
+    let mut entries: Vec<_> = std::fs::read_dir(&home)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for entry in entries {
-        let Some(file) = entry.file_name().map(|f| f.to_string_lossy().into_owned()) else { continue };
+        let Some(file) = entry.file_name().map(|f| f.to_string_lossy().into_owned()) else {
+            continue;
+        };
         if entry.is_dir() && file != "__pycache__" {
-            mounts.push(Mount::Bind { source: entry, target: format!("/opt/spark/{file}"), read_only: true, recursive: false });
+            mounts.push(Mount::Bind {
+                source: entry,
+                target: format!("/opt/spark/{file}"),
+                read_only: true,
+                recursive: false,
+            });
         }
     }
-    mounts.push(Mount::Tmpfs { target: "/opt/spark/work-dir".into() });
-    mounts.push(Mount::Bind { source: entrypoint, target: "/opt/entrypoint.sh".into(), read_only: true, recursive: false });
+    mounts.push(Mount::Tmpfs {
+        target: "/opt/spark/work-dir".into(),
+    });
+    mounts.push(Mount::Bind {
+        source: entrypoint,
+        target: "/opt/entrypoint.sh".into(),
+        read_only: true,
+        recursive: false,
+    });
     let mut env = base_env("/opt/spark/bin:");
     env.push(("SPARK_HOME".into(), "/opt/spark".into()));
     env.push(("JAVA_HOME".into(), java_home()));
@@ -110,8 +148,18 @@ mod tests {
 
     #[test]
     fn parses_repository_and_tag() {
-        assert_eq!(repository("apache/spark:4.1.1-scala2.13-java17-python3-ubuntu"), ("spark", "4.1.1-scala2.13-java17-python3-ubuntu"));
-        assert_eq!(repository("localhost:5000/spark-connect-operator"), ("spark-connect-operator", "latest"));
-        assert!(resolve("nginx:1.27", std::path::Path::new("/tmp")).unwrap_err().contains("not available"));
+        assert_eq!(
+            repository("apache/spark:4.1.1-scala2.13-java17-python3-ubuntu"),
+            ("spark", "4.1.1-scala2.13-java17-python3-ubuntu")
+        );
+        assert_eq!(
+            repository("localhost:5000/spark-connect-operator"),
+            ("spark-connect-operator", "latest")
+        );
+        assert!(
+            resolve("nginx:1.27", std::path::Path::new("/tmp"))
+                .unwrap_err()
+                .contains("not available")
+        );
     }
 }

@@ -36,7 +36,10 @@ pub async fn run(client: Client, state: State) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
-    let reporter = Reporter { controller: "sco-world-agent".into(), instance: Some(NODE_NAME.into()) };
+    let reporter = Reporter {
+        controller: "sco-world-agent".into(),
+        instance: Some(NODE_NAME.into()),
+    };
     let node = Arc::new(pod::Node {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
@@ -48,7 +51,9 @@ pub async fn run(client: Client, state: State) -> anyhow::Result<()> {
     let mut events = watcher(pods, watcher::Config::default()).boxed();
     while let Some(event) = events.next().await {
         match event {
-            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => handle(&node, &mut running, pod).await,
+            Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                handle(&node, &mut running, pod).await
+            }
             Ok(watcher::Event::Delete(pod)) => {
                 if let Some(stop) = running.remove(&pod.uid().unwrap_or_default()) {
                     let _ = stop.send(true);
@@ -62,10 +67,18 @@ pub async fn run(client: Client, state: State) -> anyhow::Result<()> {
     anyhow::bail!("pod watch ended")
 }
 
-async fn handle(node: &Arc<pod::Node>, running: &mut HashMap<String, watch::Sender<bool>>, pod: Pod) {
+async fn handle(
+    node: &Arc<pod::Node>,
+    running: &mut HashMap<String, watch::Sender<bool>>,
+    pod: Pod,
+) {
     let uid = pod.uid().unwrap_or_default();
     let node_name = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(node.client.clone(), &pod.namespace().unwrap_or_default());
     if pod.metadata.deletion_timestamp.is_some() {
         match running.get(&uid) {
@@ -73,7 +86,15 @@ async fn handle(node: &Arc<pod::Node>, running: &mut HashMap<String, watch::Send
                 let _ = stop.send(true);
             }
             None if node_name.as_deref() == Some(NODE_NAME) || node_name.is_none() => {
-                let _ = api.delete(&pod.name_any(), &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+                let _ = api
+                    .delete(
+                        &pod.name_any(),
+                        &DeleteParams {
+                            grace_period_seconds: Some(0),
+                            ..DeleteParams::default()
+                        },
+                    )
+                    .await;
             }
             None => {}
         }
@@ -88,12 +109,16 @@ async fn handle(node: &Arc<pod::Node>, running: &mut HashMap<String, watch::Send
             });
             let name = pod.name_any();
             let params = PostParams::default();
-            let bound = api.create_subresource::<serde_json::Value, serde_json::Value>("binding", &name, &params, &binding);
+            let bound = api.create_subresource::<serde_json::Value, serde_json::Value>(
+                "binding", &name, &params, &binding,
+            );
             if let Err(e) = bound.await {
                 tracing::debug!(pod = %pod.name_any(), error = %e, "binding failed");
             }
         }
-        Some(NODE_NAME) if !running.contains_key(&uid) && phase != "Succeeded" && phase != "Failed" => {
+        Some(NODE_NAME)
+            if !running.contains_key(&uid) && phase != "Succeeded" && phase != "Failed" =>
+        {
             let (stop, stopped) = watch::channel(false);
             running.insert(uid, stop);
             tokio::spawn(pod::run(node.clone(), pod, stopped));
@@ -108,7 +133,13 @@ async fn register(client: &Client) -> anyhow::Result<()> {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}}
     }))?;
-    nodes.patch(NODE_NAME, &PatchParams::apply("sco-world-agent").force(), &Patch::Apply(&node)).await?;
+    nodes
+        .patch(
+            NODE_NAME,
+            &PatchParams::apply("sco-world-agent").force(),
+            &Patch::Apply(&node),
+        )
+        .await?;
     heartbeat(client).await
 }
 
@@ -122,14 +153,28 @@ async fn heartbeat(client: &Client) -> anyhow::Result<()> {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "sco-world agent is posting ready status",
             "lastHeartbeatTime": now, "lastTransitionTime": now}]
     }});
-    nodes.patch_status(NODE_NAME, &PatchParams::default(), &Patch::Strategic(&status)).await?;
+    nodes
+        .patch_status(
+            NODE_NAME,
+            &PatchParams::default(),
+            &Patch::Strategic(&status),
+        )
+        .await?;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let renew = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+    let renew = Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
     let lease: Lease = serde_json::from_value(json!({
         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
         "metadata": {"name": NODE_NAME, "namespace": "kube-node-lease"},
         "spec": {"holderIdentity": NODE_NAME, "leaseDurationSeconds": 40, "renewTime": renew}
     }))?;
-    leases.patch(NODE_NAME, &PatchParams::apply("sco-world-agent").force(), &Patch::Apply(&lease)).await?;
+    leases
+        .patch(
+            NODE_NAME,
+            &PatchParams::apply("sco-world-agent").force(),
+            &Patch::Apply(&lease),
+        )
+        .await?;
     Ok(())
 }

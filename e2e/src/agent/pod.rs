@@ -37,7 +37,10 @@ pub struct Node {
 
 impl Node {
     fn take_ip(&self) -> anyhow::Result<u32> {
-        let mut free = self.ips.lock().map_err(|_| anyhow::anyhow!("ip pool poisoned"))?;
+        let mut free = self
+            .ips
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ip pool poisoned"))?;
         free.pop_first().context("the pod network is full")
     }
     fn give_ip(&self, index: u32) {
@@ -46,7 +49,13 @@ impl Node {
         }
     }
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
         let _ = self.recorder.publish(&event, &pod.object_ref(&())).await;
     }
 }
@@ -61,22 +70,47 @@ fn base_mounts(pod_dir: &std::path::Path) -> Vec<Mount> {
     for dir in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
         let host = std::path::Path::new("/").join(dir);
         if let Ok(target) = std::fs::read_link(&host) {
-            mounts.push(Mount::Symlink { link: format!("/{dir}"), to: target.to_string_lossy().into_owned() });
+            mounts.push(Mount::Symlink {
+                link: format!("/{dir}"),
+                to: target.to_string_lossy().into_owned(),
+            });
         } else if host.is_dir() {
-            mounts.push(Mount::Bind { source: host, target: format!("/{dir}"), read_only: true, recursive: false });
+            mounts.push(Mount::Bind {
+                source: host,
+                target: format!("/{dir}"),
+                read_only: true,
+                recursive: false,
+            });
         }
     }
     for dir in ["usr", "etc"] {
-        mounts.push(Mount::Bind { source: format!("/{dir}").into(), target: format!("/{dir}"), read_only: true, recursive: false });
+        mounts.push(Mount::Bind {
+            source: format!("/{dir}").into(),
+            target: format!("/{dir}"),
+            read_only: true,
+            recursive: false,
+        });
     }
     for dir in ["dev", "proc", "sys"] {
-        mounts.push(Mount::Bind { source: format!("/{dir}").into(), target: format!("/{dir}"), read_only: false, recursive: true });
+        mounts.push(Mount::Bind {
+            source: format!("/{dir}").into(),
+            target: format!("/{dir}"),
+            read_only: false,
+            recursive: true,
+        });
     }
     for dir in ["tmp", "var", "run", "root", "home", "opt"] {
-        mounts.push(Mount::Tmpfs { target: format!("/{dir}") });
+        mounts.push(Mount::Tmpfs {
+            target: format!("/{dir}"),
+        });
     }
     for file in ["hosts", "resolv.conf", "hostname"] {
-        mounts.push(Mount::Bind { source: pod_dir.join(file), target: format!("/etc/{file}"), read_only: true, recursive: false });
+        mounts.push(Mount::Bind {
+            source: pod_dir.join(file),
+            target: format!("/etc/{file}"),
+            read_only: true,
+            recursive: false,
+        });
     }
     mounts
 }
@@ -92,29 +126,58 @@ pub async fn run(node: Arc<Node>, pod: Pod, mut stop: watch::Receiver<bool>) {
     let result = run_inner(&node, &pod, &api, &mut stop).await;
     if let Err(e) = &result {
         tracing::warn!(pod = %name, error = %format!("{e:#}"), "pod failed");
-        node.event(&pod, EventType::Warning, "Failed", format!("{e:#}")).await;
-        let _ = patch_status(&api, &name, json!({"phase": "Failed", "reason": "StartError", "message": format!("{e:#}")})).await;
+        node.event(&pod, EventType::Warning, "Failed", format!("{e:#}"))
+            .await;
+        let _ = patch_status(
+            &api,
+            &name,
+            json!({"phase": "Failed", "reason": "StartError", "message": format!("{e:#}")}),
+        )
+        .await;
         // Wait for the deletion that follows.
         stopped(&mut stop).await;
     }
     let deleting = *stop.borrow();
     if deleting {
-        let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await;
+        let _ = api
+            .delete(
+                &name,
+                &DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..DeleteParams::default()
+                },
+            )
+            .await;
     }
 }
 
-async fn run_inner(node: &Node, pod: &Pod, api: &Api<Pod>, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn run_inner(
+    node: &Node,
+    pod: &Pod,
+    api: &Api<Pod>,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let name = pod.name_any();
     let ns = pod.namespace().unwrap_or_default();
     let spec = pod.spec.clone().context("pod has no spec")?;
-    let container = spec.containers.first().context("pod has no container")?.clone();
+    let container = spec
+        .containers
+        .first()
+        .context("pod has no container")?
+        .clone();
     let image = container.image.clone().unwrap_or_default();
     let layout = match images::resolve(&image, node.state.dir()) {
         Ok(layout) => layout,
         Err(message) => {
-            node.event(pod, EventType::Warning, "Failed", message.clone()).await;
+            node.event(pod, EventType::Warning, "Failed", message.clone())
+                .await;
             let status = container_waiting(&container, "ErrImagePull", &message);
-            patch_status(api, &name, json!({"phase": "Pending", "containerStatuses": [status]})).await?;
+            patch_status(
+                api,
+                &name,
+                json!({"phase": "Pending", "containerStatuses": [status]}),
+            )
+            .await?;
             stopped(stop).await;
             return Ok(());
         }
@@ -123,7 +186,10 @@ async fn run_inner(node: &Node, pod: &Pod, api: &Api<Pod>, stop: &mut watch::Rec
     std::fs::create_dir_all(&dir)?;
     let ip_index = node.take_ip()?;
     let ip = ip_of(ip_index);
-    let result = supervise(node, pod, api, stop, &container, &layout, &dir, ip_index, &ip).await;
+    let result = supervise(
+        node, pod, api, stop, &container, &layout, &dir, ip_index, &ip,
+    )
+    .await;
     node.give_ip(ip_index);
     result
 }
@@ -153,8 +219,14 @@ async fn supervise(
         match prepared {
             Ok(ready) => break ready,
             Err(e) => {
-                let status = container_waiting(container, "CreateContainerConfigError", &format!("{e:#}"));
-                patch_status(api, &name, json!({"phase": "Pending", "containerStatuses": [status]})).await?;
+                let status =
+                    container_waiting(container, "CreateContainerConfigError", &format!("{e:#}"));
+                patch_status(
+                    api,
+                    &name,
+                    json!({"phase": "Pending", "containerStatuses": [status]}),
+                )
+                .await?;
                 tokio::select! {
                     _ = stopped(stop) => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -164,15 +236,23 @@ async fn supervise(
     };
     let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
     let mut argv: Vec<String> = match &container.command {
-        Some(command) if !command.is_empty() => command.iter().map(|c| expand(c, &env_map)).collect(),
+        Some(command) if !command.is_empty() => {
+            command.iter().map(|c| expand(c, &env_map)).collect()
+        }
         _ => layout.default_argv.clone(),
     };
     argv.extend(container.args.iter().flatten().map(|a| expand(a, &env_map)));
     let hostname = name.clone();
-    std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{ip} {hostname}.{ns}.pod.cluster.local {hostname}\n"))?;
+    std::fs::write(
+        dir.join("hosts"),
+        format!("127.0.0.1 localhost\n{ip} {hostname}.{ns}.pod.cluster.local {hostname}\n"),
+    )?;
     std::fs::write(
         dir.join("resolv.conf"),
-        format!("search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n", crate::world::DNS_SERVICE_IP),
+        format!(
+            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
+            crate::world::DNS_SERVICE_IP
+        ),
     )?;
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
     let mut mounts = base_mounts(dir);
@@ -185,19 +265,53 @@ async fn supervise(
         mounts,
         argv,
         env,
-        workdir: container.working_dir.clone().unwrap_or_else(|| layout.workdir.clone()),
+        workdir: container
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| layout.workdir.clone()),
     };
-    std::fs::write(dir.join("sandbox.json"), serde_json::to_vec_pretty(&sandbox)?)?;
+    std::fs::write(
+        dir.join("sandbox.json"),
+        serde_json::to_vec_pretty(&sandbox)?,
+    )?;
 
-    let policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
-    let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+    let policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let grace = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30);
     let started_at = Timestamp::now();
     let mut restarts = 0;
     loop {
         let mut running = start(dir, ip_index).await?;
+        // The container's PID inside the world, for tests that signal it (`sco-world exec -- kill`).
+        std::fs::write(
+            dir.join("pid"),
+            running
+                .child
+                .id()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+        )?;
         let container_started = Timestamp::now();
         let mut ready = container.readiness_probe.is_none();
-        report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
+        report(
+            api,
+            &name,
+            container,
+            ip,
+            started_at,
+            container_started,
+            ready,
+            restarts,
+            None,
+        )
+        .await?;
         let mut probe = Prober::new(container.readiness_probe.as_ref(), container);
         let exit = loop {
             tokio::select! {
@@ -207,11 +321,11 @@ async fn supervise(
                     return Ok(());
                 }
                 _ = tokio::time::sleep(probe.next_delay()) => {
-                    if let Some(now_ready) = probe.check(ip, running.child.id()).await {
-                        if now_ready != ready {
-                            ready = now_ready;
-                            report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
-                        }
+                    if let Some(now_ready) = probe.check(ip, running.child.id()).await
+                        && now_ready != ready
+                    {
+                        ready = now_ready;
+                        report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
                     }
                 }
             }
@@ -219,12 +333,29 @@ async fn supervise(
         let code = exit.code().unwrap_or(128 + exit.signal_number());
         let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
         if !restart {
-            report(api, &name, container, ip, started_at, container_started, false, restarts, Some(code)).await?;
+            report(
+                api,
+                &name,
+                container,
+                ip,
+                started_at,
+                container_started,
+                false,
+                restarts,
+                Some(code),
+            )
+            .await?;
             stopped(stop).await;
             return Ok(());
         }
         restarts += 1;
-        node.event(pod, EventType::Warning, "BackOff", format!("container exited with code {code}; restarting")).await;
+        node.event(
+            pod,
+            EventType::Warning,
+            "BackOff",
+            format!("container exited with code {code}; restarting"),
+        )
+        .await;
         let backoff = Duration::from_secs((1u64 << restarts.min(5)).min(30));
         tokio::select! {
             _ = stopped(stop) => return Ok(()),
@@ -249,7 +380,10 @@ impl SignalNumber for std::process::ExitStatus {
 
 /// Starts the sandbox in new network, UTS and mount namespaces and plugs its veth in.
 async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))?;
     let me = std::env::current_exe()?;
     let mut child = tokio::process::Command::new("unshare")
         .args(["--net", "--uts", "--mount", "--"])
@@ -267,9 +401,25 @@ async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> 
     // veth names are limited to 15 characters: derive them from the IP index.
     let host_end = format!("vp{ip_index}");
     let _ = crate::world::run("ip", &["link", "del", &host_end]);
-    crate::world::run("ip", &["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pid])?;
+    crate::world::run(
+        "ip",
+        &[
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+        ],
+    )?;
     crate::world::run("ip", &["link", "set", &host_end, "master", "br0"])?;
-    crate::world::run("ip", &["link", "set", &host_end, "type", "bridge_slave", "hairpin", "on"])?;
+    crate::world::run(
+        "ip",
+        &[
+            "link",
+            "set",
+            &host_end,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ],
+    )?;
     crate::world::run("ip", &["link", "set", &host_end, "up"])?;
     let mut stdin = child.stdin.take().context("sandbox has no stdin")?;
     stdin.write_all(b"g").await?;
@@ -283,7 +433,10 @@ async fn terminate(child: &mut tokio::process::Child, grace: i64) {
         unsafe {
             libc::kill(-(pid as i32), libc::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), child.wait()).await.is_ok() {
+        if tokio::time::timeout(Duration::from_secs(grace.max(0) as u64), child.wait())
+            .await
+            .is_ok()
+        {
             return;
         }
         unsafe {
@@ -304,13 +457,22 @@ struct Prober<'a> {
 
 impl<'a> Prober<'a> {
     fn new(probe: Option<&'a Probe>, container: &'a Container) -> Self {
-        Self { probe, container, first: true, failures: 0, successes: 0 }
+        Self {
+            probe,
+            container,
+            first: true,
+            failures: 0,
+            successes: 0,
+        }
     }
 
     fn next_delay(&mut self) -> Duration {
-        let Some(p) = self.probe else { return Duration::from_secs(3600) };
+        let Some(p) = self.probe else {
+            return Duration::from_secs(3600);
+        };
         if std::mem::take(&mut self.first) {
-            Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64) + Duration::from_millis(200)
+            Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64)
+                + Duration::from_millis(200)
         } else {
             Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64)
         }
@@ -335,14 +497,26 @@ impl<'a> Prober<'a> {
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let ok = if let Some(tcp) = &p.tcp_socket {
             let port = self.port(&tcp.port)?;
-            matches!(tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port as u16))).await, Ok(Ok(_)))
+            matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port as u16)))
+                    .await,
+                Ok(Ok(_))
+            )
         } else if let Some(http) = &p.http_get {
             let port = self.port(&http.port)?;
-            http_ok(ip, port as u16, http.path.as_deref().unwrap_or("/"), timeout).await
+            http_ok(
+                ip,
+                port as u16,
+                http.path.as_deref().unwrap_or("/"),
+                timeout,
+            )
+            .await
         } else if let Some(exec) = &p.exec {
             let pid = pid?.to_string();
             let mut command = tokio::process::Command::new("nsenter");
-            command.args(["-t", &pid, "-n", "-m", "-u", "-r", "-w", "--"]).args(exec.command.iter().flatten());
+            command
+                .args(["-t", &pid, "-n", "-m", "-u", "-r", "-w", "--"])
+                .args(exec.command.iter().flatten());
             matches!(tokio::time::timeout(timeout, command.status()).await, Ok(Ok(s)) if s.success())
         } else {
             true
@@ -363,7 +537,9 @@ async fn http_ok(ip: &str, port: u16, path: &str, timeout: Duration) -> bool {
     use tokio::io::AsyncReadExt;
     let attempt = async {
         let mut stream = tokio::net::TcpStream::connect((ip, port)).await?;
-        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes()).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
+            .await?;
         let mut head = [0u8; 12];
         stream.read_exact(&mut head).await?;
         std::io::Result::Ok(head)
@@ -396,8 +572,10 @@ async fn report(
     let now = Timestamp::now().to_string();
     let state = match exit_code {
         None => json!({"running": {"startedAt": container_started.to_string()}}),
-        Some(code) => json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-            "startedAt": container_started.to_string(), "finishedAt": now}}),
+        Some(code) => {
+            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+            "startedAt": container_started.to_string(), "finishedAt": now}})
+        }
     };
     let phase = match exit_code {
         None => "Running",
@@ -428,8 +606,12 @@ async fn report(
 }
 
 async fn patch_status(api: &Api<Pod>, name: &str, status: serde_json::Value) -> anyhow::Result<()> {
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({"status": status})))
-        .await
-        .with_context(|| format!("updating the status of pod {name}"))?;
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": status})),
+    )
+    .await
+    .with_context(|| format!("updating the status of pod {name}"))?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, ObjectFieldSelector, Pod, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, ObjectFieldSelector, Pod, Secret, ServiceAccount, Volume,
+};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -16,19 +18,35 @@ use crate::sandbox::Mount;
 pub fn field(pod: &Pod, selector: &ObjectFieldSelector, pod_ip: &str) -> anyhow::Result<String> {
     let path = selector.field_path.as_str();
     let meta = &pod.metadata;
-    let lookup = |map: Option<&BTreeMap<String, String>>, key: &str| map.and_then(|m| m.get(key)).cloned().unwrap_or_default();
+    let lookup = |map: Option<&BTreeMap<String, String>>, key: &str| {
+        map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+    };
     Ok(match path {
         "metadata.name" => pod.name_any(),
         "metadata.namespace" => pod.namespace().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.into(),
         "status.hostIP" | "status.hostIPs" => crate::world::GATEWAY.into(),
         _ => {
-            if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|k| k.strip_suffix("']")) {
+            if let Some(key) = path
+                .strip_prefix("metadata.labels['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
                 lookup(meta.labels.as_ref(), key)
-            } else if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']")) {
+            } else if let Some(key) = path
+                .strip_prefix("metadata.annotations['")
+                .and_then(|k| k.strip_suffix("']"))
+            {
                 lookup(meta.annotations.as_ref(), key)
             } else {
                 bail!("unsupported fieldRef {path}")
@@ -108,8 +126,14 @@ pub async fn environment(
 fn resource_field(container: &Container, resource: &str) -> String {
     let (kind, name) = resource.split_once('.').unwrap_or(("limits", resource));
     let resources = container.resources.as_ref();
-    let map = if kind == "requests" { resources.and_then(|r| r.requests.as_ref()) } else { resources.and_then(|r| r.limits.as_ref()) };
-    map.and_then(|m| m.get(name)).map(|q| q.0.clone()).unwrap_or_else(|| "0".into())
+    let map = if kind == "requests" {
+        resources.and_then(|r| r.requests.as_ref())
+    } else {
+        resources.and_then(|r| r.limits.as_ref())
+    };
+    map.and_then(|m| m.get(name))
+        .map(|q| q.0.clone())
+        .unwrap_or_else(|| "0".into())
 }
 
 /// Expands `$(VAR)` references from `env`; `$$` escapes; unknown references stay as written.
@@ -138,16 +162,32 @@ pub fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
     out
 }
 
-async fn config_map(client: &Client, ns: &str, name: &str, optional: bool) -> anyhow::Result<BTreeMap<String, String>> {
-    match Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await? {
+async fn config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    match Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         Some(cm) => Ok(cm.data.unwrap_or_default()),
         None if optional => Ok(BTreeMap::new()),
         None => Err(anyhow!("configmap {name} not found")),
     }
 }
 
-async fn secret(client: &Client, ns: &str, name: &str, optional: bool) -> anyhow::Result<BTreeMap<String, String>> {
-    match Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await? {
+async fn secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    optional: bool,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    {
         Some(s) => Ok(s
             .data
             .unwrap_or_default()
@@ -165,11 +205,16 @@ fn write_items(
     items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
 ) -> anyhow::Result<()> {
     let pairs: Vec<(String, String)> = match items {
-        Some(items) => items.iter().map(|i| (i.key.clone(), i.path.clone())).collect(),
+        Some(items) => items
+            .iter()
+            .map(|i| (i.key.clone(), i.path.clone()))
+            .collect(),
         None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
     };
     for (key, path) in pairs {
-        let value = data.get(&key).with_context(|| format!("key {key} not found"))?;
+        let value = data
+            .get(&key)
+            .with_context(|| format!("key {key} not found"))?;
         let file = dir.join(&path);
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent)?;
@@ -179,9 +224,18 @@ fn write_items(
     Ok(())
 }
 
-async fn service_account_token(client: &Client, pod: &Pod, audience: Option<&str>, seconds: Option<i64>) -> anyhow::Result<String> {
+async fn service_account_token(
+    client: &Client,
+    pod: &Pod,
+    audience: Option<&str>,
+    seconds: Option<i64>,
+) -> anyhow::Result<String> {
     let ns = pod.namespace().unwrap_or_default();
-    let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
     let request: TokenRequest = serde_json::from_value(serde_json::json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
@@ -192,14 +246,29 @@ async fn service_account_token(client: &Client, pod: &Pod, audience: Option<&str
         }
     }))?;
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    let response: TokenRequest = api.create_subresource("token", &account, &PostParams::default(), &request).await?;
-    response.status.and_then(|s| s.token).context("TokenRequest returned no token")
+    let response: TokenRequest = api
+        .create_subresource("token", &account, &PostParams::default(), &request)
+        .await?;
+    response
+        .status
+        .and_then(|s| s.token)
+        .context("TokenRequest returned no token")
 }
 
 /// Writes every volume of the pod under `dir` and returns the mounts for `container`.
-pub async fn prepare(client: &Client, pod: &Pod, container: &Container, dir: &Path, pod_ip: &str) -> anyhow::Result<Vec<Mount>> {
+pub async fn prepare(
+    client: &Client,
+    pod: &Pod,
+    container: &Container,
+    dir: &Path,
+    pod_ip: &str,
+) -> anyhow::Result<Vec<Mount>> {
     let ns = pod.namespace().unwrap_or_default();
-    let volumes: Vec<Volume> = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+    let volumes: Vec<Volume> = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.volumes.clone())
+        .unwrap_or_default();
     let mut sources: BTreeMap<String, PathBuf> = BTreeMap::new();
     for volume in &volumes {
         let path = dir.join("volumes").join(&volume.name);
@@ -220,11 +289,18 @@ pub async fn prepare(client: &Client, pod: &Pod, container: &Container, dir: &Pa
         } else if let Some(projected) = &volume.projected {
             for source in projected.sources.iter().flatten() {
                 if let Some(t) = &source.service_account_token {
-                    let token = service_account_token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?;
+                    let token = service_account_token(
+                        client,
+                        pod,
+                        t.audience.as_deref(),
+                        t.expiration_seconds,
+                    )
+                    .await?;
                     std::fs::write(path.join(&t.path), token)?;
                 }
                 if let Some(cm) = &source.config_map {
-                    let data = config_map(client, &ns, &cm.name, cm.optional.unwrap_or(false)).await?;
+                    let data =
+                        config_map(client, &ns, &cm.name, cm.optional.unwrap_or(false)).await?;
                     write_items(&path, &data, cm.items.as_ref())?;
                 }
                 if let Some(s) = &source.secret {
@@ -240,13 +316,18 @@ pub async fn prepare(client: &Client, pod: &Pod, container: &Container, dir: &Pa
                 }
             }
         } else if volume.empty_dir.is_none() {
-            bail!("volume {} has a type the local world does not support (configMap, secret, downwardAPI, projected, emptyDir)", volume.name);
+            bail!(
+                "volume {} has a type the local world does not support (configMap, secret, downwardAPI, projected, emptyDir)",
+                volume.name
+            );
         }
         sources.insert(volume.name.clone(), path);
     }
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let base = sources.get(&m.name).with_context(|| format!("volumeMount {} names no volume", m.name))?;
+        let base = sources
+            .get(&m.name)
+            .with_context(|| format!("volumeMount {} names no volume", m.name))?;
         let source = match &m.sub_path {
             Some(sub) if !sub.is_empty() => base.join(sub),
             _ => base.clone(),
@@ -268,7 +349,10 @@ mod tests {
     #[test]
     fn expands_references_like_the_kubelet() {
         let env = BTreeMap::from([("IP".to_string(), "10.244.0.5".to_string())]);
-        assert_eq!(expand("spark.driver.bindAddress=$(IP)", &env), "spark.driver.bindAddress=10.244.0.5");
+        assert_eq!(
+            expand("spark.driver.bindAddress=$(IP)", &env),
+            "spark.driver.bindAddress=10.244.0.5"
+        );
         assert_eq!(expand("$(MISSING) $$(IP) $x", &env), "$(MISSING) $(IP) $x");
     }
 }

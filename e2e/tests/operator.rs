@@ -1,0 +1,375 @@
+//! The operator against the real control plane and real Spark Connect servers.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Event, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use spark_connect_operator::crd::SparkConnectCluster;
+use support::{World, live_pods, succeeded, wait_until};
+
+const SPARK_IMAGE: &str = "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu";
+
+fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("cluster")
+}
+
+fn condition(c: &SparkConnectCluster, type_: &str) -> Option<(String, String)> {
+    c.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| (x.status.clone(), x.reason.clone()))
+}
+
+#[tokio::test]
+async fn invalid_specs_are_refused_with_the_rules_message() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-invalid").await;
+    let cases = [
+        (
+            "bad-pool",
+            r#"{"image": "x", "hotPool": {"idle": 5, "max": 2}}"#,
+            "hotPool must satisfy min <= idle <= max",
+        ),
+        (
+            "bad-memory",
+            r#"{"image": "x", "server": {"resources": {"memory": "lots"}}}"#,
+            "memory must be a quantity such as 2Gi",
+        ),
+        (
+            "bad-duration",
+            r#"{"image": "x", "probe": {"period": "soon"}}"#,
+            "must be a duration such as 30s",
+        ),
+        (
+            "bad-port",
+            r#"{"image": "x", "server": {"port": 7078}}"#,
+            "port must differ from the driver",
+        ),
+        (
+            "a-name-that-is-far-too-long-for-server-pods-x",
+            r#"{"image": "x"}"#,
+            "metadata.name must be at most 40 characters",
+        ),
+    ];
+    for (name, spec, message) in cases {
+        let yaml = format!(
+            "apiVersion: sparkconnect.dev/v1alpha1\nkind: SparkConnectCluster\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+        );
+        let out = world.kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} must be refused");
+        assert!(
+            stderr.contains(message),
+            "{name}: expected {message:?} in {stderr}"
+        );
+    }
+    // auth.mode is immutable.
+    let api: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    api.create(
+        &PostParams::default(),
+        &cluster(
+            "auth",
+            serde_json::json!({"image": SPARK_IMAGE, "shared": 0, "hotPool": {"idle": 0}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let change = api
+        .patch(
+            "auth",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"auth": {"mode": "Token"}}})),
+        )
+        .await;
+    assert!(format!("{:?}", change.unwrap_err()).contains("auth.mode cannot be changed"));
+}
+
+#[tokio::test]
+async fn a_spec_only_the_operator_can_judge_degrades_with_an_event() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-degraded").await;
+    let api: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let spec = serde_json::json!({"image": SPARK_IMAGE, "sparkConf": {"spark.master": "local[1]"}});
+    api.create(&PostParams::default(), &cluster("managed", spec))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "Degraded/InvalidSpec", || async {
+        api.get("managed")
+            .await
+            .ok()
+            .and_then(|c| condition(&c, "Degraded"))
+            == Some(("True".into(), "InvalidSpec".into()))
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &ns.name);
+    let listed = events.list(&ListParams::default()).await.unwrap();
+    assert!(listed.items.iter().any(|e| {
+        e.reason.as_deref() == Some("InvalidSpec")
+            && e.message
+                .as_deref()
+                .unwrap_or_default()
+                .contains("spark.master")
+    }));
+    assert!(
+        live_pods(&world.client, &ns.name, "sparkconnect.dev/cluster=managed")
+            .await
+            .is_empty()
+    );
+    // Fixing the spec makes it converge.
+    api.patch(
+        "managed",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "spec": {"sparkConf": null, "shared": 0, "hotPool": {"idle": 0}}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(30), "Degraded cleared", || async {
+        api.get("managed")
+            .await
+            .ok()
+            .and_then(|c| condition(&c, "Degraded"))
+            .is_some_and(|(s, _)| s == "False")
+    })
+    .await;
+}
+
+fn query(world: &World, host: &str, token: &str) -> std::process::Output {
+    world.python(&format!(
+        "from pyspark.sql import SparkSession\n\
+         s = SparkSession.builder.remote('sc://{host}:15002/;authorization=Bearer {token}').getOrCreate()\n\
+         rows = s.range(1000).selectExpr('id % 3 as k').groupBy('k').count().orderBy('k').collect()\n\
+         print(','.join(str(r['count']) for r in rows))\n"
+    ))
+}
+
+async fn server_pods(world: &World, ns: &str, state: &str) -> Vec<Pod> {
+    let selector = format!(
+        "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server,sparkconnect.dev/state={state}"
+    );
+    live_pods(&world.client, ns, &selector).await
+}
+
+#[tokio::test]
+async fn cluster_lifecycle_with_real_spark() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-cluster").await;
+    let client = world.client.clone();
+    let api: Api<SparkConnectCluster> = Api::namespaced(client.clone(), &ns.name);
+    let spec = serde_json::json!({
+        "image": SPARK_IMAGE,
+        "sparkConf": {"spark.sql.shuffle.partitions": "2"},
+        "server": {"resources": {"cores": 1, "memory": "1Gi"}},
+        "executors": {"instances": 1, "resources": {"cores": 1, "memory": "1Gi"}},
+        "shared": 1,
+        "hotPool": {"idle": 1},
+        "auth": {"mode": "Token"}
+    });
+    let started = Instant::now();
+    api.create(&PostParams::default(), &cluster("analytics", spec))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(300), "Ready and PoolReady", || async {
+        api.get("analytics").await.ok().is_some_and(|c| {
+            condition(&c, "Ready").is_some_and(|(s, _)| s == "True")
+                && condition(&c, "PoolReady").is_some_and(|(s, _)| s == "True")
+        })
+    })
+    .await;
+    println!(
+        "cluster Ready with a full pool after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // shared + idle servers, each a pod and a headless Service owned by the cluster.
+    let servers = live_pods(
+        &client,
+        &ns.name,
+        "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server",
+    )
+    .await;
+    assert_eq!(servers.len(), 2);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    for pod in &servers {
+        assert_eq!(pod.owner_references()[0].kind, "SparkConnectCluster");
+        let svc = services.get(&pod.name_any()).await.unwrap();
+        assert_eq!(svc.owner_references()[0].name, "analytics");
+    }
+    assert!(services.get("analytics").await.is_ok());
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+            .get("analytics-spark")
+            .await
+            .is_ok()
+    );
+    assert!(
+        Api::<Role>::namespaced(client.clone(), &ns.name)
+            .get("analytics-spark")
+            .await
+            .is_ok()
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(client.clone(), &ns.name)
+            .get("analytics-spark")
+            .await
+            .is_ok()
+    );
+    let secret = Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .get("analytics-connect-token")
+        .await
+        .unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+
+    // A query through the shared Service's DNS name, with the token, runs on executors.
+    let host = format!("analytics.{}.svc.cluster.local", ns.name);
+    let out = query(&world, &host, &token);
+    assert!(succeeded(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "334,333,333");
+    let out = query(&world, &host, "wrong-token");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UNAUTHENTICATED")
+            || String::from_utf8_lossy(&out.stderr).contains("authentication")
+    );
+    let executors = live_pods(
+        &client,
+        &ns.name,
+        "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=executor",
+    )
+    .await;
+    assert!(!executors.is_empty(), "Spark created executor pods");
+
+    // Steady state: a reconcile with nothing changed makes no write request.
+    let reconciled = || {
+        world.metric(
+            "spark_connect_operator_reconcile_duration_seconds_count",
+            "controller=\"cluster\"",
+        )
+    };
+    let writes_before = world.metric("spark_connect_operator_api_write_requests_total", "");
+    let reconciles_before = reconciled();
+    api.patch(
+        "analytics",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "a reconcile after the poke",
+        || async { reconciled() > reconciles_before },
+    )
+    .await;
+    let writes_after = world.metric("spark_connect_operator_api_write_requests_total", "");
+    println!(
+        "steady-state reconcile: {} write requests",
+        writes_after - writes_before
+    );
+    assert_eq!(
+        writes_after, writes_before,
+        "a reconcile with nothing changed must not write"
+    );
+
+    // A killed shared server is replaced by the idle one behind the same Service.
+    let shared = server_pods(&world, &ns.name, "shared").await;
+    assert_eq!(shared.len(), 1);
+    let victim = shared[0].name_any();
+    let pid = std::fs::read_to_string(world.state.join(format!("pods/{}_{victim}/pid", ns.name)))
+        .unwrap();
+    let killed = Instant::now();
+    assert!(succeeded(&world.exec(&["kill", "-9", pid.trim()])));
+    let failover = wait_until(Duration::from_secs(60), "another shared server", || async {
+        server_pods(&world, &ns.name, "shared")
+            .await
+            .iter()
+            .any(|p| p.name_any() != victim)
+    })
+    .await;
+    println!(
+        "killed shared server replaced by an idle one in {:.1}s",
+        failover.as_secs_f64()
+    );
+    let out = query(&world, &host, &token);
+    assert!(succeeded(&out), "the endpoint serves again");
+    println!(
+        "endpoint served again {:.1}s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // A spec change rolls out to the pool.
+    let before: BTreeSet<String> = server_pods(&world, &ns.name, "idle")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    api.patch(
+        "analytics",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "spec": {"sparkConf": {"spark.sql.shuffle.partitions": "3"}}
+        })),
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(300), "the rollout", || async {
+        let Ok(c) = api.get("analytics").await else {
+            return false;
+        };
+        let servers = live_pods(
+            &client,
+            &ns.name,
+            "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server",
+        )
+        .await;
+        let hashes: BTreeSet<String> = servers
+            .iter()
+            .filter_map(|p| p.labels().get("sparkconnect.dev/spec-hash").cloned())
+            .collect();
+        let idle: BTreeSet<String> = servers
+            .iter()
+            .filter(|p| {
+                p.labels().get("sparkconnect.dev/state").map(String::as_str) == Some("idle")
+            })
+            .map(|p| p.name_any())
+            .collect();
+        servers.len() == 2
+            && hashes.len() == 1
+            && idle.is_disjoint(&before)
+            && c.status
+                .as_ref()
+                .is_some_and(|s| s.servers.idle == 1 && s.servers.shared == 1)
+    })
+    .await;
+
+    // Deleting the cluster collects every child, executor pods included.
+    api.delete("analytics", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(180), "garbage collection", || async {
+        live_pods(&client, &ns.name, "sparkconnect.dev/cluster=analytics")
+            .await
+            .is_empty()
+            && Api::<Pod>::namespaced(client.clone(), &ns.name)
+                .list(&ListParams::default())
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+            && services
+                .list(&ListParams::default())
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+    })
+    .await;
+}

@@ -1,0 +1,251 @@
+//! The e2e harness: a handle on the running world (started by `e2e/run.sh`), helpers to wait
+//! for conditions, and a report of the operator log, Events and pods when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// The running world.
+pub struct World {
+    /// Its state directory.
+    pub state: PathBuf,
+    /// A client through the host relay.
+    pub client: Client,
+}
+
+fn env_path(name: &str, default: &str) -> PathBuf {
+    let path = PathBuf::from(std::env::var(name).unwrap_or_else(|_| default.into()));
+    if path.is_absolute() {
+        path
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(path)
+    }
+}
+
+impl World {
+    /// Connects to the world named by `SCO_WORLD` (default `target/world`).
+    pub async fn connect() -> Self {
+        let state = env_path("SCO_WORLD", "target/world");
+        assert!(
+            state.join("ready").exists(),
+            "no running world at {}: run the e2e suite with `make test`",
+            state.display()
+        );
+        let kubeconfig = Kubeconfig::read_from(state.join("kubeconfig")).expect("host kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("config");
+        let client = Client::try_from(config).expect("client");
+        Self { state, client }
+    }
+
+    /// The `sco-world` binary.
+    pub fn world_bin() -> PathBuf {
+        PathBuf::from(env!("CARGO_BIN_EXE_sco-world"))
+    }
+
+    /// Runs a command inside the world and returns its output.
+    pub fn exec(&self, command: &[&str]) -> Output {
+        Command::new(Self::world_bin())
+            .arg("--state")
+            .arg(&self.state)
+            .arg("exec")
+            .arg("--")
+            .args(command)
+            .output()
+            .expect("running sco-world exec")
+    }
+
+    /// Runs a Python script inside the world with the pyspark venv.
+    pub fn python(&self, script: &str) -> Output {
+        let python = env_path("SCO_PYTHON", "target/none");
+        self.exec(&[python.to_str().expect("utf-8 path"), "-c", script])
+    }
+
+    /// kubectl on the host against the world.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(env_path("SCO_KUBECTL", "kubectl"))
+            .env("KUBECONFIG", self.state.join("kubeconfig"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing stdin");
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// A fresh namespace for one test, with a report on failure.
+    pub async fn namespace(&self, name: &str) -> TestNamespace {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        if api.get_opt(name).await.expect("get namespace").is_some() {
+            let _ = api.delete(name, &DeleteParams::default()).await;
+            wait_until(Duration::from_secs(120), "old namespace to go", || async {
+                api.get_opt(name).await.ok().flatten().is_none()
+            })
+            .await;
+        }
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .expect("namespace");
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        // Pods need the namespace's default ServiceAccount.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), name);
+        wait_until(
+            Duration::from_secs(60),
+            "default ServiceAccount",
+            || async { accounts.get_opt("default").await.ok().flatten().is_some() },
+        )
+        .await;
+        TestNamespace {
+            name: name.into(),
+            state: self.state.clone(),
+            kubeconfig: self.state.join("kubeconfig"),
+        }
+    }
+
+    /// The operator's metrics, read inside the world.
+    pub fn metrics(&self) -> String {
+        let out = self.exec(&["curl", "-s", "http://127.0.0.1:8080/metrics"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sum of a metric's samples whose labels contain `filter`.
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A test's namespace; prints what happened in it when the test fails.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    state: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!("==== failure report for namespace {} ====", self.name);
+        let kubectl = env_path("SCO_KUBECTL", "kubectl");
+        for args in [
+            vec![
+                "get",
+                "sparkconnectclusters,sparkconnectclaims,pods,services",
+                "-o",
+                "wide",
+                "--show-labels",
+            ],
+            vec!["get", "events", "--sort-by=.lastTimestamp"],
+        ] {
+            if let Ok(out) = Command::new(&kubectl)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .args(&args)
+                .args(["-n", &self.name])
+                .output()
+            {
+                eprintln!(
+                    "$ kubectl {}\n{}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        if let Ok(log) = std::fs::read_to_string(self.state.join("logs/operator.log")) {
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- operator log (last 60 lines) ----");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        if let Ok(dirs) = std::fs::read_dir(self.state.join("pods")) {
+            for dir in dirs.flatten().filter(|d| {
+                d.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{}_", self.name))
+            }) {
+                if let Ok(log) = std::fs::read_to_string(dir.path().join("log")) {
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    eprintln!(
+                        "---- pod {} (last 15 lines) ----",
+                        dir.file_name().to_string_lossy()
+                    );
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if check().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Pods in `ns` matching `selector`, not being deleted.
+pub async fn live_pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the output of a command shows success; prints it otherwise.
+pub fn succeeded(out: &Output) -> bool {
+    if !out.status.success() {
+        eprintln!(
+            "stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out.status.success()
+}
