@@ -2,7 +2,8 @@
 # The e2e suite: a fresh world, the operator inside it, then the tests in e2e/tests/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/world.sh"
+cd "$ROOT"
+cargo test -p sco-e2e --test world --test probe --test operator --no-run
 world_start
 operator_start
-cd "$ROOT"
-cargo test -p sco-e2e --test world --test operator -- --test-threads=1 --nocapture
+cargo test -p sco-e2e --test world --test probe --test operator -- --test-threads=1 --nocapture

@@ -7,8 +7,15 @@ pub mod controller;
 pub mod crd;
 pub mod error;
 pub mod metrics;
+pub mod probe;
 pub mod telemetry;
 pub mod validate;
+
+/// Generated Spark Connect protocol types, client and server (from `proto/`).
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("spark.connect");
+}
 
 #[cfg(test)]
 mod test_support;

@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use spark_connect_operator::admin::{self, AdminState};
 use spark_connect_operator::controller::{self, Context};
 use spark_connect_operator::metrics::Metrics;
+use spark_connect_operator::probe::health::HealthBook;
+use spark_connect_operator::probe::prober::Prober;
 use spark_connect_operator::{client, crd, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +41,9 @@ enum Command {
         /// Log JSON lines instead of text.
         #[arg(long, env = "SCO_LOG_JSON")]
         log_json: bool,
+        /// Most Spark Connect probes in flight at once.
+        #[arg(long, env = "SCO_MAX_PROBES_IN_FLIGHT", default_value_t = 256)]
+        max_probes_in_flight: usize,
     },
     /// Print every CRD as YAML.
     Crd,
@@ -62,6 +67,7 @@ fn main() -> ExitCode {
             namespace,
             admin_addr,
             log_json,
+            max_probes_in_flight,
         } => {
             telemetry::init(log_json);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -74,7 +80,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(kubeconfig, namespace, admin_addr)) {
+            match runtime.block_on(run(kubeconfig, namespace, admin_addr, max_probes_in_flight)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "operator failed");
@@ -89,6 +95,7 @@ async fn run(
     kubeconfig: Option<PathBuf>,
     namespace: Option<String>,
     admin_addr: SocketAddr,
+    max_probes_in_flight: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::new()?;
     let client = client::build(kubeconfig.as_deref(), metrics.api_writes.clone()).await?;
@@ -113,8 +120,24 @@ async fn run(
         tracing::info!("shutting down");
         signals.cancel();
     });
-    let ctx = Arc::new(Context::new(client, metrics));
-    controller::run(ctx, namespace, shutdown.clone().cancelled_owned()).await;
+    let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
+    let prober = Prober::new(
+        Arc::new(HealthBook::default()),
+        metrics.clone(),
+        probed_tx,
+        max_probes_in_flight,
+    );
+    let probing = tokio::spawn(prober.clone().run(shutdown.clone().cancelled_owned()));
+    let ctx = Arc::new(Context::new(client, metrics, prober));
+    controller::run(
+        ctx,
+        namespace,
+        probed_rx,
+        shutdown.clone().cancelled_owned(),
+    )
+    .await;
+    shutdown.cancel();
+    probing.await?;
     shutdown.cancel();
     admin.await??;
     Ok(())

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the operator exports, registered in one registry.
 #[derive(Clone)]
@@ -17,6 +19,10 @@ pub struct Metrics {
     pub servers: IntGaugeVec,
     /// Write requests (anything but GET/HEAD) sent to the apiserver, by verb.
     pub api_writes: IntCounterVec,
+    /// Latency of passed probes.
+    pub probe_latency: Histogram,
+    /// Probe results by outcome.
+    pub probe_results: IntCounterVec,
 }
 
 impl Metrics {
@@ -48,6 +54,21 @@ impl Metrics {
             ),
             &["verb"],
         )?;
+        let probe_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "probe_latency_seconds",
+                "Latency of passed Spark Connect Config probes",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )?;
+        let probe_results = IntCounterVec::new(
+            Opts::new("probe_results_total", "Probe results by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(probe_latency.clone()))?;
+        registry.register(Box::new(probe_results.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
@@ -60,6 +81,8 @@ impl Metrics {
             reconcile_duration,
             servers,
             api_writes,
+            probe_latency,
+            probe_results,
         })
     }
 

@@ -53,7 +53,11 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
     }
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir.join("logs"))?;
-    let me = std::env::current_exe()?;
+    // The world runs from its own copy of this program, so rebuilding target/ while it runs
+    // cannot pull the binary from under its pods.
+    let me = dir.join("sco-world");
+    std::fs::copy(std::env::current_exe()?, &me)
+        .context("copying sco-world into the state directory")?;
     let log = std::fs::File::create(state.log("world"))?;
     let mut command = std::process::Command::new("unshare");
     command

@@ -155,6 +155,13 @@ fn query(world: &World, host: &str, token: &str) -> std::process::Output {
     ))
 }
 
+fn pid_of(world: &World, ns: &str, pod: &str) -> String {
+    std::fs::read_to_string(world.state.join(format!("pods/{ns}_{pod}/pid")))
+        .expect("pid file")
+        .trim()
+        .to_string()
+}
+
 async fn server_pods(world: &World, ns: &str, state: &str) -> Vec<Pod> {
     let selector = format!(
         "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server,sparkconnect.dev/state={state}"
@@ -175,6 +182,7 @@ async fn cluster_lifecycle_with_real_spark() {
         "executors": {"instances": 1, "resources": {"cores": 1, "memory": "1Gi"}},
         "shared": 1,
         "hotPool": {"idle": 1},
+        "probe": {"period": "5s", "timeout": "3s", "failureThreshold": 3},
         "auth": {"mode": "Token"}
     });
     let started = Instant::now();
@@ -283,31 +291,66 @@ async fn cluster_lifecycle_with_real_spark() {
         "a reconcile with nothing changed must not write"
     );
 
-    // A killed shared server is replaced by the idle one behind the same Service.
+    // A hung shared server (SIGSTOP: its port still accepts connections) is found by the
+    // Config probe and replaced by the idle one behind the same Service.
     let shared = server_pods(&world, &ns.name, "shared").await;
     assert_eq!(shared.len(), 1);
     let victim = shared[0].name_any();
-    let pid = std::fs::read_to_string(world.state.join(format!("pods/{}_{victim}/pid", ns.name)))
-        .unwrap();
-    let killed = Instant::now();
-    assert!(succeeded(&world.exec(&["kill", "-9", pid.trim()])));
-    let failover = wait_until(Duration::from_secs(60), "another shared server", || async {
-        server_pods(&world, &ns.name, "shared")
-            .await
-            .iter()
-            .any(|p| p.name_any() != victim)
-    })
+    let stopped = Instant::now();
+    assert!(succeeded(&world.exec(&[
+        "kill",
+        "-STOP",
+        &pid_of(&world, &ns.name, &victim)
+    ])));
+    let failover = wait_until(
+        Duration::from_secs(120),
+        "another shared server",
+        || async {
+            server_pods(&world, &ns.name, "shared")
+                .await
+                .iter()
+                .any(|p| p.name_any() != victim)
+        },
+    )
     .await;
     println!(
-        "killed shared server replaced by an idle one in {:.1}s",
+        "hung shared server detected and failed over in {:.1}s (probe period 5s x 3 + timeout 3s)",
         failover.as_secs_f64()
     );
     let out = query(&world, &host, &token);
     assert!(succeeded(&out), "the endpoint serves again");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "334,333,333");
     println!(
-        "endpoint served again {:.1}s after the kill",
-        killed.elapsed().as_secs_f64()
+        "endpoint served a query again {:.1}s after the hang",
+        stopped.elapsed().as_secs_f64()
     );
+
+    // A killed idle server is noticed (its pod fails) and replaced.
+    wait_until(Duration::from_secs(300), "the pool to refill", || async {
+        !server_pods(&world, &ns.name, "idle").await.is_empty()
+    })
+    .await;
+    let idle = server_pods(&world, &ns.name, "idle").await[0].name_any();
+    assert!(succeeded(&world.exec(&[
+        "kill",
+        "-9",
+        &pid_of(&world, &ns.name, &idle)
+    ])));
+    wait_until(
+        Duration::from_secs(300),
+        "the killed server replaced",
+        || async {
+            let idle_now = server_pods(&world, &ns.name, "idle").await;
+            let all = live_pods(
+                &client,
+                &ns.name,
+                "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server",
+            )
+            .await;
+            !all.iter().any(|p| p.name_any() == idle) && idle_now.len() == 1
+        },
+    )
+    .await;
 
     // A spec change rolls out to the pool.
     let before: BTreeSet<String> = server_pods(&world, &ns.name, "idle")

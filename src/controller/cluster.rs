@@ -16,16 +16,19 @@ use serde_json::json;
 
 use super::Context;
 use super::apply::{apply_if_changed, get_and_apply};
-use super::plan::{PoolTargets, ServerView, plan};
+use super::plan::{PoolTargets, RemoveReason, ServerView, plan};
 use super::status::{healthy_status, invalid_status, server_counts};
 use crate::builders::labels::{
-    FIELD_MANAGER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, new_server_name, server_selector,
-    token_secret_name,
+    FIELD_MANAGER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, TOKEN_KEY, new_server_name,
+    server_selector, token_secret_name,
 };
 use crate::builders::{pod, rbac, secret, service};
 use crate::crd::{AuthMode, SparkConnectCluster, SparkConnectClusterStatus};
 use crate::error::Error;
+use crate::probe::health::{HealthBook, Verdict};
+use crate::probe::prober::{ProbeSettings, ProbeTarget};
 use crate::validate::{ValidCluster, validate};
+use kube::runtime::reflector::ObjectRef;
 
 const CONTROLLER: &str = "cluster";
 
@@ -109,11 +112,16 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         .await?;
     }
     let mut problems = Vec::new();
-    if cluster.spec.auth.mode == AuthMode::Token
-        && let Some(problem) = ensure_token_secret(&valid, ctx).await?
-    {
-        problems.push(problem);
-    }
+    let token = match cluster.spec.auth.mode {
+        AuthMode::Token => match ensure_token_secret(&valid, ctx).await? {
+            Ok(token) => Some(token),
+            Err(problem) => {
+                problems.push(problem);
+                None
+            }
+        },
+        AuthMode::None => None,
+    };
 
     // The servers.
     let pods_api = Api::<Pod>::namespaced(client.clone(), ns);
@@ -133,7 +141,8 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
-    let views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p)).collect();
+    let book = ctx.prober.book();
+    let views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p, book)).collect();
     let now = Timestamp::now();
     let targets = PoolTargets {
         shared: cluster.spec.shared.max(0) as usize,
@@ -142,7 +151,42 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         startup_deadline: valid.timings.startup_deadline,
         max_idle_age: valid.timings.max_idle_age,
     };
-    let plan = plan(&views, targets, now);
+    let mut plan = plan(&views, targets, now);
+    let cluster_key = format!("{ns}/{}", valid.name);
+    let failed_starts = plan
+        .remove
+        .values()
+        .filter(|r| matches!(r, RemoveReason::Exited | RemoveReason::StartupTimeout))
+        .count();
+    let became_healthy = plan.relabel.iter().any(|(name, state)| {
+        matches!(state, ServerState::Idle | ServerState::Shared)
+            && views
+                .iter()
+                .any(|v| &v.name == name && v.state == ServerState::Starting)
+    });
+    ctx.backoff.observe(
+        &cluster_key,
+        failed_starts,
+        became_healthy,
+        std::time::Instant::now(),
+    );
+    let mut requeue_after = None;
+    if plan.create > 0
+        && let Some((wait, failures)) = ctx.backoff.wait(&cluster_key, std::time::Instant::now())
+    {
+        problems.push(format!(
+            "{failures} servers in a row failed to start; the next one starts in {}s (see the server pods' Events)",
+            wait.as_secs()
+        ));
+        plan.create = 0;
+        requeue_after = Some(wait);
+    }
+    for view in views.iter().filter(|v| v.auth_rejected) {
+        problems.push(format!(
+            "server {} refuses the operator's token (UNAUTHENTICATED)",
+            view.name
+        ));
+    }
 
     for (name, state) in &plan.relabel {
         if let Some(pod) = live.iter().find(|p| p.name_any() == *name) {
@@ -158,6 +202,10 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     }
     for (name, reason) in &plan.remove {
         if let Some(pod) = live.iter().find(|p| p.name_any() == *name) {
+            let uid = pod.uid().unwrap_or_default();
+            if book.get(&uid).verdict == Verdict::Healthy {
+                ctx.prober.release(&uid).await;
+            }
             delete_pod(&pods_api, pod).await?;
             let kind = if reason.is_warning() {
                 EventType::Warning
@@ -207,6 +255,27 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         }
     }
 
+    // Probe every kept server that has an address.
+    let probe_targets: Vec<ProbeTarget> = live
+        .iter()
+        .filter(|p| kept.contains(p.name_any().as_str()))
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.as_ref()?;
+            Some(ProbeTarget {
+                uid: p.uid()?,
+                address: format!("{ip}:{}", cluster.spec.server.port),
+            })
+        })
+        .collect();
+    let settings = ProbeSettings {
+        token,
+        period: valid.timings.probe_period,
+        timeout: valid.timings.probe_timeout,
+        failure_threshold: cluster.spec.probe.failure_threshold.max(1) as u32,
+    };
+    ctx.prober
+        .sync(&ObjectRef::from_obj(cluster), &probe_targets, &settings);
+
     // Status.
     let counts = server_counts(&plan);
     for (state, value) in [
@@ -227,20 +296,21 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     write_status(cluster, ctx, status).await?;
 
     let busy = plan.create > 0 || !plan.remove.is_empty() || plan.count(ServerState::Starting) > 0;
-    Ok(Action::requeue(if busy {
+    let idle_requeue = if busy {
         Duration::from_secs(5)
     } else {
         Duration::from_secs(300)
-    }))
+    };
+    Ok(Action::requeue(requeue_after.unwrap_or(idle_requeue)))
 }
 
-/// What the plan needs to know about a server pod.
-fn server_view(pod: &Pod) -> Option<ServerView> {
+/// What the plan needs to know about a server pod: its probe verdict and whether it exited.
+fn server_view(pod: &Pod, book: &HealthBook) -> Option<ServerView> {
     let labels = pod.labels();
     let status = pod.status.as_ref();
-    let healthy = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let verdict = book.get(&pod.uid()?).verdict;
+    let healthy = verdict == Verdict::Healthy;
+    let auth_rejected = verdict == Verdict::AuthRejected;
     let exited = status
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Failed" || p == "Succeeded");
@@ -248,6 +318,7 @@ fn server_view(pod: &Pod) -> Option<ServerView> {
         name: pod.metadata.name.clone()?,
         state: ServerState::from_label(labels.get(STATE_LABEL).map(String::as_str)),
         healthy,
+        auth_rejected,
         exited,
         spec_hash: labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default(),
         created: pod.metadata.creation_timestamp.as_ref()?.0,
@@ -302,33 +373,45 @@ async fn create_server(
     Ok(name)
 }
 
-/// Creates the generated token Secret once; reports a missing user-named Secret as a problem.
+/// The client token: creates the generated Secret once; a missing or empty user-named Secret
+/// is a problem to report (`Ok(Err(..))`), not an error to retry.
 async fn ensure_token_secret(
     valid: &ValidCluster<'_>,
     ctx: &Context,
-) -> Result<Option<String>, Error> {
+) -> Result<Result<String, String>, Error> {
     let api = Api::<Secret>::namespaced(ctx.client.clone(), valid.namespace);
     let name = token_secret_name(valid.cluster);
     let existing = api
         .get_opt(&name)
         .await
         .map_err(|e| Error::kube(format!("get secret {name}"), e))?;
-    match (existing, &valid.cluster.spec.auth.secret_name) {
-        (Some(_), _) => Ok(None),
-        (None, Some(_)) => Ok(Some(format!(
-            "auth Secret {name} does not exist; servers cannot start until it does"
-        ))),
-        (None, None) => {
-            match api
-                .create(&PostParams::default(), &secret::token_secret(valid))
-                .await
-            {
-                Ok(_) => Ok(None),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
-                Err(e) => Err(Error::kube(format!("create secret {name}"), e)),
-            }
+    let secret = match (existing, &valid.cluster.spec.auth.secret_name) {
+        (Some(secret), _) => secret,
+        (None, Some(_)) => {
+            return Ok(Err(format!(
+                "auth Secret {name} does not exist; servers cannot start until it does"
+            )));
         }
-    }
+        (None, None) => match api
+            .create(&PostParams::default(), &secret::token_secret(valid))
+            .await
+        {
+            Ok(secret) => secret,
+            Err(kube::Error::Api(s)) if s.code == 409 => api
+                .get(&name)
+                .await
+                .map_err(|e| Error::kube(format!("get secret {name}"), e))?,
+            Err(e) => return Err(Error::kube(format!("create secret {name}"), e)),
+        },
+    };
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(TOKEN_KEY))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    Ok(token
+        .filter(|t| !t.is_empty())
+        .ok_or(format!("auth Secret {name} has no key {TOKEN_KEY}")))
 }
 
 /// Writes the status if it differs from the current one; returns whether it wrote.

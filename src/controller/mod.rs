@@ -1,6 +1,7 @@
 //! The controllers and what they share.
 
 pub mod apply;
+pub mod backoff;
 pub mod cluster;
 pub mod conditions;
 pub mod plan;
@@ -14,9 +15,13 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
+use futures::channel::mpsc::UnboundedReceiver;
+use kube::runtime::reflector::ObjectRef;
+
 use crate::builders::labels::FIELD_MANAGER;
 use crate::crd::SparkConnectCluster;
 use crate::metrics::Metrics;
+use crate::probe::prober::Prober;
 
 /// What every reconcile needs.
 pub struct Context {
@@ -26,11 +31,15 @@ pub struct Context {
     pub recorder: Recorder,
     /// The operator's metrics.
     pub metrics: Metrics,
+    /// Probes every server; its health book is what "healthy" means.
+    pub prober: Prober,
+    /// Slows down replacing servers that fail to start.
+    pub backoff: backoff::StartBackoff,
 }
 
 impl Context {
     /// A context for `client`.
-    pub fn new(client: Client, metrics: Metrics) -> Self {
+    pub fn new(client: Client, metrics: Metrics, prober: Prober) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -39,14 +48,18 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            prober,
+            backoff: backoff::StartBackoff::default(),
         }
     }
 }
 
-/// Runs the cluster controller until `shutdown` resolves.
+/// Runs the cluster controller until `shutdown` resolves; `probed` carries clusters whose
+/// servers changed health.
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    probed: UnboundedReceiver<ObjectRef<SparkConnectCluster>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -70,6 +83,7 @@ pub async fn run(
     Controller::new(clusters, watcher::Config::default())
         .owns(pods, children.clone())
         .owns(services, children)
+        .reconcile_on(probed)
         .graceful_shutdown_on(shutdown)
         .run(cluster::reconcile, cluster::error_policy, ctx)
         .for_each(|result| async move {

@@ -17,6 +17,8 @@ pub struct ServerView {
     pub state: ServerState,
     /// Passes its health check now.
     pub healthy: bool,
+    /// Refuses the operator's token: kept (a restart would not help) and reported.
+    pub auth_rejected: bool,
     /// The process has exited (pod Failed or Succeeded).
     pub exited: bool,
     /// Hash of the spec it was built from.
@@ -134,6 +136,9 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             ServerState::Retiring => remove(&mut plan, s, RemoveReason::Retired),
             ServerState::Claimed => {
                 plan.states.insert(s.name.clone(), ServerState::Claimed);
+            }
+            _ if s.auth_rejected && s.state != ServerState::Shared => {
+                plan.states.insert(s.name.clone(), ServerState::Unhealthy);
             }
             ServerState::Shared if s.healthy => shared_ok.push(s),
             ServerState::Shared => shared_bad.push(s),
@@ -264,6 +269,7 @@ mod tests {
             name: name.into(),
             state,
             healthy,
+            auth_rejected: false,
             exited: false,
             spec_hash: HASH.into(),
             created: now() - jiff::SignedDuration::from_secs(age_secs),
@@ -331,6 +337,16 @@ mod tests {
         let p = plan(&servers, targets(1, 1), now());
         assert!(p.remove.is_empty());
         assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn a_server_refusing_the_token_is_kept_and_not_counted_idle() {
+        let mut s = server("a", Idle, false, 60);
+        s.auth_rejected = true;
+        let p = plan(&[s], targets(0, 1), now());
+        assert!(p.remove.is_empty());
+        assert_eq!(p.relabel["a"], Unhealthy);
+        assert_eq!(p.create, 0, "another server would refuse the same token");
     }
 
     #[test]

@@ -1,0 +1,53 @@
+//! `sco-fake-connect`: a light Spark Connect server for tests and benchmarks.
+//! SIGUSR1 makes it hang, SIGUSR2 makes it fail, SIGHUP makes it answer again.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use spark_connect_operator::probe::fake::{FakeState, Mode, serve};
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Parser)]
+#[command(about = "A fake Spark Connect server that answers, hangs or fails on demand")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:15002")]
+    listen: SocketAddr,
+    /// Required bearer token (Spark's variable name).
+    #[arg(long, env = "SPARK_CONNECT_AUTHENTICATE_TOKEN")]
+    token: Option<String>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    let state = FakeState::new(cli.token.filter(|t| !t.is_empty()));
+    let listener = tokio::net::TcpListener::bind(cli.listen).await?;
+    eprintln!("sco-fake-connect listening on {}", cli.listen);
+    let control = state.clone();
+    tokio::spawn(async move {
+        let (Ok(mut hang), Ok(mut fail), Ok(mut answer)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        loop {
+            let mode = tokio::select! {
+                _ = hang.recv() => Mode::Hang,
+                _ = fail.recv() => Mode::Fail,
+                _ = answer.recv() => Mode::Answer,
+            };
+            eprintln!("mode: {mode:?}");
+            control.set_mode(mode);
+        }
+    });
+    let terminate = async {
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            term.recv().await;
+        }
+    };
+    serve(listener, state, terminate).await?;
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! One Spark Connect health check: a `Config` call on a stable session.
+
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request};
+
+use crate::proto::config_request::{GetWithDefault, Operation, operation::OpType};
+use crate::proto::spark_connect_service_client::SparkConnectServiceClient;
+use crate::proto::{
+    AnalyzePlanRequest, ConfigRequest, KeyValue, ReleaseSessionRequest, UserContext,
+    analyze_plan_request, analyze_plan_response,
+};
+
+/// User id the operator's probes carry.
+pub const PROBE_USER: &str = "spark-connect-operator";
+/// A key no Spark sets: `get_with_default` on it answers the default and changes nothing.
+const PROBE_KEY: &str = "spark.connect.operator.probe";
+const UUID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5c0e_55a4_2f1b_4d7e_9a3c_6b1d_8e2f_4a70);
+
+/// The stable probe session of a server: a UUIDv5 of its pod UID, so repeated probes (and
+/// operator restarts) reuse one server session instead of creating one per call.
+pub fn session_id(pod_uid: &str) -> String {
+    uuid::Uuid::new_v5(&UUID_NAMESPACE, pod_uid.as_bytes()).to_string()
+}
+
+/// How a probe failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The server refused the token: a configuration problem, not a dead server.
+    Unauthenticated,
+    /// Nothing answers on the port (down, starting, or unreachable).
+    Unavailable,
+    /// The server accepted the connection but did not answer in time (hung).
+    DeadlineExceeded,
+    /// Spark answered with an error.
+    Internal,
+    /// Anything else.
+    Other,
+}
+
+impl FailureKind {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Unavailable => "unavailable",
+            Self::DeadlineExceeded => "deadline_exceeded",
+            Self::Internal => "internal",
+            Self::Other => "other",
+        }
+    }
+
+    fn of(code: Code) -> Self {
+        match code {
+            Code::Unauthenticated | Code::PermissionDenied => Self::Unauthenticated,
+            Code::Unavailable => Self::Unavailable,
+            Code::DeadlineExceeded | Code::Cancelled => Self::DeadlineExceeded,
+            Code::Internal | Code::Unknown => Self::Internal,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A failed probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeFailure {
+    /// Classification.
+    pub kind: FailureKind,
+    /// The server's or transport's message.
+    pub message: String,
+}
+
+/// A passed probe.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSuccess {
+    /// Round trip of the Config call.
+    pub latency: Duration,
+    /// The session id the server reports.
+    pub server_side_session_id: String,
+}
+
+/// A reusable client for one server.
+#[derive(Clone)]
+pub struct ConnectProbe {
+    client: SparkConnectServiceClient<Channel>,
+    token: Option<String>,
+    session_id: String,
+    timeout: Duration,
+}
+
+impl ConnectProbe {
+    /// A probe of `host:port` (connecting lazily, so creation never blocks).
+    pub fn new(
+        address: &str,
+        token: Option<String>,
+        session_id: String,
+        timeout: Duration,
+    ) -> Result<Self, ProbeFailure> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ProbeFailure {
+                kind: FailureKind::Other,
+                message: format!("bad address {address}: {e}"),
+            })?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(false);
+        Ok(Self {
+            client: SparkConnectServiceClient::new(endpoint.connect_lazy()),
+            token,
+            session_id,
+            timeout,
+        })
+    }
+
+    /// The session this probe uses.
+    pub fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    fn request<T>(&self, message: T) -> Result<Request<T>, ProbeFailure> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        if let Some(token) = &self.token {
+            let value =
+                MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| ProbeFailure {
+                    kind: FailureKind::Other,
+                    message: format!("token is not valid metadata: {e}"),
+                })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+
+    fn user_context() -> Option<UserContext> {
+        Some(UserContext {
+            user_id: PROBE_USER.into(),
+            user_name: PROBE_USER.into(),
+        })
+    }
+
+    /// One health check.
+    pub async fn check(&self) -> Result<ProbeSuccess, ProbeFailure> {
+        let message = ConfigRequest {
+            session_id: self.session_id.clone(),
+            user_context: Self::user_context(),
+            operation: Some(Operation {
+                op_type: Some(OpType::GetWithDefault(GetWithDefault {
+                    pairs: vec![KeyValue {
+                        key: PROBE_KEY.into(),
+                        value: Some("ok".into()),
+                    }],
+                })),
+            }),
+            client_type: Some(PROBE_USER.into()),
+            client_observed_server_side_session_id: None,
+        };
+        let request = self.request(message)?;
+        let started = Instant::now();
+        let mut client = self.client.clone();
+        // The deadline also covers connecting and a server that never answers.
+        match tokio::time::timeout(self.timeout, client.config(request)).await {
+            Ok(Ok(response)) => Ok(ProbeSuccess {
+                latency: started.elapsed(),
+                server_side_session_id: response.into_inner().server_side_session_id,
+            }),
+            Ok(Err(status)) => Err(ProbeFailure {
+                kind: FailureKind::of(status.code()),
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::DeadlineExceeded,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
+        }
+    }
+
+    /// The server's Spark version.
+    pub async fn spark_version(&self) -> Result<String, ProbeFailure> {
+        let message = AnalyzePlanRequest {
+            session_id: self.session_id.clone(),
+            user_context: Self::user_context(),
+            client_type: Some(PROBE_USER.into()),
+            analyze: Some(analyze_plan_request::Analyze::SparkVersion(
+                analyze_plan_request::SparkVersion {},
+            )),
+        };
+        let request = self.request(message)?;
+        let mut client = self.client.clone();
+        let response = tokio::time::timeout(self.timeout, client.analyze_plan(request))
+            .await
+            .map_err(|_| ProbeFailure {
+                kind: FailureKind::DeadlineExceeded,
+                message: "no answer".into(),
+            })?
+            .map_err(|s| ProbeFailure {
+                kind: FailureKind::of(s.code()),
+                message: s.message().to_string(),
+            })?;
+        match response.into_inner().result {
+            Some(analyze_plan_response::Result::SparkVersion(v)) => Ok(v.version),
+            None => Err(ProbeFailure {
+                kind: FailureKind::Other,
+                message: "no version in the answer".into(),
+            }),
+        }
+    }
+
+    /// Releases the probe session (when the server retires).
+    pub async fn release(&self) -> Result<(), ProbeFailure> {
+        let message = ReleaseSessionRequest {
+            session_id: self.session_id.clone(),
+            user_context: Self::user_context(),
+            client_type: Some(PROBE_USER.into()),
+            allow_reconnect: false,
+        };
+        let request = self.request(message)?;
+        let mut client = self.client.clone();
+        tokio::time::timeout(self.timeout, client.release_session(request))
+            .await
+            .map_err(|_| ProbeFailure {
+                kind: FailureKind::DeadlineExceeded,
+                message: "no answer".into(),
+            })?
+            .map_err(|s| ProbeFailure {
+                kind: FailureKind::of(s.code()),
+                message: s.message().to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_stable_uuids_per_pod() {
+        let a = session_id("pod-uid-1");
+        assert_eq!(a, session_id("pod-uid-1"));
+        assert_ne!(a, session_id("pod-uid-2"));
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 5);
+    }
+
+    #[test]
+    fn status_codes_are_classified() {
+        assert_eq!(
+            FailureKind::of(Code::Unauthenticated),
+            FailureKind::Unauthenticated
+        );
+        assert_eq!(FailureKind::of(Code::Unavailable), FailureKind::Unavailable);
+        assert_eq!(
+            FailureKind::of(Code::DeadlineExceeded),
+            FailureKind::DeadlineExceeded
+        );
+        assert_eq!(FailureKind::of(Code::Internal), FailureKind::Internal);
+    }
+}

@@ -1,0 +1,243 @@
+//! A small Spark Connect server that speaks the same protos: for tests and benchmarks. It can
+//! answer, hang, or fail on demand, checks the bearer token like Spark does, and counts sessions.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tonic::{Request, Response, Status};
+
+use crate::proto::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
+use crate::proto::{
+    AnalyzePlanRequest, AnalyzePlanResponse, ConfigRequest, ConfigResponse, KeyValue,
+    ReleaseSessionRequest, ReleaseSessionResponse, analyze_plan_response,
+    config_request::operation::OpType,
+};
+
+/// How the fake server behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// Answers every call.
+    Answer = 0,
+    /// Accepts calls and never answers (a hung JVM).
+    Hang = 1,
+    /// Fails every call with INTERNAL.
+    Fail = 2,
+}
+
+/// The fake server's state, shared with whoever controls it.
+#[derive(Default)]
+pub struct FakeState {
+    mode: AtomicU8,
+    token: Option<String>,
+    sessions: Mutex<HashMap<String, String>>,
+}
+
+impl FakeState {
+    /// A server that requires `token` when given.
+    pub fn new(token: Option<String>) -> Arc<Self> {
+        Arc::new(Self {
+            token,
+            ..Self::default()
+        })
+    }
+
+    /// Switches behaviour.
+    pub fn set_mode(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::SeqCst) {
+            1 => Mode::Hang,
+            2 => Mode::Fail,
+            _ => Mode::Answer,
+        }
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or_default()
+    }
+
+    /// Admits a call: token, mode, session id format; returns the server-side session id.
+    async fn admit<T>(&self, request: &Request<T>, session_id: &str) -> Result<String, Status> {
+        if let Some(token) = &self.token {
+            let given = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if given != Some(format!("Bearer {token}").as_str()) {
+                return Err(Status::unauthenticated("Invalid authentication token"));
+            }
+        }
+        match self.mode() {
+            Mode::Hang => std::future::pending::<()>().await,
+            Mode::Fail => return Err(Status::internal("[FAKE_FAILURE] failing on demand")),
+            Mode::Answer => {}
+        }
+        if uuid::Uuid::parse_str(session_id).is_err() {
+            return Err(Status::internal(format!(
+                "[INVALID_HANDLE.FORMAT] The handle {session_id} is invalid."
+            )));
+        }
+        let mut sessions = self
+            .sessions
+            .lock()
+            .map_err(|_| Status::internal("poisoned"))?;
+        Ok(sessions
+            .entry(session_id.to_string())
+            .or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone())
+    }
+}
+
+/// The gRPC service over a [`FakeState`].
+pub struct FakeConnect(pub Arc<FakeState>);
+
+#[tonic::async_trait]
+impl SparkConnectService for FakeConnect {
+    async fn config(
+        &self,
+        request: Request<ConfigRequest>,
+    ) -> Result<Response<ConfigResponse>, Status> {
+        let session_id = request.get_ref().session_id.clone();
+        let server_side = self.0.admit(&request, &session_id).await?;
+        let pairs = match request.into_inner().operation.and_then(|o| o.op_type) {
+            Some(OpType::GetWithDefault(g)) => g.pairs,
+            Some(OpType::Get(g)) => g
+                .keys
+                .into_iter()
+                .map(|key| KeyValue { key, value: None })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Response::new(ConfigResponse {
+            session_id,
+            pairs,
+            warnings: Vec::new(),
+            server_side_session_id: server_side,
+        }))
+    }
+
+    async fn analyze_plan(
+        &self,
+        request: Request<AnalyzePlanRequest>,
+    ) -> Result<Response<AnalyzePlanResponse>, Status> {
+        let session_id = request.get_ref().session_id.clone();
+        self.0.admit(&request, &session_id).await?;
+        Ok(Response::new(AnalyzePlanResponse {
+            session_id,
+            result: Some(analyze_plan_response::Result::SparkVersion(
+                analyze_plan_response::SparkVersion {
+                    version: "4.3.0-fake".into(),
+                },
+            )),
+        }))
+    }
+
+    async fn release_session(
+        &self,
+        request: Request<ReleaseSessionRequest>,
+    ) -> Result<Response<ReleaseSessionResponse>, Status> {
+        let session_id = request.get_ref().session_id.clone();
+        let server_side = self.0.admit(&request, &session_id).await?;
+        if let Ok(mut sessions) = self.0.sessions.lock() {
+            sessions.remove(&session_id);
+        }
+        Ok(Response::new(ReleaseSessionResponse {
+            session_id,
+            server_side_session_id: server_side,
+        }))
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<FakeState>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .add_service(SparkConnectServiceServer::new(FakeConnect(state)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::client::{ConnectProbe, FailureKind, session_id};
+    use std::time::Duration;
+
+    async fn start(token: Option<&str>) -> (Arc<FakeState>, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let state = FakeState::new(token.map(String::from));
+        tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        (state, address)
+    }
+
+    fn probe(address: &str, token: Option<&str>) -> ConnectProbe {
+        ConnectProbe::new(
+            address,
+            token.map(String::from),
+            session_id("uid-1"),
+            Duration::from_millis(500),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn probe_passes_and_reuses_one_session() {
+        let (state, address) = start(Some("secret")).await;
+        let p = probe(&address, Some("secret"));
+        let first = p.check().await.unwrap();
+        let second = p.check().await.unwrap();
+        assert_eq!(first.server_side_session_id, second.server_side_session_id);
+        assert_eq!(state.session_count(), 1);
+        assert_eq!(p.spark_version().await.unwrap(), "4.3.0-fake");
+        p.release().await.unwrap();
+        assert_eq!(state.session_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_token_hang_failure_and_absence_are_told_apart() {
+        let (state, address) = start(Some("secret")).await;
+        assert_eq!(
+            probe(&address, Some("wrong"))
+                .check()
+                .await
+                .unwrap_err()
+                .kind,
+            FailureKind::Unauthenticated
+        );
+        state.set_mode(Mode::Hang);
+        assert_eq!(
+            probe(&address, Some("secret"))
+                .check()
+                .await
+                .unwrap_err()
+                .kind,
+            FailureKind::DeadlineExceeded
+        );
+        state.set_mode(Mode::Fail);
+        assert_eq!(
+            probe(&address, Some("secret"))
+                .check()
+                .await
+                .unwrap_err()
+                .kind,
+            FailureKind::Internal
+        );
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert_eq!(
+            probe(&gone, None).check().await.unwrap_err().kind,
+            FailureKind::Unavailable
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Health checks with a real Spark Connect `Config` call.
+
+pub mod client;
+pub mod fake;
+pub mod health;
+pub mod prober;
