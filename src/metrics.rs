@@ -23,6 +23,10 @@ pub struct Metrics {
     pub probe_latency: Histogram,
     /// Probe results by outcome.
     pub probe_results: IntCounterVec,
+    /// Claims by outcome (bound, lost, expired, failed).
+    pub claims: IntCounterVec,
+    /// Time from claim creation to binding.
+    pub claim_wait: Histogram,
 }
 
 impl Metrics {
@@ -67,6 +71,16 @@ impl Metrics {
             Opts::new("probe_results_total", "Probe results by outcome"),
             &["outcome"],
         )?;
+        let claims =
+            IntCounterVec::new(Opts::new("claims_total", "Claims by outcome"), &["outcome"])?;
+        let claim_wait = Histogram::with_opts(
+            HistogramOpts::new("claim_wait_seconds", "Time from claim creation to binding")
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ]),
+        )?;
+        registry.register(Box::new(claims.clone()))?;
+        registry.register(Box::new(claim_wait.clone()))?;
         registry.register(Box::new(probe_latency.clone()))?;
         registry.register(Box::new(probe_results.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
@@ -83,6 +97,8 @@ impl Metrics {
             api_writes,
             probe_latency,
             probe_results,
+            claims,
+            claim_wait,
         })
     }
 

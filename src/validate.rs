@@ -74,6 +74,8 @@ pub struct Timings {
     pub max_idle_age: Option<Duration>,
     /// Autoscaler scale-down delay.
     pub scale_down_delay: Duration,
+    /// How long a claim may wait for a server.
+    pub claim_timeout: Duration,
 }
 
 /// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
@@ -153,6 +155,7 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
             .as_deref()
             .map(|v| parse_duration("hotPool.maxIdleAge", v))
             .transpose()?,
+        claim_timeout: parse_duration("hotPool.claimTimeout", &spec.hot_pool.claim_timeout)?,
         scale_down_delay: parse_duration(
             "hotPool.autoscale.scaleDownDelay",
             &spec.hot_pool.autoscale.scale_down_delay,

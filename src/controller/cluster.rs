@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::Context;
 use super::apply::{apply_if_changed, get_and_apply};
 use super::plan::{PoolTargets, RemoveReason, ServerView, plan};
 use super::status::{healthy_status, invalid_status, server_counts};
+use super::{Context, binding};
 use crate::builders::labels::{
     FIELD_MANAGER, SPEC_HASH_LABEL, STATE_LABEL, ServerState, TOKEN_KEY, new_server_name,
     server_selector, token_secret_name,
@@ -142,11 +142,32 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     let book = ctx.prober.book();
-    let views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p, book)).collect();
+    let mut views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p, book)).collect();
+
+    // Claims first: waiting users get idle servers before the pool is topped up.
+    let healthy_shared = views
+        .iter()
+        .filter(|v| v.state == ServerState::Shared && v.healthy)
+        .count();
+    let reserved = (cluster.spec.shared.max(0) as usize).saturating_sub(healthy_shared);
+    let claims = binding::reconcile_claims(&valid, ctx, &live, &views, reserved).await?;
+    views.retain(|v| !claims.retired.contains(&v.name));
+    for view in views.iter_mut().filter(|v| claims.bound.contains(&v.name)) {
+        view.state = ServerState::Claimed;
+    }
+    let live: Vec<&Pod> = live
+        .into_iter()
+        .filter(|p| !claims.retired.contains(&p.name_any()))
+        .collect();
+
     let now = Timestamp::now();
     let targets = PoolTargets {
         shared: cluster.spec.shared.max(0) as usize,
-        idle: cluster.spec.hot_pool.idle.max(0) as usize,
+        // Waiting claims grow the pool at once, up to hotPool.max idle servers.
+        idle: {
+            let idle = cluster.spec.hot_pool.idle.max(0) as usize;
+            (idle + claims.waiting).min(idle.max(cluster.spec.hot_pool.max.max(0) as usize))
+        },
         spec_hash: &valid.spec_hash,
         startup_deadline: valid.timings.startup_deadline,
         max_idle_age: valid.timings.max_idle_age,
@@ -338,7 +359,7 @@ async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Er
 }
 
 /// Deletes a server pod (its Service follows by pruning, its executors by garbage collection).
-async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+pub(crate) async fn delete_pod(api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
     let name = pod.name_any();
     let params = DeleteParams {
         preconditions: Some(Preconditions {
@@ -436,30 +457,4 @@ async fn write_status(
     .await
     .map_err(|e| Error::kube(format!("update status of {name}"), e))?;
     Ok(true)
-}
-
-impl Context {
-    /// Publishes an Event on a cluster; failures are logged, never fatal.
-    pub async fn event(
-        &self,
-        cluster: &SparkConnectCluster,
-        type_: EventType,
-        reason: &str,
-        note: &str,
-    ) {
-        let event = kube::runtime::events::Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.into()),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .recorder
-            .publish(&event, &cluster.object_ref(&()))
-            .await
-        {
-            tracing::warn!(error = %e, reason, "publishing event failed");
-        }
-    }
 }

@@ -2,6 +2,9 @@
 
 pub mod apply;
 pub mod backoff;
+pub mod binding;
+pub mod claim;
+pub mod claim_plan;
 pub mod cluster;
 pub mod conditions;
 pub mod plan;
@@ -11,7 +14,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 
@@ -19,7 +23,7 @@ use futures::channel::mpsc::UnboundedReceiver;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::builders::labels::FIELD_MANAGER;
-use crate::crd::SparkConnectCluster;
+use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 use crate::metrics::Metrics;
 use crate::probe::prober::Prober;
 
@@ -77,19 +81,57 @@ pub async fn run(
             ),
         }
     };
-    let (clusters, pods, services) = api(client);
+    let (clusters, pods, services) = api(client.clone());
+    let claims: Api<SparkConnectClaim> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
     let children =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=spark-connect-operator");
-    Controller::new(clusters, watcher::Config::default())
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let clusters_done = Controller::new(clusters, watcher::Config::default())
         .owns(pods, children.clone())
         .owns(services, children)
+        .watches(claims.clone(), watcher::Config::default(), |claim| {
+            binding::cluster_of(&claim)
+        })
         .reconcile_on(probed)
-        .graceful_shutdown_on(shutdown)
-        .run(cluster::reconcile, cluster::error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile ended with an error");
+                tracing::debug!(error = %e, "cluster reconcile ended with an error");
             }
-        })
-        .await;
+        });
+    let claims_done = Controller::new(claims, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(claim::reconcile, claim::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "claim reconcile ended with an error");
+            }
+        });
+    futures::join!(clusters_done, claims_done);
+}
+
+impl Context {
+    /// Publishes an Event on `object`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.into()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "publishing event failed");
+        }
+    }
 }

@@ -224,6 +224,21 @@ pub struct HotPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub max_idle_age: Option<String>,
+    /// Most claims that may wait for a server at once; later claims fail at once.
+    #[serde(default = "default_max_waiting_claims")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_waiting_claims: i32,
+    /// A claim that waits longer than this for a server fails.
+    #[serde(default = "default_claim_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub claim_timeout: String,
+}
+
+fn default_max_waiting_claims() -> i32 {
+    100
+}
+fn default_claim_timeout() -> String {
+    "10m".into()
 }
 
 fn default_idle() -> i32 {
@@ -241,6 +256,8 @@ impl Default for HotPoolSpec {
             max: default_pool_max(),
             autoscale: AutoscaleSpec::default(),
             max_idle_age: None,
+            max_waiting_claims: default_max_waiting_claims(),
+            claim_timeout: default_claim_timeout(),
         }
     }
 }

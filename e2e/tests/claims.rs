@@ -1,0 +1,217 @@
+//! Claims on the hot pool: real Spark end to end, and a burst of claims on light fake servers.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
+use support::{World, live_pods, succeeded, wait_until};
+
+fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+        .expect("cluster")
+}
+
+fn claim(name: &str, cluster: &str) -> SparkConnectClaim {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"cluster": cluster, "user": "alice"}}))
+        .expect("claim")
+}
+
+fn phase(c: &SparkConnectClaim) -> String {
+    c.status
+        .as_ref()
+        .map(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+/// A pool of fake Connect servers (the project's light test server instead of Spark).
+pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
+    serde_json::json!({
+        "image": "sco-fake-connect:latest",
+        "shared": 0,
+        "hotPool": {"idle": idle, "max": max, "maxWaitingClaims": max_waiting},
+        "probe": {"period": "2s", "timeout": "1s"},
+        "server": {"podTemplate": {"spec": {"containers": [{
+            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
+        }]}}}
+    })
+}
+
+#[tokio::test]
+async fn a_claim_on_a_warm_pool_is_bound_at_once_and_serves_queries() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-claim").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let spec = serde_json::json!({
+        "image": "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu",
+        "shared": 0,
+        "hotPool": {"idle": 1},
+        "executors": {"dynamicAllocation": {"enabled": true, "minExecutors": 0, "maxExecutors": 1}},
+        "probe": {"period": "5s", "timeout": "3s"}
+    });
+    clusters
+        .create(&PostParams::default(), &cluster("pool", spec))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(300), "a warm server", || async {
+        clusters
+            .get("pool")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .is_some_and(|s| s.servers.idle == 1)
+    })
+    .await;
+
+    let created = Instant::now();
+    claims
+        .create(&PostParams::default(), &claim("alice", "pool"))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "Bound", || async {
+        claims
+            .get("alice")
+            .await
+            .ok()
+            .is_some_and(|c| phase(&c) == "Bound")
+    })
+    .await;
+    println!(
+        "claim Bound {:.0} ms after creation (observed by the test)",
+        created.elapsed().as_secs_f64() * 1000.0
+    );
+    let bound = claims.get("alice").await.unwrap().status.unwrap();
+    let endpoint = bound.endpoint.unwrap();
+    let server = bound.server.unwrap();
+    assert!(bound.wait_millis.unwrap() < 30_000);
+    let out = world.python(&format!(
+        "from pyspark.sql import SparkSession\n\
+         s = SparkSession.builder.remote('{endpoint}').getOrCreate()\n\
+         print(s.range(100).selectExpr('sum(id)').collect()[0][0])\n"
+    ));
+    assert!(succeeded(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4950");
+    println!(
+        "first query result {:.1}s after the claim was created",
+        created.elapsed().as_secs_f64()
+    );
+    let pod = live_pods(
+        &world.client,
+        &ns.name,
+        &format!("sparkconnect.dev/server={server}"),
+    )
+    .await;
+    assert_eq!(pod[0].labels()["sparkconnect.dev/state"], "claimed");
+    assert_eq!(pod[0].annotations()["sparkconnect.dev/user"], "alice");
+
+    // Deleting the claim retires its server; the pool refills to its target.
+    claims
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the claimed server retired",
+        || async {
+            live_pods(
+                &world.client,
+                &ns.name,
+                &format!("sparkconnect.dev/server={server}"),
+            )
+            .await
+            .is_empty()
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(300),
+        "the pool back at its target",
+        || async {
+            clusters
+                .get("pool")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.servers.idle == 1 && s.servers.claimed == 0)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fifty_claims_at_once_never_share_a_server() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-burst").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &cluster("burst", fake_spec(5, 10, 30)),
+        )
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(120), "5 idle fake servers", || async {
+        clusters
+            .get("burst")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .is_some_and(|s| s.servers.idle == 5)
+    })
+    .await;
+    let creates = (0..50).map(|i| {
+        let claims = claims.clone();
+        async move {
+            claims
+                .create(&PostParams::default(), &claim(&format!("c{i:02}"), "burst"))
+                .await
+        }
+    });
+    for result in futures::future::join_all(creates).await {
+        result.unwrap();
+    }
+    // Every claim ends Bound, or Failed with a clear reason; none stays waiting for long.
+    wait_until(Duration::from_secs(180), "every claim settled", || async {
+        claims.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items
+                .iter()
+                .all(|c| matches!(phase(c).as_str(), "Bound" | "Failed"))
+        })
+    })
+    .await;
+    let listed = claims.list(&ListParams::default()).await.unwrap().items;
+    let bound: Vec<&SparkConnectClaim> = listed.iter().filter(|c| phase(c) == "Bound").collect();
+    let servers: BTreeSet<String> = bound
+        .iter()
+        .filter_map(|c| c.status.as_ref()?.server.clone())
+        .collect();
+    assert_eq!(
+        servers.len(),
+        bound.len(),
+        "a server was given to two claims"
+    );
+    let pods = live_pods(&world.client, &ns.name, "sparkconnect.dev/state=claimed").await;
+    let holders: BTreeSet<String> = pods
+        .iter()
+        .map(|p| p.annotations()["sparkconnect.dev/claim"].clone())
+        .collect();
+    assert_eq!(holders.len(), pods.len());
+    for c in listed.iter().filter(|c| phase(c) == "Failed") {
+        let reason = &c.status.as_ref().unwrap().conditions[0].reason;
+        assert_eq!(reason, "TooManyWaitingClaims", "{}", c.name_any());
+    }
+    println!(
+        "50 claims at once on 5 idle servers: {} bound (pool grew), {} refused as over the waiting limit",
+        bound.len(),
+        50 - bound.len()
+    );
+    assert!(
+        bound.len() >= 35,
+        "the 5 idle and the 30 allowed to wait are all bound"
+    );
+}
