@@ -22,7 +22,7 @@ e2e: binaries build
 
 crds: build
 	./target/debug/spark-connect-operator crd > crds/sparkconnect.dev.yaml
+	cp crds/sparkconnect.dev.yaml charts/spark-connect-operator/crds/
 
 bench: binaries
-	cargo build --workspace --release
 	bash bench/run.sh

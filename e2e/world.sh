@@ -12,11 +12,12 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 PYSPARK_VERSION=${PYSPARK_VERSION:-4.3.0}
 export SCO_KUBECTL=$SCO_CACHE/k8s-$K8S_VERSION/bin/kubectl
 export SCO_PYTHON=$SCO_CACHE/pyspark-$PYSPARK_VERSION/venv/bin/python
-WORLD_BIN=$ROOT/target/debug/sco-world
-OPERATOR_BIN=$ROOT/target/debug/spark-connect-operator
+PROFILE=${SCO_PROFILE:-debug}
+WORLD_BIN=$ROOT/target/$PROFILE/sco-world
+OPERATOR_BIN=$ROOT/target/$PROFILE/spark-connect-operator
 # The binaries behind this project's images in the world (see e2e/src/agent/images.rs).
 export SCO_SPARK_CONNECT_OPERATOR_BIN=$OPERATOR_BIN
-export SCO_SCO_FAKE_CONNECT_BIN=$ROOT/target/debug/sco-fake-connect
+export SCO_SCO_FAKE_CONNECT_BIN=$ROOT/target/$PROFILE/sco-fake-connect
 WORLD_PID=
 
 world_stop() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use clap::{Parser, Subcommand};
+use kube_lease_manager::LeaseManagerBuilder;
 use spark_connect_operator::admin::{self, AdminState};
 use spark_connect_operator::controller::{self, Context};
 use spark_connect_operator::metrics::Metrics;
@@ -44,6 +45,15 @@ enum Command {
         /// Most Spark Connect probes in flight at once.
         #[arg(long, env = "SCO_MAX_PROBES_IN_FLIGHT", default_value_t = 256)]
         max_probes_in_flight: usize,
+        /// Reconcile only while holding the Lease (for more than one replica).
+        #[arg(long, env = "SCO_LEADER_ELECTION")]
+        leader_election: bool,
+        /// Seconds a standby waits for a silent leader's Lease to expire.
+        #[arg(long, env = "SCO_LEASE_DURATION", default_value_t = 15)]
+        lease_duration: u64,
+        /// Namespace of the Lease (default: the pod's namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        lease_namespace: String,
     },
     /// Print every CRD as YAML.
     Crd,
@@ -68,6 +78,9 @@ fn main() -> ExitCode {
             admin_addr,
             log_json,
             max_probes_in_flight,
+            leader_election,
+            lease_duration,
+            lease_namespace,
         } => {
             telemetry::init(log_json);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +93,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(kubeconfig, namespace, admin_addr, max_probes_in_flight)) {
+            let options = Options {
+                kubeconfig,
+                namespace,
+                admin_addr,
+                max_probes_in_flight,
+                leader_election: leader_election.then_some((lease_namespace, lease_duration)),
+            };
+            match runtime.block_on(run(options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "operator failed");
@@ -91,14 +111,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
+/// Settings of `run`.
+struct Options {
     kubeconfig: Option<PathBuf>,
     namespace: Option<String>,
     admin_addr: SocketAddr,
     max_probes_in_flight: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+    /// Lease namespace and duration in seconds, when leader election is on.
+    leader_election: Option<(String, u64)>,
+}
+
+async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::new()?;
-    let client = client::build(kubeconfig.as_deref(), metrics.api_writes.clone()).await?;
+    let client = client::build(options.kubeconfig.as_deref(), metrics.api_writes.clone()).await?;
     let version = client.apiserver_version().await?;
     tracing::info!(apiserver = %version.git_version, "connected");
 
@@ -109,36 +134,77 @@ async fn run(
     };
     admin_state.ready.store(true, Ordering::Relaxed);
     let admin = tokio::spawn(admin::serve(
-        admin_addr,
+        options.admin_addr,
         admin_state,
         shutdown.clone().cancelled_owned(),
     ));
-
     let signals = shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
         signals.cancel();
     });
+
+    // With leader election, only the Lease holder reconciles, probes and binds claims.
+    let mut leadership = None;
+    if let Some((lease_namespace, duration)) = &options.leader_election {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
+        let manager = LeaseManagerBuilder::new(client.clone(), "spark-connect-operator")
+            .with_namespace(lease_namespace.clone())
+            .with_identity(identity.clone())
+            .with_duration(*duration)
+            .with_grace((*duration / 3).max(1))
+            .build()
+            .await?;
+        let (mut leader, task) = manager.watch().await;
+        tracing::info!(%identity, "waiting to become the leader");
+        let elected = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            changed = leader.wait_for(|is_leader| *is_leader) => changed.is_ok(),
+        };
+        if !elected {
+            drop(leader);
+            let _ = task.await;
+            admin.await??;
+            return Ok(());
+        }
+        tracing::info!(%identity, "leading");
+        let lost = shutdown.clone();
+        let mut watch = leader.clone();
+        tokio::spawn(async move {
+            if watch.wait_for(|is_leader| !*is_leader).await.is_ok() {
+                tracing::error!("lost the leader Lease; stopping so that only one operator acts");
+                lost.cancel();
+            }
+        });
+        leadership = Some((leader, task));
+    }
+
     let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
     let prober = Prober::new(
         Arc::new(HealthBook::default()),
         metrics.clone(),
         probed_tx,
-        max_probes_in_flight,
+        options.max_probes_in_flight,
     );
     let probing = tokio::spawn(prober.clone().run(shutdown.clone().cancelled_owned()));
     let ctx = Arc::new(Context::new(client, metrics, prober));
     controller::run(
         ctx,
-        namespace,
+        options.namespace,
         probed_rx,
         shutdown.clone().cancelled_owned(),
     )
     .await;
     shutdown.cancel();
     probing.await?;
-    shutdown.cancel();
+    if let Some((leader, task)) = leadership {
+        // Dropping the receiver makes the lease task release the Lease: a clean step-down.
+        drop(leader);
+        let _ = task.await;
+        tracing::info!("released the leader Lease");
+    }
     admin.await??;
     Ok(())
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub claims: IntCounterVec,
     /// Time from claim creation to binding.
     pub claim_wait: Histogram,
+    /// The autoscaler's idle target by cluster.
+    pub autoscaler_target: IntGaugeVec,
 }
 
 impl Metrics {
@@ -64,7 +66,8 @@ impl Metrics {
                 "Latency of passed Spark Connect Config probes",
             )
             .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                0.1, 0.25, 0.5, 1.0, 2.5,
             ]),
         )?;
         let probe_results = IntCounterVec::new(
@@ -79,6 +82,14 @@ impl Metrics {
                     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
                 ]),
         )?;
+        let autoscaler_target = IntGaugeVec::new(
+            Opts::new(
+                "autoscaler_idle_target",
+                "Idle target chosen by the autoscaler",
+            ),
+            &["namespace", "cluster"],
+        )?;
+        registry.register(Box::new(autoscaler_target.clone()))?;
         registry.register(Box::new(claims.clone()))?;
         registry.register(Box::new(claim_wait.clone()))?;
         registry.register(Box::new(probe_latency.clone()))?;
@@ -99,6 +110,7 @@ impl Metrics {
             probe_results,
             claims,
             claim_wait,
+            autoscaler_target,
         })
     }
 

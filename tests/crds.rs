@@ -10,3 +10,12 @@ fn committed_crds_match_the_generated_ones() {
         "crds/ is stale: run `cargo run -- crd > crds/sparkconnect.dev.yaml` and commit the result"
     );
 }
+
+#[test]
+fn the_chart_ships_the_same_crds() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let committed = std::fs::read_to_string(format!("{root}/crds/sparkconnect.dev.yaml")).expect("crds/");
+    let chart = std::fs::read_to_string(format!("{root}/charts/spark-connect-operator/crds/sparkconnect.dev.yaml"))
+        .expect("chart crds/");
+    assert!(chart == committed, "the chart's CRDs differ from crds/: copy crds/sparkconnect.dev.yaml into the chart");
+}

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Builds what the local world needs into a cache outside the work tree, keyed by version,
 # and only what is missing: Kubernetes (apiserver, controller-manager, kube-proxy, kubectl),
-# etcd, CoreDNS, and a pyspark venv that stands in for the Spark image. Prints each build's time.
+# etcd, CoreDNS, helm, and a pyspark venv that stands in for the Spark image. Prints each build's time.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.36.3}
 COREDNS_VERSION=${COREDNS_VERSION:-v1.15.0}
 PYSPARK_VERSION=${PYSPARK_VERSION:-4.3.0}
+HELM_VERSION=${HELM_VERSION:-v3.21.4}
 CACHE=${SCO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spark-connect-operator}
 K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 DNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
 VENV=$CACHE/pyspark-$PYSPARK_VERSION/venv
+HELM_BIN=$CACHE/helm-$HELM_VERSION/bin
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -67,6 +69,12 @@ build_coredns() {
   rm -rf "$DNS_BIN"; mv "$DNS_BIN.tmp" "$DNS_BIN"
 }
 
+build_helm() {
+  mkdir -p "$HELM_BIN.tmp"
+  GOBIN="$HELM_BIN.tmp" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$HELM_BIN"; mv "$HELM_BIN.tmp" "$HELM_BIN"
+}
+
 build_venv() {
   # A venv records its own path, so it is built in place; `.complete` marks a finished one.
   rm -rf "$VENV"
@@ -83,6 +91,9 @@ if [[ $what == all || $what == k8s ]]; then
 fi
 if [[ $what == all || $what == coredns ]]; then
   if [ -x "$DNS_BIN/coredns" ]; then echo "build: coredns $COREDNS_VERSION cached"; else timed "coredns $COREDNS_VERSION" build_coredns; fi
+fi
+if [[ $what == all || $what == helm ]]; then
+  if [ -x "$HELM_BIN/helm" ]; then echo "build: helm $HELM_VERSION cached"; else timed "helm $HELM_VERSION" build_helm; fi
 fi
 if [[ $what == all || $what == pyspark ]]; then
   if [ -x "$VENV/bin/python" ] && [ -d "$VENV/lib" ] && [ -f "$VENV/.complete" ]; then echo "build: pyspark $PYSPARK_VERSION venv cached"; else timed "pyspark $PYSPARK_VERSION venv" build_venv; fi

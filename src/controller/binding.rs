@@ -35,6 +35,8 @@ pub struct ClaimOutcome {
     pub bound: BTreeSet<String>,
     /// Claimed servers retired in this round.
     pub retired: BTreeSet<String>,
+    /// Every live claim on the cluster (the autoscaler counts arrivals).
+    pub claims: Vec<String>,
 }
 
 fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {

@@ -161,19 +161,35 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         .collect();
 
     let now = Timestamp::now();
+    let cluster_key = format!("{ns}/{}", valid.name);
+    let pool = &cluster.spec.hot_pool;
+    let (floor, max) = (pool.idle.max(0) as usize, pool.max.max(0) as usize);
+    let idle_target = if pool.autoscale.enabled {
+        Some(
+            autoscale(
+                cluster,
+                ctx,
+                &cluster_key,
+                &views,
+                &claims.claims,
+                &valid,
+                now,
+            )
+            .await,
+        )
+    } else {
+        ctx.autoscaler.forget(&cluster_key);
+        None
+    };
     let targets = PoolTargets {
         shared: cluster.spec.shared.max(0) as usize,
         // Waiting claims grow the pool at once, up to hotPool.max idle servers.
-        idle: {
-            let idle = cluster.spec.hot_pool.idle.max(0) as usize;
-            (idle + claims.waiting).min(idle.max(cluster.spec.hot_pool.max.max(0) as usize))
-        },
+        idle: (idle_target.unwrap_or(floor) + claims.waiting).min(floor.max(max)),
         spec_hash: &valid.spec_hash,
         startup_deadline: valid.timings.startup_deadline,
         max_idle_age: valid.timings.max_idle_age,
     };
     let mut plan = plan(&views, targets, now);
-    let cluster_key = format!("{ns}/{}", valid.name);
     let failed_starts = plan
         .remove
         .values()
@@ -317,6 +333,8 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     write_status(cluster, ctx, status).await?;
 
     let busy = plan.create > 0 || !plan.remove.is_empty() || plan.count(ServerState::Starting) > 0;
+    // A raised autoscaler target is re-checked when its scale-down delay may have passed.
+    let busy = busy || idle_target.is_some_and(|t| t > floor);
     let idle_requeue = if busy {
         Duration::from_secs(5)
     } else {
@@ -457,4 +475,50 @@ async fn write_status(
     .await
     .map_err(|e| Error::kube(format!("update status of {name}"), e))?;
     Ok(true)
+}
+
+/// The autoscaler's idle target for this round; its changes become Events and a metric.
+async fn autoscale(
+    cluster: &SparkConnectCluster,
+    ctx: &Context,
+    key: &str,
+    views: &[ServerView],
+    claims: &[String],
+    valid: &ValidCluster<'_>,
+    now: Timestamp,
+) -> usize {
+    let pool = &cluster.spec.hot_pool;
+    let warmups: Vec<Duration> = views
+        .iter()
+        .filter(|v| v.state == ServerState::Starting && v.healthy)
+        .filter_map(|v| Duration::try_from(now.duration_since(v.created)).ok())
+        .collect();
+    let instant = std::time::Instant::now();
+    let (target, decision) = ctx
+        .autoscaler
+        .with(key, |demand| {
+            demand.observe(claims, &warmups, instant);
+            demand.target(
+                pool.min.max(0) as usize,
+                pool.max.max(0) as usize,
+                pool.idle.max(0) as usize,
+                valid.timings.scale_down_delay,
+                instant,
+            )
+        })
+        .unwrap_or((pool.idle.max(0) as usize, None));
+    ctx.metrics
+        .autoscaler_target
+        .with_label_values(&[valid.namespace, valid.name])
+        .set(target as i64);
+    if let Some(d) = decision {
+        let reason = if d.target > d.previous {
+            "AutoscaleUp"
+        } else {
+            "AutoscaleDown"
+        };
+        let note = format!("idle target {} -> {}: {}", d.previous, d.target, d.reason);
+        ctx.event(cluster, EventType::Normal, reason, &note).await;
+    }
+    target
 }

@@ -1,6 +1,7 @@
 //! The controllers and what they share.
 
 pub mod apply;
+pub mod autoscale;
 pub mod backoff;
 pub mod binding;
 pub mod claim;
@@ -39,6 +40,8 @@ pub struct Context {
     pub prober: Prober,
     /// Slows down replacing servers that fail to start.
     pub backoff: backoff::StartBackoff,
+    /// Demand-driven idle targets.
+    pub autoscaler: autoscale::Autoscaler,
 }
 
 impl Context {
@@ -54,6 +57,7 @@ impl Context {
             metrics,
             prober,
             backoff: backoff::StartBackoff::default(),
+            autoscaler: autoscale::Autoscaler::default(),
         }
     }
 }

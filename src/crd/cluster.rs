@@ -389,6 +389,9 @@ pub struct SparkConnectClusterStatus {
     /// Spark version reported by a server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spark_version: Option<String>,
+    /// The idle target the autoscaler chose (when autoscaling is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_target: Option<i32>,
     /// Name of the Secret holding the client token (auth mode Token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<String>,

@@ -1,0 +1,208 @@
+//! The hot-pool autoscaler: idle target = claim arrival rate (moving average) × measured
+//! warm-up time + a buffer, clamped to `hotPool.min..=max`; up at once, down only after
+//! `scaleDownDelay` of lower demand. State lives in memory per cluster.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Idle servers kept beyond the demand estimate.
+const BUFFER: f64 = 1.0;
+/// Half-life of the arrival-rate moving average.
+const RATE_HALF_LIFE: Duration = Duration::from_secs(60);
+/// Warm-up assumed before one is measured.
+const DEFAULT_WARMUP: Duration = Duration::from_secs(30);
+
+/// Autoscaler state of one cluster.
+#[derive(Clone, Debug)]
+pub struct Demand {
+    rate_per_sec: f64,
+    rate_at: Option<Instant>,
+    warmup_secs: f64,
+    seen_claims: HashSet<String>,
+    target: Option<usize>,
+    high_since: Option<Instant>,
+}
+
+impl Default for Demand {
+    fn default() -> Self {
+        Self {
+            rate_per_sec: 0.0,
+            rate_at: None,
+            warmup_secs: DEFAULT_WARMUP.as_secs_f64(),
+            seen_claims: HashSet::new(),
+            target: None,
+            high_since: None,
+        }
+    }
+}
+
+/// A change of the idle target, for Events and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The new target.
+    pub target: usize,
+    /// The previous target.
+    pub previous: usize,
+    /// Why.
+    pub reason: String,
+}
+
+impl Demand {
+    fn decay(&mut self, now: Instant) {
+        if let Some(at) = self.rate_at {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            self.rate_per_sec *= 0.5f64.powf(dt / RATE_HALF_LIFE.as_secs_f64());
+        }
+        self.rate_at = Some(now);
+    }
+
+    /// Records claims seen (new names count as arrivals) and warm-up times just measured.
+    pub fn observe(&mut self, claims: &[String], warmups: &[Duration], now: Instant) {
+        self.decay(now);
+        let new = claims
+            .iter()
+            .filter(|c| self.seen_claims.insert((*c).clone()))
+            .count();
+        // Each arrival adds to an exponentially weighted rate (events per second).
+        self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / RATE_HALF_LIFE.as_secs_f64();
+        self.seen_claims.retain(|c| claims.contains(c));
+        for w in warmups {
+            self.warmup_secs = 0.7 * self.warmup_secs + 0.3 * w.as_secs_f64();
+        }
+    }
+
+    /// Claims per minute (moving average).
+    pub fn rate_per_minute(&self) -> f64 {
+        self.rate_per_sec * 60.0
+    }
+
+    /// The idle target now, and a decision when it changed.
+    pub fn target(
+        &mut self,
+        min: usize,
+        max: usize,
+        floor: usize,
+        delay: Duration,
+        now: Instant,
+    ) -> (usize, Option<Decision>) {
+        self.decay(now);
+        let wanted = ((self.rate_per_sec * self.warmup_secs + BUFFER).ceil() as usize)
+            .max(floor)
+            .clamp(min, max.max(min));
+        let current = *self.target.get_or_insert(wanted);
+        let (next, reason) = if wanted >= current {
+            self.high_since = Some(now);
+            (
+                wanted,
+                format!(
+                    "demand {:.1} claims/min x warm-up {:.0}s needs {wanted} idle",
+                    self.rate_per_minute(),
+                    self.warmup_secs
+                ),
+            )
+        } else if self
+            .high_since
+            .is_none_or(|t| now.saturating_duration_since(t) >= delay)
+        {
+            self.high_since = Some(now);
+            (
+                wanted,
+                format!(
+                    "demand fell for {}s: {wanted} idle suffice",
+                    delay.as_secs()
+                ),
+            )
+        } else {
+            (current, String::new())
+        };
+        self.target = Some(next);
+        let decision = (next != current).then_some(Decision {
+            target: next,
+            previous: current,
+            reason,
+        });
+        (next, decision)
+    }
+}
+
+/// Demand per cluster.
+#[derive(Default)]
+pub struct Autoscaler {
+    clusters: Mutex<HashMap<String, Demand>>,
+}
+
+impl Autoscaler {
+    /// Runs `f` on the demand of `cluster`.
+    pub fn with<T>(&self, cluster: &str, f: impl FnOnce(&mut Demand) -> T) -> Option<T> {
+        self.clusters
+            .lock()
+            .ok()
+            .map(|mut c| f(c.entry(cluster.to_string()).or_default()))
+    }
+
+    /// Forgets a cluster.
+    pub fn forget(&self, cluster: &str) {
+        if let Ok(mut clusters) = self.clusters.lock() {
+            clusters.remove(cluster);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize, prefix: &str) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    #[test]
+    fn a_burst_raises_the_target_at_once_and_it_falls_only_after_the_delay() {
+        let mut d = Demand::default();
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(300);
+        d.observe(&[], &[Duration::from_secs(30)], t0);
+        assert_eq!(d.target(1, 20, 1, delay, t0).0, 1, "no demand: the buffer");
+
+        let burst = names(20, "c");
+        d.observe(&burst, &[], t0);
+        let (target, decision) = d.target(1, 20, 1, delay, t0);
+        assert!(target > 1, "{target}");
+        assert!(decision.unwrap().reason.contains("claims/min"));
+
+        // Demand ends; the target holds until the delay has passed.
+        let later = t0 + Duration::from_secs(299);
+        d.observe(&[], &[], later);
+        assert_eq!(d.target(1, 20, 1, delay, later).0, target);
+        let after = t0 + Duration::from_secs(600);
+        d.observe(&[], &[], after);
+        let (fallen, decision) = d.target(1, 20, 1, delay, after);
+        assert!(fallen < target);
+        assert!(decision.unwrap().reason.contains("demand fell"));
+    }
+
+    #[test]
+    fn target_is_clamped_and_never_below_the_floor() {
+        let mut d = Demand::default();
+        let t0 = Instant::now();
+        d.observe(&names(1000, "c"), &[Duration::from_secs(60)], t0);
+        assert_eq!(d.target(0, 8, 0, Duration::ZERO, t0).0, 8);
+        let mut quiet = Demand::default();
+        assert_eq!(
+            quiet.target(0, 8, 3, Duration::ZERO, t0).0,
+            3,
+            "spec.hotPool.idle is the floor"
+        );
+    }
+
+    #[test]
+    fn the_same_claim_counts_once() {
+        let mut d = Demand::default();
+        let t0 = Instant::now();
+        d.observe(&names(5, "c"), &[], t0);
+        let rate = d.rate_per_minute();
+        d.observe(&names(5, "c"), &[], t0);
+        assert_eq!(d.rate_per_minute(), rate);
+    }
+}
