@@ -14,8 +14,14 @@ fn committed_crds_match_the_generated_ones() {
 #[test]
 fn the_chart_ships_the_same_crds() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let committed = std::fs::read_to_string(format!("{root}/crds/sparkconnect.dev.yaml")).expect("crds/");
-    let chart = std::fs::read_to_string(format!("{root}/charts/spark-connect-operator/crds/sparkconnect.dev.yaml"))
-        .expect("chart crds/");
-    assert!(chart == committed, "the chart's CRDs differ from crds/: copy crds/sparkconnect.dev.yaml into the chart");
+    let committed =
+        std::fs::read_to_string(format!("{root}/crds/sparkconnect.dev.yaml")).expect("crds/");
+    let chart = std::fs::read_to_string(format!(
+        "{root}/charts/spark-connect-operator/crds/sparkconnect.dev.yaml"
+    ))
+    .expect("chart crds/");
+    assert!(
+        chart == committed,
+        "the chart's CRDs differ from crds/: copy crds/sparkconnect.dev.yaml into the chart"
+    );
 }

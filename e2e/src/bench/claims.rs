@@ -91,12 +91,10 @@ impl Bench {
         let started: Vec<(String, Instant)> = futures::future::try_join_all(creates).await?;
         let names: Vec<&String> = started.iter().map(|(n, _)| n).collect();
         wait("every claim Bound", Duration::from_secs(300), || async {
-            let seen = self
-                .bound_at
+            self.bound_at
                 .lock()
                 .map(|b| names.iter().all(|n| b.contains_key(*n)))
-                .unwrap_or(false);
-            seen
+                .unwrap_or(false)
         })
         .await?;
         let bound = self
