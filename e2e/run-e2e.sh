@@ -3,7 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/world.sh"
 cd "$ROOT"
-cargo test -p sco-e2e --test world --test probe --test operator --test claims --no-run
+cargo test -p sco-e2e --test world --test probe --test operator --test claims --test ha --no-run
 world_start
 operator_start
-cargo test -p sco-e2e --test world --test probe --test operator --test claims -- --test-threads=1 --nocapture
+cargo test -p sco-e2e --test world --test probe --test operator --test claims --test ha -- --test-threads=1 --nocapture

@@ -15,5 +15,6 @@ phase "build" cargo build --workspace --all-targets
 phase "clippy" cargo clippy --workspace --all-targets -- -D warnings
 phase "unit tests" cargo test --workspace --exclude sco-e2e
 phase "world unit tests" cargo test -p sco-e2e --bins
+phase "helm lint + template" bash e2e/chart-check.sh
 phase "e2e" bash e2e/run-e2e.sh
 echo "==== make test: all phases passed in $(( $(date +%s) - total ))s"

@@ -49,16 +49,26 @@ world_start() {
   return 1
 }
 
-# Installs the CRDs and runs the operator inside the world (it must reach the servers it probes).
+HELM=$SCO_CACHE/helm-${HELM_VERSION:-v3.21.4}/bin/helm
+export SCO_OPERATOR_NAMESPACE=sco-system
+
+# Installs the operator with its Helm chart (CRDs, RBAC, two replicas with leader election):
+# it runs as pods inside the world under the chart's ServiceAccount, so a missing RBAC rule
+# fails the e2e suite.
 operator_start() {
-  "$SCO_KUBECTL" apply -f "$ROOT/crds/" >/dev/null
+  "$HELM" install sco "$ROOT/charts/spark-connect-operator" --namespace "$SCO_OPERATOR_NAMESPACE" --create-namespace \
+    --set image.repository=spark-connect-operator --set image.tag=dev --set logJson=false \
+    --wait --timeout 180s
   "$SCO_KUBECTL" wait --for=condition=Established crd --all --timeout=60s >/dev/null
-  "$WORLD_BIN" --state "$SCO_WORLD" exec -- "$OPERATOR_BIN" run \
-    --kubeconfig "$SCO_WORLD/pki/admin.kubeconfig" --admin-addr 127.0.0.1:8080 \
-    > "$SCO_WORLD/logs/operator.log" 2>&1 &
-  for _ in $(seq 1 100); do
-    if "$WORLD_BIN" --state "$SCO_WORLD" exec -- curl -sf http://127.0.0.1:8080/readyz >/dev/null 2>&1; then return 0; fi
+  for _ in $(seq 1 300); do
+    if "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get lease spark-connect-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null | grep -q .; then
+      echo "operator leader: $("$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get lease spark-connect-operator -o jsonpath='{.spec.holderIdentity}')"
+      return 0
+    fi
     sleep 0.2
   done
-  echo "the operator did not become ready:" >&2; cat "$SCO_WORLD/logs/operator.log" >&2; return 1
+  echo "no operator became the leader:" >&2
+  "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get pods -o wide >&2
+  tail -n 40 "$SCO_WORLD"/pods/"$SCO_OPERATOR_NAMESPACE"_*/log >&2 || true
+  return 1
 }

@@ -260,14 +260,10 @@ async fn cluster_lifecycle_with_real_spark() {
     assert!(!executors.is_empty(), "Spark created executor pods");
 
     // Steady state: a reconcile with nothing changed makes no write request.
-    let reconciled = || {
-        world.metric(
-            "spark_connect_operator_reconcile_duration_seconds_count",
-            "controller=\"cluster\"",
-        )
-    };
-    let writes_before = world.metric("spark_connect_operator_api_write_requests_total", "");
-    let reconciles_before = reconciled();
+    const RECONCILED: &str = "spark_connect_operator_reconcile_duration_seconds_count";
+    const WRITES: &str = "spark_connect_operator_api_write_requests_total";
+    let writes_before = world.metric(WRITES, "").await;
+    let reconciles_before = world.metric(RECONCILED, "controller=\"cluster\"").await;
     api.patch(
         "analytics",
         &PatchParams::default(),
@@ -278,14 +274,15 @@ async fn cluster_lifecycle_with_real_spark() {
     wait_until(
         Duration::from_secs(30),
         "a reconcile after the poke",
-        || async { reconciled() > reconciles_before },
+        || async { world.metric(RECONCILED, "controller=\"cluster\"").await > reconciles_before },
     )
     .await;
-    let writes_after = world.metric("spark_connect_operator_api_write_requests_total", "");
+    let writes_after = world.metric(WRITES, "").await;
     println!(
         "steady-state reconcile: {} write requests",
         writes_after - writes_before
     );
+    assert!(writes_before > 0.0, "the leader's metrics were read");
     assert_eq!(
         writes_after, writes_before,
         "a reconcile with nothing changed must not write"

@@ -142,6 +142,16 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     let book = ctx.prober.book();
+    // Servers another operator process already found healthy (their label says so) count as
+    // healthy until this process's own probes say otherwise.
+    for pod in &live {
+        let state = ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str));
+        if matches!(state, ServerState::Idle | ServerState::Shared)
+            && let Some(uid) = pod.uid()
+        {
+            book.seed(&uid, Verdict::Healthy);
+        }
+    }
     let mut views: Vec<ServerView> = live.iter().filter_map(|p| server_view(p, book)).collect();
 
     // Claims first: waiting users get idle servers before the pool is topped up.

@@ -89,6 +89,20 @@ impl HealthBook {
         }
     }
 
+    /// Records `verdict` for a server this process has no history of (e.g. the state a
+    /// previous leader left on the pod's label), so a new leader neither tears down healthy
+    /// servers before its first probe nor trusts a hung one forever.
+    pub fn seed(&self, uid: &str, verdict: Verdict) {
+        if let Ok(mut servers) = self.servers.lock() {
+            servers
+                .entry(uid.to_string())
+                .or_insert_with(|| ServerHealth {
+                    verdict,
+                    ..ServerHealth::default()
+                });
+        }
+    }
+
     /// Forgets servers that no longer exist.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         if let Ok(mut servers) = self.servers.lock() {
@@ -128,6 +142,16 @@ mod tests {
         assert!(h.record(&fail(FailureKind::DeadlineExceeded), 3));
         assert_eq!(h.verdict, Verdict::Unhealthy);
         assert!(h.record(&ok(), 3), "it recovers on the next pass");
+    }
+
+    #[test]
+    fn a_seeded_verdict_does_not_override_history() {
+        let book = HealthBook::default();
+        book.seed("a", Verdict::Healthy);
+        assert_eq!(book.get("a").verdict, Verdict::Healthy);
+        book.update("a", |h| h.record(&fail(FailureKind::DeadlineExceeded), 1));
+        book.seed("a", Verdict::Healthy);
+        assert_eq!(book.get("a").verdict, Verdict::Unhealthy);
     }
 
     #[test]

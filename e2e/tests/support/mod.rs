@@ -125,15 +125,41 @@ impl World {
         }
     }
 
-    /// The operator's metrics, read inside the world.
-    pub fn metrics(&self) -> String {
-        let out = self.exec(&["curl", "-s", "http://127.0.0.1:8080/metrics"]);
+    /// The namespace the chart installed the operator into.
+    pub fn operator_namespace() -> String {
+        std::env::var("SCO_OPERATOR_NAMESPACE").unwrap_or_else(|_| "sco-system".into())
+    }
+
+    /// The pod holding the operator's leader Lease.
+    pub async fn leader(&self) -> Option<String> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &Self::operator_namespace());
+        leases
+            .get_opt("spark-connect-operator")
+            .await
+            .ok()
+            .flatten()?
+            .spec?
+            .holder_identity
+    }
+
+    /// The leading operator's metrics, read inside the world from its pod.
+    pub async fn metrics(&self) -> String {
+        let Some(leader) = self.leader().await else {
+            return String::new();
+        };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &Self::operator_namespace());
+        let Some(ip) = pods.get(&leader).await.ok().and_then(|p| p.status?.pod_ip) else {
+            return String::new();
+        };
+        let out = self.exec(&["curl", "-s", &format!("http://{ip}:8080/metrics")]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Sum of a metric's samples whose labels contain `filter`.
-    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+    pub async fn metric(&self, name: &str, filter: &str) -> f64 {
         self.metrics()
+            .await
             .lines()
             .filter(|l| l.starts_with(name) && l.contains(filter))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -1,0 +1,81 @@
+//! High availability: two operator replicas from the chart; the leader dies, the standby takes
+//! over the Lease, and a claim made after the kill is still bound.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
+use support::{World, succeeded, wait_until};
+
+#[tokio::test]
+async fn the_standby_takes_over_when_the_leader_dies() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-ha").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let spec = serde_json::json!({
+        "image": "sco-fake-connect:latest", "shared": 0, "hotPool": {"idle": 1},
+        "probe": {"period": "2s", "timeout": "1s"},
+        "server": {"podTemplate": {"spec": {"containers": [{
+            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
+        }]}}}
+    });
+    let cluster: SparkConnectCluster =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "ha"}, "spec": spec}))
+            .unwrap();
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(120), "an idle server", || async {
+        clusters
+            .get("ha")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .is_some_and(|s| s.servers.idle == 1)
+    })
+    .await;
+
+    let leader = world.leader().await.expect("a leader");
+    let pid = std::fs::read_to_string(
+        world
+            .state
+            .join(format!("pods/{}_{leader}/pid", World::operator_namespace())),
+    )
+    .unwrap();
+    let killed = Instant::now();
+    assert!(succeeded(&world.exec(&["kill", "-9", pid.trim()])));
+    let claim: SparkConnectClaim = serde_json::from_value(
+        serde_json::json!({"metadata": {"name": "after-kill"}, "spec": {"cluster": "ha"}}),
+    )
+    .unwrap();
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let takeover = wait_until(Duration::from_secs(90), "another leader", || async {
+        world.leader().await.is_some_and(|l| l != leader)
+    })
+    .await;
+    println!(
+        "leader {leader} killed; the standby took the Lease after {:.1}s (lease duration 15s)",
+        takeover.as_secs_f64()
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the claim made after the kill bound",
+        || async {
+            claims
+                .get("after-kill")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.phase == "Bound")
+        },
+    )
+    .await;
+    println!(
+        "claim made after the kill was Bound {:.1}s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+}
