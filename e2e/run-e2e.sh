@@ -6,4 +6,4 @@ cd "$ROOT"
 cargo test -p sco-e2e --test world --test probe --test operator --test claims --test ha --no-run
 world_start
 operator_start
-cargo test -p sco-e2e --test world --test probe --test operator --test claims --test ha -- --test-threads=1 --nocapture
+cargo test -p sco-e2e --no-fail-fast --test world --test probe --test operator --test claims --test ha -- --test-threads=1 --nocapture

@@ -11,9 +11,10 @@ use kube_lease_manager::LeaseManagerBuilder;
 use spark_connect_operator::admin::{self, AdminState};
 use spark_connect_operator::controller::{self, Context};
 use spark_connect_operator::metrics::Metrics;
+use spark_connect_operator::probe::client::{ConnectProbe, ConnectUrl, session_id};
 use spark_connect_operator::probe::health::HealthBook;
 use spark_connect_operator::probe::prober::Prober;
-use spark_connect_operator::{client, crd, telemetry};
+use spark_connect_operator::{client, crd, telemetry, validate};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -57,11 +58,20 @@ enum Command {
     },
     /// Print every CRD as YAML.
     Crd,
+    /// Probe one Spark Connect server once, like the operator does; exit code 0 when healthy.
+    Probe {
+        /// `sc://host:port/;token=...`
+        url: String,
+        /// Deadline of the call.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Probe { url, timeout } => probe_once(&url, &timeout),
         Command::Crd => match crd::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -148,8 +158,9 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     // With leader election, only the Lease holder reconciles, probes and binds claims.
     let mut leadership = None;
     if let Some((lease_namespace, duration)) = &options.leader_election {
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("operator-{}", std::process::id()));
+        // One identity per process: a restarted leader must wait for its old Lease like anyone.
+        let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "operator".into());
+        let identity = format!("{pod}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let manager = LeaseManagerBuilder::new(client.clone(), "spark-connect-operator")
             .with_namespace(lease_namespace.clone())
             .with_identity(identity.clone())
@@ -207,6 +218,47 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     }
     admin.await??;
     Ok(())
+}
+
+fn probe_once(url: &str, timeout: &str) -> ExitCode {
+    let result = (|| -> Result<(), String> {
+        let url: ConnectUrl = url.parse()?;
+        let timeout = validate::parse_duration("--timeout", timeout).map_err(|e| e.to_string())?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let session = session_id(&url.address);
+            let probe =
+                ConnectProbe::new(&url.address, url.token.clone(), session.clone(), timeout)
+                    .map_err(|e| e.message)?;
+            println!("server:  {}", url.address);
+            println!("session: {session}");
+            match probe.check().await {
+                Ok(ok) => {
+                    println!("status:  healthy");
+                    println!("latency: {:.1} ms", ok.latency.as_secs_f64() * 1000.0);
+                    match probe.spark_version().await {
+                        Ok(version) => println!("spark:   {version}"),
+                        Err(e) => println!("spark:   unknown ({})", e.message),
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    println!("status:  {} ({})", e.kind.as_str(), e.message);
+                    Err("probe failed".into())
+                }
+            }
+        })
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

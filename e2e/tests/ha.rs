@@ -40,6 +40,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     .await;
 
     let leader = world.leader().await.expect("a leader");
+    let identity = world.leader_identity().await.expect("a leader identity");
     let pid = std::fs::read_to_string(
         world
             .state
@@ -54,11 +55,12 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     .unwrap();
     claims.create(&PostParams::default(), &claim).await.unwrap();
     let takeover = wait_until(Duration::from_secs(90), "another leader", || async {
-        world.leader().await.is_some_and(|l| l != leader)
+        world.leader_identity().await.is_some_and(|l| l != identity)
     })
     .await;
+    let new_leader = world.leader_identity().await.unwrap_or_default();
     println!(
-        "leader {leader} killed; the standby took the Lease after {:.1}s (lease duration 15s)",
+        "leader {identity} killed; {new_leader} took the Lease after {:.1}s (lease duration 15s)",
         takeover.as_secs_f64()
     );
     wait_until(

@@ -25,6 +25,39 @@ pub fn session_id(pod_uid: &str) -> String {
     uuid::Uuid::new_v5(&UUID_NAMESPACE, pod_uid.as_bytes()).to_string()
 }
 
+/// A parsed `sc://host:port/;token=...` connection string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectUrl {
+    /// `host:port` (port 15002 when left out).
+    pub address: String,
+    /// The `token` parameter, if any.
+    pub token: Option<String>,
+}
+
+impl std::str::FromStr for ConnectUrl {
+    type Err = String;
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let rest = url
+            .strip_prefix("sc://")
+            .ok_or("a Spark Connect URL starts with sc://")?;
+        let (authority, params) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err("the URL names no host".into());
+        }
+        let address = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:15002")
+        };
+        let token = params
+            .split(';')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_string());
+        Ok(Self { address, token })
+    }
+}
+
 /// How a probe failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureKind {
@@ -242,6 +275,23 @@ mod tests {
         assert_eq!(a, session_id("pod-uid-1"));
         assert_ne!(a, session_id("pod-uid-2"));
         assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 5);
+    }
+
+    #[test]
+    fn connect_urls_parse() {
+        let url: ConnectUrl = "sc://spark.data.svc:15003/;token=abc;user_id=x"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url,
+            ConnectUrl {
+                address: "spark.data.svc:15003".into(),
+                token: Some("abc".into())
+            }
+        );
+        let plain: ConnectUrl = "sc://localhost".parse().unwrap();
+        assert_eq!(plain.address, "localhost:15002");
+        assert!("http://x".parse::<ConnectUrl>().is_err());
     }
 
     #[test]

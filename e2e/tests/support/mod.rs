@@ -130,8 +130,8 @@ impl World {
         std::env::var("SCO_OPERATOR_NAMESPACE").unwrap_or_else(|_| "sco-system".into())
     }
 
-    /// The pod holding the operator's leader Lease.
-    pub async fn leader(&self) -> Option<String> {
+    /// The full identity (`<pod>_<process>`) holding the operator's leader Lease.
+    pub async fn leader_identity(&self) -> Option<String> {
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
             Api::namespaced(self.client.clone(), &Self::operator_namespace());
         leases
@@ -141,6 +141,12 @@ impl World {
             .flatten()?
             .spec?
             .holder_identity
+    }
+
+    /// The pod holding the operator's leader Lease.
+    pub async fn leader(&self) -> Option<String> {
+        let identity = self.leader_identity().await?;
+        Some(identity.split('_').next().unwrap_or_default().to_string())
     }
 
     /// The leading operator's metrics, read inside the world from its pod.
