@@ -3,6 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/world.sh"
 cd "$ROOT"
+cargo build --workspace --bins
 cargo test -p sco-e2e --test world --test probe --test operator --test claims --test ha --no-run
 world_start
 operator_start

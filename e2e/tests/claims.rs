@@ -215,3 +215,106 @@ async fn fifty_claims_at_once_never_share_a_server() {
         "the 5 idle and the 30 allowed to wait are all bound"
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_claims_raises_the_autoscaled_target_which_falls_only_after_the_delay() {
+    use k8s_openapi::api::events::v1::Event;
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-autoscale").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let mut spec = fake_spec(1, 10, 100);
+    spec["hotPool"]["autoscale"] = serde_json::json!({"enabled": true, "scaleDownDelay": "30s"});
+    clusters
+        .create(&PostParams::default(), &cluster("auto", spec))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(120),
+        "the pool at its floor",
+        || async {
+            clusters
+                .get("auto")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.servers.idle >= 1 && s.idle_target == Some(1))
+        },
+    )
+    .await;
+    let creates = (0..12).map(|i| {
+        let claims = claims.clone();
+        async move {
+            claims
+                .create(&PostParams::default(), &claim(&format!("a{i:02}"), "auto"))
+                .await
+        }
+    });
+    for result in futures::future::join_all(creates).await {
+        result.unwrap();
+    }
+    wait_until(Duration::from_secs(60), "a raised idle target", || async {
+        clusters
+            .get("auto")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.idle_target)
+            .is_some_and(|t| t > 1)
+    })
+    .await;
+    let raised = clusters
+        .get("auto")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .idle_target
+        .unwrap();
+    println!("a burst of 12 claims raised the autoscaled idle target from 1 to {raised}");
+    claims
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(180),
+        "the target back at its floor",
+        || async {
+            clusters
+                .get("auto")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .and_then(|s| s.idle_target)
+                == Some(1)
+        },
+    )
+    .await;
+    // The Events tell when it went up and when it came down: never before the delay.
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &ns.name);
+    let listed = events.list(&ListParams::default()).await.unwrap().items;
+    let at = |reason: &str| {
+        listed
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.event_time.as_ref().map(|t| t.0))
+            .collect::<Vec<_>>()
+    };
+    let last_up = at("AutoscaleUp")
+        .into_iter()
+        .max()
+        .expect("an AutoscaleUp Event");
+    let first_down = at("AutoscaleDown")
+        .into_iter()
+        .min()
+        .expect("an AutoscaleDown Event");
+    let held = first_down.duration_since(last_up);
+    println!(
+        "the raised target held for {:.1}s after the last rise (scaleDownDelay 30s)",
+        held.as_secs_f64()
+    );
+    assert!(
+        held.as_secs() >= 30,
+        "the target fell before scaleDownDelay: {held:?}"
+    );
+}

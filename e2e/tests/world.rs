@@ -99,3 +99,56 @@ async fn a_pod_with_an_unknown_image_stays_pending_with_a_reason() {
         Some("Pending")
     );
 }
+
+#[tokio::test]
+async fn a_killed_launcher_leaves_no_process_behind() {
+    let world = World::connect().await;
+    let state = world.state.with_file_name("world-kill-test");
+    let _ = std::fs::remove_dir_all(&state);
+    let mut launcher = std::process::Command::new(World::world_bin())
+        .arg("--state")
+        .arg(&state)
+        .arg("up")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a second world");
+    wait_until(Duration::from_secs(180), "the second world", || async {
+        state.join("ready").exists()
+    })
+    .await;
+    let marker = state.to_string_lossy().into_owned();
+    let processes_of_world = || {
+        std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .chars()
+                            .all(|c| c.is_ascii_digit())
+                    })
+                    .filter(|e| {
+                        std::fs::read(e.path().join("cmdline"))
+                            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        processes_of_world() >= 3,
+        "the world runs its control plane"
+    );
+    launcher.kill().expect("SIGKILL the launcher");
+    let _ = launcher.wait();
+    wait_until(
+        Duration::from_secs(30),
+        "every process of the killed world to end",
+        || async { processes_of_world() == 0 },
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 /// Idle servers kept beyond the demand estimate.
 const BUFFER: f64 = 1.0;
 /// Half-life of the arrival-rate moving average.
-const RATE_HALF_LIFE: Duration = Duration::from_secs(60);
+const RATE_HALF_LIFE: Duration = Duration::from_secs(30);
+/// Demand below this many servers counts as none (the moving average only approaches zero).
+const NEGLIGIBLE: f64 = 0.05;
 /// Warm-up assumed before one is measured.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(30);
 
@@ -18,7 +20,7 @@ const DEFAULT_WARMUP: Duration = Duration::from_secs(30);
 pub struct Demand {
     rate_per_sec: f64,
     rate_at: Option<Instant>,
-    warmup_secs: f64,
+    warmup_secs: Option<f64>,
     seen_claims: HashSet<String>,
     target: Option<usize>,
     high_since: Option<Instant>,
@@ -29,7 +31,7 @@ impl Default for Demand {
         Self {
             rate_per_sec: 0.0,
             rate_at: None,
-            warmup_secs: DEFAULT_WARMUP.as_secs_f64(),
+            warmup_secs: None,
             seen_claims: HashSet::new(),
             target: None,
             high_since: None,
@@ -68,7 +70,8 @@ impl Demand {
         self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / RATE_HALF_LIFE.as_secs_f64();
         self.seen_claims.retain(|c| claims.contains(c));
         for w in warmups {
-            self.warmup_secs = 0.7 * self.warmup_secs + 0.3 * w.as_secs_f64();
+            let w = w.as_secs_f64();
+            self.warmup_secs = Some(self.warmup_secs.map_or(w, |avg| 0.7 * avg + 0.3 * w));
         }
     }
 
@@ -87,7 +90,9 @@ impl Demand {
         now: Instant,
     ) -> (usize, Option<Decision>) {
         self.decay(now);
-        let wanted = ((self.rate_per_sec * self.warmup_secs + BUFFER).ceil() as usize)
+        let warmup = self.warmup_secs.unwrap_or(DEFAULT_WARMUP.as_secs_f64());
+        let demand = (self.rate_per_sec * warmup - NEGLIGIBLE).max(0.0).ceil();
+        let wanted = ((demand + BUFFER) as usize)
             .max(floor)
             .clamp(min, max.max(min));
         let current = *self.target.get_or_insert(wanted);
@@ -98,7 +103,7 @@ impl Demand {
                 format!(
                     "demand {:.1} claims/min x warm-up {:.0}s needs {wanted} idle",
                     self.rate_per_minute(),
-                    self.warmup_secs
+                    warmup
                 ),
             )
         } else if self
