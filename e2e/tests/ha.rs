@@ -80,4 +80,25 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         "claim made after the kill was Bound {:.1}s after the kill",
         killed.elapsed().as_secs_f64()
     );
+
+    // A leader that is asked to stop (pod deleted: SIGTERM) releases the Lease at once, and a
+    // process in another pod takes over without waiting for the Lease to expire.
+    let leader = world.leader().await.expect("a leader");
+    let operators: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(world.client.clone(), &World::operator_namespace());
+    operators
+        .delete(&leader, &Default::default())
+        .await
+        .unwrap();
+    let handover = wait_until(
+        Duration::from_secs(60),
+        "a leader in another pod",
+        || async { world.leader().await.is_some_and(|l| l != leader) },
+    )
+    .await;
+    println!(
+        "leader pod {leader} deleted (SIGTERM): {} took the Lease after {:.1}s",
+        world.leader_identity().await.unwrap_or_default(),
+        handover.as_secs_f64()
+    );
 }

@@ -259,6 +259,20 @@ async fn cluster_lifecycle_with_real_spark() {
     .await;
     assert!(!executors.is_empty(), "Spark created executor pods");
 
+    // The probe reports the Spark version once.
+    wait_until(
+        Duration::from_secs(60),
+        "the Spark version in status",
+        || async {
+            api.get("analytics")
+                .await
+                .ok()
+                .and_then(|c| c.status?.spark_version)
+                .is_some_and(|v| v.starts_with("4."))
+        },
+    )
+    .await;
+
     // Steady state: a reconcile with nothing changed makes no write request.
     const RECONCILED: &str = "spark_connect_operator_reconcile_duration_seconds_count";
     const WRITES: &str = "spark_connect_operator_api_write_requests_total";

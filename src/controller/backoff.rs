@@ -46,13 +46,6 @@ impl StartBackoff {
         let until = entry.until?;
         (until > now).then(|| (until - now, entry.failures))
     }
-
-    /// Forgets a cluster.
-    pub fn forget(&self, cluster: &str) {
-        if let Ok(mut clusters) = self.clusters.lock() {
-            clusters.remove(cluster);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -340,6 +340,10 @@ async fn reconcile_inner(cluster: &SparkConnectCluster, ctx: &Context) -> Result
     let mut status = healthy_status(cluster, cluster.status.as_ref(), counts, &problems, now);
     status.token_secret =
         (cluster.spec.auth.mode == AuthMode::Token).then(|| token_secret_name(cluster));
+    status.idle_target = idle_target.map(|t| t as i32);
+    if let Some(version) = live.iter().find_map(|p| book.get(&p.uid()?).spark_version) {
+        status.spark_version = Some(version);
+    }
     write_status(cluster, ctx, status).await?;
 
     let busy = plan.create > 0 || !plan.remove.is_empty() || plan.count(ServerState::Starting) > 0;

@@ -35,6 +35,7 @@ pub fn set_condition(
 }
 
 /// Whether condition `type_` is True.
+#[cfg(test)]
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()

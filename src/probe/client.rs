@@ -148,11 +148,6 @@ impl ConnectProbe {
         })
     }
 
-    /// The session this probe uses.
-    pub fn session_id(&self) -> &str {
-        &self.session_id
-    }
-
     fn request<T>(&self, message: T) -> Result<Request<T>, ProbeFailure> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);

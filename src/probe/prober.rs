@@ -167,20 +167,6 @@ impl Prober {
         }
     }
 
-    /// Number of servers being probed.
-    pub fn len(&self) -> usize {
-        self.inner
-            .targets
-            .lock()
-            .map(|t| t.len())
-            .unwrap_or_default()
-    }
-
-    /// Whether no server is probed.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Probes until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
