@@ -183,13 +183,13 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(%identity, "leading");
         let lost = shutdown.clone();
         let mut watch = leader.clone();
-        tokio::spawn(async move {
+        let watching = tokio::spawn(async move {
             if watch.wait_for(|is_leader| !*is_leader).await.is_ok() {
                 tracing::error!("lost the leader Lease; stopping so that only one operator acts");
                 lost.cancel();
             }
         });
-        leadership = Some((leader, task));
+        leadership = Some((leader, watching, task));
     }
 
     let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
@@ -210,8 +210,10 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     .await;
     shutdown.cancel();
     probing.await?;
-    if let Some((leader, task)) = leadership {
-        // Dropping the receiver makes the lease task release the Lease: a clean step-down.
+    if let Some((leader, watching, task)) = leadership {
+        // Dropping every receiver makes the lease task release the Lease: a clean step-down.
+        watching.abort();
+        let _ = watching.await;
         drop(leader);
         let _ = task.await;
         tracing::info!("released the leader Lease");

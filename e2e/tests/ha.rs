@@ -101,4 +101,8 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         world.leader_identity().await.unwrap_or_default(),
         handover.as_secs_f64()
     );
+    assert!(
+        handover < Duration::from_secs(15),
+        "a leader stepping down releases its Lease instead of letting it expire"
+    );
 }

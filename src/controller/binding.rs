@@ -112,6 +112,7 @@ pub async fn reconcile_claims(
     let plan = plan_claims(&claim_views, &claimed_servers, &idle, &alive, limits, now);
     let mut outcome = ClaimOutcome {
         waiting: plan.waiting.len(),
+        claims: claim_views.iter().map(|c| c.name.clone()).collect(),
         ..ClaimOutcome::default()
     };
     let by_name: BTreeMap<String, &SparkConnectClaim> =
