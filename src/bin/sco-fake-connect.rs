@@ -43,11 +43,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             control.set_mode(mode);
         }
     });
-    let terminate = async {
+    // SIGTERM ends the server at once: like a JVM, it does not wait for clients to hang up.
+    tokio::spawn(async {
         if let Ok(mut term) = signal(SignalKind::terminate()) {
             term.recv().await;
+            std::process::exit(0);
         }
-    };
-    serve(listener, state, terminate).await?;
+    });
+    serve(listener, state, std::future::pending()).await?;
     Ok(())
 }

@@ -31,8 +31,9 @@ pub struct Node {
     pub state: State,
     /// Publishes pod Events.
     pub recorder: Recorder,
-    /// Free pod IP indexes (10.244.x.y, counted from 2).
-    pub ips: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    /// Free pod IP indexes (10.244.x.y, counted from 2), oldest-freed first: an address is
+    /// reused as late as possible, so no neighbour cache still points it at a deleted pod.
+    pub ips: std::sync::Mutex<std::collections::VecDeque<u32>>,
 }
 
 impl Node {
@@ -41,11 +42,11 @@ impl Node {
             .ips
             .lock()
             .map_err(|_| anyhow::anyhow!("ip pool poisoned"))?;
-        free.pop_first().context("the pod network is full")
+        free.pop_front().context("the pod network is full")
     }
     fn give_ip(&self, index: u32) {
         if let Ok(mut free) = self.ips.lock() {
-            free.insert(index);
+            free.push_back(index);
         }
     }
     async fn event(&self, pod: &Pod, type_: EventType, reason: &str, note: String) {

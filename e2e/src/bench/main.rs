@@ -36,6 +36,9 @@ enum Command {
         /// Also measure claim-to-first-query with real Spark (warm and cold).
         #[arg(long)]
         spark: bool,
+        /// Only the real-Spark scenarios.
+        #[arg(long, requires = "spark")]
+        only_spark: bool,
     },
     /// Fake servers for the probe benchmark (started by it).
     #[command(hide = true)]
@@ -60,7 +63,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Claims { world, spark } => claims::run(world, spark).await,
+        Command::Claims {
+            world,
+            spark,
+            only_spark,
+        } => claims::run(world, spark, only_spark).await,
         Command::Fleet { count } => probe::fleet(count).await,
     }
 }
