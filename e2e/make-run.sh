@@ -19,7 +19,7 @@ Try it (paste on this machine):
   $SCO_PYTHON -c "from pyspark.sql import SparkSession; s = SparkSession.builder.remote('sc://localhost:$PORT').getOrCreate(); s.range(1000).selectExpr('id % 3 as k').groupBy('k').count().show()"
 
 kubectl:   KUBECONFIG=$KUBECONFIG $SCO_KUBECTL get scc,scclaim,pods
-Logs:      $SCO_WORLD/logs/ (operator.log, kube-apiserver.log, ...), pods in $SCO_WORLD/pods/
+Logs:      control plane in $SCO_WORLD/logs/, every pod (the operator's in ${SCO_OPERATOR_NAMESPACE}_*) in $SCO_WORLD/pods/*/log
 Press Ctrl-C to stop and clean up.
 MSG
 wait "$WORLD_PID"
