@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
-use support::{World, live_pods, succeeded, wait_until};
+use support::{World, fake_spec, live_pods, succeeded, wait_until};
 
 fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
@@ -20,24 +20,23 @@ fn claim(name: &str, cluster: &str) -> SparkConnectClaim {
         .expect("claim")
 }
 
+/// Creates `n` claims `<prefix>00..` on `cluster`, all at once.
+async fn create_claims(claims: &Api<SparkConnectClaim>, cluster: &str, prefix: &str, n: usize) {
+    let creates = (0..n).map(|i| {
+        let claims = claims.clone();
+        let claim = claim(&format!("{prefix}{i:02}"), cluster);
+        async move { claims.create(&PostParams::default(), &claim).await }
+    });
+    for result in futures::future::join_all(creates).await {
+        result.expect("create claim");
+    }
+}
+
 fn phase(c: &SparkConnectClaim) -> String {
     c.status
         .as_ref()
         .map(|s| s.phase.clone())
         .unwrap_or_default()
-}
-
-/// A pool of fake Connect servers (the project's light test server instead of Spark).
-pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
-    serde_json::json!({
-        "image": "sco-fake-connect:latest",
-        "shared": 0,
-        "hotPool": {"idle": idle, "max": max, "maxWaitingClaims": max_waiting},
-        "probe": {"period": "2s", "timeout": "1s"},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
-        }]}}}
-    })
 }
 
 #[tokio::test]
@@ -164,17 +163,7 @@ async fn fifty_claims_at_once_never_share_a_server() {
             .is_some_and(|s| s.servers.idle == 5)
     })
     .await;
-    let creates = (0..50).map(|i| {
-        let claims = claims.clone();
-        async move {
-            claims
-                .create(&PostParams::default(), &claim(&format!("c{i:02}"), "burst"))
-                .await
-        }
-    });
-    for result in futures::future::join_all(creates).await {
-        result.unwrap();
-    }
+    create_claims(&claims, "burst", "c", 50).await;
     // Every claim ends Bound, or Failed with a clear reason; none stays waiting for long.
     wait_until(Duration::from_secs(180), "every claim settled", || async {
         claims.list(&ListParams::default()).await.is_ok_and(|l| {
@@ -242,17 +231,7 @@ async fn a_burst_of_claims_raises_the_autoscaled_target_which_falls_only_after_t
         },
     )
     .await;
-    let creates = (0..12).map(|i| {
-        let claims = claims.clone();
-        async move {
-            claims
-                .create(&PostParams::default(), &claim(&format!("a{i:02}"), "auto"))
-                .await
-        }
-    });
-    for result in futures::future::join_all(creates).await {
-        result.unwrap();
-    }
+    create_claims(&claims, "auto", "a", 12).await;
     wait_until(Duration::from_secs(60), "a raised idle target", || async {
         clusters
             .get("auto")

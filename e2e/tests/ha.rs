@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
-use support::{World, succeeded, wait_until};
+use support::{World, fake_spec, succeeded, wait_until};
 
 #[tokio::test]
 async fn the_standby_takes_over_when_the_leader_dies() {
@@ -15,13 +15,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     let ns = world.namespace("e2e-ha").await;
     let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
     let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
-    let spec = serde_json::json!({
-        "image": "sco-fake-connect:latest", "shared": 0, "hotPool": {"idle": 1},
-        "probe": {"period": "2s", "timeout": "1s"},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
-        }]}}}
-    });
+    let spec = fake_spec(1, 20, 100);
     let cluster: SparkConnectCluster =
         serde_json::from_value(serde_json::json!({"metadata": {"name": "ha"}, "spec": spec}))
             .unwrap();

@@ -3,8 +3,9 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -60,4 +61,37 @@ where
         .await
         .map_err(|e| Error::kube(format!("get {} {name}", K::kind(&Default::default())), e))?;
     apply_if_changed(api, desired, existing.as_ref()).await
+}
+
+/// Merge-patches the status of `object` to `status` unless it already is; returns whether it
+/// wrote. Status writes go through here so that a steady state makes none.
+pub async fn write_status_if_changed<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: PartialEq + Serialize,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(
+        client.clone(),
+        object.namespace().as_deref().unwrap_or_default(),
+    );
+    let name = object.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({"status": status})),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("update status of {} {name}", K::kind(&())), e))?;
+    Ok(true)
 }

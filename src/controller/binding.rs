@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::Context;
+use super::apply::write_status_if_changed;
 use super::claim_plan::{ClaimLimits, ClaimView, phase, plan_claims};
 use super::conditions::set_condition;
 use super::plan::ServerView;
@@ -303,18 +304,13 @@ pub async fn write_claim_status(
     claim: &SparkConnectClaim,
     status: SparkConnectClaimStatus,
 ) -> Result<bool, Error> {
-    if claim.status.as_ref() == Some(&status) {
-        return Ok(false);
-    }
-    let name = claim.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": status})),
+    write_status_if_changed(
+        &api.clone().into_client(),
+        claim,
+        claim.status.as_ref(),
+        &status,
     )
     .await
-    .map_err(|e| Error::kube(format!("update status of claim {name}"), e))?;
-    Ok(true)
 }
 
 /// Whether the claim names this cluster (for the watch mapping).

@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::apply::{apply_if_changed, get_and_apply};
+use super::apply::{apply_if_changed, get_and_apply, write_status_if_changed};
 use super::plan::{PoolTargets, RemoveReason, ServerView, plan};
 use super::status::{healthy_status, invalid_status, server_counts};
 use super::{Context, binding};
@@ -467,28 +467,13 @@ async fn ensure_token_secret(
         .ok_or(format!("auth Secret {name} has no key {TOKEN_KEY}")))
 }
 
-/// Writes the status if it differs from the current one; returns whether it wrote.
+/// Writes the cluster's status if it differs from the current one; returns whether it wrote.
 async fn write_status(
     cluster: &SparkConnectCluster,
     ctx: &Context,
     status: SparkConnectClusterStatus,
 ) -> Result<bool, Error> {
-    if cluster.status.as_ref() == Some(&status) {
-        return Ok(false);
-    }
-    let api: Api<SparkConnectCluster> = Api::namespaced(
-        ctx.client.clone(),
-        cluster.namespace().as_deref().unwrap_or_default(),
-    );
-    let name = cluster.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": status})),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("update status of {name}"), e))?;
-    Ok(true)
+    write_status_if_changed(&ctx.client, cluster, cluster.status.as_ref(), &status).await
 }
 
 /// The autoscaler's idle target for this round; its changes become Events and a metric.

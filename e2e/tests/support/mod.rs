@@ -240,6 +240,19 @@ impl Drop for TestNamespace {
     }
 }
 
+/// The spec of a pool of fake Connect servers (the project's light test server, not Spark).
+pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
+    serde_json::json!({
+        "image": "sco-fake-connect:latest",
+        "shared": 0,
+        "hotPool": {"idle": idle, "max": max, "maxWaitingClaims": max_waiting},
+        "probe": {"period": "2s", "timeout": "1s"},
+        "server": {"podTemplate": {"spec": {"containers": [{
+            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
+        }]}}}
+    })
+}
+
 /// Polls `check` until it holds, failing the test after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Duration
 where
