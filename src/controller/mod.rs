@@ -62,6 +62,17 @@ impl Context {
     }
 }
 
+/// An API of `K` in one namespace, or in all.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Runs the cluster controller until `shutdown` resolves; `probed` carries clusters whose
 /// servers changed health.
 pub async fn run(
@@ -70,26 +81,15 @@ pub async fn run(
     probed: UnboundedReceiver<ObjectRef<SparkConnectCluster>>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let client = ctx.client.clone();
-    let api = |client: Client| -> (Api<SparkConnectCluster>, Api<Pod>, Api<Service>) {
-        match &namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client, ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client),
-            ),
-        }
-    };
-    let (clusters, pods, services) = api(client.clone());
-    let claims: Api<SparkConnectClaim> = match &namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
+    let ns = namespace.as_deref();
+    let (clusters, claims) = (
+        scoped::<SparkConnectCluster>(&ctx.client, ns),
+        scoped::<SparkConnectClaim>(&ctx.client, ns),
+    );
+    let (pods, services) = (
+        scoped::<Pod>(&ctx.client, ns),
+        scoped::<Service>(&ctx.client, ns),
+    );
     let children =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=spark-connect-operator");
     let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
