@@ -162,6 +162,25 @@ impl ConnectProbe {
         Ok(request)
     }
 
+    /// Awaits a call within the probe's deadline (which also covers connecting and a server
+    /// that never answers) and classifies its failure.
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ProbeFailure> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ProbeFailure {
+                kind: FailureKind::of(status.code()),
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::DeadlineExceeded,
+                message: format!("no answer within {:?}", self.timeout),
+            }),
+        }
+    }
+
     fn user_context() -> Option<UserContext> {
         Some(UserContext {
             user_id: PROBE_USER.into(),
@@ -188,21 +207,11 @@ impl ConnectProbe {
         let request = self.request(message)?;
         let started = Instant::now();
         let mut client = self.client.clone();
-        // The deadline also covers connecting and a server that never answers.
-        match tokio::time::timeout(self.timeout, client.config(request)).await {
-            Ok(Ok(response)) => Ok(ProbeSuccess {
-                latency: started.elapsed(),
-                server_side_session_id: response.into_inner().server_side_session_id,
-            }),
-            Ok(Err(status)) => Err(ProbeFailure {
-                kind: FailureKind::of(status.code()),
-                message: status.message().to_string(),
-            }),
-            Err(_) => Err(ProbeFailure {
-                kind: FailureKind::DeadlineExceeded,
-                message: format!("no answer within {:?}", self.timeout),
-            }),
-        }
+        let response = self.within(client.config(request)).await?;
+        Ok(ProbeSuccess {
+            latency: started.elapsed(),
+            server_side_session_id: response.server_side_session_id,
+        })
     }
 
     /// The server's Spark version.
@@ -217,17 +226,8 @@ impl ConnectProbe {
         };
         let request = self.request(message)?;
         let mut client = self.client.clone();
-        let response = tokio::time::timeout(self.timeout, client.analyze_plan(request))
-            .await
-            .map_err(|_| ProbeFailure {
-                kind: FailureKind::DeadlineExceeded,
-                message: "no answer".into(),
-            })?
-            .map_err(|s| ProbeFailure {
-                kind: FailureKind::of(s.code()),
-                message: s.message().to_string(),
-            })?;
-        match response.into_inner().result {
+        let response = self.within(client.analyze_plan(request)).await?;
+        match response.result {
             Some(analyze_plan_response::Result::SparkVersion(v)) => Ok(v.version),
             None => Err(ProbeFailure {
                 kind: FailureKind::Other,
@@ -246,16 +246,7 @@ impl ConnectProbe {
         };
         let request = self.request(message)?;
         let mut client = self.client.clone();
-        tokio::time::timeout(self.timeout, client.release_session(request))
-            .await
-            .map_err(|_| ProbeFailure {
-                kind: FailureKind::DeadlineExceeded,
-                message: "no answer".into(),
-            })?
-            .map_err(|s| ProbeFailure {
-                kind: FailureKind::of(s.code()),
-                message: s.message().to_string(),
-            })?;
+        self.within(client.release_session(request)).await?;
         Ok(())
     }
 }
