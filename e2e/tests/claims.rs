@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
-use support::{World, fake_spec, live_pods, succeeded, wait_until};
+use support::{World, create_pool, fake_spec, live_pods, succeeded, wait_until};
 
 fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
@@ -52,19 +52,7 @@ async fn a_claim_on_a_warm_pool_is_bound_at_once_and_serves_queries() {
         "executors": {"dynamicAllocation": {"enabled": true, "minExecutors": 0, "maxExecutors": 1}},
         "probe": {"period": "5s", "timeout": "3s"}
     });
-    clusters
-        .create(&PostParams::default(), &cluster("pool", spec))
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(300), "a warm server", || async {
-        clusters
-            .get("pool")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| s.servers.idle == 1)
-    })
-    .await;
+    create_pool(&clusters, "pool", spec, 1, Duration::from_secs(300)).await;
 
     let created = Instant::now();
     claims
@@ -147,21 +135,13 @@ async fn fifty_claims_at_once_never_share_a_server() {
     let ns = world.namespace("e2e-burst").await;
     let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
     let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
-    clusters
-        .create(
-            &PostParams::default(),
-            &cluster("burst", fake_spec(5, 10, 30)),
-        )
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(120), "5 idle fake servers", || async {
-        clusters
-            .get("burst")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| s.servers.idle == 5)
-    })
+    create_pool(
+        &clusters,
+        "burst",
+        fake_spec(5, 10, 30),
+        5,
+        Duration::from_secs(120),
+    )
     .await;
     create_claims(&claims, "burst", "c", 50).await;
     // Every claim ends Bound, or Failed with a clear reason; none stays waiting for long.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
-use support::{World, fake_spec, succeeded, wait_until};
+use support::{World, create_pool, fake_spec, succeeded, wait_until};
 
 #[tokio::test]
 async fn the_standby_takes_over_when_the_leader_dies() {
@@ -15,22 +15,13 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     let ns = world.namespace("e2e-ha").await;
     let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
     let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
-    let spec = fake_spec(1, 20, 100);
-    let cluster: SparkConnectCluster =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "ha"}, "spec": spec}))
-            .unwrap();
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(120), "an idle server", || async {
-        clusters
-            .get("ha")
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| s.servers.idle == 1)
-    })
+    create_pool(
+        &clusters,
+        "ha",
+        fake_spec(1, 20, 100),
+        1,
+        Duration::from_secs(120),
+    )
     .await;
 
     let leader = world.leader().await.expect("a leader");

@@ -97,18 +97,18 @@ pub async fn environment(
             if let Some(f) = &from.field_ref {
                 field(pod, f, pod_ip)?
             } else if let Some(s) = &from.secret_key_ref {
-                let data = secret(client, &ns, &s.name, s.optional.unwrap_or(false)).await?;
-                match data.get(&s.key) {
-                    Some(v) => v.clone(),
-                    None if s.optional.unwrap_or(false) => continue,
-                    None => bail!("secret {} has no key {}", s.name, s.key),
+                let optional = s.optional.unwrap_or(false);
+                let data = secret(client, &ns, &s.name, optional).await?;
+                match key_of(&data, &s.key, optional, "secret", &s.name)? {
+                    Some(v) => v,
+                    None => continue,
                 }
             } else if let Some(c) = &from.config_map_key_ref {
-                let data = config_map(client, &ns, &c.name, c.optional.unwrap_or(false)).await?;
-                match data.get(&c.key) {
-                    Some(v) => v.clone(),
-                    None if c.optional.unwrap_or(false) => continue,
-                    None => bail!("configmap {} has no key {}", c.name, c.key),
+                let optional = c.optional.unwrap_or(false);
+                let data = config_map(client, &ns, &c.name, optional).await?;
+                match key_of(&data, &c.key, optional, "configmap", &c.name)? {
+                    Some(v) => v,
+                    None => continue,
                 }
             } else if let Some(r) = &from.resource_field_ref {
                 resource_field(container, &r.resource)
@@ -121,6 +121,21 @@ pub async fn environment(
         env.insert(var.name.clone(), value);
     }
     Ok(env.into_iter().collect())
+}
+
+/// A key of a Secret or ConfigMap for an env var: missing is an error unless optional.
+fn key_of(
+    data: &BTreeMap<String, String>,
+    key: &str,
+    optional: bool,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    match data.get(key) {
+        Some(v) => Ok(Some(v.clone())),
+        None if optional => Ok(None),
+        None => bail!("{kind} {name} has no key {key}"),
+    }
 }
 
 fn resource_field(container: &Container, resource: &str) -> String {

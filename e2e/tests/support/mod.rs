@@ -240,6 +240,36 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Creates cluster `name` with `spec` and waits until it has `idle` idle servers.
+pub async fn create_pool(
+    clusters: &Api<spark_connect_operator::crd::SparkConnectCluster>,
+    name: &str,
+    spec: serde_json::Value,
+    idle: i32,
+    timeout: Duration,
+) {
+    let cluster =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
+            .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create cluster");
+    wait_until(
+        timeout,
+        &format!("{idle} idle servers in {name}"),
+        || async {
+            clusters
+                .get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.servers.idle == idle)
+        },
+    )
+    .await;
+}
+
 /// The spec of a pool of fake Connect servers (the project's light test server, not Spark).
 pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
     serde_json::json!({
