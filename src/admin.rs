@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,13 +10,25 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
+/// A check: `Ok` or why not.
+pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Shared state of the admin endpoint.
 #[derive(Clone)]
 pub struct AdminState {
     /// Metrics to render.
     pub metrics: Metrics,
-    /// Set once the operator has reached the apiserver.
-    pub ready: Arc<AtomicBool>,
+    /// `/readyz`: the watches have synced and none is failing.
+    pub ready: Check,
+    /// `/healthz`: no reconcile is stuck.
+    pub live: Check,
+}
+
+fn answer(check: &Check, ok: &'static str) -> (StatusCode, String) {
+    match check() {
+        Ok(()) => (StatusCode::OK, ok.into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 /// Serves the admin endpoint on `addr` until `shutdown` resolves.
@@ -31,16 +42,13 @@ pub async fn serve(
             "/metrics",
             get(|State(s): State<AdminState>| async move { s.metrics.render() }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AdminState>| async move { answer(&s.live, "ok") }),
+        )
         .route(
             "/readyz",
-            get(|State(s): State<AdminState>| async move {
-                if s.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }),
+            get(|State(s): State<AdminState>| async move { answer(&s.ready, "ready") }),
         )
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;

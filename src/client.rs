@@ -1,12 +1,24 @@
-//! Building the Kubernetes client.
+//! Building the Kubernetes clients: one for watches (long-lived streams, no read timeout) and
+//! one for requests (timeouts; write requests counted and refused while the leader fence is
+//! closed, so a paused or partitioned ex-leader cannot act after its Lease could be taken).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use http::Method;
+use jiff::Timestamp;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, client::ClientBuilder};
 use prometheus::IntCounterVec;
+use tower::filter::FilterLayer;
 use tower::util::MapRequestLayer;
+
+/// Longest wait for one API response.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +34,48 @@ pub enum ClientError {
     Build(#[from] kube::Error),
 }
 
-/// A client from `kubeconfig` (or the environment: `KUBECONFIG`, in-cluster) that counts each
-/// write request it sends in `writes`, by verb.
-pub async fn build(
-    kubeconfig: Option<&Path>,
-    writes: IntCounterVec,
-) -> Result<Client, ClientError> {
-    let config = match kubeconfig {
+/// Until when this process may write: always (no leader election), or until its Lease could
+/// be taken over by another replica.
+#[derive(Clone, Debug)]
+pub struct Fence {
+    /// Milliseconds since the Unix epoch; `i64::MAX` when unfenced.
+    until_millis: Arc<AtomicI64>,
+}
+
+impl Fence {
+    /// A fence that never closes (a single replica without leader election).
+    pub fn open() -> Self {
+        Self {
+            until_millis: Arc::new(AtomicI64::new(i64::MAX)),
+        }
+    }
+
+    /// A closed fence, opened by [`Fence::hold_until`] while the Lease is held.
+    pub fn closed() -> Self {
+        Self {
+            until_millis: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Writes are allowed until `until`.
+    pub fn hold_until(&self, until: Timestamp) {
+        self.until_millis
+            .store(until.as_millisecond(), Ordering::Release);
+    }
+
+    /// No more writes.
+    pub fn close(&self) {
+        self.until_millis.store(0, Ordering::Release);
+    }
+
+    /// Whether a write may be sent now.
+    pub fn allows_writes(&self) -> bool {
+        Timestamp::now().as_millisecond() < self.until_millis.load(Ordering::Acquire)
+    }
+}
+
+async fn config(kubeconfig: Option<&Path>) -> Result<Config, ClientError> {
+    Ok(match kubeconfig {
         Some(path) => {
             Config::from_custom_kubeconfig(
                 Kubeconfig::read_from(path)?,
@@ -37,17 +84,78 @@ pub async fn build(
             .await?
         }
         None => Config::infer().await?,
-    };
+    })
+}
+
+fn is_write(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// A client for watches, from `kubeconfig` (or the environment: `KUBECONFIG`, in-cluster).
+pub async fn watch_client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
+    let mut config = config(kubeconfig).await?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Ok(Client::try_from(config)?)
+}
+
+/// A client for requests with timeouts, counting each write it sends in `writes`, by verb,
+/// and refusing writes while `fence` is closed.
+pub async fn request_client(
+    kubeconfig: Option<&Path>,
+    writes: IntCounterVec,
+    fence: Fence,
+) -> Result<Client, ClientError> {
+    let mut config = config(kubeconfig).await?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config.reset_reader_on_write = true;
+    let fenced = FilterLayer::new(move |request: http::Request<kube::client::Body>| {
+        if is_write(request.method()) && !fence.allows_writes() {
+            return Err(tower::BoxError::from(
+                "not the leader (or the leader Lease could not be renewed in time): write refused",
+            ));
+        }
+        Ok(request)
+    });
     let count_writes = MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
-        if !matches!(
-            *request.method(),
-            Method::GET | Method::HEAD | Method::OPTIONS
-        ) {
+        if is_write(request.method()) {
             writes.with_label_values(&[request.method().as_str()]).inc();
         }
         request
     });
+    // The last layer is the outermost: the fence decides before a write is counted or sent.
     Ok(ClientBuilder::try_from(config)?
         .with_layer(&count_writes)
+        .with_layer(&fenced)
         .build())
+}
+
+/// A client for the leader Lease alone: timeouts, never fenced, not counted.
+pub async fn lease_client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
+    let mut config = config(kubeconfig).await?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.write_timeout = Some(REQUEST_TIMEOUT);
+    config.reset_reader_on_write = true;
+    Ok(Client::try_from(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_allows_writes_only_until_its_deadline() {
+        let fence = Fence::closed();
+        assert!(!fence.allows_writes());
+        fence.hold_until(Timestamp::now() + Duration::from_secs(10));
+        assert!(fence.allows_writes());
+        fence.hold_until(Timestamp::now() - Duration::from_millis(1));
+        assert!(!fence.allows_writes());
+        assert!(Fence::open().allows_writes());
+        let open = Fence::open();
+        open.close();
+        assert!(!open.allows_writes());
+    }
 }

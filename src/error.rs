@@ -21,6 +21,44 @@ pub enum Error {
     /// An object could not be (de)serialized.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),
+    /// An object of the name the operator needs exists and is not the cluster's own.
+    #[error(
+        "{kind} {name} already exists and is not owned by this cluster; rename the cluster or remove that {kind}"
+    )]
+    NotOwned {
+        /// Its kind.
+        kind: &'static str,
+        /// Its name.
+        name: String,
+    },
+    /// A reconcile panicked; the panic was caught and this object backs off.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+    /// A reconcile took longer than its deadline and was cancelled.
+    #[error("reconcile did not finish within {0:?}")]
+    TimedOut(std::time::Duration),
+}
+
+/// How an API refusal is reported to the user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 400 or 422: the object as built is not acceptable (names, sizes, an admission rule).
+    Invalid,
+    /// 403: RBAC, PodSecurity or a ResourceQuota refused it.
+    Forbidden,
+    /// 409 on create: something else holds the name.
+    Conflict,
+}
+
+impl Refusal {
+    /// Condition and Event reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Invalid => "ObjectRejected",
+            Self::Forbidden => "ObjectForbidden",
+            Self::Conflict => "NameConflict",
+        }
+    }
 }
 
 impl Error {
@@ -32,13 +70,40 @@ impl Error {
         }
     }
 
+    /// An API refusal that retrying will not fix: the user or an admin must act.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => match status.code {
+                400 | 422 => Some(Refusal::Invalid),
+                403 => Some(Refusal::Forbidden),
+                409 if status.reason == "AlreadyExists" => Some(Refusal::Conflict),
+                _ => None,
+            },
+            Self::NotOwned { .. } => Some(Refusal::Conflict),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of an API error, if this is one.
+    pub fn api_code(&self) -> Option<u16> {
+        match self {
+            Self::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => Some(status.code),
+            _ => None,
+        }
+    }
+
     /// Permanent errors need a spec change; transient ones are retried with backoff.
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::InvalidSpec(_) | Self::MissingObjectKey(_) | Self::Serialization(_) => true,
-            Self::Kube { source, .. } => {
-                matches!(source, kube::Error::Api(status) if status.code == 422 || status.code == 400)
-            }
+            Self::Kube { .. } | Self::NotOwned { .. } => self.refusal().is_some(),
+            Self::Panicked(_) | Self::TimedOut(_) => false,
         }
     }
 
@@ -47,8 +112,16 @@ impl Error {
         match self {
             Self::InvalidSpec(_) => "invalid_spec",
             Self::MissingObjectKey(_) => "missing_object_key",
-            Self::Kube { .. } => "kube_api",
+            Self::Kube { .. } => match self.refusal() {
+                Some(Refusal::Invalid) => "kube_api_invalid",
+                Some(Refusal::Forbidden) => "kube_api_forbidden",
+                Some(Refusal::Conflict) => "kube_api_conflict",
+                None => "kube_api",
+            },
+            Self::NotOwned { .. } => "not_owned",
             Self::Serialization(_) => "serialization",
+            Self::Panicked(_) => "panicked",
+            Self::TimedOut(_) => "timed_out",
         }
     }
 }

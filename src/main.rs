@@ -3,18 +3,20 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use futures::StreamExt;
 
 use clap::{Parser, Subcommand};
-use kube_lease_manager::LeaseManagerBuilder;
 use spark_connect_operator::admin::{self, AdminState};
+use spark_connect_operator::client::Fence;
+use spark_connect_operator::controller::stores;
 use spark_connect_operator::controller::{self, Context};
 use spark_connect_operator::metrics::Metrics;
 use spark_connect_operator::probe::client::{ConnectProbe, ConnectUrl, session_id};
 use spark_connect_operator::probe::health::HealthBook;
 use spark_connect_operator::probe::prober::Prober;
-use spark_connect_operator::{client, crd, telemetry, validate};
+use spark_connect_operator::{client, crd, leader, telemetry, validate};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -133,19 +135,26 @@ struct Options {
 
 async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Metrics::new()?;
-    let client = client::build(options.kubeconfig.as_deref(), metrics.api_writes.clone()).await?;
+    let kubeconfig = options.kubeconfig.as_deref();
+    let fence = match options.leader_election {
+        Some(_) => Fence::closed(),
+        None => Fence::open(),
+    };
+    let client =
+        client::request_client(kubeconfig, metrics.api_writes.clone(), fence.clone()).await?;
     let version = client.apiserver_version().await?;
     tracing::info!(apiserver = %version.git_version, "connected");
 
     let shutdown = CancellationToken::new();
-    let admin_state = AdminState {
-        metrics: metrics.clone(),
-        ready: Default::default(),
-    };
-    admin_state.ready.store(true, Ordering::Relaxed);
+    let started: Arc<OnceLock<Arc<Context>>> = Arc::default();
     let admin = tokio::spawn(admin::serve(
         options.admin_addr,
-        admin_state,
+        admin_state(
+            &metrics,
+            &started,
+            &shutdown,
+            options.leader_election.is_some(),
+        ),
         shutdown.clone().cancelled_owned(),
     ));
     let signals = shutdown.clone();
@@ -155,43 +164,31 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         signals.cancel();
     });
 
-    // With leader election, only the Lease holder reconciles, probes and binds claims.
+    // With leader election, only the Lease holder watches, reconciles, probes and binds.
     let mut leadership = None;
     if let Some((lease_namespace, duration)) = &options.leader_election {
-        // One identity per process: a restarted leader must wait for its old Lease like anyone.
-        let pod = std::env::var("POD_NAME").unwrap_or_else(|_| "operator".into());
-        let identity = format!("{pod}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let manager = LeaseManagerBuilder::new(client.clone(), "spark-connect-operator")
-            .with_namespace(lease_namespace.clone())
-            .with_identity(identity.clone())
-            .with_duration(*duration)
-            .with_grace((*duration / 3).max(1))
-            .build()
-            .await?;
-        let (mut leader, task) = manager.watch().await;
-        tracing::info!(%identity, "waiting to become the leader");
-        let elected = tokio::select! {
-            _ = shutdown.cancelled() => false,
-            changed = leader.wait_for(|is_leader| *is_leader) => changed.is_ok(),
-        };
-        if !elected {
-            drop(leader);
-            let _ = task.await;
-            admin.await??;
-            return Ok(());
-        }
-        tracing::info!(%identity, "leading");
-        let lost = shutdown.clone();
-        let mut watch = leader.clone();
-        let watching = tokio::spawn(async move {
-            if watch.wait_for(|is_leader| !*is_leader).await.is_ok() {
-                tracing::error!("lost the leader Lease; stopping so that only one operator acts");
-                lost.cancel();
+        let lease_client = client::lease_client(kubeconfig).await?;
+        let acquired = leader::acquire(
+            lease_client,
+            lease_namespace,
+            *duration,
+            fence,
+            shutdown.clone(),
+        )
+        .await?;
+        match acquired {
+            Some(held) => leadership = Some(held),
+            None => {
+                admin.await??;
+                return Ok(());
             }
-        });
-        leadership = Some((leader, watching, task));
+        }
     }
 
+    let watch_client = client::watch_client(kubeconfig).await?;
+    let (stores, triggers, watches) = stores::build(&watch_client, options.namespace.as_deref())
+        .ok_or("the watch stores gave no subscribers")?;
+    let watching = tokio::spawn(watches.for_each(|()| async {}));
     let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
     let prober = Prober::new(
         Arc::new(HealthBook::default()),
@@ -200,32 +197,62 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         options.max_probes_in_flight,
     );
     let probing = tokio::spawn(prober.clone().run(shutdown.clone().cancelled_owned()));
-    let ctx = Arc::new(Context::new(client, metrics, prober));
-    controller::run(
-        ctx,
-        options.namespace,
-        probed_rx,
-        shutdown.clone().cancelled_owned(),
-    )
-    .await;
+    let ctx = Context::new(client, metrics, prober, stores);
+    let _ = started.set(ctx.clone());
+    controller::run(ctx, triggers, probed_rx, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
+    watching.abort();
     probing.await?;
-    if let Some((leader, watching, task)) = leadership {
-        // Dropping every receiver makes the lease task release the Lease: a clean step-down.
-        watching.abort();
-        let _ = watching.await;
-        drop(leader);
-        let _ = task.await;
-        tracing::info!("released the leader Lease");
+    if let Some(held) = leadership {
+        held.step_down().await;
     }
     admin.await??;
     Ok(())
 }
 
+/// `/readyz`: a standby is ready to take over; a leader once its watches have synced and while
+/// none fails. `/healthz`: no reconcile stuck past every deadline.
+fn admin_state(
+    metrics: &Metrics,
+    started: &Arc<OnceLock<Arc<Context>>>,
+    shutdown: &CancellationToken,
+    standby_allowed: bool,
+) -> AdminState {
+    let (for_ready, for_live, stopping) = (started.clone(), started.clone(), shutdown.clone());
+    AdminState {
+        metrics: metrics.clone(),
+        ready: Arc::new(move || {
+            if stopping.is_cancelled() {
+                return Err("shutting down".into());
+            }
+            match for_ready.get() {
+                None if standby_allowed => Ok(()),
+                None => Err("starting".into()),
+                Some(ctx) => {
+                    let failing = ctx.stores.failing_watches();
+                    if !ctx.stores.synced() {
+                        Err("watches have not synced yet".into())
+                    } else if failing.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("watches failing: {}", failing.join(", ")))
+                    }
+                }
+            }
+        }),
+        live: Arc::new(
+            move || match for_live.get().and_then(|ctx| ctx.liveness.stuck()) {
+                Some(key) => Err(format!("reconcile of {key} is stuck")),
+                None => Ok(()),
+            },
+        ),
+    }
+}
+
 fn probe_once(url: &str, timeout: &str) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let url: ConnectUrl = url.parse()?;
-        let timeout = validate::parse_duration("--timeout", timeout).map_err(|e| e.to_string())?;
+        let timeout = validate::parse_cli_duration("--timeout", timeout)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub claim_wait: Histogram,
     /// The autoscaler's idle target by cluster.
     pub autoscaler_target: IntGaugeVec,
+    /// Servers the prober probes, by cluster.
+    pub probe_targets: IntGaugeVec,
 }
 
 impl Metrics {
@@ -89,6 +91,11 @@ impl Metrics {
             ),
             &["namespace", "cluster"],
         )?;
+        let probe_targets = IntGaugeVec::new(
+            Opts::new("probe_targets", "Servers the prober probes, by cluster"),
+            &["namespace", "cluster"],
+        )?;
+        registry.register(Box::new(probe_targets.clone()))?;
         registry.register(Box::new(autoscaler_target.clone()))?;
         registry.register(Box::new(claims.clone()))?;
         registry.register(Box::new(claim_wait.clone()))?;
@@ -111,7 +118,23 @@ impl Metrics {
             claims,
             claim_wait,
             autoscaler_target,
+            probe_targets,
         })
+    }
+
+    /// Removes every series of a deleted cluster.
+    pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
+        for state in ["starting", "idle", "shared", "claimed", "unhealthy"] {
+            let _ = self
+                .servers
+                .remove_label_values(&[namespace, cluster, state]);
+        }
+        let _ = self
+            .autoscaler_target
+            .remove_label_values(&[namespace, cluster]);
+        let _ = self
+            .probe_targets
+            .remove_label_values(&[namespace, cluster]);
     }
 
     /// The registry in the Prometheus text format.

@@ -51,8 +51,7 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
             dir.display()
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir.join("logs"))?;
+    state.reset()?;
     // The world runs from its own copy of this program, so rebuilding target/ while it runs
     // cannot pull the binary from under its pods.
     let me = dir.join("sco-world");

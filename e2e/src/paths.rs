@@ -62,6 +62,9 @@ pub fn spark_home() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Name of the file that marks a state directory as made by `sco-world`.
+const STATE_MARKER: &str = ".sco-world-state";
+
 /// Layout of one world's state directory.
 #[derive(Clone, Debug)]
 pub struct State(pub PathBuf);
@@ -91,8 +94,65 @@ impl State {
     pub fn log(&self, name: &str) -> PathBuf {
         self.path(&format!("logs/{name}.log"))
     }
+    /// The marker that says this directory was made by `sco-world` and may be wiped.
+    pub fn marker(&self) -> PathBuf {
+        self.path(STATE_MARKER)
+    }
+    /// Empties the directory for a new world, refusing one that `sco-world` did not make:
+    /// a mistyped `--state` must never delete someone's files.
+    pub fn reset(&self) -> anyhow::Result<()> {
+        let dir = self.dir();
+        let is_empty_or_missing = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+            Err(e) => return Err(e.into()),
+        };
+        if !is_empty_or_missing {
+            anyhow::ensure!(
+                self.marker().is_file(),
+                "{} is not empty and was not made by sco-world (no {STATE_MARKER} in it); \
+                 refusing to delete it: pass a new or empty directory as --state",
+                dir.display()
+            );
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir.join("logs"))?;
+        std::fs::write(
+            self.marker(),
+            "made by sco-world; deleted by the next `sco-world up`\n",
+        )?;
+        Ok(())
+    }
     /// Files of one pod.
     pub fn pod_dir(&self, namespace: &str, name: &str) -> PathBuf {
         self.path(&format!("pods/{namespace}_{name}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_not_made_by_the_world_is_never_deleted() {
+        let base = std::env::temp_dir().join(format!("sco-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::write(base.join("precious"), "keep me").unwrap();
+        let state = State(base.clone());
+        let err = state.reset().unwrap_err().to_string();
+        assert!(err.contains("refusing to delete"), "{err}");
+        assert!(base.join("precious").exists());
+
+        let fresh = State(base.join("world"));
+        fresh.reset().unwrap();
+        std::fs::write(fresh.path("old-log"), "x").unwrap();
+        fresh.reset().unwrap();
+        assert!(
+            !fresh.path("old-log").exists(),
+            "a world's own directory is wiped"
+        );
+        assert!(fresh.marker().is_file());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
+use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use support::{World, create_pool, fake_spec, live_pods, succeeded, wait_until};
 
 fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
@@ -32,11 +32,8 @@ async fn create_claims(claims: &Api<SparkConnectClaim>, cluster: &str, prefix: &
     }
 }
 
-fn phase(c: &SparkConnectClaim) -> String {
-    c.status
-        .as_ref()
-        .map(|s| s.phase.clone())
-        .unwrap_or_default()
+fn phase(c: &SparkConnectClaim) -> ClaimPhase {
+    c.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 #[tokio::test]
@@ -64,7 +61,7 @@ async fn a_claim_on_a_warm_pool_is_bound_at_once_and_serves_queries() {
             .get("alice")
             .await
             .ok()
-            .is_some_and(|c| phase(&c) == "Bound")
+            .is_some_and(|c| phase(&c) == ClaimPhase::Bound)
     })
     .await;
     println!(
@@ -149,12 +146,15 @@ async fn fifty_claims_at_once_never_share_a_server() {
         claims.list(&ListParams::default()).await.is_ok_and(|l| {
             l.items
                 .iter()
-                .all(|c| matches!(phase(c).as_str(), "Bound" | "Failed"))
+                .all(|c| matches!(phase(c), ClaimPhase::Bound | ClaimPhase::Failed))
         })
     })
     .await;
     let listed = claims.list(&ListParams::default()).await.unwrap().items;
-    let bound: Vec<&SparkConnectClaim> = listed.iter().filter(|c| phase(c) == "Bound").collect();
+    let bound: Vec<&SparkConnectClaim> = listed
+        .iter()
+        .filter(|c| phase(c) == ClaimPhase::Bound)
+        .collect();
     let servers: BTreeSet<String> = bound
         .iter()
         .filter_map(|c| c.status.as_ref()?.server.clone())
@@ -170,7 +170,7 @@ async fn fifty_claims_at_once_never_share_a_server() {
         .map(|p| p.annotations()["sparkconnect.dev/claim"].clone())
         .collect();
     assert_eq!(holders.len(), pods.len());
-    for c in listed.iter().filter(|c| phase(c) == "Failed") {
+    for c in listed.iter().filter(|c| phase(c) == ClaimPhase::Failed) {
         let reason = &c.status.as_ref().unwrap().conditions[0].reason;
         assert_eq!(reason, "TooManyWaitingClaims", "{}", c.name_any());
     }

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
-use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
+use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use support::{World, create_pool, fake_spec, succeeded, wait_until};
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
                 .await
                 .ok()
                 .and_then(|c| c.status)
-                .is_some_and(|s| s.phase == "Bound")
+                .is_some_and(|s| s.phase == ClaimPhase::Bound)
         },
     )
     .await;

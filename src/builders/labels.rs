@@ -14,8 +14,8 @@ pub const SERVER_LABEL: &str = "sparkconnect.dev/server";
 pub const STATE_LABEL: &str = "sparkconnect.dev/state";
 /// Label with the hash of the spec a server was built from.
 pub const SPEC_HASH_LABEL: &str = "sparkconnect.dev/spec-hash";
-/// Annotation with the hash of the desired object last applied.
-pub const APPLIED_HASH_ANNOTATION: &str = "sparkconnect.dev/applied-hash";
+/// Label with the server's role: endpoint (shared endpoint and its standby) or pool.
+pub const ROLE_LABEL: &str = "sparkconnect.dev/role";
 /// Annotation with the claim a server is bound to.
 pub const CLAIM_ANNOTATION: &str = "sparkconnect.dev/claim";
 /// Annotation with the user of the claim a server is bound to.
@@ -74,6 +74,39 @@ impl ServerState {
     }
 }
 
+/// What a server is for. In token mode the two roles hold different tokens: endpoint servers
+/// the cluster's, pool servers their own, so a claimant never holds another server's token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServerRole {
+    /// Serves (or stands by for) the cluster's shared Service.
+    Endpoint,
+    /// Waits in the hot pool for a claim.
+    Pool,
+}
+
+impl ServerRole {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Endpoint => "endpoint",
+            Self::Pool => "pool",
+        }
+    }
+
+    /// Parses a label value; anything else is a pool server.
+    pub fn from_label(value: Option<&str>) -> Self {
+        match value {
+            Some("endpoint") => Self::Endpoint,
+            _ => Self::Pool,
+        }
+    }
+}
+
+/// Name of a pool server's own token Secret.
+pub fn server_token_secret_name(server: &str) -> String {
+    format!("{server}-token")
+}
+
 /// Labels common to every object of a cluster.
 pub fn cluster_labels(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -100,6 +133,11 @@ pub fn server_selector(cluster: &str) -> String {
 /// ServiceAccount (and Role, RoleBinding) name of a cluster's drivers.
 pub fn driver_account_name(cluster: &str) -> String {
     format!("{cluster}-spark")
+}
+
+/// ServiceAccount of a cluster's executors: no rights, no mounted token.
+pub fn executor_account_name(cluster: &str) -> String {
+    format!("{cluster}-spark-executor")
 }
 
 /// Name of the generated token Secret, or the user's own.

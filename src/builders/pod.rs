@@ -6,8 +6,9 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::labels::{
-    BLOCK_MANAGER_PORT, DRIVER_PORT, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL, ServerState,
-    TOKEN_KEY, UI_PORT, driver_account_name, server_labels, token_secret_name,
+    BLOCK_MANAGER_PORT, DRIVER_PORT, ROLE_LABEL, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL,
+    ServerRole, ServerState, TOKEN_KEY, UI_PORT, driver_account_name, executor_account_name,
+    server_labels, server_token_secret_name, token_secret_name,
 };
 use super::merge::merge;
 use super::quantity::overhead_mib;
@@ -21,7 +22,13 @@ pub const CONNECT_SERVER_CLASS: &str = "org.apache.spark.sql.connect.service.Spa
 /// The Spark configuration of one server: the user's `sparkConf` under the keys the operator owns.
 pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
     let spec = &v.cluster.spec;
-    let mut conf = spec.spark_conf.clone();
+    // The kubelet expands `$(VAR)` in args: user values are escaped so that they stay literal
+    // (a value must never read the token or other env of the server into its command line).
+    let mut conf: BTreeMap<String, String> = spec
+        .spark_conf
+        .iter()
+        .map(|(k, v)| (k.clone(), v.replace('$', "$$")))
+        .collect();
     let dynamic = &spec.executors.dynamic_allocation;
     let mut set = |key: &str, value: String| {
         conf.insert(key.to_string(), value);
@@ -41,6 +48,15 @@ pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
         );
     }
     set("spark.kubernetes.driver.pod.name", server.into());
+    set(
+        "spark.kubernetes.authenticate.driver.serviceAccountName",
+        driver_account_name(v.name),
+    );
+    // Executors run user code: their account has no API rights and no token is mounted.
+    set(
+        "spark.kubernetes.authenticate.executor.serviceAccountName",
+        executor_account_name(v.name),
+    );
     set("spark.kubernetes.executor.podNamePrefix", server.into());
     for (key, value) in [
         ("sparkconnect.dev/cluster", v.name),
@@ -105,12 +121,33 @@ pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
     conf
 }
 
-/// The driver pod of server `server`, with the user's pod template merged on top.
-pub fn server_pod(v: &ValidCluster, server: &str) -> Result<Pod, Error> {
+/// Which server a pod is, and what it is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerIdentity<'a> {
+    /// Pod (and Service) name.
+    pub name: &'a str,
+    /// Endpoint or pool.
+    pub role: ServerRole,
+    /// Hash of the spec (and, for endpoint servers, the cluster token) it is built from.
+    pub hash: &'a str,
+}
+
+/// The Secret whose token a server of `role` starts with (token mode).
+pub fn token_source(v: &ValidCluster, server: &str, role: ServerRole) -> String {
+    match role {
+        ServerRole::Endpoint => token_secret_name(v.cluster),
+        ServerRole::Pool => server_token_secret_name(server),
+    }
+}
+
+/// The driver pod of a server, with the user's pod template merged on top.
+pub fn server_pod(v: &ValidCluster, id: ServerIdentity) -> Result<Pod, Error> {
     let spec = &v.cluster.spec;
+    let server = id.name;
     let mut labels = server_labels(v.name, server);
     labels.insert(STATE_LABEL.into(), ServerState::Starting.as_str().into());
-    labels.insert(SPEC_HASH_LABEL.into(), v.spec_hash.clone());
+    labels.insert(SPEC_HASH_LABEL.into(), id.hash.into());
+    labels.insert(ROLE_LABEL.into(), id.role.as_str().into());
 
     let mut args: Vec<String> = vec![
         "--deploy-mode".into(),
@@ -130,7 +167,7 @@ pub fn server_pod(v: &ValidCluster, server: &str) -> Result<Pod, Error> {
     if spec.auth.mode == AuthMode::Token {
         env.push(json!({
             "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": token_secret_name(v.cluster), "key": TOKEN_KEY}}
+            "valueFrom": {"secretKeyRef": {"name": token_source(v, server, id.role), "key": TOKEN_KEY}}
         }));
     }
     let memory_mib = v.driver_memory_mib + overhead_mib(v.driver_memory_mib);
@@ -198,6 +235,14 @@ mod tests {
     use crate::test_support::cluster;
     use crate::validate::validate;
 
+    fn id(name: &str) -> ServerIdentity<'_> {
+        ServerIdentity {
+            name,
+            role: ServerRole::Pool,
+            hash: "h",
+        }
+    }
+
     fn container(pod: &Pod) -> &k8s_openapi::api::core::v1::Container {
         &pod.spec.as_ref().unwrap().containers[0]
     }
@@ -206,7 +251,7 @@ mod tests {
     fn pod_runs_the_connect_server_against_kubernetes() {
         let c = cluster();
         let v = validate(&c).unwrap();
-        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let pod = server_pod(&v, id("analytics-abcde")).unwrap();
         let args = container(&pod).args.clone().unwrap();
         let has = |s: &str| args.iter().any(|a| a == s);
         assert!(has(CONNECT_SERVER_CLASS));
@@ -249,7 +294,7 @@ mod tests {
         let mut c = cluster();
         c.spec.auth.mode = AuthMode::Token;
         let v = validate(&c).unwrap();
-        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let pod = server_pod(&v, id("analytics-abcde")).unwrap();
         let env = container(&pod).env.clone().unwrap();
         let token = env
             .iter()
@@ -262,7 +307,31 @@ mod tests {
             .secret_key_ref
             .as_ref()
             .unwrap();
-        assert_eq!(secret.name, "analytics-connect-token");
+        assert_eq!(
+            secret.name, "analytics-abcde-token",
+            "a pool server has its own token"
+        );
+        let endpoint = server_pod(
+            &v,
+            ServerIdentity {
+                role: ServerRole::Endpoint,
+                ..id("analytics-xyzzy")
+            },
+        )
+        .unwrap();
+        let env = container(&endpoint).env.clone().unwrap();
+        let source = env
+            .iter()
+            .find_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .unwrap();
+        assert_eq!(
+            source.name, "analytics-connect-token",
+            "the shared endpoint's token"
+        );
+        assert_eq!(
+            endpoint.metadata.labels.as_ref().unwrap()[ROLE_LABEL],
+            "endpoint"
+        );
         assert!(
             !container(&pod)
                 .args
@@ -270,6 +339,29 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|a| a.contains("authenticate.token"))
+        );
+    }
+
+    #[test]
+    fn user_values_cannot_expand_the_servers_environment() {
+        let mut c = cluster();
+        c.spec.spark_conf.insert(
+            "spark.app.description".into(),
+            "$(SPARK_CONNECT_AUTHENTICATE_TOKEN)".into(),
+        );
+        let v = validate(&c).unwrap();
+        let conf = spark_conf(&v, "s");
+        assert_eq!(
+            conf["spark.app.description"],
+            "$$(SPARK_CONNECT_AUTHENTICATE_TOKEN)"
+        );
+        assert_eq!(
+            conf["spark.driver.bindAddress"], "$(SPARK_DRIVER_BIND_ADDRESS)",
+            "the operator's own reference still expands"
+        );
+        assert_eq!(
+            conf["spark.kubernetes.authenticate.executor.serviceAccountName"],
+            "analytics-spark-executor"
         );
     }
 
@@ -302,7 +394,7 @@ mod tests {
             }
         }));
         let v = validate(&c).unwrap();
-        let pod = server_pod(&v, "analytics-abcde").unwrap();
+        let pod = server_pod(&v, id("analytics-abcde")).unwrap();
         let spec = pod.spec.as_ref().unwrap();
         assert_eq!(pod.metadata.labels.as_ref().unwrap()["team"], "data");
         assert_eq!(

@@ -1,16 +1,22 @@
-//! The drivers' ServiceAccount, Role and RoleBinding: the only rights executors management needs.
+//! The drivers' ServiceAccount, Role and RoleBinding (the only rights managing executors needs;
+//! the chart's admission policy narrows them to a driver's own executors), and the executors'
+//! ServiceAccount, which has no rights and no token.
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde_json::json;
 
-use super::labels::{cluster_labels, driver_account_name};
+use super::labels::{cluster_labels, driver_account_name, executor_account_name};
 use crate::error::Error;
 use crate::validate::ValidCluster;
 
 fn metadata(v: &ValidCluster) -> serde_json::Value {
+    metadata_named(v, &driver_account_name(v.name))
+}
+
+fn metadata_named(v: &ValidCluster, name: &str) -> serde_json::Value {
     json!({
-        "name": driver_account_name(v.name),
+        "name": name,
         "namespace": v.namespace,
         "labels": cluster_labels(v.name),
         "ownerReferences": [v.owner],
@@ -24,16 +30,32 @@ pub fn driver_service_account(v: &ValidCluster) -> Result<ServiceAccount, Error>
     )?)
 }
 
-/// What a Spark driver needs to run executors in its namespace.
+/// The ServiceAccount executor pods run as: no token is mounted, and nothing is bound to it.
+pub fn executor_service_account(v: &ValidCluster) -> Result<ServiceAccount, Error> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata_named(v, &executor_account_name(v.name)),
+        "automountServiceAccountToken": false
+    }))?)
+}
+
+/// What a Spark driver needs to run executors in its namespace: executor pods and their
+/// ConfigMap (PersistentVolumeClaims only for privileged clusters, which may mount volumes).
+/// No Services, no Secrets.
 pub fn driver_role(v: &ValidCluster) -> Result<Role, Error> {
+    let mut resources = vec!["pods", "configmaps"];
+    if v.cluster.spec.security.allow_privileged {
+        resources.push("persistentvolumeclaims");
+    }
     Ok(serde_json::from_value(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(v),
         "rules": [{
             "apiGroups": [""],
-            "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
-            "verbs": ["create", "get", "list", "watch", "patch", "update", "delete", "deletecollection"]
+            "resources": resources,
+            "verbs": ["create", "get", "list", "watch", "patch", "delete", "deletecollection"]
         }]
     }))?)
 }
@@ -69,6 +91,11 @@ mod tests {
                 .contains(&"pods".to_string())
         );
         assert!(rule.verbs.contains(&"delete".to_string()));
+        let resources = rule.resources.as_ref().unwrap();
+        assert!(!resources.contains(&"secrets".to_string()));
+        assert!(!resources.contains(&"services".to_string()));
+        let executors = executor_service_account(&v).unwrap();
+        assert_eq!(executors.automount_service_account_token, Some(false));
         let binding = driver_role_binding(&v).unwrap();
         assert_eq!(binding.subjects.unwrap()[0].name, "analytics-spark");
         assert_eq!(

@@ -2,29 +2,69 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use rand::RngCore;
 
-use super::labels::{TOKEN_KEY, cluster_labels, token_secret_name};
+use super::labels::{
+    TOKEN_KEY, cluster_labels, server_labels, server_token_secret_name, token_secret_name,
+};
 use crate::validate::ValidCluster;
 
-/// A Secret with a fresh random token (created once; never rewritten by the operator).
-pub fn token_secret(v: &ValidCluster) -> Secret {
+/// A fresh random token.
+pub fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// The cluster's Secret with a fresh random token (created once; never rewritten).
+pub fn token_secret(v: &ValidCluster) -> Secret {
+    secret(
+        token_secret_name(v.cluster),
+        v.namespace,
+        cluster_labels(v.name),
+        v.owner.clone(),
+        new_token(),
+    )
+}
+
+/// A pool server's own token Secret, owned by the server pod (it goes when the pod goes).
+pub fn server_token_secret(v: &ValidCluster, pod: &Pod, token: String) -> Option<Secret> {
+    let name = pod.metadata.name.as_deref()?;
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: name.into(),
+        uid: pod.metadata.uid.clone()?,
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    Some(secret(
+        server_token_secret_name(name),
+        v.namespace,
+        server_labels(v.name, name),
+        owner,
+        token,
+    ))
+}
+
+fn secret(
+    name: String,
+    namespace: &str,
+    labels: BTreeMap<String, String>,
+    owner: OwnerReference,
+    token: String,
+) -> Secret {
     Secret {
         metadata: ObjectMeta {
-            name: Some(token_secret_name(v.cluster)),
-            namespace: Some(v.namespace.into()),
-            labels: Some(cluster_labels(v.name)),
-            owner_references: Some(vec![v.owner.clone()]),
+            name: Some(name),
+            namespace: Some(namespace.into()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        string_data: Some(BTreeMap::from([(
-            TOKEN_KEY.to_string(),
-            hex::encode(bytes),
-        )])),
+        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token)])),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }

@@ -1,5 +1,6 @@
-//! Server-side apply that skips objects already in the desired state, so a steady state makes
-//! no write requests.
+//! Writing the operator's objects: server-side apply of children only when they differ from what
+//! the apiserver holds (so a steady state makes no writes, and hand edits are reverted), never
+//! over an object the cluster does not own; status patches that can also clear fields.
 
 use std::fmt::Debug;
 
@@ -8,59 +9,99 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
+use serde_json::Value;
 
-use crate::builders::labels::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
+use crate::builders::labels::FIELD_MANAGER;
 use crate::error::Error;
 
-/// Hash of a desired object, recorded on it as an annotation.
-fn desired_hash<K: Serialize>(desired: &K) -> Result<String, Error> {
-    Ok(hex::encode(
-        &Sha256::digest(serde_json::to_vec(desired)?)[..8],
-    ))
+/// Whether `existing` already holds every field of `desired` with the same value (objects by
+/// key, lists item by item). Fields the apiserver adds (defaults, status) do not matter.
+pub fn covers(existing: &Value, desired: &Value) -> bool {
+    match (existing, desired) {
+        (Value::Object(have), Value::Object(want)) => want
+            .iter()
+            .all(|(k, v)| v.is_null() || have.get(k).is_some_and(|h| covers(h, v))),
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| covers(h, w))
+        }
+        (have, want) => have == want,
+    }
 }
 
-/// Applies `desired` (server-side, forced) unless `existing` already carries its hash.
-/// Returns whether a write was made.
-pub async fn apply_if_changed<K>(
+/// Whether `object` is controlled by the owner with `uid`.
+pub fn controlled_by<K: Resource>(object: &K, uid: &str) -> bool {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.uid == uid)
+}
+
+/// Applies `desired` (server-side, forced) unless `existing` already covers it. An existing
+/// object that `owner_uid` does not control is never taken over. Returns whether it wrote.
+pub async fn apply_owned<K>(
     api: &Api<K>,
-    mut desired: K,
+    desired: &K,
     existing: Option<&K>,
+    owner_uid: &str,
 ) -> Result<bool, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
-    let hash = desired_hash(&desired)?;
-    if existing.and_then(|e| e.annotations().get(APPLIED_HASH_ANNOTATION)) == Some(&hash) {
-        return Ok(false);
-    }
     let name = desired.name_any();
-    desired
-        .annotations_mut()
-        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    let dyntype = K::DynamicType::default();
+    let kind = K::kind(&dyntype);
+    if let Some(existing) = existing {
+        if !controlled_by(existing, owner_uid) {
+            return Err(Error::NotOwned {
+                kind: kind_name(&kind),
+                name,
+            });
+        }
+        if covers(
+            &serde_json::to_value(existing)?,
+            &serde_json::to_value(desired)?,
+        ) {
+            return Ok(false);
+        }
+    }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired),
+        &Patch::Apply(desired),
     )
     .await
-    .map_err(|e| Error::kube(format!("apply {} {name}", K::kind(&Default::default())), e))?;
+    .map_err(|e| Error::kube(format!("apply {kind} {name}"), e))?;
     Ok(true)
 }
 
-/// Like [`apply_if_changed`], reading the existing object first.
-pub async fn get_and_apply<K>(api: &Api<K>, desired: K) -> Result<bool, Error>
-where
-    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
-    K::DynamicType: Default,
-{
-    let name = desired.name_any();
-    let existing = api
-        .get_opt(&name)
-        .await
-        .map_err(|e| Error::kube(format!("get {} {name}", K::kind(&Default::default())), e))?;
-    apply_if_changed(api, desired, existing.as_ref()).await
+/// A `'static` name for the kinds the operator writes (for error messages).
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "Service" => "Service",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "EndpointSlice" => "EndpointSlice",
+        "Secret" => "Secret",
+        _ => "object",
+    }
+}
+
+/// The merge patch that turns status `current` into `status`: top-level fields that `status`
+/// no longer has are set to null, so they are removed rather than kept stale.
+pub fn status_patch<S: Serialize>(current: Option<&S>, status: &S) -> Result<Value, Error> {
+    let mut next = serde_json::to_value(status)?;
+    if let (Some(current), Value::Object(fields)) = (current, &mut next)
+        && let Value::Object(old) = serde_json::to_value(current)?
+    {
+        for key in old.keys() {
+            fields.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    Ok(serde_json::json!({ "status": next }))
 }
 
 /// Merge-patches the status of `object` to `status` unless it already is; returns whether it
@@ -89,9 +130,56 @@ where
     api.patch_status(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({"status": status})),
+        &Patch::Merge(&status_patch(current, status)?),
     )
     .await
     .map_err(|e| Error::kube(format!("update status of {} {name}", K::kind(&())), e))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_added_by_the_apiserver_do_not_count_as_drift() {
+        let desired = json!({"spec": {"ports": [{"name": "connect", "port": 15002}], "selector": {"a": "b"}}});
+        let existing = json!({"spec": {"ports": [{"name": "connect", "port": 15002, "protocol": "TCP"}],
+                              "selector": {"a": "b"}, "clusterIP": "10.96.0.7"}, "status": {}});
+        assert!(covers(&existing, &desired));
+    }
+
+    #[test]
+    fn a_hand_edit_is_drift() {
+        let desired = json!({"spec": {"selector": {"sparkconnect.dev/state": "shared"}}});
+        let edited = json!({"spec": {"selector": {"sparkconnect.dev/state": "idle"}}});
+        assert!(!covers(&edited, &desired));
+        let rules = json!({"rules": [{"verbs": ["get"]}]});
+        let widened = json!({"rules": [{"verbs": ["get"]}, {"verbs": ["*"]}]});
+        assert!(!covers(&widened, &rules), "an added rule is drift too");
+    }
+
+    #[test]
+    fn cleared_status_fields_are_removed_not_kept() {
+        #[derive(Serialize, PartialEq)]
+        struct S {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            endpoint: Option<String>,
+            phase: String,
+        }
+        let old = S {
+            endpoint: Some("sc://x".into()),
+            phase: "Ready".into(),
+        };
+        let new = S {
+            endpoint: None,
+            phase: "Ready".into(),
+        };
+        let patch = status_patch(Some(&old), &new).unwrap();
+        assert_eq!(
+            patch,
+            json!({"status": {"endpoint": null, "phase": "Ready"}})
+        );
+    }
 }

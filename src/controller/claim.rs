@@ -1,81 +1,193 @@
-//! The claim controller: binding happens in the cluster reconcile (one place decides, first
-//! come first served); this controller only reports claims that name no existing cluster.
+//! The claim controller: puts each new claim in its cluster's line and serves the line at once
+//! (binding is not part of any cluster reconcile), finishes a bind a crash interrupted, and
+//! reports claims whose cluster does not exist. What happens to a bound claim later (lost,
+//! expired) is the cluster reconcile's.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 
-use super::Context;
-use super::binding::{BOUND, write_claim_status};
-use super::claim_plan::phase;
+use super::apply::controlled_by;
+use super::bind;
+use super::cluster::act::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
-use crate::crd::{SparkConnectClaim, SparkConnectCluster};
+use super::context::{Context, key_of};
+use super::guard::guarded;
+use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, STATE_LABEL, ServerState};
+use crate::controller::apply::write_status_if_changed;
+use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
 
 const CONTROLLER: &str = "claim";
+/// How often a claim whose cluster does not exist looks again.
+const CLUSTER_MISSING_RETRY: Duration = Duration::from_secs(10);
 
-/// Reconciles one claim.
+/// Reconciles one claim (guarded like every reconcile).
 pub async fn reconcile(claim: Arc<SparkConnectClaim>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics
         .reconciles
         .with_label_values(&[CONTROLLER])
         .inc();
+    let key = key_of(claim.as_ref());
+    guarded(&ctx.liveness, &key, reconcile_claim(&claim, &ctx)).await
+}
+
+async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Action, Error> {
     let ns = claim
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
-    let clusters: Api<SparkConnectCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let exists = clusters
-        .get_opt(&claim.spec.cluster)
-        .await
-        .map_err(|e| Error::kube(format!("get cluster {}", claim.spec.cluster), e))?
-        .is_some();
-    if exists {
+    let name = claim.name_any();
+    let cluster_key = format!("{ns}/{}", claim.spec.cluster);
+    let status = claim.status.clone().unwrap_or_default();
+    if claim.metadata.deletion_timestamp.is_some() || status.phase.is_final() {
+        ctx.allocator.forget_claim(&cluster_key, &name);
         return Ok(Action::await_change());
     }
-    let mut status = claim.status.clone().unwrap_or_default();
-    if status.phase.is_empty() || status.phase == phase::PENDING {
-        status.phase = phase::PENDING.into();
-        let message = format!(
-            "SparkConnectCluster {} does not exist in namespace {ns}",
-            claim.spec.cluster
-        );
-        set_condition(
-            &mut status.conditions,
-            BOUND,
-            false,
-            "ClusterNotFound",
-            message.clone(),
-            claim.metadata.generation,
-            Timestamp::now(),
-        );
-        if write_claim_status(&Api::namespaced(ctx.client.clone(), &ns), &claim, status).await? {
-            ctx.event(
-                claim.as_ref(),
-                EventType::Warning,
-                "ClusterNotFound",
-                &message,
-            )
-            .await;
-        }
+    let cluster = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&claim.spec.cluster).within(&ns))
+        .filter(|c| c.metadata.deletion_timestamp.is_none());
+    let Some(cluster) = cluster else {
+        return cluster_missing(claim, ctx, status.server.is_some()).await;
+    };
+    if status.server.is_some() {
+        return Ok(Action::await_change());
     }
-    Ok(Action::requeue(Duration::from_secs(30)))
+    if finish_interrupted_bind(claim, &cluster, ctx, &cluster_key).await? {
+        return Ok(Action::await_change());
+    }
+    let created = claim
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or_else(Timestamp::now, |t| t.0);
+    if let Err(full) = ctx
+        .allocator
+        .enqueue(&cluster_key, &name, created, Timestamp::now())
+    {
+        let message = format!(
+            "{} claims already wait for this cluster (hotPool.maxWaitingClaims)",
+            full.max_waiting
+        );
+        let result = finish_claim(
+            ctx,
+            claim,
+            ClaimPhase::Failed,
+            "TooManyWaitingClaims",
+            &message,
+            Timestamp::now(),
+        )
+        .await;
+        ignore_gone(result)?;
+        ctx.metrics.claims.with_label_values(&["failed"]).inc();
+        ctx.event(claim, EventType::Warning, "TooManyWaitingClaims", &message);
+        return Ok(Action::await_change());
+    }
+    bind::serve(ctx, &cluster_key).await;
+    if ctx.allocator.first_seen(&cluster_key, &name).is_some() {
+        mark_waiting(claim, ctx).await?;
+    }
+    Ok(Action::await_change())
 }
 
-/// Retry policy of the claim controller.
+/// A server already stamped with this claim (the operator stopped between the two bind
+/// writes) is the claim's: only the claim's status is written.
+async fn finish_interrupted_bind(
+    claim: &SparkConnectClaim,
+    cluster: &SparkConnectCluster,
+    ctx: &Context,
+    cluster_key: &str,
+) -> Result<bool, Error> {
+    let (Some(uid), Some(terms)) = (
+        cluster.metadata.uid.as_deref(),
+        ctx.allocator.terms(cluster_key),
+    ) else {
+        return Ok(false);
+    };
+    let name = claim.name_any();
+    let stamped = ctx.stores.pods.state().into_iter().find(|p| {
+        p.namespace() == claim.namespace()
+            && p.labels().get(CLUSTER_LABEL) == Some(&claim.spec.cluster)
+            && controlled_by(p.as_ref(), uid)
+            && p.metadata.deletion_timestamp.is_none()
+            && p.labels().get(STATE_LABEL).map(String::as_str)
+                == Some(ServerState::Claimed.as_str())
+            && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
+    });
+    let Some(server) = stamped else {
+        return Ok(false);
+    };
+    let first_seen = ctx
+        .allocator
+        .first_seen(cluster_key, &name)
+        .unwrap_or_else(Timestamp::now);
+    ignore_gone(
+        bind::write_bound(ctx, &terms, claim, &server.name_any(), first_seen)
+            .await
+            .map(|()| true),
+    )?;
+    ctx.allocator.forget_claim(cluster_key, &name);
+    Ok(true)
+}
+
+/// A waiting claim says so once; its place in line is not rewritten as others arrive.
+async fn mark_waiting(claim: &SparkConnectClaim, ctx: &Context) -> Result<(), Error> {
+    let mut status = claim.status.clone().unwrap_or_default();
+    status.phase = ClaimPhase::Pending;
+    set_condition(
+        &mut status.conditions,
+        BOUND,
+        false,
+        "WaitingForServer",
+        "waiting for an idle server; the pool is growing".into(),
+        claim.metadata.generation,
+        Timestamp::now(),
+    );
+    ignore_gone(write_status_if_changed(&ctx.client, claim, claim.status.as_ref(), &status).await)
+}
+
+/// No such cluster: a bound claim is Lost; a new one waits (the cluster may come).
+async fn cluster_missing(
+    claim: &SparkConnectClaim,
+    ctx: &Context,
+    bound: bool,
+) -> Result<Action, Error> {
+    let ns = claim.namespace().unwrap_or_default();
+    let (phase, reason) = if bound {
+        (ClaimPhase::Lost, "ClusterDeleted")
+    } else {
+        (ClaimPhase::Pending, "ClusterNotFound")
+    };
+    let message = format!(
+        "SparkConnectCluster {} does not exist in namespace {ns}",
+        claim.spec.cluster
+    );
+    let wrote = finish_claim(ctx, claim, phase, reason, &message, Timestamp::now()).await;
+    if matches!(wrote, Ok(true)) {
+        ctx.event(claim, EventType::Warning, reason, &message);
+    }
+    ignore_gone(wrote)?;
+    Ok(if bound {
+        Action::await_change()
+    } else {
+        Action::requeue(CLUSTER_MISSING_RETRY)
+    })
+}
+
+/// Retry policy of the claim controller: per-claim delays that grow with each failure.
 pub fn error_policy(claim: Arc<SparkConnectClaim>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(claim = %claim.name_any(), %error, "claim reconcile failed");
+    let key = key_of(claim.as_ref());
     ctx.metrics
         .reconcile_errors
         .with_label_values(&[CONTROLLER, error.metric_label()])
         .inc();
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(5))
-    }
+    let delay = ctx.retries.failed(&key);
+    tracing::warn!(claim = %key, %error, retry_in = ?delay, "claim reconcile failed");
+    Action::requeue(delay)
 }

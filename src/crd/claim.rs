@@ -5,7 +5,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::list_map_by_type;
+use super::{DNS_1035_LABEL, list_map_by_type};
+use crate::duration::CLAIM_TTL;
 
 /// A request for a dedicated Spark Connect server from a cluster's hot pool.
 // clippy reads the repeated `type_ = "string"` of the print columns as duplicated attributes.
@@ -35,17 +36,48 @@ pub struct SparkConnectClaimSpec {
     /// Name of the SparkConnectCluster (same namespace) whose pool serves this claim.
     #[x_kube(
         validation = Rule::new("self != ''").message("cluster must name a SparkConnectCluster"),
+        validation = Rule::new(format!("self == '' || self.matches('{DNS_1035_LABEL}')")).message(
+            "cluster must be the name of a SparkConnectCluster: a DNS-1035 label of at most 40 characters"
+        ),
         validation = Rule::new("self == oldSelf").message("cluster cannot be changed; create a new claim")
     )]
+    #[schemars(length(max = 40))]
     pub cluster: String,
-    /// The user the server is stamped with.
+    /// The user the server is stamped with (at most 253 printable characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new("!self.matches('[\\x00-\\x1f\\x7f]')").message(
+        "user must not contain control characters"
+    ))]
     pub user: Option<String>,
-    /// The claim expires this long after it is bound (Go duration, e.g. 8h).
+    /// The claim expires this long after it is bound (Go duration, e.g. 8h; at most 8760h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ms|s|m|h))+$')")
-        .message("ttl must be a duration such as 30m or 8h"))]
+    #[schemars(length(max = 28))]
+    #[x_kube(validation = Rule::new(CLAIM_TTL.cel_rule()).message(CLAIM_TTL.cel_message().as_str()))]
     pub ttl: Option<String>,
+}
+
+/// Where a claim is in its life. Lost, Expired and Failed are final.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ClaimPhase {
+    /// Waiting for a server.
+    #[default]
+    Pending,
+    /// Bound to a server.
+    Bound,
+    /// Its server or cluster is gone.
+    Lost,
+    /// Its ttl ran out.
+    Expired,
+    /// It waited too long, too many waited, or it cannot be served.
+    Failed,
+}
+
+impl ClaimPhase {
+    /// Whether the claim will never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Lost | Self::Expired | Self::Failed)
+    }
 }
 
 /// Observed state of a `SparkConnectClaim`.
@@ -54,7 +86,7 @@ pub struct SparkConnectClaimSpec {
 pub struct SparkConnectClaimStatus {
     /// Pending, Bound, Lost, Expired or Failed.
     #[serde(default)]
-    pub phase: String,
+    pub phase: ClaimPhase,
     /// The bound server (pod and headless Service name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -67,7 +99,7 @@ pub struct SparkConnectClaimStatus {
     /// When the server was bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound_at: Option<Time>,
-    /// Milliseconds from claim creation to binding.
+    /// Milliseconds from when the operator first saw the claim to its binding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_millis: Option<i64>,
     /// Bound.

@@ -7,7 +7,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{list_map_by_type, preserve_unknown_object};
+use super::{DNS_1035_LABEL, list_map_by_type, pod_template_schema, spark_conf_schema};
+use crate::duration::{
+    CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY, STARTUP_DEADLINE,
+};
 
 /// Spark Connect servers for one team: a shared endpoint plus a pool of pre-warmed servers.
 #[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -34,11 +37,18 @@ use super::{list_map_by_type, preserve_unknown_object};
     validation = Rule::new("size(self.metadata.name) <= 40").message(
         "metadata.name must be at most 40 characters: server, Service and executor pod names are derived from it"
     ),
+    validation = Rule::new(format!("self.metadata.name.matches('{DNS_1035_LABEL}')")).message(
+        "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter): it names Services"
+    ),
+    validation = Rule::new("self.spec.hotPool.maxServers >= self.spec.shared + self.spec.hotPool.idle").message(
+        "hotPool.maxServers must be at least shared + hotPool.idle"
+    ),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SparkConnectClusterSpec {
     /// Container image with Spark at /opt/spark, e.g. apache/spark:4.1.1-scala2.13-java17-python3-ubuntu.
     #[x_kube(validation = Rule::new("self.trim() != ''").message("image must not be empty"))]
+    #[schemars(length(max = 512))]
     pub image: String,
     /// Image pull policy for server and executor pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -46,6 +56,7 @@ pub struct SparkConnectClusterSpec {
     pub image_pull_policy: Option<String>,
     /// Extra Spark configuration for every server; keys the operator manages are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "spark_conf_schema")]
     pub spark_conf: BTreeMap<String, String>,
     /// The driver pod that runs the Connect server.
     #[serde(default)]
@@ -66,6 +77,21 @@ pub struct SparkConnectClusterSpec {
     /// Client authentication on the Connect port.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// Settings that widen what server and executor pods may do; guarded by RBAC (see README).
+    #[serde(default)]
+    pub security: SecuritySpec,
+}
+
+/// Opt-ins to privileged pod settings.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// Let `server.podTemplate` and `sparkConf` use privileged settings (privileged or root
+    /// containers, added capabilities, host namespaces, hostPath volumes, another
+    /// ServiceAccount, secret or volume mounts on executors). Setting it needs the RBAC verb
+    /// `allow-privileged` on `sparkconnectclusters` when the chart's admission policy is on.
+    #[serde(default)]
+    pub allow_privileged: bool,
 }
 
 fn default_shared() -> i32 {
@@ -125,9 +151,20 @@ pub struct ServerSpec {
     /// A pod template merged onto the generated server pod: labels, annotations, nodeSelector,
     /// tolerations, affinity, env, volumes, sidecars. Lists of named items merge by name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "preserve_unknown_object")]
+    #[schemars(schema_with = "pod_template_schema")]
+    #[x_kube(
+        validation = Rule::new(RESERVED_LABELS_RULE).message(
+            "server.podTemplate.metadata.labels must not set labels the operator owns: sparkconnect.dev/*, app.kubernetes.io/name, instance, component and managed-by"
+        ),
+        validation = Rule::new("!has(self.metadata) || (!has(self.metadata.name) && !has(self.metadata.namespace) && !has(self.metadata.ownerReferences))").message(
+            "server.podTemplate must not set metadata.name, metadata.namespace or metadata.ownerReferences: the operator names and owns every server"
+        )
+    )]
     pub pod_template: Option<serde_json::Value>,
 }
+
+/// Labels only the operator sets on server pods.
+const RESERVED_LABELS_RULE: &str = "!has(self.metadata) || !has(self.metadata.labels) || self.metadata.labels.all(k, !k.startsWith('sparkconnect.dev/') && !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/managed-by']))";
 
 fn default_port() -> i32 {
     15002
@@ -222,19 +259,29 @@ pub struct HotPoolSpec {
     pub autoscale: AutoscaleSpec,
     /// Recycle servers idle for longer than this (Go duration, e.g. 6h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(MAX_IDLE_AGE.cel_rule()).message(MAX_IDLE_AGE.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub max_idle_age: Option<String>,
     /// Most claims that may wait for a server at once; later claims fail at once.
     #[serde(default = "default_max_waiting_claims")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_waiting_claims: i32,
+    /// Most servers the cluster may run at once (starting, idle, shared and claimed); claims
+    /// beyond it wait. Protects the namespace from a flood of claims.
+    #[serde(default = "default_max_servers")]
+    #[schemars(range(min = 1, max = 2000))]
+    pub max_servers: i32,
     /// A claim that waits longer than this for a server fails.
     #[serde(default = "default_claim_timeout")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(CLAIM_TIMEOUT.cel_rule()).message(CLAIM_TIMEOUT.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub claim_timeout: String,
 }
 
 fn default_max_waiting_claims() -> i32 {
+    100
+}
+fn default_max_servers() -> i32 {
     100
 }
 fn default_claim_timeout() -> String {
@@ -257,14 +304,11 @@ impl Default for HotPoolSpec {
             autoscale: AutoscaleSpec::default(),
             max_idle_age: None,
             max_waiting_claims: default_max_waiting_claims(),
+            max_servers: default_max_servers(),
             claim_timeout: default_claim_timeout(),
         }
     }
 }
-
-/// A Go-style duration such as 90s, 5m or 1h30m.
-const DURATION_RULE: &str = "self.matches('^([0-9]+(ms|s|m|h))+$')";
-const DURATION_MESSAGE: &str = "must be a duration such as 30s, 5m or 1h30m";
 
 /// Autoscaler of the idle target.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -275,7 +319,8 @@ pub struct AutoscaleSpec {
     pub enabled: bool,
     /// How long demand must stay low before the idle target falls.
     #[serde(default = "default_scale_down_delay")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(SCALE_DOWN_DELAY.cel_rule()).message(SCALE_DOWN_DELAY.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub scale_down_delay: String,
 }
 
@@ -298,11 +343,13 @@ impl Default for AutoscaleSpec {
 pub struct ProbeSpec {
     /// Time between probes of one server.
     #[serde(default = "default_probe_period")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(PROBE_PERIOD.cel_rule()).message(PROBE_PERIOD.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub period: String,
     /// Deadline of one probe call.
     #[serde(default = "default_probe_timeout")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(PROBE_TIMEOUT.cel_rule()).message(PROBE_TIMEOUT.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub timeout: String,
     /// Consecutive failures that make a server Unhealthy.
     #[serde(default = "default_failure_threshold")]
@@ -310,7 +357,8 @@ pub struct ProbeSpec {
     pub failure_threshold: i32,
     /// A server not healthy this long after its pod was created is replaced.
     #[serde(default = "default_startup_deadline")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[x_kube(validation = Rule::new(STARTUP_DEADLINE.cel_rule()).message(STARTUP_DEADLINE.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
     pub startup_deadline: String,
 }
 
@@ -360,6 +408,10 @@ pub struct AuthSpec {
     pub mode: AuthMode,
     /// An existing Secret with key `token` to use instead of a generated one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::DNS_1123_SUBDOMAIN)).message(
+        "auth.secretName must be a Secret name (lowercase letters, digits, '-' and '.')"
+    ))]
     pub secret_name: Option<String>,
 }
 
@@ -372,7 +424,7 @@ pub struct SparkConnectClusterStatus {
     pub observed_generation: Option<i64>,
     /// Pending, Ready or Degraded.
     #[serde(default)]
-    pub phase: String,
+    pub phase: ClusterPhase,
     /// The shared endpoint, `sc://<name>.<namespace>.svc.cluster.local:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
@@ -397,6 +449,18 @@ pub struct SparkConnectClusterStatus {
     pub token_secret: Option<String>,
 }
 
+/// The cluster's phase: Degraded needs a person (invalid spec, refused objects).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ClusterPhase {
+    /// Servers are starting; the endpoint does not serve yet.
+    #[default]
+    Pending,
+    /// The endpoint (or the pool of a pool-only cluster) serves.
+    Ready,
+    /// The spec cannot be run as it is.
+    Degraded,
+}
+
 /// Server counts by state.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -407,6 +471,9 @@ pub struct ServerCounts {
     pub starting: i32,
     /// Healthy and free for claims.
     pub idle: i32,
+    /// Healthy and standing by to take over the shared endpoint (token mode).
+    #[serde(default)]
+    pub standby: i32,
     /// Serving the cluster's own Service.
     pub shared: i32,
     /// Bound to a claim.

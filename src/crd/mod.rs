@@ -2,8 +2,10 @@
 
 pub mod claim;
 pub mod cluster;
+#[cfg(test)]
+mod tests;
 
-pub use claim::{SparkConnectClaim, SparkConnectClaimSpec, SparkConnectClaimStatus};
+pub use claim::{ClaimPhase, SparkConnectClaim, SparkConnectClaimSpec, SparkConnectClaimStatus};
 pub use cluster::*;
 
 use kube::CustomResourceExt;
@@ -22,9 +24,52 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     Ok(out)
 }
 
-/// An object whose fields the apiserver keeps as given (parsed by the operator).
-fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+/// A DNS-1035 label: what Service names must be.
+pub const DNS_1035_LABEL: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 subdomain: what most object names must be.
+pub const DNS_1123_SUBDOMAIN: &str =
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A pod template overlay: kept as given (the operator parses and checks it), with its metadata
+/// typed and bounded so that admission rules can read the labels.
+fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
+    let strings = |max_properties: u32, max_length: u32| {
+        serde_json::json!({
+            "type": "object",
+            "maxProperties": max_properties,
+            "additionalProperties": {"type": "string", "maxLength": max_length}
+        })
+    };
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "name": {"type": "string", "maxLength": 253},
+                    "namespace": {"type": "string", "maxLength": 63},
+                    "ownerReferences": {"type": "array", "maxItems": 16, "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}},
+                    "labels": strings(64, 63),
+                    "annotations": strings(64, 4096)
+                }
+            }
+        }
+    })
+}
+
+/// Spark settings: at most 256 keys of at most 256 characters, values of at most 4,096.
+fn spark_conf_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 256,
+        "additionalProperties": {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 256)",
+            "message": "sparkConf keys must be at most 256 characters"
+        }]
+    })
 }
 
 /// A list of conditions merged by `type` (server-side apply list-map).
@@ -37,120 +82,4 @@ fn list_map_by_type(generator: &mut SchemaGenerator) -> Schema {
         serde_json::json!(["type"]),
     );
     schema
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::test_support::cluster;
-
-    fn with(patch: serde_json::Value) -> SparkConnectCluster {
-        let mut value = serde_json::to_value(cluster()).unwrap();
-        crate::builders::merge::merge(&mut value, &patch);
-        serde_json::from_value(value).unwrap()
-    }
-
-    fn refused(c: &SparkConnectCluster) -> String {
-        c.validate_cel()
-            .expect_err("the rules must refuse this")
-            .to_string()
-    }
-
-    #[test]
-    fn the_example_passes_every_rule() {
-        cluster().validate_cel().unwrap();
-    }
-
-    #[test]
-    fn pool_bounds_are_ordered() {
-        let message = refused(&with(
-            serde_json::json!({"spec": {"hotPool": {"idle": 5, "max": 2}}}),
-        ));
-        assert!(
-            message.contains("hotPool must satisfy min <= idle <= max"),
-            "{message}"
-        );
-        assert!(
-            refused(&with(
-                serde_json::json!({"spec": {"hotPool": {"min": 3, "idle": 1}}})
-            ))
-            .contains("min <= idle")
-        );
-    }
-
-    #[test]
-    fn memory_must_be_a_sane_quantity() {
-        let bad =
-            with(serde_json::json!({"spec": {"executors": {"resources": {"memory": "lots"}}}}));
-        assert!(refused(&bad).contains("memory must be a quantity"));
-        let small =
-            with(serde_json::json!({"spec": {"server": {"resources": {"memory": "100Mi"}}}}));
-        assert!(refused(&small).contains("at least 512Mi"));
-    }
-
-    #[test]
-    fn durations_ports_names_and_dynamic_allocation() {
-        assert!(
-            refused(&with(
-                serde_json::json!({"spec": {"probe": {"timeout": "3 seconds"}}})
-            ))
-            .contains("duration")
-        );
-        assert!(
-            refused(&with(
-                serde_json::json!({"spec": {"server": {"port": 4040}}})
-            ))
-            .contains("port must differ")
-        );
-        let dynamic = serde_json::json!({"spec": {"executors": {"dynamicAllocation": {"minExecutors": 5, "maxExecutors": 1}}}});
-        assert!(refused(&with(dynamic)).contains("minExecutors must not exceed"));
-        let mut long = cluster();
-        long.metadata.name = Some("x".repeat(41));
-        assert!(refused(&long).contains("at most 40 characters"));
-    }
-
-    #[test]
-    fn auth_mode_is_immutable() {
-        let old = cluster();
-        let new = with(serde_json::json!({"spec": {"auth": {"mode": "Token"}}}));
-        let message = new.validate_cel_update(&old).unwrap_err().to_string();
-        assert!(message.contains("auth.mode cannot be changed"), "{message}");
-        old.validate_cel_update(&old).unwrap();
-    }
-
-    #[test]
-    fn claim_cluster_is_required_and_immutable() {
-        let claim = |cluster: &str| {
-            SparkConnectClaim::new(
-                "c",
-                SparkConnectClaimSpec {
-                    cluster: cluster.into(),
-                    user: None,
-                    ttl: None,
-                },
-            )
-        };
-        assert!(
-            claim("")
-                .validate_cel()
-                .unwrap_err()
-                .to_string()
-                .contains("cluster must name")
-        );
-        assert!(
-            claim("b")
-                .validate_cel_update(&claim("a"))
-                .unwrap_err()
-                .to_string()
-                .contains("cannot be changed")
-        );
-        let mut ttl = claim("a");
-        ttl.spec.ttl = Some("forever".into());
-        assert!(
-            ttl.validate_cel()
-                .unwrap_err()
-                .to_string()
-                .contains("ttl must be a duration")
-        );
-    }
 }

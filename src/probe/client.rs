@@ -114,11 +114,30 @@ pub struct ProbeSuccess {
     pub server_side_session_id: String,
 }
 
-/// A reusable client for one server.
+/// The probe's Config call: `get_with_default` of a key no Spark sets.
+fn config_request(session_id: &str) -> ConfigRequest {
+    ConfigRequest {
+        session_id: session_id.into(),
+        user_context: ConnectProbe::user_context(),
+        operation: Some(Operation {
+            op_type: Some(OpType::GetWithDefault(GetWithDefault {
+                pairs: vec![KeyValue {
+                    key: PROBE_KEY.into(),
+                    value: Some("ok".into()),
+                }],
+            })),
+        }),
+        client_type: Some(PROBE_USER.into()),
+        client_observed_server_side_session_id: None,
+    }
+}
+
+/// A reusable client for one server; its request and metadata are built once.
 #[derive(Clone)]
 pub struct ConnectProbe {
     client: SparkConnectServiceClient<Channel>,
-    token: Option<String>,
+    authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
+    config: ConfigRequest,
     session_id: String,
     timeout: Duration,
 }
@@ -140,9 +159,18 @@ impl ConnectProbe {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(false);
+        let authorization = token
+            .map(|token| {
+                MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| ProbeFailure {
+                    kind: FailureKind::Other,
+                    message: format!("token is not valid metadata: {e}"),
+                })
+            })
+            .transpose()?;
         Ok(Self {
             client: SparkConnectServiceClient::new(endpoint.connect_lazy()),
-            token,
+            authorization,
+            config: config_request(&session_id),
             session_id,
             timeout,
         })
@@ -151,13 +179,10 @@ impl ConnectProbe {
     fn request<T>(&self, message: T) -> Result<Request<T>, ProbeFailure> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
-        if let Some(token) = &self.token {
-            let value =
-                MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| ProbeFailure {
-                    kind: FailureKind::Other,
-                    message: format!("token is not valid metadata: {e}"),
-                })?;
-            request.metadata_mut().insert("authorization", value);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -190,21 +215,7 @@ impl ConnectProbe {
 
     /// One health check.
     pub async fn check(&self) -> Result<ProbeSuccess, ProbeFailure> {
-        let message = ConfigRequest {
-            session_id: self.session_id.clone(),
-            user_context: Self::user_context(),
-            operation: Some(Operation {
-                op_type: Some(OpType::GetWithDefault(GetWithDefault {
-                    pairs: vec![KeyValue {
-                        key: PROBE_KEY.into(),
-                        value: Some("ok".into()),
-                    }],
-                })),
-            }),
-            client_type: Some(PROBE_USER.into()),
-            client_observed_server_side_session_id: None,
-        };
-        let request = self.request(message)?;
+        let request = self.request(self.config.clone())?;
         let started = Instant::now();
         let mut client = self.client.clone();
         let response = self.within(client.config(request)).await?;

@@ -1,8 +1,10 @@
 //! The prober: probes every server the operator owns on its own schedule, spread over the
-//! period, with bounded concurrency, independent of the reconcile loop. A verdict change
-//! triggers a reconcile of the server's cluster.
+//! period, with bounded concurrency, independent of the reconcile loop. Targets wait in a
+//! due-time queue, so a round costs only the probes that are due, never a scan of all
+//! targets. A verdict change triggers a reconcile of the server's cluster.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,13 +25,13 @@ pub struct ProbeTarget {
     pub uid: String,
     /// `ip:port` of its Connect endpoint.
     pub address: String,
+    /// The token the server holds, when it checks one.
+    pub token: Option<String>,
 }
 
 /// Probe settings of a cluster.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeSettings {
-    /// Client token, when the cluster uses token auth.
-    pub token: Option<String>,
     /// Time between probes of one server.
     pub period: Duration,
     /// Deadline of one probe.
@@ -41,14 +43,33 @@ pub struct ProbeSettings {
 struct Target {
     cluster: ObjectRef<SparkConnectCluster>,
     address: String,
+    token: Option<String>,
     settings: ProbeSettings,
     probe: ConnectProbe,
-    next_due: Instant,
-    in_flight: bool,
+    /// Bumped whenever the target is replaced: queue entries of older generations are stale.
+    generation: u64,
+}
+
+/// A probe to run now.
+struct DueProbe {
+    uid: String,
+    probe: ConnectProbe,
+    threshold: u32,
+    cluster: ObjectRef<SparkConnectCluster>,
+}
+
+/// A queue entry: when, which target, of which generation.
+type Due = Reverse<(Instant, u64, String)>;
+
+#[derive(Default)]
+struct Targets {
+    by_uid: HashMap<String, Target>,
+    due: BinaryHeap<Due>,
+    next_generation: u64,
 }
 
 struct Inner {
-    targets: Mutex<HashMap<String, Target>>,
+    targets: Mutex<Targets>,
     book: Arc<HealthBook>,
     metrics: Metrics,
     trigger: UnboundedSender<ObjectRef<SparkConnectCluster>>,
@@ -67,8 +88,15 @@ fn phase(uid: &str, period: Duration) -> Duration {
     let hash = uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    let millis = period.as_millis().max(1) as u64;
+    let millis = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(hash % millis)
+}
+
+fn cluster_labels(cluster: &ObjectRef<SparkConnectCluster>) -> [String; 2] {
+    [
+        cluster.namespace.clone().unwrap_or_default(),
+        cluster.name.clone(),
+    ]
 }
 
 impl Prober {
@@ -106,32 +134,41 @@ impl Prober {
         let Ok(mut targets) = self.inner.targets.lock() else {
             return;
         };
-        targets.retain(|uid, t| &t.cluster != cluster || servers.iter().any(|s| &s.uid == uid));
+        let targets = &mut *targets;
+        targets
+            .by_uid
+            .retain(|uid, t| &t.cluster != cluster || servers.iter().any(|s| &s.uid == uid));
         let now = Instant::now();
         for server in servers {
-            let current = targets
-                .get(&server.uid)
-                .is_some_and(|t| t.address == server.address && &t.settings == settings);
+            let current = targets.by_uid.get(&server.uid).is_some_and(|t| {
+                t.address == server.address && t.token == server.token && &t.settings == settings
+            });
             if current {
                 continue;
             }
             let session = super::client::session_id(&server.uid);
             match ConnectProbe::new(
                 &server.address,
-                settings.token.clone(),
+                server.token.clone(),
                 session,
                 settings.timeout,
             ) {
                 Ok(probe) => {
-                    targets.insert(
+                    targets.next_generation += 1;
+                    let generation = targets.next_generation;
+                    let due = now + phase(&server.uid, settings.period);
+                    targets
+                        .due
+                        .push(Reverse((due, generation, server.uid.clone())));
+                    targets.by_uid.insert(
                         server.uid.clone(),
                         Target {
                             cluster: cluster.clone(),
                             address: server.address.clone(),
+                            token: server.token.clone(),
                             settings: settings.clone(),
                             probe,
-                            next_due: now + phase(&server.uid, settings.period),
-                            in_flight: false,
+                            generation,
                         },
                     );
                 }
@@ -140,15 +177,43 @@ impl Prober {
                 }
             }
         }
-        drop(targets);
-        let alive: std::collections::HashSet<String> = self
+        let count = targets
+            .by_uid
+            .values()
+            .filter(|t| &t.cluster == cluster)
+            .count();
+        self.inner
+            .metrics
+            .probe_targets
+            .with_label_values(&cluster_labels(cluster))
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.inner
+            .book
+            .retain(|uid| targets.by_uid.contains_key(uid));
+        self.inner.changed.notify_one();
+    }
+
+    /// Stops probing every server of a deleted cluster.
+    pub fn forget_cluster(&self, cluster: &ObjectRef<SparkConnectCluster>) {
+        if let Ok(mut targets) = self.inner.targets.lock() {
+            targets.by_uid.retain(|_, t| &t.cluster != cluster);
+            let alive: std::collections::HashSet<String> = targets.by_uid.keys().cloned().collect();
+            self.inner.book.retain(|uid| alive.contains(uid));
+        }
+        let _ = self
             .inner
+            .metrics
+            .probe_targets
+            .remove_label_values(&cluster_labels(cluster));
+    }
+
+    /// Number of servers being probed.
+    pub fn targets(&self) -> usize {
+        self.inner
             .targets
             .lock()
-            .map(|t| t.keys().cloned().collect())
-            .unwrap_or_default();
-        self.inner.book.retain(|uid| alive.contains(uid));
-        self.inner.changed.notify_one();
+            .map(|t| t.by_uid.len())
+            .unwrap_or(0)
     }
 
     /// Releases the probe session of a server that is being retired (best effort).
@@ -158,7 +223,7 @@ impl Prober {
             .targets
             .lock()
             .ok()
-            .and_then(|mut t| t.remove(uid))
+            .and_then(|mut t| t.by_uid.remove(uid))
             .map(|t| t.probe);
         if let Some(probe) = probe
             && let Err(e) = probe.release().await
@@ -167,35 +232,54 @@ impl Prober {
         }
     }
 
+    /// The probes due now (their next turn already queued) and when the next one is due.
+    fn take_due(&self, now: Instant) -> (Vec<DueProbe>, Instant) {
+        let mut due = Vec::new();
+        let mut next = now + Duration::from_secs(1);
+        let Ok(mut targets) = self.inner.targets.lock() else {
+            return (due, next);
+        };
+        let targets = &mut *targets;
+        while let Some(Reverse((when, generation, uid))) = targets.due.peek().cloned() {
+            if when > now {
+                next = next.min(when);
+                break;
+            }
+            targets.due.pop();
+            let Some(target) = targets
+                .by_uid
+                .get(&uid)
+                .filter(|t| t.generation == generation)
+            else {
+                continue; // removed or replaced since it was queued
+            };
+            let mut again = when + target.settings.period;
+            if again <= now {
+                again = now + target.settings.period;
+            }
+            targets.due.push(Reverse((again, generation, uid.clone())));
+            due.push(DueProbe {
+                uid,
+                probe: target.probe.clone(),
+                threshold: target.settings.failure_threshold,
+                cluster: target.cluster.clone(),
+            });
+        }
+        (due, next)
+    }
+
     /// Probes until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            let now = Instant::now();
-            let mut due = Vec::new();
-            let mut next = now + Duration::from_secs(1);
-            if let Ok(mut targets) = self.inner.targets.lock() {
-                for (uid, target) in targets.iter_mut() {
-                    if target.in_flight {
-                        continue;
-                    }
-                    if target.next_due <= now {
-                        target.in_flight = true;
-                        target.next_due += target.settings.period;
-                        if target.next_due <= now {
-                            target.next_due = now + target.settings.period;
-                        }
-                        due.push((
-                            uid.clone(),
-                            target.probe.clone(),
-                            target.settings.failure_threshold,
-                            target.cluster.clone(),
-                        ));
-                    }
-                    next = next.min(target.next_due);
-                }
-            }
-            for (uid, probe, threshold, cluster) in due {
+            let (due, next) = self.take_due(Instant::now());
+            for DueProbe {
+                uid,
+                probe,
+                threshold,
+                cluster,
+            } in due
+            {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
                     return;
                 };
@@ -226,11 +310,6 @@ impl Prober {
                             h.spark_version = Some(version);
                             false
                         });
-                    }
-                    if let Ok(mut targets) = inner.targets.lock()
-                        && let Some(t) = targets.get_mut(&uid)
-                    {
-                        t.in_flight = false;
                     }
                     if changed || needs_version {
                         let _ = inner.trigger.unbounded_send(cluster);

@@ -13,17 +13,14 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
+use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 
 use super::report;
 
 const NS: &str = "bench-claims";
 
-fn phase(c: &SparkConnectClaim) -> &str {
-    c.status
-        .as_ref()
-        .map(|s| s.phase.as_str())
-        .unwrap_or_default()
+fn phase(c: &SparkConnectClaim) -> ClaimPhase {
+    c.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 async fn wait<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
@@ -142,7 +139,7 @@ impl Bench {
                 .get(&name)
                 .await
                 .ok()
-                .is_some_and(|c| phase(&c) == "Bound")
+                .is_some_and(|c| phase(&c) == ClaimPhase::Bound)
         })
         .await?;
         let endpoint = self
@@ -221,7 +218,7 @@ pub async fn run(world: PathBuf, spark: bool, only_spark: bool) -> anyhow::Resul
     tokio::spawn(async move {
         let mut watch = std::pin::pin!(watch);
         while let Some(Ok(claim)) = watch.next().await {
-            if phase(&claim) == "Bound"
+            if phase(&claim) == ClaimPhase::Bound
                 && let Ok(mut seen) = seen.lock()
             {
                 seen.entry(claim.name_any()).or_insert_with(Instant::now);

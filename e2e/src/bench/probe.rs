@@ -70,10 +70,10 @@ pub async fn run(servers: usize, period: Duration, duration: Duration) -> anyhow
         .map(|(i, port)| ProbeTarget {
             uid: format!("bench-server-{i}"),
             address: format!("127.0.0.1:{port}"),
+            token: Some(TOKEN.into()),
         })
         .collect();
     let settings = ProbeSettings {
-        token: Some(TOKEN.into()),
         period,
         timeout: Duration::from_secs(3),
         failure_threshold: 3,

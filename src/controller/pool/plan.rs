@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::builders::labels::ServerState;
+use crate::builders::labels::{ServerRole, ServerState};
 
 /// What the reconciler knows about one server pod.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +15,8 @@ pub struct ServerView {
     pub name: String,
     /// The state its label records.
     pub state: ServerState,
+    /// Endpoint or pool (the token it holds, in token mode).
+    pub role: ServerRole,
     /// Passes its health check now.
     pub healthy: bool,
     /// Refuses the operator's token: kept (a restart would not help) and reported.
@@ -85,6 +87,8 @@ pub struct PoolTargets<'a> {
     pub startup_deadline: Duration,
     /// Recycle idle servers older than this.
     pub max_idle_age: Option<Duration>,
+    /// Most servers the cluster may have at once, claimed ones included.
+    pub max_servers: usize,
 }
 
 /// What to do.
@@ -98,6 +102,8 @@ pub struct PoolPlan {
     pub remove: BTreeMap<String, RemoveReason>,
     /// The state of every server that stays, after the plan.
     pub states: BTreeMap<String, ServerState>,
+    /// Servers the targets need that the cap (`hotPool.maxServers`) keeps from starting.
+    pub capped: usize,
 }
 
 impl PoolPlan {
@@ -137,12 +143,14 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             ServerState::Claimed => {
                 plan.states.insert(s.name.clone(), ServerState::Claimed);
             }
-            _ if s.auth_rejected && s.state != ServerState::Shared => {
-                plan.states.insert(s.name.clone(), ServerState::Unhealthy);
-            }
             ServerState::Shared if s.healthy => shared_ok.push(s),
             ServerState::Shared => shared_bad.push(s),
+            // Built from an older spec or token: replaced (a server holding an old token is
+            // never counted as a pool member).
             _ if !current => remove(&mut plan, s, RemoveReason::Outdated),
+            _ if s.auth_rejected => {
+                plan.states.insert(s.name.clone(), ServerState::Unhealthy);
+            }
             _ if s.healthy => spare.push(s),
             ServerState::Idle | ServerState::Unhealthy => {
                 remove(&mut plan, s, RemoveReason::Unhealthy)
@@ -200,14 +208,14 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             .max_idle_age
             .is_some_and(|max| age(now, s.created) > max)
     };
-    let leaving = spare.iter().filter(|s| over_age(s)).count();
-    if leaving > 0
-        && spare.len() - leaving >= targets.idle
-        && let Some(pos) = spare.iter().position(|s| over_age(s))
+    // At most one over-age server is replaced at a time: if warm-up takes longer than
+    // maxIdleAge, its replacement is over age too and must not start yet another one.
+    if let Some(pos) = spare.iter().position(|s| over_age(s))
+        && spare.len() > targets.idle
     {
         remove(&mut plan, spare.remove(pos), RemoveReason::Recycled);
     }
-    let leaving = spare.iter().filter(|s| over_age(s)).count();
+    let leaving = usize::from(spare.iter().any(|s| over_age(s)));
     for s in &spare {
         plan.states.insert(s.name.clone(), ServerState::Idle);
     }
@@ -221,7 +229,9 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         - leaving;
     let desired = targets.shared + targets.idle;
     if members < desired {
-        plan.create += desired - members;
+        let room = targets.max_servers.saturating_sub(plan.states.len());
+        plan.create += (desired - members).min(room);
+        plan.capped = desired - members - plan.create;
     } else if members > desired {
         // Drop servers still starting first (least sunk cost), then the newest idle ones.
         let mut victims: Vec<&ServerView> = servers
@@ -268,6 +278,7 @@ mod tests {
         ServerView {
             name: name.into(),
             state,
+            role: ServerRole::Pool,
             healthy,
             auth_rejected: false,
             exited: false,
@@ -282,6 +293,7 @@ mod tests {
             spec_hash: HASH,
             startup_deadline: Duration::from_secs(600),
             max_idle_age: None,
+            max_servers: 100,
         }
     }
 
@@ -347,6 +359,47 @@ mod tests {
         assert!(p.remove.is_empty());
         assert_eq!(p.relabel["a"], Unhealthy);
         assert_eq!(p.create, 0, "another server would refuse the same token");
+    }
+
+    #[test]
+    fn servers_started_with_an_old_token_are_replaced_not_kept() {
+        let mut s = server("a", Idle, false, 60);
+        s.auth_rejected = true;
+        s.spec_hash = "old-token".into();
+        let p = plan(&[s], targets(0, 1), now());
+        assert_eq!(p.remove["a"], RemoveReason::Outdated);
+        assert_eq!(p.create, 1);
+    }
+
+    #[test]
+    fn the_server_cap_limits_creation_and_says_by_how_much() {
+        let mut t = targets(0, 5);
+        t.max_servers = 3;
+        let claimed = [
+            server("c1", Claimed, true, 60),
+            server("c2", Claimed, true, 60),
+        ];
+        let p = plan(&claimed, t, now());
+        assert_eq!(p.create, 1);
+        assert_eq!(p.capped, 4);
+    }
+
+    #[test]
+    fn a_warm_up_longer_than_max_idle_age_grows_the_pool_by_one_at_most() {
+        let mut t = targets(0, 2);
+        t.max_idle_age = Some(Duration::from_secs(60));
+        // Every idle server is already over age when it becomes healthy.
+        let servers = [
+            server("a", Idle, true, 600),
+            server("b", Idle, true, 500),
+            server("c", Idle, true, 400),
+        ];
+        let p = plan(&servers, t, now());
+        assert_eq!(p.remove.len(), 1, "one recycled at a time");
+        assert!(
+            p.states.len() + p.create <= 3,
+            "never more than the target plus one replacement"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Checks of a cluster spec that the CRD schema cannot express, and the parsed values the
-//! builders and the reconciler use.
+//! builders and the reconciler use. Pure.
+
+mod privilege;
 
 use std::time::Duration;
 
@@ -9,7 +11,11 @@ use kube::Resource;
 use sha2::{Digest, Sha256};
 
 use crate::builders::quantity;
-use crate::crd::SparkConnectCluster;
+use crate::crd::{SparkConnectCluster, SparkConnectClusterSpec};
+use crate::duration::{
+    self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY,
+    STARTUP_DEADLINE,
+};
 use crate::error::Error;
 
 /// Spark settings the operator owns; a user setting them would break the server.
@@ -36,6 +42,15 @@ pub const MANAGED_SPARK_CONF: &[&str] = &[
     "spark.kubernetes.driver.pod.name",
     "spark.kubernetes.executor.podNamePrefix",
     "spark.ui.port",
+    "spark.kubernetes.authenticate.driver.serviceAccountName",
+    "spark.kubernetes.authenticate.executor.serviceAccountName",
+];
+
+/// Prefixes of Spark settings the operator manages (labels it alone sets on executors).
+pub const MANAGED_SPARK_CONF_PREFIXES: &[&str] = &[
+    "spark.kubernetes.executor.label.sparkconnect.dev/",
+    "spark.kubernetes.executor.label.app.kubernetes.io/",
+    "spark.kubernetes.driver.label.",
 ];
 
 /// A cluster whose spec passed every check, with its values parsed.
@@ -47,6 +62,10 @@ pub struct ValidCluster<'a> {
     pub name: &'a str,
     /// Its namespace.
     pub namespace: &'a str,
+    /// Its UID: children are the cluster's only when it controls them.
+    pub uid: &'a str,
+    /// Pool sizes.
+    pub size: PoolSize,
     /// Owner reference for every child.
     pub owner: OwnerReference,
     /// Driver heap in MiB.
@@ -59,6 +78,52 @@ pub struct ValidCluster<'a> {
     pub timings: Timings,
     /// Hash of everything a server pod is built from; servers with another hash are outdated.
     pub spec_hash: String,
+}
+
+/// The pool's sizes, read once from the spec (the schema bounds them; negative values read as
+/// zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Servers behind the shared Service.
+    pub shared: usize,
+    /// Idle servers to keep (`hotPool.idle`, the scale subresource): with autoscaling, the floor.
+    pub idle: usize,
+    /// Lowest autoscaled idle target.
+    pub min: usize,
+    /// Highest idle target.
+    pub max: usize,
+    /// Most servers at once, claimed ones included.
+    pub max_servers: usize,
+    /// Most claims waiting at once.
+    pub max_waiting: usize,
+    /// Whether the autoscaler sets the idle target.
+    pub autoscale: bool,
+}
+
+fn count(value: i32) -> usize {
+    usize::try_from(value).unwrap_or(0)
+}
+
+impl PoolSize {
+    /// The sizes of a spec.
+    pub fn of(spec: &SparkConnectClusterSpec) -> Self {
+        let pool = &spec.hot_pool;
+        Self {
+            shared: count(spec.shared),
+            idle: count(pool.idle),
+            min: count(pool.min),
+            max: count(pool.max),
+            max_servers: count(pool.max_servers),
+            max_waiting: count(pool.max_waiting_claims),
+            autoscale: pool.autoscale.enabled,
+        }
+    }
+
+    /// The idle target: the autoscaler's when it runs, else `hotPool.idle`; waiting claims grow
+    /// it at once, up to `hotPool.max`.
+    pub fn idle_target(&self, autoscaled: Option<usize>, waiting: usize) -> usize {
+        (autoscaled.unwrap_or(self.idle) + waiting).min(self.idle.max(self.max))
+    }
 }
 
 /// Durations from the spec.
@@ -78,17 +143,16 @@ pub struct Timings {
     pub claim_timeout: Duration,
 }
 
-/// Parses a Go-style duration (`90s`, `5m`, `1h30m`).
-pub fn parse_duration(field: &str, value: &str) -> Result<Duration, Error> {
-    value
-        .parse::<kube::core::Duration>()
-        .ok()
-        .map(Duration::from)
-        .ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "{field} {value:?} is not a duration such as 30s or 5m"
-            ))
-        })
+/// Parses a duration field within its bounds.
+pub fn parse_duration(bounds: Bounds, value: &str) -> Result<Duration, Error> {
+    bounds
+        .parse(value)
+        .map_err(|e| Error::InvalidSpec(e.to_string()))
+}
+
+/// Parses a duration given on the command line (no bounds but its syntax).
+pub fn parse_cli_duration(flag: &str, value: &str) -> Result<Duration, String> {
+    duration::parse(value).ok_or_else(|| format!("{flag} {value:?} is not a duration such as 5s"))
 }
 
 /// Validates a cluster and parses its values.
@@ -106,13 +170,23 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
     let owner = cluster
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let uid = cluster
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     let spec = &cluster.spec;
 
     let managed: Vec<&str> = spec
         .spark_conf
         .keys()
         .map(String::as_str)
-        .filter(|key| MANAGED_SPARK_CONF.contains(key))
+        .filter(|key| {
+            MANAGED_SPARK_CONF.contains(key)
+                || MANAGED_SPARK_CONF_PREFIXES
+                    .iter()
+                    .any(|p| key.starts_with(p))
+        })
         .collect();
     if !managed.is_empty() {
         return Err(Error::InvalidSpec(format!(
@@ -135,29 +209,44 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
 
     let pod_template = match &spec.server.pod_template {
         Some(template) => {
-            serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| {
-                Error::InvalidSpec(format!(
-                    "server.podTemplate is not a valid pod template: {e}"
-                ))
-            })?;
+            let parsed =
+                serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| {
+                    Error::InvalidSpec(format!(
+                        "server.podTemplate is not a valid pod template: {e}"
+                    ))
+                })?;
+            let meta = parsed.metadata.as_ref();
+            if meta.is_some_and(|m| {
+                m.name.is_some() || m.namespace.is_some() || m.owner_references.is_some()
+            }) {
+                return Err(Error::InvalidSpec(
+                    "server.podTemplate must not set metadata.name, metadata.namespace or metadata.ownerReferences".into(),
+                ));
+            }
+            if !spec.security.allow_privileged {
+                privilege::refuse_privileged_template(&parsed)?;
+            }
             Some(template.clone())
         }
         None => None,
     };
+    if !spec.security.allow_privileged {
+        privilege::refuse_executor_escapes(&spec.spark_conf)?;
+    }
 
     let timings = Timings {
-        probe_period: parse_duration("probe.period", &spec.probe.period)?,
-        probe_timeout: parse_duration("probe.timeout", &spec.probe.timeout)?,
-        startup_deadline: parse_duration("probe.startupDeadline", &spec.probe.startup_deadline)?,
+        probe_period: parse_duration(PROBE_PERIOD, &spec.probe.period)?,
+        probe_timeout: parse_duration(PROBE_TIMEOUT, &spec.probe.timeout)?,
+        startup_deadline: parse_duration(STARTUP_DEADLINE, &spec.probe.startup_deadline)?,
         max_idle_age: spec
             .hot_pool
             .max_idle_age
             .as_deref()
-            .map(|v| parse_duration("hotPool.maxIdleAge", v))
+            .map(|v| parse_duration(MAX_IDLE_AGE, v))
             .transpose()?,
-        claim_timeout: parse_duration("hotPool.claimTimeout", &spec.hot_pool.claim_timeout)?,
+        claim_timeout: parse_duration(CLAIM_TIMEOUT, &spec.hot_pool.claim_timeout)?,
         scale_down_delay: parse_duration(
-            "hotPool.autoscale.scaleDownDelay",
+            SCALE_DOWN_DELAY,
             &spec.hot_pool.autoscale.scale_down_delay,
         )?,
     };
@@ -172,6 +261,8 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         cluster,
         name,
         namespace,
+        uid,
+        size: PoolSize::of(spec),
         owner,
         driver_memory_mib,
         executor_memory_mib,
@@ -191,6 +282,7 @@ fn server_spec_hash(cluster: &SparkConnectCluster) -> Result<String, Error> {
         &spec.server,
         &spec.executors,
         &spec.auth,
+        &spec.security,
     ))?;
     Ok(hex::encode(&Sha256::digest(&relevant)[..5]))
 }
@@ -229,6 +321,33 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("podTemplate")
+        );
+    }
+
+    #[test]
+    fn hostile_durations_are_errors_not_panics() {
+        let mut c = cluster();
+        c.spec.probe.startup_deadline = "99999999999999999999h".into();
+        let err = validate(&c).unwrap_err();
+        assert!(err.to_string().contains("probe.startupDeadline"), "{err}");
+        assert!(err.is_permanent());
+        c = cluster();
+        c.spec.probe.period = "1ms".into();
+        assert!(validate(&c).unwrap_err().to_string().contains("1s to 10m"));
+    }
+
+    #[test]
+    fn refuses_executor_labels_the_operator_owns() {
+        let mut c = cluster();
+        c.spec.spark_conf.insert(
+            "spark.kubernetes.executor.label.app.kubernetes.io/component".into(),
+            "server".into(),
+        );
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("operator manages")
         );
     }
 

@@ -1,0 +1,283 @@
+//! Binding: makes the allocator's pairings real. For each pairing the server pod is stamped
+//! with its claim (conditional on the resourceVersion the pairing was made on, so two leaders or
+//! a racing scale-down can never give one server twice), then the claim's status says Bound.
+//! Pairings are written in parallel, bounded; a conflict puts the claim back at the head of the
+//! line; a refused write fails only that claim. Events never sit between a claim and its bind.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use super::apply::{controlled_by, status_patch};
+use super::cluster::act::{bound_status, finish_claim};
+use super::context::Context;
+use super::pool::allocator::{Assignment, Candidate, PoolTerms};
+use crate::builders::labels::{
+    CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
+    ServerRole, ServerState, USER_ANNOTATION, endpoint, server_token_secret_name,
+};
+use crate::crd::{ClaimPhase, SparkConnectClaim};
+use crate::error::Error;
+use crate::probe::health::Verdict;
+
+/// Bind writes in flight at once per serving round.
+const CONCURRENCY: usize = 32;
+/// Rounds a serve makes while conflicts put claims back in line.
+const ROUNDS: usize = 4;
+
+/// What became of one pairing.
+enum Outcome {
+    /// Both writes made.
+    Bound,
+    /// The server changed since it was read (bound elsewhere, relabelled, deleted).
+    ServerTaken,
+    /// The claim was deleted meanwhile; `server_stamped` says whether the pod already names it.
+    ClaimGone { server_stamped: bool },
+    /// The apiserver refused the server write for this claim (e.g. its user does not fit).
+    Refused(String),
+    /// A transient error; the claim waits for its next reconcile.
+    Failed(Error),
+}
+
+/// Serves the line of cluster `key` until it is empty, no server is free, or conflicts stop.
+pub async fn serve(ctx: &Context, key: &str) {
+    for _ in 0..ROUNDS {
+        let Some(terms) = ctx.allocator.terms(key) else {
+            return;
+        };
+        let (candidates, idle) = candidates(ctx, &terms);
+        let assignments = ctx
+            .allocator
+            .assign(key, &candidates, |server| idle.contains(server));
+        if assignments.is_empty() {
+            return;
+        }
+        let results: Vec<(Assignment, Outcome)> = futures::stream::iter(assignments)
+            .map(|a| async {
+                let outcome = bind_one(ctx, &terms, &a).await;
+                (a, outcome)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut conflict = false;
+        for (assignment, outcome) in results {
+            conflict |= settle(ctx, key, &terms, &assignment, outcome).await;
+        }
+        if !conflict {
+            return;
+        }
+    }
+}
+
+/// Serves the line of `key` in a task of its own.
+pub fn serve_in_background(ctx: &Context, key: &str) {
+    if let Some(ctx) = ctx.me() {
+        let key = key.to_string();
+        tokio::spawn(async move { serve(&ctx, &key).await });
+    }
+}
+
+/// Records what a pairing came to; returns whether the claim went back in line after a
+/// conflict (worth another round).
+async fn settle(
+    ctx: &Context,
+    key: &str,
+    terms: &PoolTerms,
+    assignment: &Assignment,
+    outcome: Outcome,
+) -> bool {
+    match outcome {
+        Outcome::Bound => {
+            ctx.allocator.forget_claim(key, &assignment.claim);
+            false
+        }
+        Outcome::ServerTaken => {
+            ctx.allocator.undo(key, assignment, true);
+            true
+        }
+        Outcome::ClaimGone { server_stamped } => {
+            // A stamped server now names a claim that is gone: the cluster retires it.
+            if !server_stamped {
+                ctx.allocator.undo(key, assignment, false);
+            }
+            ctx.allocator.forget_claim(key, &assignment.claim);
+            false
+        }
+        Outcome::Refused(message) => {
+            ctx.allocator.undo(key, assignment, false);
+            ctx.allocator.forget_claim(key, &assignment.claim);
+            fail_claim(ctx, terms, &assignment.claim, &message).await;
+            false
+        }
+        Outcome::Failed(e) => {
+            tracing::warn!(claim = %assignment.claim, error = %e, "binding failed; the claim waits");
+            ctx.allocator.undo(key, assignment, true);
+            false
+        }
+    }
+}
+
+async fn fail_claim(ctx: &Context, terms: &PoolTerms, name: &str, message: &str) {
+    let Some(claim) = claim(ctx, terms, name) else {
+        return;
+    };
+    let message = format!("cannot bind: {message}");
+    let result = finish_claim(
+        ctx,
+        &claim,
+        ClaimPhase::Failed,
+        "BindRefused",
+        &message,
+        Timestamp::now(),
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(claim = %name, error = %e, "reporting a refused bind failed");
+    }
+    ctx.metrics.claims.with_label_values(&["failed"]).inc();
+    ctx.event(claim.as_ref(), EventType::Warning, "BindRefused", &message);
+}
+
+fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnectClaim>> {
+    ctx.stores
+        .claims
+        .get(&ObjectRef::new(name).within(&terms.namespace))
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
+}
+
+/// Idle, healthy, current servers of the cluster as the store shows them, and the names of all
+/// the servers the store shows idle.
+fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
+    let book = ctx.prober.book();
+    let mut candidates = Vec::new();
+    let mut idle = BTreeSet::new();
+    for pod in ctx.stores.pods.state() {
+        let labels = pod.labels();
+        let name = pod.name_any();
+        let ours = pod.namespace().as_deref() == Some(terms.namespace.as_str())
+            && labels.get(CLUSTER_LABEL) == Some(&terms.cluster)
+            && labels.get(SERVER_LABEL) == Some(&name)
+            && controlled_by(pod.as_ref(), &terms.cluster_uid)
+            && pod.metadata.deletion_timestamp.is_none();
+        let is_idle =
+            labels.get(STATE_LABEL).map(String::as_str) == Some(ServerState::Idle.as_str());
+        if !ours || !is_idle {
+            continue;
+        }
+        idle.insert(name.clone());
+        let current = labels.get(SPEC_HASH_LABEL) == Some(&terms.server_hash);
+        let pool_role = !terms.token_mode
+            || ServerRole::from_label(labels.get(ROLE_LABEL).map(String::as_str))
+                == ServerRole::Pool;
+        let healthy = pod
+            .uid()
+            .is_some_and(|uid| book.get(&uid).verdict == Verdict::Healthy);
+        if let (true, true, true, Some(rv), Some(created)) = (
+            current,
+            pool_role,
+            healthy,
+            pod.resource_version(),
+            pod.metadata.creation_timestamp.as_ref(),
+        ) {
+            candidates.push(Candidate {
+                name,
+                resource_version: rv,
+                created: created.0,
+            });
+        }
+    }
+    (candidates, idle)
+}
+
+/// Stamps the server with the claim, then marks the claim Bound.
+async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
+    let Some(claim) = claim(ctx, terms, &a.claim) else {
+        return Outcome::ClaimGone {
+            server_stamped: false,
+        };
+    };
+    let user = claim.spec.user.clone().unwrap_or_default();
+    let patch = json!({"metadata": {
+        "resourceVersion": a.server.resource_version,
+        "labels": {STATE_LABEL: ServerState::Claimed.as_str()},
+        "annotations": {CLAIM_ANNOTATION: a.claim, USER_ANNOTATION: user}
+    }});
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &terms.namespace);
+    let stamped = pods
+        .patch(
+            &a.server.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await;
+    match stamped {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+            return Outcome::ServerTaken;
+        }
+        Err(e) => {
+            let error = Error::kube(format!("bind server {}", a.server.name), e);
+            return match error.refusal() {
+                Some(_) => Outcome::Refused(error.to_string()),
+                None => Outcome::Failed(error),
+            };
+        }
+    }
+    match write_bound(ctx, terms, &claim, &a.server.name, a.first_seen).await {
+        Ok(()) => Outcome::Bound,
+        Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone {
+            server_stamped: true,
+        },
+        // The pod names the claim: the claim's next reconcile finishes the bind.
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Writes the Bound status of `claim` on `server`, with metrics and an Event.
+pub async fn write_bound(
+    ctx: &Context,
+    terms: &PoolTerms,
+    claim: &SparkConnectClaim,
+    server: &str,
+    first_seen: Timestamp,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    let waited = now.duration_since(first_seen).as_millis().max(0);
+    let waited = i64::try_from(waited).unwrap_or(i64::MAX);
+    let status = bound_status(
+        claim,
+        server,
+        endpoint(server, &terms.namespace, terms.port),
+        terms.token_mode.then(|| server_token_secret_name(server)),
+        waited,
+        now,
+    );
+    let api: Api<SparkConnectClaim> = Api::namespaced(ctx.client.clone(), &terms.namespace);
+    let name = claim.name_any();
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&status_patch(claim.status.as_ref(), &status)?),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("update status of claim {name}"), e))?;
+    ctx.metrics.claims.with_label_values(&["bound"]).inc();
+    #[allow(clippy::cast_precision_loss)]
+    ctx.metrics.claim_wait.observe(waited as f64 / 1000.0);
+    ctx.event(
+        claim,
+        EventType::Normal,
+        "Bound",
+        &format!("bound to server {server} after {waited} ms"),
+    );
+    Ok(())
+}

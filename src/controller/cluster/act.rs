@@ -1,0 +1,478 @@
+//! Act: carries out a cluster's decision. Every state change of a server is conditional on the
+//! resourceVersion or UID it was decided on; each write stands alone, so one refused object
+//! (or a claim deleted meanwhile) never stops the others; refusals become problems to report.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::children::ClusterToken;
+use super::observe::Observed;
+use super::report::Problems;
+use super::tokens::Tokens;
+use crate::builders::labels::{
+    FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState, new_server_name,
+};
+use crate::builders::pod::{ServerIdentity, server_pod};
+use crate::builders::secret::{new_token, server_token_secret};
+use crate::builders::service::{Backend, endpoint_slice, server_service};
+use crate::controller::apply::{apply_owned, write_status_if_changed};
+use crate::controller::conditions::set_condition;
+use crate::controller::context::Context;
+use crate::controller::pool::Decision;
+use crate::controller::pool::claims::ClaimEnd;
+use crate::controller::pool::plan::PoolPlan;
+use crate::crd::{AuthMode, SparkConnectClaim};
+use crate::error::Error;
+use crate::probe::health::Verdict;
+use crate::probe::prober::{ProbeSettings, ProbeTarget};
+use crate::validate::ValidCluster;
+
+/// The condition a claim carries.
+pub const BOUND: &str = "Bound";
+
+/// Carries out `decision`.
+pub async fn execute(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    decision: &Decision,
+    token: &ClusterToken,
+    tokens: &Tokens,
+    problems: &mut Problems,
+) -> Result<(), Error> {
+    end_claims(valid, ctx, observed, decision, problems).await?;
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    for server in &decision.claims.retire {
+        if let Some(pod) = observed.servers.get(server) {
+            remove_server(ctx, &pods, pod).await?;
+            ctx.event(
+                valid.cluster,
+                EventType::Normal,
+                "ServerRetired",
+                &format!("claimed server {server} retired"),
+            );
+        }
+    }
+    for (role, plan) in decision.plans() {
+        change_servers(valid, ctx, observed, &pods, plan).await?;
+        create_servers(valid, ctx, &pods, role, plan, observed, token, problems).await?;
+    }
+    let kept = kept_servers(decision);
+    publish_endpoints(valid, ctx, observed, &kept, problems).await?;
+    sync_probes(valid, ctx, observed, &kept, tokens);
+    Ok(())
+}
+
+/// Every server that stays, with its state after the plan.
+fn kept_servers(decision: &Decision) -> BTreeMap<String, ServerState> {
+    decision
+        .plans()
+        .flat_map(|(_, plan)| plan.states.clone())
+        .collect()
+}
+
+/// Final phases for claims that end now; each write stands alone.
+async fn end_claims(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    decision: &Decision,
+    problems: &mut Problems,
+) -> Result<(), Error> {
+    let now = Timestamp::now();
+    for (name, end) in &decision.claims.end {
+        let Some(claim) = observed.claims.get(name) else {
+            continue;
+        };
+        let message = match end {
+            ClaimEnd::ServerLost => format!(
+                "server {} is gone; delete this claim and create a new one",
+                claim
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.server.as_deref())
+                    .unwrap_or("?")
+            ),
+            ClaimEnd::Expired => format!(
+                "ttl {} ran out; the server was retired",
+                claim.spec.ttl.as_deref().unwrap_or_default()
+            ),
+            ClaimEnd::WaitTimeout => format!(
+                "no server became free within {}s (hotPool.claimTimeout)",
+                valid.timings.claim_timeout.as_secs()
+            ),
+        };
+        let kind = if *end == ClaimEnd::Expired {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let result = finish_claim(ctx, claim, end.phase(), end.reason(), &message, now).await;
+        problems.absorb(ignore_gone(result))?;
+        ctx.allocator
+            .forget_claim(&super::observe::key(valid), name);
+        ctx.metrics.claims.with_label_values(&[end.reason()]).inc();
+        ctx.event(claim.as_ref(), kind, end.reason(), &message);
+    }
+    Ok(())
+}
+
+/// Gives a claim a final phase (or Pending with a reason) and its Bound condition.
+pub async fn finish_claim(
+    ctx: &Context,
+    claim: &SparkConnectClaim,
+    phase: crate::crd::ClaimPhase,
+    reason: &str,
+    message: &str,
+    now: Timestamp,
+) -> Result<bool, Error> {
+    let mut status = claim.status.clone().unwrap_or_default();
+    status.phase = phase;
+    set_condition(
+        &mut status.conditions,
+        BOUND,
+        false,
+        reason,
+        message.into(),
+        claim.metadata.generation,
+        now,
+    );
+    write_status_if_changed(&ctx.client, claim, claim.status.as_ref(), &status).await
+}
+
+/// The status of a claim bound to `server`.
+pub fn bound_status(
+    claim: &SparkConnectClaim,
+    server: &str,
+    endpoint: String,
+    token_secret: Option<String>,
+    waited_millis: i64,
+    now: Timestamp,
+) -> crate::crd::SparkConnectClaimStatus {
+    let mut status = claim.status.clone().unwrap_or_default();
+    status.phase = crate::crd::ClaimPhase::Bound;
+    status.server = Some(server.into());
+    status.endpoint = Some(endpoint);
+    status.token_secret = token_secret;
+    status.bound_at = Some(Time(now));
+    status.wait_millis = Some(waited_millis);
+    set_condition(
+        &mut status.conditions,
+        BOUND,
+        true,
+        "Bound",
+        format!("bound to server {server}"),
+        claim.metadata.generation,
+        now,
+    );
+    status
+}
+
+/// A write to an object that is gone meanwhile (404) is not a failure.
+pub fn ignore_gone(result: Result<bool, Error>) -> Result<(), Error> {
+    match result {
+        Err(e) if e.api_code() == Some(404) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+async fn change_servers(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    pods: &Api<Pod>,
+    plan: &PoolPlan,
+) -> Result<(), Error> {
+    for (name, state) in &plan.relabel {
+        if let Some(pod) = observed.servers.get(name) {
+            relabel(pods, pod, *state).await?;
+            ctx.event(
+                valid.cluster,
+                EventType::Normal,
+                "ServerStateChanged",
+                &format!("server {name} is now {}", state.as_str()),
+            );
+        }
+    }
+    for (name, reason) in &plan.remove {
+        if let Some(pod) = observed.servers.get(name) {
+            remove_server(ctx, pods, pod).await?;
+            let kind = if reason.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            ctx.event(
+                valid.cluster,
+                kind,
+                reason.event_reason(),
+                &format!("server {name} removed"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Changes a server's state label, only if the pod is still as it was read; a conflict waits
+/// for the next round (the store will show what changed).
+async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Error> {
+    let name = pod.name_any();
+    let patch = json!({
+        "metadata": {"resourceVersion": pod.resource_version(), "labels": {STATE_LABEL: state.as_str()}}
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("label server {name} {}", state.as_str()),
+            e,
+        )),
+    }
+}
+
+/// Deletes a server pod as it was read (its Service and slice follow by pruning, its token
+/// Secret and executors by garbage collection); releases its probe session first.
+async fn remove_server(ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+    let name = pod.name_any();
+    if let Some(uid) = pod.uid() {
+        if ctx.prober.book().get(&uid).verdict == Verdict::Healthy {
+            ctx.prober.release(&uid).await;
+        }
+        ctx.tokens.forget(&uid);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: pod.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(format!("delete server {name}"), e)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_servers(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    pods: &Api<Pod>,
+    role: ServerRole,
+    plan: &PoolPlan,
+    observed: &Observed,
+    token: &ClusterToken,
+    problems: &mut Problems,
+) -> Result<(), Error> {
+    let token_mode = valid.cluster.spec.auth.mode == AuthMode::Token;
+    if plan.create > 0 && token_mode && role == ServerRole::Endpoint && token.value().is_none() {
+        // Endpoint servers would wait forever for a token that is not there.
+        return Ok(());
+    }
+    let id_hash = observed.hashes.of(role);
+    for _ in 0..plan.create {
+        let name = new_server_name(valid.name);
+        let id = ServerIdentity {
+            name: &name,
+            role,
+            hash: id_hash,
+        };
+        match create_server(valid, ctx, pods, id, token_mode).await {
+            Ok(()) => ctx.event(
+                valid.cluster,
+                EventType::Normal,
+                "ServerCreated",
+                &format!("server {name} created"),
+            ),
+            Err(e) if e.refusal().is_some() => {
+                // A quota or admission refusal will refuse the next one too: report, back off.
+                problems.absorb(Err(e))?;
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Creates a new server: its headless Service, its pod, and (a pool server in token mode) its
+/// own token Secret, owned by the pod.
+async fn create_server(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    pods: &Api<Pod>,
+    id: ServerIdentity<'_>,
+    token_mode: bool,
+) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    apply_owned(&services, &server_service(valid, id.name)?, None, valid.uid).await?;
+    let pod = pods
+        .patch(
+            id.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&server_pod(valid, id)?),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("create server {}", id.name), e))?;
+    if token_mode && id.role == ServerRole::Pool {
+        let token = new_token();
+        let secret = server_token_secret(valid, &pod, token.clone())
+            .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+        let created = Api::<Secret>::namespaced(ctx.client.clone(), valid.namespace)
+            .create(&PostParams::default(), &secret)
+            .await;
+        if let Err(e) = created {
+            // Without its own Secret (or with one someone else made first) the server must
+            // not run: it would start with a token the operator did not choose.
+            remove_server(ctx, pods, &pod).await?;
+            return Err(Error::kube(
+                format!("create token secret of {}", id.name),
+                e,
+            ));
+        }
+        if let Some(uid) = pod.uid() {
+            ctx.tokens.remember(&uid, token);
+        }
+    }
+    Ok(())
+}
+
+/// Writes the EndpointSlices: one per kept server with its address, one for the shared Service
+/// with the shared servers; removes Services and slices of servers that are gone.
+async fn publish_endpoints(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    kept: &BTreeMap<String, ServerState>,
+    problems: &mut Problems,
+) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    let backend = |name: &str| {
+        let pod = observed.servers.get(name)?;
+        Some(Backend {
+            pod: name.into(),
+            uid: pod.uid()?,
+            ip: pod.status.as_ref()?.pod_ip.clone()?,
+        })
+    };
+    for name in kept.keys() {
+        let service = server_service(valid, name)?;
+        let result = apply_owned(
+            &services,
+            &service,
+            observed.services.get(name).map(|s| s.as_ref()),
+            valid.uid,
+        )
+        .await;
+        problems.absorb(result.map(|_| ()))?;
+        let backends: Vec<Backend> = backend(name).into_iter().collect();
+        let slice = endpoint_slice(valid, name, false, &backends)?;
+        let result = apply_owned(
+            &slices,
+            &slice,
+            observed.slices.get(name).map(|s| s.as_ref()),
+            valid.uid,
+        )
+        .await;
+        problems.absorb(result.map(|_| ()))?;
+    }
+    if valid.size.shared > 0 {
+        let shared: Vec<Backend> = kept
+            .iter()
+            .filter(|(_, state)| **state == ServerState::Shared)
+            .filter_map(|(name, _)| backend(name))
+            .collect();
+        let slice = endpoint_slice(valid, valid.name, true, &shared)?;
+        let current = observed.slices.get(valid.name).map(|s| s.as_ref());
+        let result = apply_owned(&slices, &slice, current, valid.uid).await;
+        problems.absorb(result.map(|_| ()))?;
+    }
+    // Prune what belongs to no server (a Service stays while its pod is still terminating).
+    let wanted: BTreeSet<&str> = observed
+        .all_servers
+        .iter()
+        .map(String::as_str)
+        .chain((valid.size.shared > 0).then_some(valid.name))
+        .collect();
+    for (name, svc) in &observed.services {
+        if !wanted.contains(name.as_str()) && name != valid.name {
+            delete_as_read(&services, svc.as_ref()).await?;
+        }
+    }
+    for (name, slice) in &observed.slices {
+        if !wanted.contains(name.as_str()) {
+            delete_as_read(&slices, slice.as_ref()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn delete_as_read<K>(api: &Api<K>, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if object.meta().deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let name = object.name_any();
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: object.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("delete orphaned {} {name}", K::kind(&())),
+            e,
+        )),
+    }
+}
+
+/// Probes every kept server that has an address, each with the token it holds.
+fn sync_probes(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    kept: &BTreeMap<String, ServerState>,
+    tokens: &Tokens,
+) {
+    let targets: Vec<ProbeTarget> = kept
+        .keys()
+        .filter_map(|name| {
+            let pod = observed.servers.get(name)?;
+            let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+            Some(ProbeTarget {
+                uid: pod.uid()?,
+                address: format!("{ip}:{}", valid.cluster.spec.server.port),
+                token: tokens.get(name).cloned().flatten(),
+            })
+        })
+        .collect();
+    let settings = ProbeSettings {
+        period: valid.timings.probe_period,
+        timeout: valid.timings.probe_timeout,
+        failure_threshold: u32::try_from(valid.cluster.spec.probe.failure_threshold)
+            .unwrap_or(1)
+            .max(1),
+    };
+    ctx.prober
+        .sync(&ObjectRef::from_obj(valid.cluster), &targets, &settings);
+}

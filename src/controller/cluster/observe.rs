@@ -1,0 +1,224 @@
+//! Observe: what exists for one cluster, read from the watch stores (no API calls). A pod
+//! counts as one of the cluster's servers only when the cluster controls it and it carries the
+//! server label the operator gave it; a pod that merely copies the labels is listed as foreign
+//! and never probed, put behind a Service or handed to a claim.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use super::children::ClusterToken;
+use crate::builders::labels::{
+    CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
+    ServerRole, ServerState,
+};
+use crate::controller::apply::controlled_by;
+use crate::controller::context::Context;
+use crate::controller::pool::Hashes;
+use crate::controller::pool::claims::ClaimView;
+use crate::controller::pool::plan::ServerView;
+use crate::crd::{ClaimPhase, SparkConnectClaim};
+use crate::duration::CLAIM_TTL;
+use crate::probe::health::{HealthBook, Verdict};
+use crate::validate::ValidCluster;
+
+/// Everything that exists for one cluster.
+pub struct Observed {
+    /// The cluster's own live servers, by name.
+    pub servers: BTreeMap<String, Arc<Pod>>,
+    /// Names of its own pods, live or terminating (their Services stay until they are gone).
+    pub all_servers: Vec<String>,
+    /// What the plan needs to know of each live server.
+    pub views: Vec<ServerView>,
+    /// Pods that carry the cluster's server labels without being its servers.
+    pub foreign: Vec<String>,
+    /// The cluster's live claims.
+    pub claims: BTreeMap<String, Arc<SparkConnectClaim>>,
+    /// What the claim plan needs to know of each.
+    pub claim_views: Vec<ClaimView>,
+    /// Claimed server → the claim named on it.
+    pub claimed_servers: BTreeMap<String, String>,
+    /// Servers this process handed out that the store does not show as claimed yet.
+    pub handed_out: BTreeMap<String, String>,
+    /// The cluster's Services, by name.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// The cluster's EndpointSlices, by name.
+    pub slices: BTreeMap<String, Arc<EndpointSlice>>,
+    /// What current servers are built from.
+    pub hashes: Hashes,
+}
+
+/// Reads the stores for `valid`.
+pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) -> Observed {
+    let stores = &ctx.stores;
+    let in_cluster = |labels: &BTreeMap<String, String>| {
+        labels.get(CLUSTER_LABEL).map(String::as_str) == Some(valid.name)
+    };
+    let mut servers = BTreeMap::new();
+    let mut all_servers = Vec::new();
+    let mut foreign = Vec::new();
+    for pod in stores.pods.state() {
+        if pod.namespace().as_deref() != Some(valid.namespace) || !in_cluster(pod.labels()) {
+            continue;
+        }
+        let name = pod.name_any();
+        let own =
+            controlled_by(pod.as_ref(), valid.uid) && pod.labels().get(SERVER_LABEL) == Some(&name);
+        if !own {
+            foreign.push(name);
+            continue;
+        }
+        all_servers.push(name.clone());
+        if pod.metadata.deletion_timestamp.is_none() {
+            servers.insert(name, pod);
+        }
+    }
+    foreign.sort();
+
+    let book = ctx.prober.book();
+    seed_from_labels(book, servers.values());
+    let views = servers
+        .values()
+        .filter_map(|p| server_view(p, book))
+        .collect();
+    let claimed_servers = servers
+        .iter()
+        .filter(|(_, p)| {
+            p.labels().get(STATE_LABEL).map(String::as_str) == Some(ServerState::Claimed.as_str())
+        })
+        .map(|(name, p)| {
+            let claim = p.annotations().get(CLAIM_ANNOTATION).cloned();
+            (name.clone(), claim.unwrap_or_default())
+        })
+        .collect();
+
+    let claims: BTreeMap<String, Arc<SparkConnectClaim>> = stores
+        .claims
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(valid.namespace)
+                && c.spec.cluster == valid.name
+                && c.metadata.deletion_timestamp.is_none()
+        })
+        .map(|c| (c.name_any(), c))
+        .collect();
+    let claim_views = claims.values().filter_map(|c| claim_view(c)).collect();
+
+    let owned = |labels: &BTreeMap<String, String>| in_cluster(labels);
+    let services = stores
+        .services
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(valid.namespace)
+                && owned(s.labels())
+                && controlled_by(s.as_ref(), valid.uid)
+        })
+        .map(|s| (s.name_any(), s))
+        .collect();
+    let slices = stores
+        .slices
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(valid.namespace)
+                && owned(s.labels())
+                && controlled_by(s.as_ref(), valid.uid)
+        })
+        .map(|s| (s.name_any(), s))
+        .collect();
+
+    Observed {
+        servers,
+        all_servers,
+        views,
+        foreign,
+        claims,
+        claim_views,
+        claimed_servers,
+        handed_out: ctx.allocator.handed_out(&key(valid)),
+        services,
+        slices,
+        hashes: hashes(&valid.spec_hash, token),
+    }
+}
+
+/// `namespace/name` of the cluster.
+pub fn key(valid: &ValidCluster<'_>) -> String {
+    format!("{}/{}", valid.namespace, valid.name)
+}
+
+/// Endpoint servers are current only with the current cluster token; pool servers hold their
+/// own, so only the spec counts for them.
+pub fn hashes(spec_hash: &str, token: &ClusterToken) -> Hashes {
+    let endpoint = match token.value() {
+        Some(token) => {
+            let fingerprint = hex::encode(&Sha256::digest(token.as_bytes())[..4]);
+            format!("{spec_hash}-{fingerprint}")
+        }
+        None => spec_hash.to_string(),
+    };
+    Hashes {
+        endpoint,
+        pool: spec_hash.to_string(),
+    }
+}
+
+/// Servers another operator process already found healthy (their label says so) count as
+/// healthy until this process's own probes say otherwise.
+fn seed_from_labels<'a>(book: &HealthBook, servers: impl Iterator<Item = &'a Arc<Pod>>) {
+    for pod in servers {
+        let state = ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str));
+        if matches!(state, ServerState::Idle | ServerState::Shared)
+            && let Some(uid) = pod.uid()
+        {
+            book.seed(&uid, Verdict::Healthy);
+        }
+    }
+}
+
+/// What the plan needs to know about a server pod: its probe verdict and whether it exited.
+fn server_view(pod: &Pod, book: &HealthBook) -> Option<ServerView> {
+    let labels = pod.labels();
+    let verdict = book.get(&pod.uid()?).verdict;
+    let exited = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Failed" || p == "Succeeded");
+    Some(ServerView {
+        name: pod.metadata.name.clone()?,
+        state: ServerState::from_label(labels.get(STATE_LABEL).map(String::as_str)),
+        role: ServerRole::from_label(labels.get(ROLE_LABEL).map(String::as_str)),
+        healthy: verdict == Verdict::Healthy,
+        auth_rejected: verdict == Verdict::AuthRejected,
+        exited,
+        spec_hash: labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default(),
+        created: pod.metadata.creation_timestamp.as_ref()?.0,
+    })
+}
+
+fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {
+    let status = claim.status.clone().unwrap_or_default();
+    Some(ClaimView {
+        name: claim.metadata.name.clone()?,
+        created: claim.metadata.creation_timestamp.as_ref()?.0,
+        phase: if status.phase == ClaimPhase::Pending && status.server.is_some() {
+            ClaimPhase::Bound
+        } else {
+            status.phase
+        },
+        server: status.server,
+        bound_at: status.bound_at.map(|t| t.0),
+        ttl: claim
+            .spec
+            .ttl
+            .as_deref()
+            .and_then(|t| CLAIM_TTL.parse(t).ok()),
+    })
+}

@@ -1,0 +1,107 @@
+//! Pace: how many idle servers demand needs (the autoscaler, with its Events and metric) and
+//! whether new servers may start yet (the start backoff after failed starts).
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kube::runtime::events::EventType;
+
+use super::observe::Observed;
+use super::report::Problems;
+use crate::builders::labels::ServerState;
+use crate::controller::context::Context;
+use crate::controller::pool::Decision;
+use crate::controller::pool::plan::RemoveReason;
+use crate::validate::ValidCluster;
+
+/// The autoscaler's idle target for this round (when autoscaling is on); its changes become
+/// Events and a metric.
+pub fn autoscaled_target(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    key: &str,
+    observed: &Observed,
+    now: Timestamp,
+) -> Option<usize> {
+    let size = valid.size;
+    if !size.autoscale {
+        ctx.autoscaler.forget(key);
+        return None;
+    }
+    let warmups: Vec<Duration> = observed
+        .views
+        .iter()
+        .filter(|v| v.state == ServerState::Starting && v.healthy)
+        .filter_map(|v| Duration::try_from(now.duration_since(v.created)).ok())
+        .collect();
+    let claims: Vec<String> = observed.claims.keys().cloned().collect();
+    let instant = Instant::now();
+    let (target, decision) = ctx
+        .autoscaler
+        .with(key, |demand| {
+            demand.observe(&claims, &warmups, instant);
+            demand.target(
+                size.min,
+                size.max,
+                size.idle,
+                valid.timings.scale_down_delay,
+                instant,
+            )
+        })
+        .unwrap_or((size.idle, None));
+    ctx.metrics
+        .autoscaler_target
+        .with_label_values(&[valid.namespace, valid.name])
+        .set(i64::try_from(target).unwrap_or(i64::MAX));
+    if let Some(d) = decision {
+        let reason = if d.target > d.previous {
+            "AutoscaleUp"
+        } else {
+            "AutoscaleDown"
+        };
+        let note = format!("idle target {} -> {}: {}", d.previous, d.target, d.reason);
+        ctx.event(valid.cluster, EventType::Normal, reason, &note);
+    }
+    Some(target)
+}
+
+/// Holds back new servers while earlier ones keep failing to start; says so as a problem.
+/// Returns how long until starting is allowed again.
+pub fn gate_starts(
+    ctx: &Context,
+    key: &str,
+    observed: &Observed,
+    decision: &mut Decision,
+    problems: &mut Problems,
+) -> Option<Duration> {
+    let failed_starts = decision
+        .plans()
+        .flat_map(|(_, p)| p.remove.values())
+        .filter(|r| matches!(r, RemoveReason::Exited | RemoveReason::StartupTimeout))
+        .count();
+    let became_healthy = decision.plans().any(|(_, plan)| {
+        plan.relabel.iter().any(|(name, state)| {
+            matches!(state, ServerState::Idle | ServerState::Shared)
+                && observed
+                    .views
+                    .iter()
+                    .any(|v| &v.name == name && v.state == ServerState::Starting)
+        })
+    });
+    let now = Instant::now();
+    ctx.backoff.observe(key, failed_starts, became_healthy, now);
+    let wants = decision.plans().any(|(_, p)| p.create > 0);
+    let (wait, failures) = ctx.backoff.wait(key, now).filter(|_| wants)?;
+    problems.note(
+        "StartBackoff",
+        format!(
+            "{failures} servers in a row failed to start; the next one starts in {}s (see the server pods' Events)",
+            wait.as_secs()
+        ),
+    );
+    decision.pool.create = 0;
+    if let Some(endpoint) = decision.endpoint.as_mut() {
+        endpoint.create = 0;
+    }
+    Some(wait)
+}

@@ -1,0 +1,109 @@
+//! What every reconcile needs, in one value shared by the controllers.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use kube::Client;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+
+use super::cluster::tokens::ServerTokens;
+use super::guard::{Liveness, Retries};
+use super::pool::allocator::Allocator;
+use super::pool::autoscale::Autoscaler;
+use super::pool::backoff::StartBackoff;
+use super::stores::Stores;
+use crate::builders::labels::FIELD_MANAGER;
+use crate::metrics::Metrics;
+use crate::probe::prober::Prober;
+
+/// What every reconcile needs.
+pub struct Context {
+    /// The API client for requests (timeouts, fenced by the leader Lease, counting writes).
+    pub client: Client,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Metrics,
+    /// Probes every server; its health book is what "healthy" means.
+    pub prober: Prober,
+    /// Slows down replacing servers that fail to start.
+    pub backoff: StartBackoff,
+    /// Demand-driven idle targets.
+    pub autoscaler: Autoscaler,
+    /// Waiting claims and the servers handed to them.
+    pub allocator: Allocator,
+    /// What the watches have seen: read instead of listing.
+    pub stores: Stores,
+    /// Per-object retry delays after errors.
+    pub retries: Retries,
+    /// Reconciles in flight, for /healthz.
+    pub liveness: Liveness,
+    /// Tokens of pool servers this process knows.
+    pub tokens: ServerTokens,
+    me: Weak<Context>,
+}
+
+impl Context {
+    /// A context for `client`, reading `stores`.
+    pub fn new(client: Client, metrics: Metrics, prober: Prober, stores: Stores) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            tokens: ServerTokens::default(),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            prober,
+            backoff: StartBackoff::default(),
+            autoscaler: Autoscaler::default(),
+            allocator: Allocator::default(),
+            stores,
+            retries: Retries::default(),
+            liveness: Liveness::default(),
+        })
+    }
+
+    /// A shared handle on this context (for work spawned off a reconcile).
+    pub fn me(&self) -> Option<Arc<Context>> {
+        self.me.upgrade()
+    }
+
+    /// Publishes an Event on `object` in the background: Events never delay a reconcile or a
+    /// bind, and a failure to publish is only logged.
+    pub fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let reference = object.object_ref(&());
+        let recorder = self.recorder.clone();
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1024).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            let publish = recorder.publish(&event, &reference);
+            match tokio::time::timeout(Duration::from_secs(10), publish).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, %reason, "publishing event failed"),
+                Err(_) => tracing::warn!(%reason, "publishing event timed out"),
+            }
+        });
+    }
+}
+
+/// `namespace/name` of an object, the key of per-object state.
+pub fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    ObjectRef::from_obj(object).to_string()
+}

@@ -1,0 +1,325 @@
+//! The allocator: per cluster, a queue of waiting claims in arrival order and the servers handed
+//! out by this process. One picker pairs queue heads with idle servers, never handing out the
+//! same server twice; the writes that make a pairing real are `controller::bind`'s. The state is
+//! in memory only: what a claim is bound to lives on the pod and the claim, so a restarted or new
+//! leader rebuilds everything from the stores.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+
+/// `namespace/name` of a cluster.
+pub type ClusterKey = String;
+
+/// What binding needs to know about a cluster, published by each cluster reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolTerms {
+    /// The cluster's namespace.
+    pub namespace: String,
+    /// The cluster's name.
+    pub cluster: String,
+    /// UID of the cluster (servers must be owned by it).
+    pub cluster_uid: String,
+    /// Hash of the spec and token current servers are built from.
+    pub server_hash: String,
+    /// Idle servers kept back for the shared endpoint's failover.
+    pub reserved_for_shared: usize,
+    /// Most claims that may wait at once.
+    pub max_waiting: usize,
+    /// The Connect port.
+    pub port: i32,
+    /// Token mode: only pool servers (each with its own token) are handed out.
+    pub token_mode: bool,
+}
+
+/// An idle, healthy, current server that may be handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Pod name.
+    pub name: String,
+    /// The resourceVersion the bind write is conditional on.
+    pub resource_version: String,
+    /// Pod creation time (oldest is handed out first).
+    pub created: Timestamp,
+}
+
+/// A waiting claim paired with a server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The claim.
+    pub claim: String,
+    /// When the claim was created (its place in line).
+    pub created: Timestamp,
+    /// The server.
+    pub server: Candidate,
+    /// When this process first saw the claim.
+    pub first_seen: Timestamp,
+}
+
+/// Why a claim could not join the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueFull {
+    /// The limit that was reached.
+    pub max_waiting: usize,
+}
+
+#[derive(Default)]
+struct ClusterQueue {
+    terms: Option<PoolTerms>,
+    /// Waiting claims by (creation time, name): the first is served first.
+    waiting: BTreeSet<(Timestamp, String)>,
+    first_seen: HashMap<String, Timestamp>,
+    /// Server → claim, for servers whose bind write is under way or not yet in the store.
+    handed_out: BTreeMap<String, String>,
+}
+
+/// The allocators of every cluster.
+#[derive(Default)]
+pub struct Allocator {
+    clusters: Mutex<HashMap<ClusterKey, ClusterQueue>>,
+}
+
+impl Allocator {
+    fn with<T>(&self, key: &str, f: impl FnOnce(&mut ClusterQueue) -> T) -> T {
+        let mut clusters = self
+            .clusters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(clusters.entry(key.to_string()).or_default())
+    }
+
+    /// Records the terms of a cluster (from its reconcile).
+    pub fn publish(&self, key: &str, terms: PoolTerms) {
+        self.with(key, |q| q.terms = Some(terms));
+    }
+
+    /// The cluster's current terms, once its reconcile has run.
+    pub fn terms(&self, key: &str) -> Option<PoolTerms> {
+        self.with(key, |q| q.terms.clone())
+    }
+
+    /// Puts a claim in line (idempotent). Refused when the line is full.
+    pub fn enqueue(
+        &self,
+        key: &str,
+        claim: &str,
+        created: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), QueueFull> {
+        self.with(key, |q| {
+            let entry = (created, claim.to_string());
+            if q.waiting.contains(&entry) {
+                return Ok(());
+            }
+            let max_waiting = q.terms.as_ref().map_or(usize::MAX, |t| t.max_waiting);
+            if q.waiting.len() >= max_waiting {
+                return Err(QueueFull { max_waiting });
+            }
+            q.first_seen.entry(claim.to_string()).or_insert(now);
+            q.waiting.insert(entry);
+            Ok(())
+        })
+    }
+
+    /// When this process first saw the claim.
+    pub fn first_seen(&self, key: &str, claim: &str) -> Option<Timestamp> {
+        self.with(key, |q| q.first_seen.get(claim).copied())
+    }
+
+    /// Forgets a claim (bound, final or deleted).
+    pub fn forget_claim(&self, key: &str, claim: &str) {
+        self.with(key, |q| {
+            q.waiting.retain(|(_, name)| name != claim);
+            q.first_seen.remove(claim);
+        });
+    }
+
+    /// Drops waiting claims that `keep` no longer lists (deleted, bound or ended elsewhere).
+    pub fn retain_waiting(&self, key: &str, keep: impl Fn(&str) -> bool) {
+        self.with(key, |q| {
+            q.waiting.retain(|(_, name)| keep(name));
+            q.first_seen.retain(|name, _| keep(name));
+        });
+    }
+
+    /// Forgets a deleted cluster.
+    pub fn forget_cluster(&self, key: &str) {
+        if let Ok(mut clusters) = self.clusters.lock() {
+            clusters.remove(key);
+        }
+    }
+
+    /// Servers handed out by this process whose claim is not yet visible on the pod.
+    pub fn handed_out(&self, key: &str) -> BTreeMap<String, String> {
+        self.with(key, |q| q.handed_out.clone())
+    }
+
+    /// Pairs waiting claims with `candidates` (idle, healthy, current servers as the store
+    /// shows them). `still_idle` says which handed-out servers the store still shows idle: the
+    /// others have their bind recorded (or are gone) and are forgotten.
+    pub fn assign(
+        &self,
+        key: &str,
+        candidates: &[Candidate],
+        still_idle: impl Fn(&str) -> bool,
+    ) -> Vec<Assignment> {
+        self.with(key, |q| {
+            q.handed_out.retain(|server, _| still_idle(server));
+            let reserved = q.terms.as_ref().map_or(0, |t| t.reserved_for_shared);
+            let pairs = pick(&q.waiting, candidates, &q.handed_out, reserved);
+            pairs
+                .into_iter()
+                .map(|((created, claim), server)| {
+                    q.waiting.remove(&(created, claim.clone()));
+                    q.handed_out.insert(server.name.clone(), claim.clone());
+                    let first_seen = q.first_seen.get(&claim).copied().unwrap_or(created);
+                    Assignment {
+                        claim,
+                        created,
+                        server,
+                        first_seen,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    /// Undoes an assignment whose write did not happen: the server is free again and, when
+    /// `requeue` holds, the claim takes its old place (the head of the line).
+    pub fn undo(&self, key: &str, assignment: &Assignment, requeue: bool) {
+        self.with(key, |q| {
+            q.handed_out.remove(&assignment.server.name);
+            if requeue {
+                q.waiting
+                    .insert((assignment.created, assignment.claim.clone()));
+            }
+        });
+    }
+
+    /// Number of claims waiting in this process's queue.
+    pub fn waiting(&self, key: &str) -> usize {
+        self.with(key, |q| q.waiting.len())
+    }
+}
+
+/// The picker: the oldest waiting claims get the oldest free servers, after `reserved` servers
+/// are kept back for the shared endpoint. Pure.
+fn pick(
+    waiting: &BTreeSet<(Timestamp, String)>,
+    candidates: &[Candidate],
+    handed_out: &BTreeMap<String, String>,
+    reserved: usize,
+) -> Vec<((Timestamp, String), Candidate)> {
+    let mut free: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !handed_out.contains_key(&c.name))
+        .collect();
+    free.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    waiting
+        .iter()
+        .cloned()
+        .zip(free.into_iter().skip(reserved).cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+    fn server(name: &str, age: i64) -> Candidate {
+        Candidate {
+            name: name.into(),
+            resource_version: "1".into(),
+            created: at(-age),
+        }
+    }
+    fn terms(reserved: usize, max_waiting: usize) -> PoolTerms {
+        PoolTerms {
+            namespace: "ns".into(),
+            cluster: "c".into(),
+            cluster_uid: "uid".into(),
+            server_hash: "h".into(),
+            reserved_for_shared: reserved,
+            max_waiting,
+            port: 15002,
+            token_mode: false,
+        }
+    }
+
+    #[test]
+    fn oldest_claims_get_the_oldest_servers_and_the_rest_wait() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        for (name, created) in [("late", 3), ("first", 1), ("second", 2)] {
+            a.enqueue("ns/c", name, at(created), at(10)).unwrap();
+        }
+        let got = a.assign("ns/c", &[server("young", 1), server("old", 50)], |_| true);
+        let pairs: Vec<(&str, &str)> = got
+            .iter()
+            .map(|x| (x.claim.as_str(), x.server.name.as_str()))
+            .collect();
+        assert_eq!(pairs, [("first", "old"), ("second", "young")]);
+        assert_eq!(a.waiting("ns/c"), 1);
+    }
+
+    #[test]
+    fn no_server_is_handed_out_twice_while_the_store_still_shows_it_idle() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        let pool = [server("s1", 5)];
+        assert_eq!(a.assign("ns/c", &pool, |_| true).len(), 1);
+        assert!(
+            a.assign("ns/c", &pool, |_| true).is_empty(),
+            "the store is stale: s1 still looks idle"
+        );
+        // Once the store shows s1 claimed, it is no longer a candidate at all.
+        assert!(a.assign("ns/c", &[], |_| false).is_empty());
+        assert!(a.handed_out("ns/c").is_empty());
+    }
+
+    #[test]
+    fn a_conflict_puts_the_claim_back_at_the_head_of_the_line() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "first", at(1), at(1)).unwrap();
+        let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
+        a.enqueue("ns/c", "later", at(9), at(9)).unwrap();
+        a.undo("ns/c", &got[0], true);
+        let again = a.assign("ns/c", &[server("s2", 1)], |_| true);
+        assert_eq!(again[0].claim, "first");
+        assert_eq!(
+            again[0].first_seen,
+            at(1),
+            "its wait counts from the first sighting"
+        );
+    }
+
+    #[test]
+    fn servers_reserved_for_the_shared_endpoint_are_not_handed_out() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(1, 10));
+        a.enqueue("ns/c", "x", at(1), at(1)).unwrap();
+        assert!(a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty());
+        let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
+        assert_eq!(got[0].server.name, "s2");
+    }
+
+    #[test]
+    fn the_line_is_bounded() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 2));
+        a.enqueue("ns/c", "a", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "b", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "b", at(2), at(2)).unwrap();
+        assert_eq!(
+            a.enqueue("ns/c", "c", at(3), at(3)),
+            Err(QueueFull { max_waiting: 2 })
+        );
+    }
+}
