@@ -201,14 +201,21 @@ async fn cluster_lifecycle_with_real_spark() {
         started.elapsed().as_secs_f64()
     );
 
-    // shared + idle servers, each a pod and a headless Service owned by the cluster.
+    // Token mode: the shared server and its warm standby hold the cluster token, the pool
+    // server its own; each is a pod and a headless Service owned by the cluster.
     let servers = live_pods(
         &client,
         &ns.name,
         "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server",
     )
     .await;
-    assert_eq!(servers.len(), 2);
+    assert_eq!(servers.len(), 3);
+    let roles: Vec<&str> = servers
+        .iter()
+        .filter_map(|p| p.labels().get("sparkconnect.dev/role").map(String::as_str))
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "endpoint").count(), 2);
+    assert_eq!(roles.iter().filter(|r| **r == "pool").count(), 1);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     for pod in &servers {
         assert_eq!(pod.owner_references()[0].kind, "SparkConnectCluster");
@@ -234,11 +241,20 @@ async fn cluster_lifecycle_with_real_spark() {
             .await
             .is_ok()
     );
-    let secret = Api::<Secret>::namespaced(client.clone(), &ns.name)
-        .get("analytics-connect-token")
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let secret = secrets.get("analytics-connect-token").await.unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let pool_server = servers
+        .iter()
+        .find(|p| p.labels().get("sparkconnect.dev/role").map(String::as_str) == Some("pool"))
+        .unwrap();
+    let own = secrets
+        .get(&format!("{}-token", pool_server.name_any()))
         .await
         .unwrap();
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    assert_eq!(own.owner_references()[0].name, pool_server.name_any());
+    let own_token = String::from_utf8(own.data.unwrap()["token"].0.clone()).unwrap();
+    assert_ne!(own_token, token, "a pool server has a token of its own");
 
     // A query through the shared Service's DNS name, with the token, runs on executors.
     let host = format!("analytics.{}.svc.cluster.local", ns.name);
@@ -337,9 +353,11 @@ async fn cluster_lifecycle_with_real_spark() {
     );
 
     // A killed idle server is noticed (its pod fails) and replaced.
-    wait_until(Duration::from_secs(300), "the pool to refill", || async {
-        !server_pods(&world, &ns.name, "idle").await.is_empty()
-    })
+    wait_until(
+        Duration::from_secs(300),
+        "the standby and the pool to refill",
+        || async { server_pods(&world, &ns.name, "idle").await.len() == 2 },
+    )
     .await;
     let idle = server_pods(&world, &ns.name, "idle").await[0].name_any();
     assert!(succeeded(&world.exec(&[
@@ -358,7 +376,7 @@ async fn cluster_lifecycle_with_real_spark() {
                 "sparkconnect.dev/cluster=analytics,app.kubernetes.io/component=server",
             )
             .await;
-            !all.iter().any(|p| p.name_any() == idle) && idle_now.len() == 1
+            !all.iter().any(|p| p.name_any() == idle) && idle_now.len() == 2
         },
     )
     .await;
@@ -399,12 +417,13 @@ async fn cluster_lifecycle_with_real_spark() {
             })
             .map(|p| p.name_any())
             .collect();
-        servers.len() == 2
-            && hashes.len() == 1
+        // One hash per role: endpoint servers' includes the cluster token.
+        servers.len() == 3
+            && hashes.len() == 2
             && idle.is_disjoint(&before)
-            && c.status
-                .as_ref()
-                .is_some_and(|s| s.servers.idle == 1 && s.servers.shared == 1)
+            && c.status.as_ref().is_some_and(|s| {
+                s.servers.idle == 1 && s.servers.standby == 1 && s.servers.shared == 1
+            })
     })
     .await;
 

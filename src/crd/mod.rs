@@ -28,7 +28,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
 pub const DNS_1035_LABEL: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 /// A DNS-1123 subdomain: what most object names must be.
 pub const DNS_1123_SUBDOMAIN: &str =
-    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A pod template overlay: kept as given (the operator parses and checks it), with its metadata
 /// typed and bounded so that admission rules can read the labels.
