@@ -87,6 +87,18 @@ impl Error {
         }
     }
 
+    /// A short message for a person (a condition or an Event): for API errors the
+    /// apiserver's own message, without the client's debug detail.
+    pub fn brief(&self) -> String {
+        match self {
+            Self::Kube {
+                action,
+                source: kube::Error::Api(status),
+            } => format!("{action} refused: {}", status.message),
+            other => other.to_string(),
+        }
+    }
+
     /// The HTTP status of an API error, if this is one.
     pub fn api_code(&self) -> Option<u16> {
         match self {

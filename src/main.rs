@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use futures::StreamExt;
-
 use clap::{Parser, Subcommand};
 use spark_connect_operator::admin::{self, AdminState};
 use spark_connect_operator::client::Fence;
@@ -186,9 +184,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let watch_client = client::watch_client(kubeconfig).await?;
-    let (stores, triggers, watches) = stores::build(&watch_client, options.namespace.as_deref())
-        .ok_or("the watch stores gave no subscribers")?;
-    let watching = tokio::spawn(watches.for_each(|()| async {}));
+    let (stores, triggers) = stores::build(&watch_client, options.namespace.as_deref());
     let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
     let prober = Prober::new(
         Arc::new(HealthBook::default()),
@@ -201,7 +197,6 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     let _ = started.set(ctx.clone());
     controller::run(ctx, triggers, probed_rx, shutdown.clone().cancelled_owned()).await;
     shutdown.cancel();
-    watching.abort();
     probing.await?;
     if let Some(held) = leadership {
         held.step_down().await;
@@ -229,13 +224,14 @@ fn admin_state(
                 None if standby_allowed => Ok(()),
                 None => Err("starting".into()),
                 Some(ctx) => {
-                    let failing = ctx.stores.failing_watches();
-                    if !ctx.stores.synced() {
-                        Err("watches have not synced yet".into())
-                    } else if failing.is_empty() {
-                        Ok(())
-                    } else {
+                    let (unsynced, failing) =
+                        (ctx.stores.unsynced_watches(), ctx.stores.failing_watches());
+                    if !unsynced.is_empty() {
+                        Err(format!("watches not synced yet: {}", unsynced.join(", ")))
+                    } else if !failing.is_empty() {
                         Err(format!("watches failing: {}", failing.join(", ")))
+                    } else {
+                        Ok(())
                     }
                 }
             }

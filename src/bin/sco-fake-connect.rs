@@ -16,12 +16,15 @@ struct Cli {
     /// Required bearer token (Spark's variable name).
     #[arg(long, env = "SPARK_CONNECT_AUTHENTICATE_TOKEN")]
     token: Option<String>,
+    /// Log every call and whether it carried a bearer token (never the token).
+    #[arg(long)]
+    log_calls: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    let state = FakeState::new(cli.token.filter(|t| !t.is_empty()));
+    let state = FakeState::with_call_log(cli.token.filter(|t| !t.is_empty()), cli.log_calls);
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     eprintln!("sco-fake-connect listening on {}", cli.listen);
     let control = state.clone();

@@ -17,6 +17,10 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Label that tells the EndpointSlice controller to leave a slice alone.
 pub const SLICE_MANAGER_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 
+/// Fields the operator's Services must never have: a selector would let any pod with
+/// matching labels receive a server's traffic.
+pub const MUST_STAY_ABSENT: &[&str] = &["/spec/selector"];
+
 /// A server pod behind a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Backend {

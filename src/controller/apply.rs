@@ -5,7 +5,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -38,8 +38,7 @@ pub fn controlled_by<K: Resource>(object: &K, uid: &str) -> bool {
         .any(|r| r.controller == Some(true) && r.uid == uid)
 }
 
-/// Applies `desired` (server-side, forced) unless `existing` already covers it. An existing
-/// object that `owner_uid` does not control is never taken over. Returns whether it wrote.
+/// Like [`apply_owned_without`], with no field that must stay absent.
 pub async fn apply_owned<K>(
     api: &Api<K>,
     desired: &K,
@@ -50,22 +49,94 @@ where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
+    apply_owned_without(api, desired, existing, owner_uid, &[]).await
+}
+
+/// The merge patch that removes the fields at `pointers` (JSON pointers such as
+/// `/spec/selector`) that `held` has set, or `None` when none is set.
+pub fn removal_patch(held: &Value, pointers: &[&str]) -> Option<Value> {
+    let mut patch = Value::Object(serde_json::Map::new());
+    let mut any = false;
+    for pointer in pointers {
+        let set = held.pointer(pointer).is_some_and(|v| match v {
+            Value::Null => false,
+            Value::Object(m) => !m.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            _ => true,
+        });
+        if !set {
+            continue;
+        }
+        any = true;
+        let mut at = &mut patch;
+        let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            let Value::Object(map) = at else { break };
+            at = map.entry((*part).to_string()).or_insert(if last {
+                Value::Null
+            } else {
+                Value::Object(serde_json::Map::new())
+            });
+        }
+    }
+    any.then_some(patch)
+}
+
+/// Writes `desired` unless `existing` (as the operator's store shows it) already covers it.
+/// An object missing from the store is created, never applied: if the name is taken, the
+/// holder is read once, and an object that `owner_uid` does not control is never taken over.
+/// Returns whether it wrote.
+/// Fields at `absent` (JSON pointers) must not be set: a hand edit that sets them (which
+/// server-side apply would keep, as the operator never owned them) is removed.
+pub async fn apply_owned_without<K>(
+    api: &Api<K>,
+    desired: &K,
+    existing: Option<&K>,
+    owner_uid: &str,
+    absent: &[&str],
+) -> Result<bool, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
     let name = desired.name_any();
     let dyntype = K::DynamicType::default();
     let kind = K::kind(&dyntype);
-    if let Some(existing) = existing {
-        if !controlled_by(existing, owner_uid) {
-            return Err(Error::NotOwned {
-                kind: kind_name(&kind),
-                name,
-            });
+    let not_owned = || Error::NotOwned {
+        kind: kind_name(&kind),
+        name: name.clone(),
+    };
+    let held = match existing {
+        Some(existing) => existing.clone(),
+        None => {
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            match api.create(&params, desired).await {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => api
+                    .get(&name)
+                    .await
+                    .map_err(|e| Error::kube(format!("get {kind} {name}"), e))?,
+                Err(e) => return Err(Error::kube(format!("create {kind} {name}"), e)),
+            }
         }
-        if covers(
-            &serde_json::to_value(existing)?,
-            &serde_json::to_value(desired)?,
-        ) {
-            return Ok(false);
-        }
+    };
+    if !controlled_by(&held, owner_uid) {
+        return Err(not_owned());
+    }
+    let held = serde_json::to_value(&held)?;
+    let mut wrote = false;
+    if let Some(patch) = removal_patch(&held, absent) {
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::kube(format!("repair {kind} {name}"), e))?;
+        wrote = true;
+    }
+    if covers(&held, &serde_json::to_value(desired)?) {
+        return Ok(wrote);
     }
     api.patch(
         &name,
@@ -158,6 +229,17 @@ mod tests {
         let rules = json!({"rules": [{"verbs": ["get"]}]});
         let widened = json!({"rules": [{"verbs": ["get"]}, {"verbs": ["*"]}]});
         assert!(!covers(&widened, &rules), "an added rule is drift too");
+    }
+
+    #[test]
+    fn a_field_that_must_stay_absent_is_removed_when_set() {
+        let edited = json!({"spec": {"selector": {"app": "elsewhere"}, "ports": []}});
+        assert_eq!(
+            removal_patch(&edited, &["/spec/selector"]),
+            Some(json!({"spec": {"selector": null}}))
+        );
+        let clean = json!({"spec": {"ports": []}});
+        assert_eq!(removal_patch(&clean, &["/spec/selector"]), None);
     }
 
     #[test]

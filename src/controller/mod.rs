@@ -18,7 +18,6 @@ use std::sync::Arc;
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use kube::runtime::Controller;
-use kube::runtime::controller::Config;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
@@ -37,16 +36,24 @@ pub async fn run(
     let Stores {
         clusters, claims, ..
     } = ctx.stores.clone();
-    let clusters_done = Controller::for_shared_stream(triggers.clusters, clusters)
-        .with_config(Config::default().debounce(std::time::Duration::from_millis(50)))
-        .owns_shared_stream(triggers.pods)
-        .owns_shared_stream(triggers.services)
-        .owns_shared_stream(triggers.slices)
-        .owns_shared_stream(triggers.accounts)
-        .owns_shared_stream(triggers.roles)
-        .owns_shared_stream(triggers.bindings)
-        .watches_shared_stream(triggers.claims_for_clusters, |claim| cluster_of(&claim))
-        .reconcile_on(probed)
+    // Claims drive the claim controller; each also asks its cluster to look again.
+    let (claimed, claimed_clusters) = futures::channel::mpsc::unbounded();
+    let claim_triggers = triggers.claims.inspect(move |claim| {
+        if let Ok(claim) = claim
+            && let Some(cluster) = cluster_of(claim)
+        {
+            let _ = claimed.unbounded_send(cluster);
+        }
+    });
+    let clusters_done = Controller::for_stream(triggers.clusters, clusters)
+        // Pods map to their cluster by label, so a pod that only copies the labels is noticed.
+        .watches_stream(triggers.pods, |pod| cluster_of_labelled(&pod))
+        .owns_stream(triggers.services)
+        .owns_stream(triggers.slices)
+        .owns_stream(triggers.accounts)
+        .owns_stream(triggers.roles)
+        .owns_stream(triggers.bindings)
+        .reconcile_on(futures::stream::select(probed, claimed_clusters))
         .graceful_shutdown_on(shutdown.clone())
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -54,7 +61,7 @@ pub async fn run(
                 tracing::debug!(error = %e, "cluster reconcile ended with an error");
             }
         });
-    let claims_done = Controller::for_shared_stream(triggers.claims, claims)
+    let claims_done = Controller::for_stream(claim_triggers, claims)
         .graceful_shutdown_on(shutdown)
         .run(claim::reconcile, claim::error_policy, ctx)
         .for_each(|result| async move {
@@ -63,6 +70,19 @@ pub async fn run(
             }
         });
     futures::join!(clusters_done, claims_done);
+}
+
+/// The cluster a pod's label names (for the watch mapping).
+fn cluster_of_labelled(
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> Option<ObjectRef<SparkConnectCluster>> {
+    let ns = pod.metadata.namespace.as_deref()?;
+    let cluster = pod
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crate::builders::labels::CLUSTER_LABEL)?;
+    Some(ObjectRef::new(cluster).within(ns))
 }
 
 /// The cluster a claim names (for the watch mapping).

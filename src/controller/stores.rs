@@ -1,17 +1,20 @@
-//! The watches: one shared reflector store per kind the operator reads, filled by a watch
-//! scoped with label selectors, read by reconciles instead of LIST calls, and subscribed to by
-//! the controllers as their triggers.
+//! The watches: one reflector store per kind the operator reads, filled by a watch scoped with
+//! label selectors and read by reconciles instead of LIST calls. Each watch is driven by the one
+//! controller it triggers. (kube-runtime's shared-stream subscribers are not used: in 5.0 a
+//! subscriber whose object left the store before it was polled returns Pending without a
+//! waker and stalls for good.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::{FutureExt, Stream, StreamExt, future::BoxFuture};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -19,8 +22,6 @@ use serde::de::DeserializeOwned;
 use crate::builders::labels::{CLUSTER_LABEL, FIELD_MANAGER};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 
-/// Events buffered per subscriber before the watch waits for it.
-const BUFFER: usize = 1024;
 /// Selects everything the operator creates.
 const MANAGED: &str = "app.kubernetes.io/managed-by=spark-connect-operator";
 
@@ -43,30 +44,39 @@ pub struct Stores {
     pub roles: Store<Role>,
     /// The operator's RoleBindings.
     pub bindings: Store<RoleBinding>,
-    healthy: Arc<BTreeMap<&'static str, AtomicBool>>,
-    synced: Arc<AtomicBool>,
+    health: Arc<BTreeMap<&'static str, WatchHealth>>,
 }
 
-/// Trigger streams for the controllers (each a subscription to a store's watch).
+/// What one watch has done so far.
+#[derive(Default)]
+struct WatchHealth {
+    /// It has delivered its first full list.
+    synced: AtomicBool,
+    /// Its last attempt failed.
+    failing: AtomicBool,
+}
+
+/// A watch's objects as they change (applied or deleted), driving its store as it is polled.
+pub type Trigger<K> = BoxStream<'static, Result<K, watcher::Error>>;
+
+/// Trigger streams for the controllers: polling them runs the watches.
 pub struct Triggers {
     /// For the cluster controller.
-    pub clusters: ReflectHandle<SparkConnectCluster>,
-    /// For the cluster controller (claims map to their cluster).
-    pub claims_for_clusters: ReflectHandle<SparkConnectClaim>,
-    /// For the claim controller.
-    pub claims: ReflectHandle<SparkConnectClaim>,
+    pub clusters: Trigger<SparkConnectCluster>,
+    /// For the claim controller (which forwards each claim's cluster to the cluster controller).
+    pub claims: Trigger<SparkConnectClaim>,
+    /// For the cluster controller (pods map to their cluster by label).
+    pub pods: Trigger<Pod>,
     /// Owned children, for the cluster controller.
-    pub pods: ReflectHandle<Pod>,
+    pub services: Trigger<Service>,
     /// Owned children, for the cluster controller.
-    pub services: ReflectHandle<Service>,
+    pub slices: Trigger<EndpointSlice>,
     /// Owned children, for the cluster controller.
-    pub slices: ReflectHandle<EndpointSlice>,
+    pub accounts: Trigger<ServiceAccount>,
     /// Owned children, for the cluster controller.
-    pub accounts: ReflectHandle<ServiceAccount>,
+    pub roles: Trigger<Role>,
     /// Owned children, for the cluster controller.
-    pub roles: ReflectHandle<Role>,
-    /// Owned children, for the cluster controller.
-    pub bindings: ReflectHandle<RoleBinding>,
+    pub bindings: Trigger<RoleBinding>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -79,13 +89,12 @@ where
     }
 }
 
-/// One watch feeding one store; the returned future drives it and records its health.
+/// One watch feeding one store, recording its health, as a trigger stream.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    subscribers: usize,
-    health: (&'static str, Arc<BTreeMap<&'static str, AtomicBool>>),
-) -> (Store<K>, Vec<ReflectHandle<K>>, BoxFuture<'static, ()>)
+    health: (&'static str, Arc<BTreeMap<&'static str, WatchHealth>>),
+) -> (Store<K>, Trigger<K>)
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -95,68 +104,57 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store_shared(BUFFER);
-    let handles = (0..subscribers)
-        .filter_map(|_| writer.subscribe())
-        .collect();
-    let (kind, healthy) = health;
-    let driver = watcher(api, config)
-        .default_backoff()
-        .reflect_shared(writer)
-        .for_each(move |event| {
-            let ok = event.is_ok();
-            if let Err(e) = event {
-                tracing::warn!(kind, error = %e, "watch failed; retrying");
+    let (reader, writer) = reflector::store();
+    let (kind, health) = health;
+    let stream = reflector(writer, watcher(api, config).default_backoff())
+        .inspect(move |event| {
+            let Some(state) = health.get(kind) else {
+                return;
+            };
+            match event {
+                Ok(watcher::Event::InitDone) => {
+                    if !state.synced.swap(true, Ordering::Relaxed) {
+                        tracing::info!(kind, "watch synced");
+                    }
+                    state.failing.store(false, Ordering::Relaxed);
+                }
+                Ok(_) => state.failing.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(kind, error = %e, "watch failed; retrying");
+                    state.failing.store(true, Ordering::Relaxed);
+                }
             }
-            if let Some(flag) = healthy.get(kind) {
-                flag.store(ok, Ordering::Relaxed);
-            }
-            futures::future::ready(())
         })
+        .touched_objects()
         .boxed();
-    (reader, handles, driver)
+    (reader, stream)
 }
 
-/// Starts nothing yet: returns the stores, the controllers' triggers and the stream that runs
-/// every watch (poll it to completion).
-pub fn build(
-    client: &Client,
-    namespace: Option<&str>,
-) -> Option<(Stores, Triggers, impl Stream<Item = ()> + Send + use<>)> {
+/// The stores and the controllers' triggers (nothing runs until the triggers are polled).
+pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
     let kinds = [
         "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
     ];
-    let healthy: Arc<BTreeMap<&'static str, AtomicBool>> =
-        Arc::new(kinds.iter().map(|k| (*k, AtomicBool::new(true))).collect());
-    let h = |kind: &'static str| (kind, healthy.clone());
+    let health: Arc<BTreeMap<&'static str, WatchHealth>> =
+        Arc::new(kinds.iter().map(|k| (*k, WatchHealth::default())).collect());
+    let h = |kind: &'static str| (kind, health.clone());
     let all = watcher::Config::default;
     let managed = || watcher::Config::default().labels(MANAGED);
-    let (clusters, mut cluster_subs, w1) = watch(api(client, namespace), all(), 1, h("clusters"));
-    let (claims, mut claim_subs, w2) = watch(api(client, namespace), all(), 2, h("claims"));
-    let (pods, mut pod_subs, w3) = watch(
-        api(client, namespace),
-        watcher::Config::default().labels(&format!(
-            "{CLUSTER_LABEL},app.kubernetes.io/component=server"
-        )),
-        1,
-        h("pods"),
-    );
-    let (services, mut service_subs, w4) =
-        watch(api(client, namespace), managed(), 1, h("services"));
-    let (slices, mut slice_subs, w5) = watch(
-        api(client, namespace),
-        watcher::Config::default().labels(&format!(
-            "{}={FIELD_MANAGER}",
-            crate::builders::service::SLICE_MANAGER_LABEL
-        )),
-        1,
-        h("slices"),
-    );
-    let (accounts, mut account_subs, w6) =
-        watch(api(client, namespace), managed(), 1, h("accounts"));
-    let (roles, mut role_subs, w7) = watch(api(client, namespace), managed(), 1, h("roles"));
-    let (bindings, mut binding_subs, w8) =
-        watch(api(client, namespace), managed(), 1, h("bindings"));
+    let servers = watcher::Config::default().labels(&format!(
+        "{CLUSTER_LABEL},app.kubernetes.io/component=server"
+    ));
+    let slices_of_ours = watcher::Config::default().labels(&format!(
+        "{}={FIELD_MANAGER}",
+        crate::builders::service::SLICE_MANAGER_LABEL
+    ));
+    let (clusters, t_clusters) = watch(api(client, namespace), all(), h("clusters"));
+    let (claims, t_claims) = watch(api(client, namespace), all(), h("claims"));
+    let (pods, t_pods) = watch(api(client, namespace), servers, h("pods"));
+    let (services, t_services) = watch(api(client, namespace), managed(), h("services"));
+    let (slices, t_slices) = watch(api(client, namespace), slices_of_ours, h("slices"));
+    let (accounts, t_accounts) = watch(api(client, namespace), managed(), h("accounts"));
+    let (roles, t_roles) = watch(api(client, namespace), managed(), h("roles"));
+    let (bindings, t_bindings) = watch(api(client, namespace), managed(), h("bindings"));
     let stores = Stores {
         clusters,
         claims,
@@ -166,57 +164,36 @@ pub fn build(
         accounts,
         roles,
         bindings,
-        healthy,
-        synced: Arc::default(),
+        health,
     };
     let triggers = Triggers {
-        clusters: cluster_subs.pop()?,
-        claims_for_clusters: claim_subs.pop()?,
-        claims: claim_subs.pop()?,
-        pods: pod_subs.pop()?,
-        services: service_subs.pop()?,
-        slices: slice_subs.pop()?,
-        accounts: account_subs.pop()?,
-        roles: role_subs.pop()?,
-        bindings: binding_subs.pop()?,
+        clusters: t_clusters,
+        claims: t_claims,
+        pods: t_pods,
+        services: t_services,
+        slices: t_slices,
+        accounts: t_accounts,
+        roles: t_roles,
+        bindings: t_bindings,
     };
-    let waiting = stores.clone();
-    let synced = async move {
-        if waiting.ready().await {
-            waiting.synced.store(true, Ordering::Relaxed);
-            tracing::info!("watches synced");
-        }
-    }
-    .boxed();
-    let drivers = futures::stream::select_all(
-        [w1, w2, w3, w4, w5, w6, w7, w8, synced].map(|w| w.into_stream()),
-    );
-    Some((stores, triggers, drivers))
+    (stores, triggers)
 }
 
 impl Stores {
-    /// Waits until every store holds its first full list.
-    async fn ready(&self) -> bool {
-        self.clusters.wait_until_ready().await.is_ok()
-            && self.claims.wait_until_ready().await.is_ok()
-            && self.pods.wait_until_ready().await.is_ok()
-            && self.services.wait_until_ready().await.is_ok()
-            && self.slices.wait_until_ready().await.is_ok()
-            && self.accounts.wait_until_ready().await.is_ok()
-            && self.roles.wait_until_ready().await.is_ok()
-            && self.bindings.wait_until_ready().await.is_ok()
-    }
-
-    /// Whether every store holds its first full list.
-    pub fn synced(&self) -> bool {
-        self.synced.load(Ordering::Relaxed)
+    /// The kinds whose watch has not delivered its first full list yet.
+    pub fn unsynced_watches(&self) -> Vec<&'static str> {
+        self.health
+            .iter()
+            .filter(|(_, h)| !h.synced.load(Ordering::Relaxed))
+            .map(|(kind, _)| *kind)
+            .collect()
     }
 
     /// The kinds whose watch failed on its last attempt.
     pub fn failing_watches(&self) -> Vec<&'static str> {
-        self.healthy
+        self.health
             .iter()
-            .filter(|(_, ok)| !ok.load(Ordering::Relaxed))
+            .filter(|(_, h)| h.failing.load(Ordering::Relaxed))
             .map(|(kind, _)| *kind)
             .collect()
     }

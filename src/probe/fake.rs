@@ -31,14 +31,22 @@ pub enum Mode {
 pub struct FakeState {
     mode: AtomicU8,
     token: Option<String>,
+    log_calls: bool,
     sessions: Mutex<HashMap<String, String>>,
 }
 
 impl FakeState {
     /// A server that requires `token` when given.
     pub fn new(token: Option<String>) -> Arc<Self> {
+        Self::with_call_log(token, false)
+    }
+
+    /// Like [`FakeState::new`]; with `log_calls`, every call is written to stderr with whether
+    /// it carried a bearer token (never the token itself).
+    pub fn with_call_log(token: Option<String>, log_calls: bool) -> Arc<Self> {
         Arc::new(Self {
             token,
+            log_calls,
             ..Self::default()
         })
     }
@@ -63,6 +71,10 @@ impl FakeState {
 
     /// Admits a call: token, mode, session id format; returns the server-side session id.
     async fn admit<T>(&self, request: &Request<T>, session_id: &str) -> Result<String, Status> {
+        if self.log_calls {
+            let bearer = request.metadata().contains_key("authorization");
+            eprintln!("call: session {session_id} bearer token: {bearer}");
+        }
         if let Some(token) = &self.token {
             let given = request
                 .metadata()

@@ -313,6 +313,44 @@ pub async fn live_pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
         .unwrap_or_default()
 }
 
+/// A condition of a cluster, by type.
+pub fn condition(
+    cluster: &spark_connect_operator::crd::SparkConnectCluster,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    cluster
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// The operator's pods with their container restart counts (`name:restarts`, sorted): equal
+/// before and after means no operator process restarted or was replaced.
+pub async fn operator_restarts(world: &World) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &World::operator_namespace());
+    let mut out: Vec<String> = pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let restarts: i32 = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|c| c.iter().map(|c| c.restart_count).sum())
+                .unwrap_or_default();
+            format!("{}:{restarts}", p.metadata.name.unwrap_or_default())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Whether the output of a command shows success; prints it otherwise.
 pub fn succeeded(out: &Output) -> bool {
     if !out.status.success() {

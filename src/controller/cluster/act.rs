@@ -23,8 +23,8 @@ use crate::builders::labels::{
 };
 use crate::builders::pod::{ServerIdentity, server_pod};
 use crate::builders::secret::{new_token, server_token_secret};
-use crate::builders::service::{Backend, endpoint_slice, server_service};
-use crate::controller::apply::{apply_owned, write_status_if_changed};
+use crate::builders::service::{Backend, MUST_STAY_ABSENT, endpoint_slice, server_service};
+use crate::controller::apply::{apply_owned, apply_owned_without, write_status_if_changed};
 use crate::controller::conditions::set_condition;
 use crate::controller::context::Context;
 use crate::controller::pool::Decision;
@@ -319,12 +319,12 @@ async fn create_server(
 ) -> Result<(), Error> {
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
     apply_owned(&services, &server_service(valid, id.name)?, None, valid.uid).await?;
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
     let pod = pods
-        .patch(
-            id.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&server_pod(valid, id)?),
-        )
+        .create(&params, &server_pod(valid, id)?)
         .await
         .map_err(|e| Error::kube(format!("create server {}", id.name), e))?;
     if token_mode && id.role == ServerRole::Pool {
@@ -371,11 +371,12 @@ async fn publish_endpoints(
     };
     for name in kept.keys() {
         let service = server_service(valid, name)?;
-        let result = apply_owned(
+        let result = apply_owned_without(
             &services,
             &service,
             observed.services.get(name).map(|s| s.as_ref()),
             valid.uid,
+            MUST_STAY_ABSENT,
         )
         .await;
         problems.absorb(result.map(|_| ()))?;

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use super::report::Problems;
 use crate::builders::labels::{TOKEN_KEY, token_secret_name};
 use crate::builders::{rbac, secret, service};
-use crate::controller::apply::{apply_owned, controlled_by};
+use crate::controller::apply::{apply_owned_without, controlled_by};
 use crate::controller::context::Context;
 use crate::crd::AuthMode;
 use crate::error::Error;
@@ -54,6 +54,7 @@ async fn apply_from_store<K>(
     valid: &ValidCluster<'_>,
     store: &Store<K>,
     desired: Result<K, Error>,
+    absent: &[&str],
     problems: &mut Problems,
 ) -> Result<(), Error>
 where
@@ -67,7 +68,7 @@ where
     let desired = desired?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), valid.namespace);
     let current = existing(store, valid.namespace, &desired.name_any());
-    let result = apply_owned(&api, &desired, current.as_deref(), valid.uid).await;
+    let result = apply_owned_without(&api, &desired, current.as_deref(), valid.uid, absent).await;
     problems.absorb(result.map(|_| ()))
 }
 
@@ -83,6 +84,7 @@ pub async fn ensure(
         valid,
         &stores.accounts,
         rbac::driver_service_account(valid),
+        &[],
         problems,
     )
     .await?;
@@ -91,6 +93,7 @@ pub async fn ensure(
         valid,
         &stores.accounts,
         rbac::executor_service_account(valid),
+        &[],
         problems,
     )
     .await?;
@@ -99,6 +102,7 @@ pub async fn ensure(
         valid,
         &stores.roles,
         rbac::driver_role(valid),
+        &[],
         problems,
     )
     .await?;
@@ -107,6 +111,7 @@ pub async fn ensure(
         valid,
         &stores.bindings,
         rbac::driver_role_binding(valid),
+        &[],
         problems,
     )
     .await?;
@@ -116,6 +121,7 @@ pub async fn ensure(
             valid,
             &stores.services,
             service::shared_service(valid),
+            service::MUST_STAY_ABSENT,
             problems,
         )
         .await?;

@@ -49,7 +49,7 @@ impl Problems {
             Ok(()) => Ok(()),
             Err(e) => match e.refusal() {
                 Some(refusal) => {
-                    self.note(refusal.reason(), e.to_string());
+                    self.note(refusal.reason(), e.brief());
                     Ok(())
                 }
                 None => Err(e),

@@ -1,0 +1,933 @@
+//! Hostile input and hostile tenants: every manifest at or beyond the bounds of both CRDs is
+//! refused at admission with a readable message or reported as a condition; pods that copy a
+//! pool's labels are never probed, exposed or claimed; Spark drivers and executors hold only
+//! what they need; the operator never takes over an object it does not own, and puts back what
+//! a hand edits. Afterwards the operator has not restarted, and other tenants still bind.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::Role;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use support::{World, condition, create_pool, fake_spec, operator_restarts, wait_until};
+
+/// What must become of a manifest.
+enum Expect {
+    /// `kubectl apply` fails, and its message contains this.
+    Refused(&'static str),
+    /// Accepted; the cluster becomes Degraded with this reason and a message containing this.
+    Degraded(&'static str, &'static str),
+    /// Accepted; the claim's Bound condition says this reason.
+    ClaimWaits(&'static str),
+}
+
+fn cluster(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+fn claim(name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+/// A small valid spec with `patch` merged in.
+fn spec(patch: Value) -> Value {
+    let mut base = json!({"image": "sco-fake-connect:latest", "shared": 0, "hotPool": {"idle": 0}});
+    merge(&mut base, patch);
+    base
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+fn template(spec: Value) -> Value {
+    json!({"server": {"podTemplate": {"spec": spec}}})
+}
+
+fn cases() -> Vec<(Value, Expect)> {
+    use Expect::*;
+    let many_keys: serde_json::Map<String, Value> = (0..257)
+        .map(|i| (format!("spark.custom.k{i}"), json!("v")))
+        .collect();
+    let many_labels: serde_json::Map<String, Value> =
+        (0..70).map(|i| (format!("l{i}"), json!("v"))).collect();
+    vec![
+        // Durations: syntax, overflow, each field's range.
+        (
+            cluster("d1", spec(json!({"probe": {"period": "1ms"}}))),
+            Refused("probe.period must be a duration such as 30s, 5m or 1h30m, from 1s to 10m"),
+        ),
+        (
+            cluster("d2", spec(json!({"probe": {"timeout": "0s"}}))),
+            Refused("probe.timeout must be a duration"),
+        ),
+        (
+            cluster(
+                "d3",
+                spec(json!({"probe": {"startupDeadline": "99999999999999999999h"}})),
+            ),
+            Refused("probe.startupDeadline must be a duration"),
+        ),
+        (
+            cluster("d4", spec(json!({"hotPool": {"maxIdleAge": "1s"}}))),
+            Refused("hotPool.maxIdleAge must be a duration"),
+        ),
+        (
+            cluster("d5", spec(json!({"hotPool": {"claimTimeout": "25h"}}))),
+            Refused("hotPool.claimTimeout must be a duration"),
+        ),
+        (
+            cluster(
+                "d6",
+                spec(json!({"hotPool": {"autoscale": {"scaleDownDelay": "1d"}}})),
+            ),
+            Refused("hotPool.autoscale.scaleDownDelay must be a duration"),
+        ),
+        (
+            cluster("d7", spec(json!({"probe": {"period": "1h1h1h1h1h"}}))),
+            Refused("probe.period must be a duration"),
+        ),
+        // Names: DNS-1035, length, unicode.
+        (cluster("team.a", spec(json!({}))), Refused("DNS-1035")),
+        (cluster("1team", spec(json!({}))), Refused("DNS-1035")),
+        (
+            cluster(&"x".repeat(41), spec(json!({}))),
+            Refused("at most 40 characters"),
+        ),
+        (cluster("ténant", spec(json!({}))), Refused("metadata.name")),
+        // Counts at and beyond their bounds.
+        (
+            cluster("c1", spec(json!({"hotPool": {"idle": -1}}))),
+            Refused("spec.hotPool.idle"),
+        ),
+        (
+            cluster("c2", spec(json!({"hotPool": {"idle": 1001, "max": 1001}}))),
+            Refused("spec.hotPool.idle"),
+        ),
+        (
+            cluster("c3", spec(json!({"hotPool": {"maxServers": 0}}))),
+            Refused("spec.hotPool.maxServers"),
+        ),
+        (
+            cluster(
+                "c4",
+                spec(json!({"shared": 2, "hotPool": {"idle": 5, "maxServers": 6}})),
+            ),
+            Refused("hotPool.maxServers must be at least shared + hotPool.idle"),
+        ),
+        (
+            cluster("c5", spec(json!({"shared": 11}))),
+            Refused("spec.shared"),
+        ),
+        (
+            cluster(
+                "c6",
+                spec(json!({"executors": {"instances": 99_999_999_999_i64}})),
+            ),
+            Refused("spec.executors.instances"),
+        ),
+        (
+            cluster("c7", spec(json!({"server": {"port": 70000}}))),
+            Refused("spec.server.port"),
+        ),
+        (
+            cluster(
+                "c8",
+                spec(json!({"server": {"resources": {"memory": "1Pi"}}})),
+            ),
+            Refused("memory must be at most 1Ti"),
+        ),
+        (
+            cluster("c9", spec(json!({"server": {"resources": {"cores": 0}}}))),
+            Refused("spec.server.resources.cores"),
+        ),
+        (
+            cluster(
+                "c10",
+                spec(
+                    json!({"executors": {"dynamicAllocation": {"minExecutors": 5, "maxExecutors": 1}}}),
+                ),
+            ),
+            Refused("minExecutors must not exceed"),
+        ),
+        (
+            cluster("c11", spec(json!({"hotPool": {"maxWaitingClaims": -5}}))),
+            Refused("spec.hotPool.maxWaitingClaims"),
+        ),
+        // Strings: empty, huge, many.
+        (
+            cluster("s1", spec(json!({"image": ""}))),
+            Refused("image must not be empty"),
+        ),
+        (
+            cluster("s2", spec(json!({"image": "x".repeat(600)}))),
+            Refused("spec.image"),
+        ),
+        (
+            cluster("s3", spec(json!({"sparkConf": {"k".repeat(300): "v"}}))),
+            Refused("sparkConf keys must be at most 256 characters"),
+        ),
+        (
+            cluster(
+                "s4",
+                spec(json!({"sparkConf": {"spark.x": "v".repeat(5000)}})),
+            ),
+            Refused("spec.sparkConf"),
+        ),
+        (
+            cluster("s5", spec(json!({"sparkConf": many_keys}))),
+            Refused("spec.sparkConf"),
+        ),
+        (
+            cluster(
+                "s6",
+                spec(json!({"auth": {"mode": "Token", "secretName": "Not_A_Secret"}})),
+            ),
+            Refused("auth.secretName must be a Secret name"),
+        ),
+        (
+            cluster("s7", spec(json!({"imagePullPolicy": "Sometimes"}))),
+            Refused("spec.imagePullPolicy"),
+        ),
+        (
+            cluster("s8", spec(json!({"auth": {"mode": "Maybe"}}))),
+            Refused("spec.auth.mode"),
+        ),
+        // Reserved labels and names in the pod template.
+        (
+            cluster(
+                "r1",
+                spec(
+                    json!({"server": {"podTemplate": {"metadata": {"labels": {"sparkconnect.dev/state": "idle"}}}}}),
+                ),
+            ),
+            Refused("labels the operator owns"),
+        ),
+        (
+            cluster(
+                "r2",
+                spec(
+                    json!({"server": {"podTemplate": {"metadata": {"labels": {"app.kubernetes.io/component": "server"}}}}}),
+                ),
+            ),
+            Refused("labels the operator owns"),
+        ),
+        (
+            cluster(
+                "r3",
+                spec(
+                    json!({"server": {"podTemplate": {"metadata": {"namespace": "kube-system"}}}}),
+                ),
+            ),
+            Refused("must not set metadata.name, metadata.namespace"),
+        ),
+        (
+            cluster(
+                "r4",
+                spec(json!({"server": {"podTemplate": {"metadata": {"labels": many_labels}}}})),
+            ),
+            Refused("spec.server.podTemplate.metadata.labels"),
+        ),
+        // Judged by the operator: Degraded with a condition and an Event, no servers.
+        (
+            cluster(
+                "o1",
+                spec(json!({"sparkConf": {"spark.master": "local[1]"}})),
+            ),
+            Degraded("InvalidSpec", "spark.master"),
+        ),
+        (
+            cluster(
+                "o2",
+                spec(template(
+                    json!({"containers": [{"name": "spark-connect-server", "securityContext": {"privileged": true}}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "is privileged"),
+        ),
+        (
+            cluster(
+                "o3",
+                spec(template(
+                    json!({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "hostPath"),
+        ),
+        (
+            cluster("o4", spec(template(json!({"hostNetwork": true})))),
+            Degraded("InvalidSpec", "hostNetwork"),
+        ),
+        (
+            cluster("o5", spec(template(json!({"serviceAccountName": "admin"})))),
+            Degraded("InvalidSpec", "serviceAccountName"),
+        ),
+        (
+            cluster(
+                "o6",
+                spec(template(
+                    json!({"containers": [{"name": "side", "image": "x", "securityContext": {"runAsUser": 0}}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "runs as root"),
+        ),
+        (
+            cluster(
+                "o7",
+                spec(json!({"sparkConf": {"spark.kubernetes.executor.secrets.db": "/db"}})),
+            ),
+            Degraded("InvalidSpec", "executor.secrets.db"),
+        ),
+        (
+            cluster(
+                "o8",
+                spec(
+                    json!({"sparkConf": {"spark.kubernetes.executor.label.app.kubernetes.io/component": "server"}}),
+                ),
+            ),
+            Degraded("InvalidSpec", "operator manages"),
+        ),
+        (
+            cluster(
+                "o9",
+                spec(
+                    json!({"sparkConf": {"spark.kubernetes.executor.volumes.hostPath.h.mount.path": "/h"}}),
+                ),
+            ),
+            Degraded("InvalidSpec", "hostPath"),
+        ),
+        (
+            cluster(
+                "o10",
+                spec(json!({"probe": {"period": "5s", "timeout": "5s"}})),
+            ),
+            Degraded("InvalidSpec", "probe.timeout"),
+        ),
+        (
+            cluster("o11", spec(template(json!({"containers": "not a list"})))),
+            Degraded("InvalidSpec", "not a valid pod template"),
+        ),
+        // Claims.
+        (
+            claim(
+                "k1",
+                json!({"cluster": "good", "ttl": "99999999999999999999h"}),
+            ),
+            Refused("ttl must be a duration"),
+        ),
+        (
+            claim("k2", json!({"cluster": "good", "ttl": "0s"})),
+            Refused("ttl must be a duration"),
+        ),
+        (
+            claim("k3", json!({"cluster": ""})),
+            Refused("cluster must name a SparkConnectCluster"),
+        ),
+        (
+            claim("k4", json!({"cluster": "UPPER"})),
+            Refused("DNS-1035"),
+        ),
+        (
+            claim("k5", json!({"cluster": "good", "user": "u".repeat(300)})),
+            Refused("spec.user"),
+        ),
+        (
+            claim("k6", json!({"cluster": "good", "user": "bob\u{7}"})),
+            Refused("control characters"),
+        ),
+        (
+            claim("k7", json!({"cluster": "x".repeat(41)})),
+            Refused("spec.cluster"),
+        ),
+        (
+            claim("k8", json!({"cluster": "no-such-cluster"})),
+            ClaimWaits("ClusterNotFound"),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_manifests_are_refused_or_reported_and_no_tenant_is_stopped() {
+    let world = World::connect().await;
+    let restarts_before = operator_restarts(&world).await;
+    let leader_before = world.leader_identity().await;
+    let good_ns = world.namespace("e2e-good-tenant").await;
+    let goods: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &good_ns.name);
+    create_pool(
+        &goods,
+        "good",
+        fake_spec(1, 5, 10),
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    let ns = world.namespace("e2e-hostile").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let cases = cases();
+    assert!(cases.len() >= 30, "the suite covers at least 30 manifests");
+    let (mut refused, mut reported) = (0, 0);
+    for (manifest, expect) in &cases {
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let kind = manifest["kind"].as_str().unwrap_or_default().to_string();
+        let out = world.kubectl(
+            &["apply", "-n", &ns.name, "-f", "-"],
+            Some(&manifest.to_string()),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        match expect {
+            Expect::Refused(message) => {
+                assert!(!out.status.success(), "{kind} {name} must be refused");
+                assert!(
+                    stderr.contains(message),
+                    "{kind} {name}: expected {message:?} in: {stderr}"
+                );
+                refused += 1;
+            }
+            Expect::Degraded(reason, message) => {
+                assert!(out.status.success(), "{kind} {name} is admitted: {stderr}");
+                wait_until(
+                    Duration::from_secs(60),
+                    &format!("{name} Degraded/{reason} naming {message:?}"),
+                    || async {
+                        clusters.get(&name).await.ok().is_some_and(|c| {
+                            condition(&c, "Degraded").is_some_and(|d| {
+                                d.status == "True"
+                                    && d.reason == *reason
+                                    && d.message.contains(message)
+                            })
+                        })
+                    },
+                )
+                .await;
+                reported += 1;
+            }
+            Expect::ClaimWaits(reason) => {
+                assert!(out.status.success(), "{kind} {name} is admitted: {stderr}");
+                wait_until(
+                    Duration::from_secs(60),
+                    &format!("claim {name} waiting with {reason}"),
+                    || async {
+                        claims
+                            .get(&name)
+                            .await
+                            .ok()
+                            .and_then(|c| c.status)
+                            .is_some_and(|s| {
+                                s.phase == ClaimPhase::Pending
+                                    && s.conditions.iter().any(|c| c.reason == *reason)
+                            })
+                    },
+                )
+                .await;
+                reported += 1;
+            }
+        }
+    }
+    println!(
+        "{} hostile manifests: {refused} refused at admission, {reported} reported as conditions",
+        cases.len()
+    );
+    // Clusters the operator judged invalid started nothing.
+    assert!(
+        support::live_pods(&world.client, &ns.name, "sparkconnect.dev/cluster")
+            .await
+            .is_empty()
+    );
+    // A claim with a huge (but admissible) unicode user still binds on the good tenant's
+    // cluster, and so does an ordinary one.
+    let good_claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &good_ns.name);
+    for (name, user) in [
+        ("unicode", "ünïcødé 用户 ".repeat(20)),
+        ("plain", "alice".into()),
+    ] {
+        let claim: SparkConnectClaim = serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"cluster": "good", "user": user}}),
+        )
+        .unwrap();
+        good_claims
+            .create(&PostParams::default(), &claim)
+            .await
+            .unwrap();
+        wait_until(
+            Duration::from_secs(60),
+            &format!("claim {name} bound"),
+            || async {
+                good_claims
+                    .get(name)
+                    .await
+                    .ok()
+                    .and_then(|c| c.status)
+                    .is_some_and(|s| s.phase == ClaimPhase::Bound)
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        operator_restarts(&world).await,
+        restarts_before,
+        "no operator process restarted"
+    );
+    assert_eq!(
+        world.leader_identity().await,
+        leader_before,
+        "the same leader"
+    );
+}
+
+/// A tenant: a ServiceAccount that may manage pods and the operator's resources in `ns`.
+fn make_tenant(world: &World, ns: &str) -> String {
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: tenant, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: tenant, namespace: {ns}}}
+rules:
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list", "create", "patch", "update", "delete"]
+  - apiGroups: ["sparkconnect.dev"]
+    resources: ["sparkconnectclusters", "sparkconnectclaims"]
+    verbs: ["get", "list", "create", "patch", "update", "delete"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: tenant, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: tenant}}
+subjects: [{{kind: ServiceAccount, name: tenant, namespace: {ns}}}]
+"#
+    );
+    let out = world.kubectl(&["apply", "-f", "-"], Some(&yaml));
+    assert!(support::succeeded(&out));
+    format!("system:serviceaccount:{ns}:tenant")
+}
+
+fn pod_manifest(name: &str, labels: Value, extra_args: &[&str]) -> Value {
+    let mut args = vec!["--listen", "0.0.0.0:15002", "--log-calls"];
+    args.extend_from_slice(extra_args);
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": labels},
+           "spec": {"containers": [{"name": "spark-connect-server", "image": "sco-fake-connect:latest",
+                                     "command": ["/sco-fake-connect"], "args": args}]}})
+}
+
+#[tokio::test]
+async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or_claimed() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-foreign").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let mut spec = fake_spec(1, 5, 10);
+    spec["shared"] = json!(1);
+    spec["auth"] = json!({"mode": "Token"});
+    create_pool(&clusters, "pool", spec, 1, Duration::from_secs(120)).await;
+    let labels = json!({"sparkconnect.dev/cluster": "pool", "app.kubernetes.io/component": "server",
+                        "app.kubernetes.io/managed-by": "spark-connect-operator",
+                        "sparkconnect.dev/state": "idle", "sparkconnect.dev/server": "impostor"});
+
+    // A tenant can neither create a pod that claims to be a server nor relabel a real one.
+    let tenant = make_tenant(&world, &ns.name);
+    let out = world.kubectl(
+        &["--as", &tenant, "apply", "-n", &ns.name, "-f", "-"],
+        Some(&pod_manifest("impostor", labels.clone(), &[]).to_string()),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only the spark-connect-operator creates"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let real = support::live_pods(&world.client, &ns.name, "sparkconnect.dev/state=idle").await;
+    let real = real.first().expect("an idle server").name_any();
+    let out = world.kubectl(
+        &[
+            "--as",
+            &tenant,
+            "label",
+            "-n",
+            &ns.name,
+            "pod",
+            &real,
+            "--overwrite",
+            "sparkconnect.dev/state=retiring",
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "a tenant cannot relabel a server");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("set by the spark-connect-operator only")
+    );
+
+    // An admin (allowed to manage servers) can make such a pod; the operator ignores it
+    // because it does not own it.
+    let out = world.kubectl(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&pod_manifest("impostor", labels, &[]).to_string()),
+    );
+    assert!(support::succeeded(&out));
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &ns.name);
+    wait_until(Duration::from_secs(60), "the impostor running", || async {
+        pods.get("impostor")
+            .await
+            .ok()
+            .and_then(|p| p.status?.pod_ip)
+            .is_some()
+    })
+    .await;
+    let impostor_ip = pods
+        .get("impostor")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap();
+    wait_until(Duration::from_secs(60), "ForeignPods reported", || async {
+        clusters.get("pool").await.ok().is_some_and(|c| {
+            condition(&c, "Degraded").is_some_and(|d| d.message.contains("impostor"))
+        })
+    })
+    .await;
+    // Claims keep binding to the cluster's own servers only.
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    for i in 0..3 {
+        let claim: SparkConnectClaim = serde_json::from_value(
+            json!({"metadata": {"name": format!("c{i}")}, "spec": {"cluster": "pool"}}),
+        )
+        .unwrap();
+        claims.create(&PostParams::default(), &claim).await.unwrap();
+        wait_until(Duration::from_secs(90), "claim bound", || async {
+            claims
+                .get(&format!("c{i}"))
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.phase == ClaimPhase::Bound)
+        })
+        .await;
+        let server = claims
+            .get(&format!("c{i}"))
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .server
+            .unwrap();
+        assert_ne!(server, "impostor");
+    }
+    // Never behind the shared Service, never probed (its call log stays empty).
+    let slices: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &ns.name);
+    let shared = slices.get("pool").await.unwrap();
+    let addresses: Vec<String> = shared
+        .endpoints
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|e| e.addresses)
+        .collect();
+    assert_eq!(addresses.len(), 1, "one shared server");
+    assert!(!addresses.contains(&impostor_ip));
+    let log = std::fs::read_to_string(world.state.join(format!("pods/{}_impostor/log", ns.name)))
+        .unwrap_or_default();
+    assert!(
+        !log.contains("call:"),
+        "the impostor was never called: {log}"
+    );
+    let targets = world
+        .metric(
+            "spark_connect_operator_probe_targets",
+            &format!("namespace=\"{}\"", ns.name),
+        )
+        .await;
+    let own = support::live_pods(
+        &world.client,
+        &ns.name,
+        "sparkconnect.dev/cluster=pool,app.kubernetes.io/component=server",
+    )
+    .await
+    .into_iter()
+    .filter(|p| p.name_any() != "impostor")
+    .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+    .count();
+    assert!(
+        targets as usize <= own,
+        "probe targets {targets} are the cluster's own servers ({own})"
+    );
+}
+
+/// A client that authenticates with `token` instead of the admin certificate.
+async fn client_with_token(world: &World, token: &str) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(world.state.join("kubeconfig")).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    Client::try_from(config).unwrap()
+}
+
+/// The ServiceAccount token mounted in a pod of the world.
+fn mounted_token(world: &World, ns: &str, pod: &str) -> Option<String> {
+    fn find(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if let Some(found) = find(&path) {
+                    return Some(found);
+                }
+            } else if path.file_name().is_some_and(|n| n == "token")
+                && path.to_string_lossy().contains("kube-api-access")
+            {
+                return Some(path);
+            }
+        }
+        None
+    }
+    let file = find(&world.state.join(format!("pods/{ns}_{pod}")))?;
+    std::fs::read_to_string(file).ok()
+}
+
+#[tokio::test]
+async fn a_drivers_token_reaches_only_its_own_executors() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-privilege").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    create_pool(
+        &clusters,
+        "least",
+        fake_spec(2, 5, 10),
+        2,
+        Duration::from_secs(120),
+    )
+    .await;
+    let servers = support::live_pods(&world.client, &ns.name, "sparkconnect.dev/state=idle").await;
+    let (me, other) = (servers[0].name_any(), servers[1].name_any());
+    let me_uid = servers[0].uid().unwrap();
+    let token = mounted_token(&world, &ns.name, &me).expect("the driver's mounted token");
+    let driver = client_with_token(&world, &token).await;
+    let pods: Api<Pod> = Api::namespaced(driver.clone(), &ns.name);
+    let refused =
+        |e: kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403 || s.code == 422);
+
+    // No Secrets, no Services.
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(driver.clone(), &ns.name);
+    assert!(refused(
+        secrets.list(&ListParams::default()).await.unwrap_err()
+    ));
+    let services: Api<Service> = Api::namespaced(driver.clone(), &ns.name);
+    assert!(refused(
+        services
+            .delete("least", &DeleteParams::default())
+            .await
+            .unwrap_err()
+    ));
+    // Another server: neither deleted nor relabelled.
+    let err = pods
+        .delete(&other, &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err}").contains("may only manage the executor pods"),
+        "{err}"
+    );
+    let relabel = json!({"metadata": {"labels": {"sparkconnect.dev/state": "claimed"}}});
+    assert!(refused(
+        pods.patch(&other, &PatchParams::default(), &Patch::Merge(&relabel))
+            .await
+            .unwrap_err()
+    ));
+    // A pod it does not own, or one posing as a server, is refused; an executor it owns,
+    // running as the executor account, is allowed (server-side dry run).
+    let owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": me, "uid": me_uid}]);
+    let pod = |labels: Value, owners: Value, account: &str| -> Pod {
+        serde_json::from_value(
+            json!({"metadata": {"name": "probe-pod", "labels": labels, "ownerReferences": owners},
+            "spec": {"serviceAccountName": account, "containers": [{"name": "c", "image": "x"}]}}),
+        )
+        .unwrap()
+    };
+    let dry = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let executor = json!({"app.kubernetes.io/component": "executor"});
+    let err = pods
+        .create(
+            &dry,
+            &pod(executor.clone(), json!([]), "least-spark-executor"),
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("may only manage"), "{err}");
+    let err = pods
+        .create(
+            &dry,
+            &pod(
+                json!({"app.kubernetes.io/component": "server"}),
+                owner.clone(),
+                "least-spark",
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err}").contains("executor pods that run as"),
+        "{err}"
+    );
+    pods.create(&dry, &pod(executor, owner, "least-spark-executor"))
+        .await
+        .expect("a driver may start its own executors");
+    // The executors' account has no token mounted and no rights.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(world.client.clone(), &ns.name);
+    let executor_account = accounts.get("least-spark-executor").await.unwrap();
+    assert_eq!(
+        executor_account.automount_service_account_token,
+        Some(false)
+    );
+    let role = Api::<Role>::namespaced(world.client.clone(), &ns.name)
+        .get("least-spark")
+        .await
+        .unwrap();
+    let resources: Vec<String> = role
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    assert!(
+        !resources.iter().any(|r| r == "secrets" || r == "services"),
+        "{resources:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_never_takes_over_objects_and_puts_back_hand_edits() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-ownership").await;
+    let client = world.client.clone();
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+
+    // Someone else's Service holds the name: the cluster reports it and leaves it alone.
+    let theirs: Service = serde_json::from_value(
+        json!({"metadata": {"name": "taken", "labels": {"owner": "someone"}},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]}}),
+    )
+    .unwrap();
+    services
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let mut spec = fake_spec(0, 5, 10);
+    spec["shared"] = json!(1);
+    clusters
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "taken"}, "spec": spec})).unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "NameConflict reported", || async {
+        clusters.get("taken").await.ok().is_some_and(|c| {
+            condition(&c, "Degraded").is_some_and(|d| {
+                d.reason == "NameConflict"
+                    && d.message
+                        .contains("Service taken already exists and is not owned")
+            })
+        })
+    })
+    .await;
+    let svc = services.get("taken").await.unwrap();
+    assert!(svc.owner_references().is_empty());
+    assert_eq!(svc.spec.unwrap().selector.unwrap()["app"], "theirs");
+
+    // Hand edits of owned objects are reverted.
+    let mut spec = fake_spec(1, 5, 10);
+    spec["shared"] = json!(1);
+    create_pool(&clusters, "drift", spec, 1, Duration::from_secs(120)).await;
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
+    let widen = json!({"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]});
+    roles
+        .patch(
+            "drift-spark",
+            &PatchParams::default(),
+            &Patch::Merge(&widen),
+        )
+        .await
+        .unwrap();
+    let steer = json!({"spec": {"selector": {"app": "elsewhere"}}});
+    services
+        .patch("drift", &PatchParams::default(), &Patch::Merge(&steer))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the Role and the Service put back",
+        || async {
+            let role_ok = roles.get("drift-spark").await.ok().is_some_and(|r| {
+                !r.rules
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|rule| rule.verbs.iter().any(|v| v == "*"))
+            });
+            let svc_ok = services.get("drift").await.ok().is_some_and(|s| {
+                s.spec
+                    .and_then(|s| s.selector)
+                    .is_none_or(|sel| sel.is_empty())
+            });
+            role_ok && svc_ok
+        },
+    )
+    .await;
+
+    // shared: 0 removes the shared Service and clears the endpoint from the status.
+    clusters
+        .patch(
+            "drift",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"shared": 0}})),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the shared Service gone, endpoint cleared",
+        || async {
+            services.get_opt("drift").await.ok().flatten().is_none()
+                && clusters
+                    .get("drift")
+                    .await
+                    .ok()
+                    .and_then(|c| c.status)
+                    .is_some_and(|s| s.endpoint.is_none())
+        },
+    )
+    .await;
+}
