@@ -17,7 +17,7 @@ use super::bind;
 use super::cluster::act::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
 use super::context::{Context, key_of};
-use super::guard::guarded;
+use super::guard::{UNTIL_SYNCED, guarded};
 use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, STATE_LABEL, ServerState};
 use crate::controller::apply::write_status_if_changed;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
@@ -38,6 +38,9 @@ pub async fn reconcile(claim: Arc<SparkConnectClaim>, ctx: Arc<Context>) -> Resu
 }
 
 async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Action, Error> {
+    if !ctx.stores.synced() {
+        return Ok(Action::requeue(UNTIL_SYNCED));
+    }
     let ns = claim
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;

@@ -10,6 +10,9 @@ use futures::FutureExt;
 
 use crate::error::Error;
 
+/// How soon a reconcile that found the stores not yet synced looks again.
+pub const UNTIL_SYNCED: Duration = Duration::from_millis(500);
+
 /// Longest a reconcile may take before it is cancelled.
 pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// A reconcile in flight for longer than this means the loop is stuck (the deadline failed).

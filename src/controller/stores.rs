@@ -189,6 +189,14 @@ impl Stores {
             .collect()
     }
 
+    /// Whether every watch has delivered its first full list. Until then a store may miss
+    /// objects that exist, and no decision may be taken from it.
+    pub fn synced(&self) -> bool {
+        self.health
+            .values()
+            .all(|h| h.synced.load(Ordering::Relaxed))
+    }
+
     /// The kinds whose watch failed on its last attempt.
     pub fn failing_watches(&self) -> Vec<&'static str> {
         self.health

@@ -53,6 +53,14 @@ impl World {
         PathBuf::from(env!("CARGO_BIN_EXE_sco-world"))
     }
 
+    /// The operator binary (for its `probe` command inside the world).
+    pub fn operator_bin() -> PathBuf {
+        env_path(
+            "SCO_SPARK_CONNECT_OPERATOR_BIN",
+            "target/debug/spark-connect-operator",
+        )
+    }
+
     /// Runs a command inside the world and returns its output.
     pub fn exec(&self, command: &[&str]) -> Output {
         Command::new(Self::world_bin())
@@ -361,4 +369,111 @@ pub fn succeeded(out: &Output) -> bool {
         );
     }
     out.status.success()
+}
+
+/// What must hold for a pool after any fault: no server bound to two claims, every Bound claim
+/// on a live server annotated with it, no Service or EndpointSlice without its server, the
+/// prober probing exactly the live servers, and the pool back at its idle target. Waits up to
+/// `timeout` for the eventual parts (pool size, prober) and fails the test otherwise.
+pub async fn assert_pool_consistent(world: &World, ns: &str, cluster: &str, timeout: Duration) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+    let client = &world.client;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
+    let servers = format!("sparkconnect.dev/cluster={cluster},app.kubernetes.io/component=server");
+    let idle_target = clusters
+        .get(cluster)
+        .await
+        .map(|c| c.spec.hot_pool.idle)
+        .unwrap_or_default();
+    wait_until(timeout, &format!("{ns}/{cluster} consistent"), || async {
+        let live = live_pods(client, ns, &servers).await;
+        let Ok(listed) = claims.list(&ListParams::default()).await else {
+            return false;
+        };
+        let bound: Vec<(String, String)> = listed
+            .items
+            .iter()
+            .filter(|c| c.spec.cluster == cluster)
+            .filter_map(|c| {
+                let s = c.status.as_ref()?;
+                if s.phase != ClaimPhase::Bound {
+                    return None;
+                }
+                Some((c.metadata.name.clone()?, s.server.clone()?))
+            })
+            .collect();
+        let mut servers_used: Vec<&String> = bound.iter().map(|(_, s)| s).collect();
+        servers_used.sort();
+        servers_used.dedup();
+        assert_eq!(servers_used.len(), bound.len(), "a server is bound to two claims: {bound:?}");
+        let annotated = bound.iter().all(|(claim, server)| {
+            live.iter().any(|p| {
+                p.metadata.name.as_deref() == Some(server.as_str())
+                    && p.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get("sparkconnect.dev/claim"))
+                        == Some(claim)
+            })
+        });
+        let names: Vec<String> = live.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let all_pods: Vec<String> = Api::<Pod>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&servers))
+            .await
+            .map(|l| l.items.into_iter().filter_map(|p| p.metadata.name).collect())
+            .unwrap_or_default();
+        let per_server = servers.clone();
+        let services: Vec<String> = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&per_server))
+            .await
+            .map(|l| l.items.into_iter().filter_map(|s| s.metadata.name).collect())
+            .unwrap_or_default();
+        let slices: Vec<String> = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+            .list(&ListParams::default().labels(&per_server))
+            .await
+            .map(|l| l.items.into_iter().filter_map(|s| s.metadata.name).collect())
+            .unwrap_or_default();
+        let no_orphans = services.iter().chain(&slices).all(|s| all_pods.contains(s));
+        let with_ip = live
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some())
+            .count();
+        let probed = world
+            .metric(
+                "spark_connect_operator_probe_targets",
+                &format!("cluster=\"{cluster}\",namespace=\"{ns}\""),
+            )
+            .await;
+        let idle = clusters
+            .get(cluster)
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .map(|s| s.servers.idle)
+            .unwrap_or_default();
+        let ok = annotated && no_orphans && probed as usize == with_ip && idle >= idle_target;
+        if !ok {
+            eprintln!(
+                "not yet: bound claims annotated {annotated}, no orphans {no_orphans} ({services:?} {slices:?} vs {names:?}), probed {probed} of {with_ip}, idle {idle} of {idle_target}"
+            );
+        }
+        ok
+    })
+    .await;
+}
+
+/// The process id (inside the world) of a pod's main process.
+pub fn pod_pid(world: &World, ns: &str, pod: &str) -> String {
+    std::fs::read_to_string(world.state.join(format!("pods/{ns}_{pod}/pid")))
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The process id (inside the world) of a control-plane program, e.g. `kube-apiserver`.
+pub fn world_pid(world: &World, program: &str) -> String {
+    let out = world.exec(&["pgrep", "-o", "-x", program]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

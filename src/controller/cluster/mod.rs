@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::bind;
 use super::context::{Context, key_of};
-use super::guard::guarded;
+use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::PoolTerms;
 use super::pool::{Decision, Inputs, decide};
 use crate::builders::labels::{ServerState, token_secret_name};
@@ -62,6 +62,10 @@ pub async fn reconcile(
 }
 
 async fn with_finalizer(cluster: Arc<SparkConnectCluster>, ctx: &Context) -> Result<Action, Error> {
+    // A store that has not listed everything yet would show servers as gone: decide nothing.
+    if !ctx.stores.synced() {
+        return Ok(Action::requeue(UNTIL_SYNCED));
+    }
     let namespace = cluster
         .metadata
         .namespace
