@@ -293,9 +293,23 @@ async fn create_dns_service(client: &Client) -> anyhow::Result<()> {
         "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": true}}],
         "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]
     }))?;
-    Api::<Service>::namespaced(client.clone(), "kube-system")
-        .create(&PostParams::default(), &service)
-        .await?;
+    // The apiserver makes its default ServiceCIDR ready shortly after /readyz: until then a
+    // Service with a fixed cluster IP is refused as outside "the current range".
+    let services = Api::<Service>::namespaced(client.clone(), "kube-system");
+    let started = std::time::Instant::now();
+    loop {
+        match services.create(&PostParams::default(), &service).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s))
+                if s.code == 422
+                    && s.message.contains("current range")
+                    && started.elapsed() < std::time::Duration::from_secs(60) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Api::<EndpointSlice>::namespaced(client.clone(), "kube-system")
         .create(&PostParams::default(), &slice)
         .await?;

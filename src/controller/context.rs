@@ -8,8 +8,8 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
-use super::cluster::tokens::ServerTokens;
 use super::guard::{Liveness, Retries};
+use super::known_tokens::KnownTokens;
 use super::pool::allocator::Allocator;
 use super::pool::autoscale::Autoscaler;
 use super::pool::backoff::StartBackoff;
@@ -41,7 +41,7 @@ pub struct Context {
     /// Reconciles in flight, for /healthz.
     pub liveness: Liveness,
     /// Tokens of pool servers this process knows.
-    pub tokens: ServerTokens,
+    pub tokens: KnownTokens,
     me: Weak<Context>,
 }
 
@@ -54,7 +54,7 @@ impl Context {
         };
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            tokens: ServerTokens::default(),
+            tokens: KnownTokens::default(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,

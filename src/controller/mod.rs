@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod conditions;
 pub mod context;
 pub mod guard;
+pub mod known_tokens;
 pub mod pool;
 pub mod stores;
 

@@ -106,7 +106,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
 
     let token = children::ensure(&valid, ctx, &mut problems).await?;
     let mut observed = observe::observe(&valid, ctx, &token);
-    let tokens = tokens::ServerTokens::resolve(&valid, ctx, &observed, &token).await;
+    let tokens = tokens::resolve(&valid, ctx, &observed, &token).await;
     let token_mode = cluster.spec.auth.mode == AuthMode::Token;
     tokens::mark_unknown_tokens(&mut observed.views, &tokens, token_mode);
     let autoscaled = pace::autoscaled_target(&valid, ctx, &key, &observed, now);

@@ -1,8 +1,7 @@
 //! The token each server holds: the cluster's for endpoint servers, its own for pool servers in
 //! token mode (read from its Secret once per process, then remembered by pod UID).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -17,55 +16,29 @@ use crate::controller::pool::plan::ServerView;
 use crate::crd::AuthMode;
 use crate::validate::ValidCluster;
 
-/// Tokens of pool servers this process knows, by pod UID.
-#[derive(Default)]
-pub struct ServerTokens {
-    known: Mutex<HashMap<String, String>>,
-}
-
 /// Server name → the token it holds (`None`: no auth, or not knowable).
 pub type Tokens = BTreeMap<String, Option<String>>;
 
-impl ServerTokens {
-    /// Remembers the token a new server was given.
-    pub fn remember(&self, uid: &str, token: String) {
-        if let Ok(mut known) = self.known.lock() {
-            known.insert(uid.into(), token);
-        }
+/// The token every live server of the cluster holds.
+pub async fn resolve(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    cluster_token: &ClusterToken,
+) -> Tokens {
+    let mut tokens = Tokens::new();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    for view in &observed.views {
+        let token = match (valid.cluster.spec.auth.mode, view.role) {
+            (AuthMode::None, _) => None,
+            (AuthMode::Token, ServerRole::Endpoint) => cluster_token.value().map(Into::into),
+            (AuthMode::Token, ServerRole::Pool) => {
+                own_token(ctx, &secrets, observed, &view.name).await
+            }
+        };
+        tokens.insert(view.name.clone(), token);
     }
-
-    /// Forgets a removed server's token.
-    pub fn forget(&self, uid: &str) {
-        if let Ok(mut known) = self.known.lock() {
-            known.remove(uid);
-        }
-    }
-
-    fn get(&self, uid: &str) -> Option<String> {
-        self.known.lock().ok()?.get(uid).cloned()
-    }
-
-    /// The token every live server of the cluster holds.
-    pub async fn resolve(
-        valid: &ValidCluster<'_>,
-        ctx: &Context,
-        observed: &Observed,
-        cluster_token: &ClusterToken,
-    ) -> Tokens {
-        let mut tokens = Tokens::new();
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), valid.namespace);
-        for view in &observed.views {
-            let token = match (valid.cluster.spec.auth.mode, view.role) {
-                (AuthMode::None, _) => None,
-                (AuthMode::Token, ServerRole::Endpoint) => cluster_token.value().map(Into::into),
-                (AuthMode::Token, ServerRole::Pool) => {
-                    own_token(ctx, &secrets, observed, &view.name).await
-                }
-            };
-            tokens.insert(view.name.clone(), token);
-        }
-        tokens
-    }
+    tokens
 }
 
 /// A pool server's own token: remembered, or read from its Secret, which must be controlled by
