@@ -931,3 +931,72 @@ async fn the_operator_never_takes_over_objects_and_puts_back_hand_edits() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn privileged_settings_need_the_opt_in_and_the_opt_in_needs_its_rbac_verb() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-privileged").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let tenant = make_tenant(&world, &ns.name);
+    let privileged = |name: &str| {
+        cluster(
+            name,
+            spec(json!({
+                "security": {"allowPrivileged": true},
+                "sparkConf": {"spark.kubernetes.executor.secrets.db": "/db"}
+            })),
+        )
+    };
+    // A tenant who may create clusters may not opt in to privileged settings...
+    let out = world.kubectl(
+        &["--as", &tenant, "apply", "-n", &ns.name, "-f", "-"],
+        Some(&privileged("by-tenant").to_string()),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs the RBAC verb allow-privileged"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...until granted the verb; then the same settings are accepted and not reported.
+    let grant = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: privileged, namespace: {ns}}}
+rules: [{{apiGroups: ["sparkconnect.dev"], resources: ["sparkconnectclusters"], verbs: ["allow-privileged"]}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: privileged, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: privileged}}
+subjects: [{{kind: ServiceAccount, name: tenant, namespace: {ns}}}]
+"#,
+        ns = ns.name
+    );
+    assert!(support::succeeded(
+        &world.kubectl(&["apply", "-f", "-"], Some(&grant))
+    ));
+    wait_until(Duration::from_secs(30), "the opt-in admitted", || async {
+        world
+            .kubectl(
+                &["--as", &tenant, "apply", "-n", &ns.name, "-f", "-"],
+                Some(&privileged("by-tenant").to_string()),
+            )
+            .status
+            .success()
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(60),
+        "reconciled without InvalidSpec",
+        || async {
+            clusters.get("by-tenant").await.ok().is_some_and(|c| {
+                c.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation.is_some())
+                    && condition(&c, "Degraded").is_some_and(|d| d.reason != "InvalidSpec")
+            })
+        },
+    )
+    .await;
+}

@@ -57,6 +57,14 @@ pub async fn serve(ctx: &Context, key: &str) {
         let assignments = ctx
             .allocator
             .assign(key, &candidates, |server| idle.contains(server));
+        tracing::debug!(
+            cluster = key,
+            idle = idle.len(),
+            candidates = candidates.len(),
+            assigned = assignments.len(),
+            waiting = ctx.allocator.waiting(key),
+            "serving the line"
+        );
         if assignments.is_empty() {
             return;
         }

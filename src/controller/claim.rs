@@ -24,6 +24,8 @@ use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
 
 const CONTROLLER: &str = "claim";
+/// How often a waiting claim makes sure it is still in line.
+const WAITING_RECHECK: Duration = Duration::from_secs(30);
 /// How often a claim whose cluster does not exist looks again.
 const CLUSTER_MISSING_RETRY: Duration = Duration::from_secs(10);
 
@@ -95,6 +97,8 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
     bind::serve(ctx, &cluster_key).await;
     if ctx.allocator.first_seen(&cluster_key, &name).is_some() {
         mark_waiting(claim, ctx).await?;
+        // Servers freeing up serve the line at once; this look is only a safety net.
+        return Ok(Action::requeue(WAITING_RECHECK));
     }
     Ok(Action::await_change())
 }

@@ -233,14 +233,19 @@ fn publish_terms(
             token_mode,
         },
     );
-    let live: std::collections::BTreeSet<String> = observed
-        .claim_views
-        .iter()
-        .filter(|c| c.server.is_none() && c.phase == ClaimPhase::Pending)
-        .map(|c| c.name.clone())
-        .collect();
-    ctx.allocator
-        .retain_waiting(key, |name| live.contains(name));
+    // Drop from the line only claims the store shows gone, bound or ended now: claims queued
+    // while this reconcile ran are not in its observation, and must stay.
+    ctx.allocator.retain_waiting(key, |name| {
+        let claim = ctx
+            .stores
+            .claims
+            .get(&ObjectRef::new(name).within(valid.namespace));
+        claim.is_some_and(|c| {
+            let status = c.status.as_ref();
+            c.metadata.deletion_timestamp.is_none()
+                && status.is_none_or(|s| s.server.is_none() && s.phase == ClaimPhase::Pending)
+        })
+    });
     if ctx.allocator.waiting(key) > 0 {
         bind::serve_in_background(ctx, key);
     }
