@@ -289,3 +289,146 @@ pub async fn write_bound(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::pool::allocator::Candidate;
+    use crate::controller::stores::{Held, Stores};
+    use crate::metrics::Metrics;
+    use crate::probe::health::HealthBook;
+    use crate::probe::prober::Prober;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    const NS: &str = "ns";
+    const UID: &str = "cluster-uid";
+
+    fn at(secs: i64) -> String {
+        Timestamp::from_second(1_800_000_000 + secs)
+            .unwrap()
+            .to_string()
+    }
+
+    fn server(name: &str, age: i64) -> Pod {
+        serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": NS, "uid": format!("uid-{name}"), "resourceVersion": "7",
+            "creationTimestamp": at(-age),
+            "labels": {CLUSTER_LABEL: "c", SERVER_LABEL: name, STATE_LABEL: "idle",
+                       SPEC_HASH_LABEL: "h", "app.kubernetes.io/component": "server"},
+            "ownerReferences": [{"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
+                                 "name": "c", "uid": UID, "controller": true}]
+        }}))
+        .unwrap()
+    }
+
+    fn claim(name: &str, created: i64) -> SparkConnectClaim {
+        serde_json::from_value(
+            json!({"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
+            "metadata": {"name": name, "namespace": NS, "creationTimestamp": at(created)},
+            "spec": {"cluster": "c"}}),
+        )
+        .unwrap()
+    }
+
+    fn respond(status: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_bind_leaves_the_claim_first_in_line_and_others_still_bind() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, NS);
+        let metrics = Metrics::new().unwrap();
+        let (tx, _rx) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
+        let pods = vec![server("s-old", 60), server("s-new", 10)];
+        let claims = vec![claim("first", 1), claim("second", 2)];
+        let held = Held {
+            pods,
+            claims: claims.clone(),
+            ..Held::default()
+        };
+        let ctx = Context::new(client, metrics, prober, Stores::holding(held));
+        for uid in ["uid-s-old", "uid-s-new"] {
+            ctx.prober.book().seed(uid, Verdict::Healthy);
+        }
+        let key = "ns/c";
+        ctx.allocator.publish(
+            key,
+            PoolTerms {
+                namespace: NS.into(),
+                cluster: "c".into(),
+                cluster_uid: UID.into(),
+                server_hash: "h".into(),
+                reserved_for_shared: 0,
+                max_waiting: 10,
+                port: 15002,
+                token_mode: false,
+            },
+        );
+        let now = Timestamp::from_second(1_800_000_100).unwrap();
+        for c in &claims {
+            let created = c.metadata.creation_timestamp.as_ref().unwrap().0;
+            ctx.allocator
+                .enqueue(key, &c.name_any(), created, now)
+                .unwrap();
+        }
+        // The apiserver: the oldest server was taken by someone else (409, every time it is
+        // tried); the other bind goes through.
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (method, path) = (request.method().clone(), request.uri().path().to_string());
+                seen.push(format!("{method} {path}"));
+                let reply = if path.ends_with("/pods/s-old") {
+                    respond(
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                    )
+                } else if path.ends_with("/pods/s-new") {
+                    respond(200, serde_json::to_value(server("s-new", 10)).unwrap())
+                } else if path.ends_with("/sparkconnectclaims/second/status") {
+                    respond(200, serde_json::to_value(claim("second", 2)).unwrap())
+                } else {
+                    respond(201, json!({}))
+                };
+                send.send_response(reply);
+                if seen.iter().filter(|s| s.ends_with("/pods/s-old")).count() >= 2
+                    && seen.iter().any(|s| s.ends_with("/second/status"))
+                {
+                    break;
+                }
+            }
+            seen
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, key))
+            .await
+            .expect("serving ends");
+        let seen = apiserver.await.unwrap();
+        assert!(
+            seen.iter().any(|s| s == "PATCH /apis/sparkconnect.dev/v1alpha1/namespaces/ns/sparkconnectclaims/second/status"),
+            "{seen:?}"
+        );
+        assert!(
+            !seen.iter().any(|s| s.contains("claims/first/status")),
+            "the conflicted claim is not marked bound: {seen:?}"
+        );
+        assert_eq!(
+            ctx.allocator.waiting(key),
+            1,
+            "only the conflicted claim waits"
+        );
+        let fresh = Candidate {
+            name: "s-fresh".into(),
+            resource_version: "1".into(),
+            created: now,
+        };
+        let next = ctx.allocator.assign(key, &[fresh], |_| true);
+        assert_eq!(next[0].claim, "first", "it is still first in line");
+    }
+}

@@ -206,3 +206,66 @@ impl Stores {
             .collect()
     }
 }
+
+/// Objects for [`Stores::holding`].
+#[cfg(test)]
+#[derive(Default)]
+pub struct Held {
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Claims.
+    pub claims: Vec<SparkConnectClaim>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub slices: Vec<EndpointSlice>,
+    /// ServiceAccounts.
+    pub accounts: Vec<ServiceAccount>,
+    /// Roles.
+    pub roles: Vec<Role>,
+    /// RoleBindings.
+    pub bindings: Vec<RoleBinding>,
+}
+
+#[cfg(test)]
+impl Stores {
+    /// Stores holding exactly these objects, every watch counted as synced (for unit tests of
+    /// the steps that read them).
+    pub fn holding(held: Held) -> Self {
+        fn filled<K>(objects: Vec<K>) -> Store<K>
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (reader, mut writer) = reflector::store();
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for object in objects {
+                writer.apply_watcher_event(&watcher::Event::InitApply(object));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+            drop(writer);
+            reader
+        }
+        let kinds = [
+            "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
+        ];
+        let health = kinds
+            .iter()
+            .map(|k| {
+                let h = WatchHealth::default();
+                h.synced.store(true, Ordering::Relaxed);
+                (*k, h)
+            })
+            .collect();
+        Self {
+            clusters: filled(Vec::new()),
+            claims: filled(held.claims),
+            pods: filled(held.pods),
+            services: filled(held.services),
+            slices: filled(held.slices),
+            accounts: filled(held.accounts),
+            roles: filled(held.roles),
+            bindings: filled(held.bindings),
+            health: Arc::new(health),
+        }
+    }
+}

@@ -477,3 +477,137 @@ fn sync_probes(
     ctx.prober
         .sync(&ObjectRef::from_obj(valid.cluster), &targets, &settings);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::labels::{ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL};
+    use crate::builders::rbac;
+    use crate::controller::cluster::observe::{hashes, observe};
+    use crate::controller::pool::{Inputs, decide};
+    use crate::controller::stores::{Held, Stores};
+    use crate::metrics::Metrics;
+    use crate::probe::health::HealthBook;
+    use crate::probe::prober::Prober;
+    use crate::test_support::cluster;
+    use crate::validate::validate;
+    use http::{Request, Response};
+    use kube::client::Body;
+    use std::sync::Arc;
+
+    /// An idle server as the apiserver would hold it, built by the operator's own builders.
+    fn idle_server(valid: &ValidCluster, name: &str) -> Pod {
+        let mut pod = server_pod(
+            valid,
+            ServerIdentity {
+                name,
+                role: ServerRole::Pool,
+                hash: &valid.spec_hash,
+            },
+        )
+        .unwrap();
+        let labels = pod.metadata.labels.get_or_insert_default();
+        labels.insert(STATE_LABEL.into(), "idle".into());
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.metadata.resource_version = Some("3".into());
+        pod.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(1_800_000_000).unwrap()));
+        pod.status = Some(
+            serde_json::from_value(json!({"phase": "Running", "podIP": "10.244.0.9"})).unwrap(),
+        );
+        pod
+    }
+
+    #[tokio::test]
+    async fn steady_state_makes_no_writes() {
+        let mut c = cluster();
+        c.spec.shared = 0;
+        let valid = validate(&c).unwrap();
+        let name = "analytics-bcdfg";
+        let pod = idle_server(&valid, name);
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[SERVER_LABEL], name);
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[ROLE_LABEL], "pool");
+        assert_eq!(
+            pod.metadata.labels.as_ref().unwrap()[SPEC_HASH_LABEL],
+            valid.spec_hash
+        );
+        let backend = Backend {
+            pod: name.into(),
+            uid: format!("uid-{name}"),
+            ip: "10.244.0.9".into(),
+        };
+        let held = Held {
+            pods: vec![pod],
+            services: vec![server_service(&valid, name).unwrap()],
+            slices: vec![endpoint_slice(&valid, name, false, &[backend]).unwrap()],
+            accounts: vec![
+                rbac::driver_service_account(&valid).unwrap(),
+                rbac::executor_service_account(&valid).unwrap(),
+            ],
+            roles: vec![rbac::driver_role(&valid).unwrap()],
+            bindings: vec![rbac::driver_role_binding(&valid).unwrap()],
+            ..Held::default()
+        };
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                seen.push(format!("{} {}", request.method(), request.uri().path()));
+                send.send_response(Response::builder().status(500).body(Body::empty()).unwrap());
+            }
+            seen
+        });
+        let metrics = Metrics::new().unwrap();
+        let (tx, _rx) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
+        let ctx = Context::new(
+            kube::Client::new(service, "data"),
+            metrics,
+            prober,
+            Stores::holding(held),
+        );
+        ctx.prober
+            .book()
+            .seed(&format!("uid-{name}"), Verdict::Healthy);
+
+        let mut problems = Problems::default();
+        let token = crate::controller::cluster::children::ensure(&valid, &ctx, &mut problems)
+            .await
+            .unwrap();
+        let observed = observe(&valid, &ctx, &token);
+        assert_eq!(observed.hashes, hashes(&valid.spec_hash, &token));
+        let decision = decide(
+            Inputs {
+                servers: observed.views.clone(),
+                claims: &observed.claim_views,
+                claimed_servers: observed.claimed_servers.clone(),
+                handed_out: &observed.handed_out,
+                size: valid.size,
+                autoscaled: None,
+                hashes: &observed.hashes,
+                split_roles: false,
+                timings: valid.timings,
+            },
+            Timestamp::from_second(1_800_000_060).unwrap(),
+        );
+        let tokens = Tokens::from([(name.to_string(), None)]);
+        execute(
+            &valid,
+            &ctx,
+            &observed,
+            &decision,
+            &token,
+            &tokens,
+            &mut problems,
+        )
+        .await
+        .unwrap();
+        assert!(problems.is_empty(), "{:?}", problems.list());
+        drop(ctx);
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), apiserver)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(seen.is_empty(), "a steady state sent {seen:?}");
+    }
+}
