@@ -1000,3 +1000,59 @@ subjects: [{{kind: ServiceAccount, name: tenant, namespace: {ns}}}]
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_resource_quota_refusing_servers_is_a_condition_and_the_pool_fills_once_lifted() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-quota").await;
+    let quota = format!(
+        "apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: pods, namespace: {}}}\nspec: {{hard: {{pods: \"1\"}}}}\n",
+        ns.name
+    );
+    assert!(support::succeeded(
+        &world.kubectl(&["apply", "-f", "-"], Some(&quota))
+    ));
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    clusters
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "quota"}, "spec": fake_spec(3, 5, 10)}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the quota refusal reported",
+        || async {
+            clusters.get("quota").await.ok().is_some_and(|c| {
+                condition(&c, "Degraded").is_some_and(|d| {
+                    d.status == "True"
+                        && d.reason == "ObjectForbidden"
+                        && d.message.contains("exceeded quota")
+                })
+            })
+        },
+    )
+    .await;
+    let restarts = operator_restarts(&world).await;
+    let lifted = json!({"spec": {"hard": {"pods": "20"}}});
+    Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(world.client.clone(), &ns.name)
+        .patch("pods", &PatchParams::default(), &Patch::Merge(&lifted))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(180),
+        "the pool full and the condition cleared",
+        || async {
+            clusters.get("quota").await.ok().is_some_and(|c| {
+                c.status.as_ref().is_some_and(|s| s.servers.idle == 3)
+                    && condition(&c, "Degraded").is_some_and(|d| d.status == "False")
+            })
+        },
+    )
+    .await;
+    assert_eq!(operator_restarts(&world).await, restarts);
+}

@@ -431,4 +431,91 @@ mod tests {
         let next = ctx.allocator.assign(key, &[fresh], |_| true);
         assert_eq!(next[0].claim, "first", "it is still first in line");
     }
+
+    #[tokio::test]
+    async fn a_refused_bind_fails_only_that_claim() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, NS);
+        let metrics = Metrics::new().unwrap();
+        let (tx, _rx) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
+        let held = Held {
+            pods: vec![server("s1", 60), server("s2", 10)],
+            claims: vec![claim("refused", 1), claim("fine", 2)],
+            ..Held::default()
+        };
+        let ctx = Context::new(client, metrics, prober, Stores::holding(held));
+        for uid in ["uid-s1", "uid-s2"] {
+            ctx.prober.book().seed(uid, Verdict::Healthy);
+        }
+        let key = "ns/c";
+        ctx.allocator.publish(
+            key,
+            PoolTerms {
+                namespace: NS.into(),
+                cluster: "c".into(),
+                cluster_uid: UID.into(),
+                server_hash: "h".into(),
+                reserved_for_shared: 0,
+                max_waiting: 10,
+                port: 15002,
+                token_mode: false,
+            },
+        );
+        let now = Timestamp::from_second(1_800_000_100).unwrap();
+        for (name, created) in [("refused", 1), ("fine", 2)] {
+            let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
+            ctx.allocator.enqueue(key, name, created, now).unwrap();
+        }
+        // The oldest claim's server write is refused (422); the other claim binds, and the
+        // refused one ends Failed with the apiserver's reason.
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let path = request.uri().path().to_string();
+                let body = http_body_util::BodyExt::collect(request.into_body())
+                    .await
+                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+                    .unwrap_or_default();
+                let reply = if path.ends_with("/pods/s1") {
+                    respond(
+                        422,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "metadata.annotations: Too long", "reason": "Invalid", "code": 422}),
+                    )
+                } else if path.ends_with("/pods/s2") {
+                    respond(200, serde_json::to_value(server("s2", 10)).unwrap())
+                } else if path.ends_with("/status") {
+                    respond(200, serde_json::to_value(claim("x", 1)).unwrap())
+                } else {
+                    respond(201, json!({}))
+                };
+                seen.push((path, body));
+                send.send_response(reply);
+                let statuses = seen.iter().filter(|(p, _)| p.ends_with("/status")).count();
+                if statuses >= 2 {
+                    break;
+                }
+            }
+            seen
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, key))
+            .await
+            .expect("serving ends");
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), apiserver)
+            .await
+            .expect("both claims written")
+            .unwrap();
+        let status_of = |claim: &str| {
+            seen.iter()
+                .find(|(p, _)| p.ends_with(&format!("/sparkconnectclaims/{claim}/status")))
+                .map(|(_, body)| body.clone())
+                .unwrap_or_default()
+        };
+        assert!(status_of("fine").contains("\"Bound\""), "{seen:?}");
+        let refused = status_of("refused");
+        assert!(refused.contains("\"Failed\""), "{refused}");
+        assert!(refused.contains("Too long"), "{refused}");
+        assert_eq!(ctx.allocator.waiting(key), 0);
+    }
 }
