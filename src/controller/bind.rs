@@ -303,6 +303,7 @@ mod tests {
 
     const NS: &str = "ns";
     const UID: &str = "cluster-uid";
+    const KEY: &str = "ns/c";
 
     fn at(secs: i64) -> String {
         Timestamp::from_second(1_800_000_000 + secs)
@@ -331,34 +332,31 @@ mod tests {
         .unwrap()
     }
 
-    fn respond(status: u16, body: serde_json::Value) -> Response<Body> {
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_conflict_on_bind_leaves_the_claim_first_in_line_and_others_still_bind() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, NS);
+    /// A context over `held`, reading a mock apiserver, with every server healthy and the
+    /// claims (name, seconds after the epoch) in line for cluster `ns/c`.
+    fn serving(
+        held: Held,
+        line: &[(&str, i64)],
+    ) -> (
+        Arc<Context>,
+        tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let metrics = Metrics::new().unwrap();
         let (tx, _rx) = futures::channel::mpsc::unbounded();
         let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
-        let pods = vec![server("s-old", 60), server("s-new", 10)];
-        let claims = vec![claim("first", 1), claim("second", 2)];
-        let held = Held {
-            pods,
-            claims: claims.clone(),
-            ..Held::default()
-        };
-        let ctx = Context::new(client, metrics, prober, Stores::holding(held));
-        for uid in ["uid-s-old", "uid-s-new"] {
-            ctx.prober.book().seed(uid, Verdict::Healthy);
+        let uids: Vec<String> = held.pods.iter().filter_map(|p| p.uid()).collect();
+        let ctx = Context::new(
+            kube::Client::new(service, NS),
+            metrics,
+            prober,
+            Stores::holding(held),
+        );
+        for uid in uids {
+            ctx.prober.book().seed(&uid, Verdict::Healthy);
         }
-        let key = "ns/c";
         ctx.allocator.publish(
-            key,
+            KEY,
             PoolTerms {
                 namespace: NS.into(),
                 cluster: "c".into(),
@@ -371,12 +369,29 @@ mod tests {
             },
         );
         let now = Timestamp::from_second(1_800_000_100).unwrap();
-        for c in &claims {
-            let created = c.metadata.creation_timestamp.as_ref().unwrap().0;
-            ctx.allocator
-                .enqueue(key, &c.name_any(), created, now)
-                .unwrap();
+        for (name, created) in line {
+            let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
+            ctx.allocator.enqueue(KEY, name, created, now).unwrap();
         }
+        (ctx, handle)
+    }
+
+    fn respond(status: u16, body: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_conflict_on_bind_leaves_the_claim_first_in_line_and_others_still_bind() {
+        let held = Held {
+            pods: vec![server("s-old", 60), server("s-new", 10)],
+            claims: vec![claim("first", 1), claim("second", 2)],
+            ..Held::default()
+        };
+        let (ctx, mut handle) = serving(held, &[("first", 1), ("second", 2)]);
+        let (key, now) = (KEY, Timestamp::from_second(1_800_000_100).unwrap());
         // The apiserver: the oldest server was taken by someone else (409, every time it is
         // tried); the other bind goes through.
         let apiserver = tokio::spawn(async move {
@@ -434,39 +449,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_bind_fails_only_that_claim() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, NS);
-        let metrics = Metrics::new().unwrap();
-        let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
         let held = Held {
             pods: vec![server("s1", 60), server("s2", 10)],
             claims: vec![claim("refused", 1), claim("fine", 2)],
             ..Held::default()
         };
-        let ctx = Context::new(client, metrics, prober, Stores::holding(held));
-        for uid in ["uid-s1", "uid-s2"] {
-            ctx.prober.book().seed(uid, Verdict::Healthy);
-        }
-        let key = "ns/c";
-        ctx.allocator.publish(
-            key,
-            PoolTerms {
-                namespace: NS.into(),
-                cluster: "c".into(),
-                cluster_uid: UID.into(),
-                server_hash: "h".into(),
-                reserved_for_shared: 0,
-                max_waiting: 10,
-                port: 15002,
-                token_mode: false,
-            },
-        );
-        let now = Timestamp::from_second(1_800_000_100).unwrap();
-        for (name, created) in [("refused", 1), ("fine", 2)] {
-            let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
-            ctx.allocator.enqueue(key, name, created, now).unwrap();
-        }
+        let (ctx, mut handle) = serving(held, &[("refused", 1), ("fine", 2)]);
+        let key = KEY;
         // The oldest claim's server write is refused (422); the other claim binds, and the
         // refused one ends Failed with the apiserver's reason.
         let apiserver = tokio::spawn(async move {

@@ -483,8 +483,9 @@ mod tests {
     use super::*;
     use crate::builders::labels::{ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL};
     use crate::builders::rbac;
+    use crate::controller::cluster::inputs;
     use crate::controller::cluster::observe::{hashes, observe};
-    use crate::controller::pool::{Inputs, decide};
+    use crate::controller::pool::decide;
     use crate::controller::stores::{Held, Stores};
     use crate::metrics::Metrics;
     use crate::probe::health::HealthBook;
@@ -576,20 +577,8 @@ mod tests {
             .unwrap();
         let observed = observe(&valid, &ctx, &token);
         assert_eq!(observed.hashes, hashes(&valid.spec_hash, &token));
-        let decision = decide(
-            Inputs {
-                servers: observed.views.clone(),
-                claims: &observed.claim_views,
-                claimed_servers: observed.claimed_servers.clone(),
-                handed_out: &observed.handed_out,
-                size: valid.size,
-                autoscaled: None,
-                hashes: &observed.hashes,
-                split_roles: false,
-                timings: valid.timings,
-            },
-            Timestamp::from_second(1_800_000_060).unwrap(),
-        );
+        let now = Timestamp::from_second(1_800_000_060).unwrap();
+        let decision = decide(inputs(&valid, &observed, None, false), now);
         let tokens = Tokens::from([(name.to_string(), None)]);
         execute(
             &valid,

@@ -143,7 +143,8 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     report::report(&valid, ctx, &decision, summary, &key).await
 }
 
-fn inputs<'a>(
+/// What the decision reads, from an observation.
+pub(crate) fn inputs<'a>(
     valid: &ValidCluster<'_>,
     observed: &'a Observed,
     autoscaled: Option<usize>,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use kube::runtime::reflector::Store;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
@@ -109,29 +110,8 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         .collect();
     let claim_views = claims.values().filter_map(|c| claim_view(c)).collect();
 
-    let owned = |labels: &BTreeMap<String, String>| in_cluster(labels);
-    let services = stores
-        .services
-        .state()
-        .into_iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(valid.namespace)
-                && owned(s.labels())
-                && controlled_by(s.as_ref(), valid.uid)
-        })
-        .map(|s| (s.name_any(), s))
-        .collect();
-    let slices = stores
-        .slices
-        .state()
-        .into_iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(valid.namespace)
-                && owned(s.labels())
-                && controlled_by(s.as_ref(), valid.uid)
-        })
-        .map(|s| (s.name_any(), s))
-        .collect();
+    let services = owned_by(&stores.services, valid);
+    let slices = owned_by(&stores.slices, valid);
 
     Observed {
         servers,
@@ -146,6 +126,23 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         slices,
         hashes: hashes(&valid.spec_hash, token),
     }
+}
+
+/// The objects of a store that carry the cluster's label and that it controls, by name.
+fn owned_by<K>(store: &Store<K>, valid: &ValidCluster<'_>) -> BTreeMap<String, Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .into_iter()
+        .filter(|o| {
+            o.namespace().as_deref() == Some(valid.namespace)
+                && o.labels().get(CLUSTER_LABEL).map(String::as_str) == Some(valid.name)
+                && controlled_by(o.as_ref(), valid.uid)
+        })
+        .map(|o| (o.name_any(), o))
+        .collect()
 }
 
 /// `namespace/name` of the cluster.
