@@ -388,6 +388,7 @@ pub async fn assert_pool_consistent(world: &World, ns: &str, cluster: &str, time
         .await
         .map(|c| c.spec.hot_pool.idle)
         .unwrap_or_default();
+    let last = std::sync::Mutex::new(String::new());
     wait_until(timeout, &format!("{ns}/{cluster} consistent"), || async {
         let live = live_pods(client, ns, &servers).await;
         let Ok(listed) = claims.list(&ListParams::default()).await else {
@@ -456,9 +457,13 @@ pub async fn assert_pool_consistent(world: &World, ns: &str, cluster: &str, time
             .unwrap_or_default();
         let ok = annotated && no_orphans && probed as usize == with_ip && idle >= idle_target;
         if !ok {
-            eprintln!(
-                "not yet: bound claims annotated {annotated}, no orphans {no_orphans} ({services:?} {slices:?} vs {names:?}), probed {probed} of {with_ip}, idle {idle} of {idle_target}"
+            let state = format!(
+                "bound claims annotated {annotated}, no orphans {no_orphans} ({services:?} {slices:?} vs {names:?}), probed {probed} of {with_ip}, idle {idle} of {idle_target}"
             );
+            // Printed when it changes, so a failure shows where the pool stopped converging.
+            if last.lock().map(|mut l| std::mem::replace(&mut *l, state.clone()) != state).unwrap_or(false) {
+                eprintln!("not yet: {state}");
+            }
         }
         ok
     })
