@@ -375,14 +375,7 @@ async fn the_token_secret_deleted_rolls_the_endpoint_and_spares_the_pool() {
     .await;
     assert!(!probe(&world, &shared, &old), "the old token is refused");
     // The claimed pool server kept its own token and still answers it.
-    let pod_ip = Api::<Pod>::namespaced(world.client.clone(), &ns.name)
-        .get(&server)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .pod_ip
-        .unwrap();
+    let pod_ip = support::pod_ip(&world.client, &ns.name, &server).await;
     assert_eq!(phase(&claims, "mine").await, Some(ClaimPhase::Bound));
     assert!(probe(&world, &format!("{pod_ip}:15002"), &own));
     assert!(

@@ -595,14 +595,7 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
             .is_some()
     })
     .await;
-    let impostor_ip = pods
-        .get("impostor")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .pod_ip
-        .unwrap();
+    let impostor_ip = support::pod_ip(&world.client, &ns.name, "impostor").await;
     wait_until(Duration::from_secs(60), "ForeignPods reported", || async {
         clusters.get("pool").await.ok().is_some_and(|c| {
             condition(&c, "Degraded").is_some_and(|d| d.message.contains("impostor"))

@@ -470,6 +470,16 @@ pub async fn assert_pool_consistent(world: &World, ns: &str, cluster: &str, time
     .await;
 }
 
+/// The IP of pod `name` in `ns`.
+pub async fn pod_ip(client: &Client, ns: &str, name: &str) -> String {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .ok()
+        .and_then(|p| p.status?.pod_ip)
+        .unwrap_or_default()
+}
+
 /// The process id (inside the world) of a pod's main process.
 pub fn pod_pid(world: &World, ns: &str, pod: &str) -> String {
     std::fs::read_to_string(world.state.join(format!("pods/{ns}_{pod}/pid")))

@@ -222,23 +222,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn waiting_claims_grow_the_pool_at_once() {
-        let claims = [waiting("a"), waiting("b")];
-        let d = decide(
+    /// One decision's inputs, the rest defaulted.
+    struct Case<'a> {
+        servers: Vec<ServerView>,
+        claims: &'a [ClaimView],
+        handed_out: &'a BTreeMap<String, String>,
+        size: PoolSize,
+        hashes: &'a Hashes,
+        split_roles: bool,
+    }
+
+    fn run(case: Case) -> Decision {
+        decide(
             Inputs {
-                servers: vec![server("s1", ServerState::Idle)],
-                claims: &claims,
+                servers: case.servers,
+                claims: case.claims,
                 claimed_servers: BTreeMap::new(),
-                handed_out: &BTreeMap::new(),
-                size: size(1),
+                handed_out: case.handed_out,
+                size: case.size,
                 autoscaled: None,
-                hashes: &hashes(),
-                split_roles: false,
+                hashes: case.hashes,
+                split_roles: case.split_roles,
                 timings: timings(),
             },
             now(),
-        );
+        )
+    }
+
+    #[test]
+    fn waiting_claims_grow_the_pool_at_once() {
+        let claims = [waiting("a"), waiting("b")];
+        let d = run(Case {
+            servers: vec![server("s1", ServerState::Idle)],
+            claims: &claims,
+            handed_out: &BTreeMap::new(),
+            size: size(1),
+            hashes: &hashes(),
+            split_roles: false,
+        });
         assert_eq!(d.idle_target, 3);
         assert_eq!(d.pool.create, 2);
     }
@@ -250,20 +271,14 @@ mod tests {
         bound.phase = ClaimPhase::Bound;
         bound.server = Some("s1".into());
         let claims = [bound];
-        let d = decide(
-            Inputs {
-                servers: vec![server("s1", ServerState::Idle)],
-                claims: &claims,
-                claimed_servers: BTreeMap::new(),
-                handed_out: &handed,
-                size: size(0),
-                autoscaled: None,
-                hashes: &hashes(),
-                split_roles: false,
-                timings: timings(),
-            },
-            now(),
-        );
+        let d = run(Case {
+            servers: vec![server("s1", ServerState::Idle)],
+            claims: &claims,
+            handed_out: &handed,
+            size: size(0),
+            hashes: &hashes(),
+            split_roles: false,
+        });
         assert!(d.pool.remove.is_empty(), "{:?}", d.pool.remove);
         assert!(d.claims.retire.is_empty());
         assert!(d.claims.end.is_empty(), "the claim is not lost");
@@ -273,23 +288,17 @@ mod tests {
     fn in_token_mode_the_endpoint_keeps_a_standby_of_its_own_and_claims_use_the_pool() {
         let mut endpoint = server("e1", ServerState::Shared);
         endpoint.role = ServerRole::Endpoint;
-        let d = decide(
-            Inputs {
-                servers: vec![endpoint, server("p1", ServerState::Idle)],
-                claims: &[],
-                claimed_servers: BTreeMap::new(),
-                handed_out: &BTreeMap::new(),
-                size: PoolSize {
-                    shared: 1,
-                    ..size(1)
-                },
-                autoscaled: None,
-                hashes: &hashes(),
-                split_roles: true,
-                timings: timings(),
+        let d = run(Case {
+            servers: vec![endpoint, server("p1", ServerState::Idle)],
+            claims: &[],
+            handed_out: &BTreeMap::new(),
+            size: PoolSize {
+                shared: 1,
+                ..size(1)
             },
-            now(),
-        );
+            hashes: &hashes(),
+            split_roles: true,
+        });
         let endpoint = d.endpoint.unwrap();
         assert_eq!(endpoint.create, 1, "a standby with the cluster token");
         assert_eq!(endpoint.count(ServerState::Shared), 1);
@@ -308,23 +317,17 @@ mod tests {
             endpoint: "h-new-token".into(),
             pool: "h".into(),
         };
-        let d = decide(
-            Inputs {
-                servers: vec![endpoint, server("p1", ServerState::Idle)],
-                claims: &[],
-                claimed_servers: BTreeMap::new(),
-                handed_out: &BTreeMap::new(),
-                size: PoolSize {
-                    shared: 1,
-                    ..size(1)
-                },
-                autoscaled: None,
-                hashes: &rotated,
-                split_roles: true,
-                timings: timings(),
+        let d = run(Case {
+            servers: vec![endpoint, server("p1", ServerState::Idle)],
+            claims: &[],
+            handed_out: &BTreeMap::new(),
+            size: PoolSize {
+                shared: 1,
+                ..size(1)
             },
-            now(),
-        );
+            hashes: &rotated,
+            split_roles: true,
+        });
         let endpoint = d.endpoint.unwrap();
         assert_eq!(endpoint.remove["e1"], plan::RemoveReason::Outdated);
         assert_eq!(endpoint.create, 2);
