@@ -16,7 +16,7 @@ use super::apply::controlled_by;
 use super::bind;
 use super::cluster::act::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
-use super::context::{Context, key_of};
+use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, STATE_LABEL, ServerState};
 use crate::controller::apply::write_status_if_changed;
@@ -36,7 +36,11 @@ pub async fn reconcile(claim: Arc<SparkConnectClaim>, ctx: Arc<Context>) -> Resu
         .with_label_values(&[CONTROLLER])
         .inc();
     let key = key_of(claim.as_ref());
-    guarded(&ctx.liveness, &key, reconcile_claim(&claim, &ctx)).await
+    let result = guarded(&ctx.liveness, &key, reconcile_claim(&claim, &ctx)).await;
+    if result.is_ok() {
+        ctx.retries.succeeded(&key);
+    }
+    result
 }
 
 async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Action, Error> {
@@ -47,7 +51,7 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         .namespace()
         .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
     let name = claim.name_any();
-    let cluster_key = format!("{ns}/{}", claim.spec.cluster);
+    let cluster_key = cluster_key(&ns, &claim.spec.cluster);
     let status = claim.status.clone().unwrap_or_default();
     if claim.metadata.deletion_timestamp.is_some() || status.phase.is_final() {
         ctx.allocator.forget_claim(&cluster_key, &name);

@@ -103,7 +103,13 @@ impl Context {
     }
 }
 
-/// `namespace/name` of an object, the key of per-object state.
+/// `namespace/name` of a cluster: the key of everything this process keeps per cluster (retry
+/// delays, the allocator's line, autoscaler demand, start backoff).
+pub fn cluster_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The kind-qualified reference of an object, the key of per-object state.
 pub fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> String {
     ObjectRef::from_obj(object).to_string()
 }

@@ -19,7 +19,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
 use super::bind;
-use super::context::{Context, key_of};
+use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::PoolTerms;
 use super::pool::{Decision, Inputs, decide};
@@ -256,9 +256,9 @@ fn publish_terms(
 /// targets, tokens), its metrics series and its line of waiting claims. The apiserver's garbage
 /// collector removes the children.
 async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Error> {
-    let key = key_of(cluster);
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    let key = cluster_key(namespace, name);
     let now = Timestamp::now();
     let message = format!("SparkConnectCluster {name} was deleted; its servers are gone");
     for claim in ctx.stores.claims.state() {
@@ -288,6 +288,7 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
     ctx.prober.forget_cluster(&ObjectRef::from_obj(cluster));
     ctx.allocator.forget_cluster(&key);
     ctx.autoscaler.forget(&key);
+    ctx.retries.succeeded(&key);
     ctx.metrics.forget_cluster(namespace, name);
     Ok(Action::await_change())
 }
@@ -295,7 +296,10 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
 /// Retry policy: the per-cluster delay grows with each failure (2 s … 5 min), for permanent
 /// and transient errors alike, so a broken object never spins.
 pub fn error_policy(cluster: Arc<SparkConnectCluster>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = key_of(cluster.as_ref());
+    let key = cluster_key(
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+    );
     let delay = ctx.retries.failed(&key);
     tracing::warn!(cluster = %key, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)

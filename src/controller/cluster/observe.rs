@@ -18,7 +18,7 @@ use crate::builders::labels::{
     ServerRole, ServerState,
 };
 use crate::controller::apply::controlled_by;
-use crate::controller::context::Context;
+use crate::controller::context::{Context, cluster_key};
 use crate::controller::pool::Hashes;
 use crate::controller::pool::claims::ClaimView;
 use crate::controller::pool::plan::ServerView;
@@ -147,7 +147,7 @@ where
 
 /// `namespace/name` of the cluster.
 pub fn key(valid: &ValidCluster<'_>) -> String {
-    format!("{}/{}", valid.namespace, valid.name)
+    cluster_key(valid.namespace, valid.name)
 }
 
 /// Endpoint servers are current only with the current cluster token; pool servers hold their
