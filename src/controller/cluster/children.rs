@@ -49,27 +49,37 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
-async fn apply_from_store<K>(
-    ctx: &Context,
-    valid: &ValidCluster<'_>,
-    store: &Store<K>,
-    desired: Result<K, Error>,
-    absent: &[&str],
-    problems: &mut Problems,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug
-        + 'static,
-{
-    let desired = desired?;
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), valid.namespace);
-    let current = existing(store, valid.namespace, &desired.name_any());
-    let result = apply_owned_without(&api, &desired, current.as_deref(), valid.uid, absent).await;
-    problems.absorb(result.map(|_| ()))
+/// Applies children of one cluster, keeping refusals as problems.
+struct Applier<'c, 'v, 'p> {
+    ctx: &'c Context,
+    valid: &'c ValidCluster<'v>,
+    problems: &'p mut Problems,
+}
+
+impl Applier<'_, '_, '_> {
+    /// Writes `desired` unless the store's copy covers it; fields at `absent` must stay unset.
+    async fn apply<K>(
+        &mut self,
+        store: &Store<K>,
+        desired: Result<K, Error>,
+        absent: &[&str],
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug
+            + 'static,
+    {
+        let (ctx, valid) = (self.ctx, self.valid);
+        let desired = desired?;
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), valid.namespace);
+        let current = existing(store, valid.namespace, &desired.name_any());
+        let result =
+            apply_owned_without(&api, &desired, current.as_deref(), valid.uid, absent).await;
+        self.problems.absorb(result.map(|_| ()))
+    }
 }
 
 /// Applies every cluster-wide child and returns the cluster token.
@@ -79,52 +89,29 @@ pub async fn ensure(
     problems: &mut Problems,
 ) -> Result<ClusterToken, Error> {
     let stores = &ctx.stores;
-    apply_from_store(
+    let mut children = Applier {
         ctx,
         valid,
-        &stores.accounts,
+        problems,
+    };
+    let accounts = [
         rbac::driver_service_account(valid),
-        &[],
-        problems,
-    )
-    .await?;
-    apply_from_store(
-        ctx,
-        valid,
-        &stores.accounts,
         rbac::executor_service_account(valid),
-        &[],
-        problems,
-    )
-    .await?;
-    apply_from_store(
-        ctx,
-        valid,
-        &stores.roles,
-        rbac::driver_role(valid),
-        &[],
-        problems,
-    )
-    .await?;
-    apply_from_store(
-        ctx,
-        valid,
-        &stores.bindings,
-        rbac::driver_role_binding(valid),
-        &[],
-        problems,
-    )
-    .await?;
-    if valid.size.shared > 0 {
-        apply_from_store(
-            ctx,
-            valid,
-            &stores.services,
-            service::shared_service(valid),
-            service::MUST_STAY_ABSENT,
-            problems,
-        )
+    ];
+    for account in accounts {
+        children.apply(&stores.accounts, account, &[]).await?;
+    }
+    children
+        .apply(&stores.roles, rbac::driver_role(valid), &[])
         .await?;
+    children
+        .apply(&stores.bindings, rbac::driver_role_binding(valid), &[])
+        .await?;
+    if valid.size.shared > 0 {
+        let shared = service::shared_service(valid);
+        children
+            .apply(&stores.services, shared, service::MUST_STAY_ABSENT)
+            .await?;
     } else {
         remove_shared_service(valid, ctx).await?;
     }
