@@ -51,6 +51,12 @@ pub const SCALE_DOWN_DELAY: Bounds = Bounds {
     min: "0s",
     max: "24h",
 };
+/// Deadline of a new server's whole warm-up.
+pub const WARMUP_TIMEOUT: Bounds = Bounds {
+    field: "warmup.timeout",
+    min: "1s",
+    max: "1h",
+};
 /// Lifetime of a bound claim.
 pub const CLAIM_TTL: Bounds = Bounds {
     field: "ttl",

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub autoscaler_target: IntGaugeVec,
     /// Servers the prober probes, by cluster.
     pub probe_targets: IntGaugeVec,
+    /// Duration of passed server warm-ups.
+    pub warmup_seconds: Histogram,
+    /// Warm-ups by outcome (ok, failed, unauthenticated).
+    pub warmups: IntCounterVec,
 }
 
 impl Metrics {
@@ -95,6 +99,21 @@ impl Metrics {
             Opts::new("probe_targets", "Servers the prober probes, by cluster"),
             &["namespace", "cluster"],
         )?;
+        let warmup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "warmup_seconds",
+                "Duration of passed warm-ups of new servers (ExecutePlan queries)",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
+        )?;
+        let warmups = IntCounterVec::new(
+            Opts::new("warmups_total", "Warm-ups of new servers by outcome"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(warmup_seconds.clone()))?;
+        registry.register(Box::new(warmups.clone()))?;
         registry.register(Box::new(probe_targets.clone()))?;
         registry.register(Box::new(autoscaler_target.clone()))?;
         registry.register(Box::new(claims.clone()))?;
@@ -119,6 +138,8 @@ impl Metrics {
             claim_wait,
             autoscaler_target,
             probe_targets,
+            warmup_seconds,
+            warmups,
         })
     }
 

@@ -196,9 +196,22 @@ async fn cluster_lifecycle_with_real_spark() {
         })
     })
     .await;
+    // Warm-up is on by default: every server ran the built-in queries (a shuffle on its
+    // executor, an Arrow collect) before it was labelled idle or shared.
+    let warmup = api
+        .get("analytics")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.last_warmup_millis);
+    assert!(
+        warmup.is_some_and(|ms| ms > 0),
+        "status.lastWarmupMillis: {warmup:?}"
+    );
     println!(
-        "cluster Ready with a full pool after {:.1}s",
-        started.elapsed().as_secs_f64()
+        "cluster Ready with a full pool after {:.1}s (last warm-up {} ms)",
+        started.elapsed().as_secs_f64(),
+        warmup.unwrap_or_default()
     );
 
     // Token mode: the shared server and its warm standby hold the cluster token, the pool

@@ -2,9 +2,10 @@
 //! SIGUSR1 makes it hang, SIGUSR2 makes it fail, SIGHUP makes it answer again.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
-use spark_connect_operator::probe::fake::{FakeState, Mode, serve};
+use spark_connect_operator::probe::fake::{FakeOptions, FakeState, Mode, serve};
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -19,12 +20,23 @@ struct Cli {
     /// Log every call and whether it carried a bearer token (never the token).
     #[arg(long)]
     log_calls: bool,
+    /// Milliseconds every query (ExecutePlan) takes.
+    #[arg(long, default_value_t = 0)]
+    query_millis: u64,
+    /// Milliseconds to wait before listening, like a JVM starting.
+    #[arg(long, default_value_t = 0)]
+    start_millis: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    let state = FakeState::with_call_log(cli.token.filter(|t| !t.is_empty()), cli.log_calls);
+    let state = FakeState::with_options(FakeOptions {
+        token: cli.token.filter(|t| !t.is_empty()),
+        log_calls: cli.log_calls,
+        query_delay: Duration::from_millis(cli.query_millis),
+    });
+    tokio::time::sleep(Duration::from_millis(cli.start_millis)).await;
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     eprintln!("sco-fake-connect listening on {}", cli.listen);
     let control = state.clone();

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{DNS_1035_LABEL, list_map_by_type, pod_template_schema, spark_conf_schema};
 use crate::duration::{
     CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY, STARTUP_DEADLINE,
+    WARMUP_TIMEOUT,
 };
 
 /// Spark Connect servers for one team: a shared endpoint plus a pool of pre-warmed servers.
@@ -74,6 +75,10 @@ pub struct SparkConnectClusterSpec {
     /// How the operator health-checks each server with a Spark Connect Config call.
     #[serde(default)]
     pub probe: ProbeSpec,
+    /// Queries each new server runs before it is handed out, so the first user query finds
+    /// Spark's parser, code generation, scheduler, executors and Arrow path warm.
+    #[serde(default)]
+    pub warmup: WarmupSpec,
     /// Client authentication on the Connect port.
     #[serde(default)]
     pub auth: AuthSpec,
@@ -386,6 +391,42 @@ impl Default for ProbeSpec {
     }
 }
 
+/// The warm-up of new servers.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmupSpec {
+    /// Run the warm-up before a new server becomes idle (on by default).
+    #[serde(default = "default_warmup_enabled")]
+    pub enabled: bool,
+    /// SQL queries to run in order, their results collected and dropped; empty means the
+    /// built-in set (a small query, an aggregation with a shuffle, a multi-type Arrow collect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(min = 1, max = 4096)))]
+    pub queries: Vec<String>,
+    /// Deadline of the whole warm-up; a server that misses it is tried again at its next probe.
+    #[serde(default = "default_warmup_timeout")]
+    #[x_kube(validation = Rule::new(WARMUP_TIMEOUT.cel_rule()).message(WARMUP_TIMEOUT.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
+    pub timeout: String,
+}
+
+fn default_warmup_enabled() -> bool {
+    true
+}
+fn default_warmup_timeout() -> String {
+    "5m".into()
+}
+
+impl Default for WarmupSpec {
+    fn default() -> Self {
+        Self {
+            enabled: default_warmup_enabled(),
+            queries: Vec::new(),
+            timeout: default_warmup_timeout(),
+        }
+    }
+}
+
 /// How clients authenticate to the servers.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum AuthMode {
@@ -447,6 +488,9 @@ pub struct SparkConnectClusterStatus {
     /// Name of the Secret holding the client token (auth mode Token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<String>,
+    /// How long the most recent server's warm-up took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_warmup_millis: Option<i64>,
 }
 
 /// The cluster's phase: Degraded needs a person (invalid spec, refused objects).

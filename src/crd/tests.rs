@@ -140,6 +140,10 @@ fn every_duration_is_bounded_at_admission() {
             json!({"spec": {"hotPool": {"autoscale": {"scaleDownDelay": "25h"}}}}),
             "scaleDownDelay",
         ),
+        (
+            json!({"spec": {"warmup": {"timeout": "2h"}}}),
+            "warmup.timeout",
+        ),
     ] {
         let message = refused(&with(patch.clone()));
         assert!(message.contains(field), "{patch}: {message}");

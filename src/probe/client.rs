@@ -85,7 +85,7 @@ impl FailureKind {
         }
     }
 
-    fn of(code: Code) -> Self {
+    pub(super) fn of(code: Code) -> Self {
         match code {
             Code::Unauthenticated | Code::PermissionDenied => Self::Unauthenticated,
             Code::Unavailable => Self::Unavailable,
@@ -176,9 +176,19 @@ impl ConnectProbe {
         })
     }
 
-    fn request<T>(&self, message: T) -> Result<Request<T>, ProbeFailure> {
+    /// A request carrying the token, with the probe's deadline.
+    pub(super) fn request<T>(&self, message: T) -> Result<Request<T>, ProbeFailure> {
+        self.request_within(message, self.timeout)
+    }
+
+    /// A request carrying the token, with a deadline of its own.
+    pub(super) fn request_within<T>(
+        &self,
+        message: T,
+        timeout: Duration,
+    ) -> Result<Request<T>, ProbeFailure> {
         let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
@@ -206,7 +216,18 @@ impl ConnectProbe {
         }
     }
 
-    fn user_context() -> Option<UserContext> {
+    /// The gRPC client (cheap to clone; shares the connection).
+    pub(super) fn client(&self) -> SparkConnectServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The probe's session on the server.
+    pub(super) fn session(&self) -> &str {
+        &self.session_id
+    }
+
+    /// The user the operator's calls carry.
+    pub(super) fn user_context() -> Option<UserContext> {
         Some(UserContext {
             user_id: PROBE_USER.into(),
             user_name: PROBE_USER.into(),
@@ -249,8 +270,13 @@ impl ConnectProbe {
 
     /// Releases the probe session (when the server retires).
     pub async fn release(&self) -> Result<(), ProbeFailure> {
+        self.release_session(&self.session_id).await
+    }
+
+    /// Releases one of the operator's sessions on the server.
+    pub(super) async fn release_session(&self, session_id: &str) -> Result<(), ProbeFailure> {
         let message = ReleaseSessionRequest {
-            session_id: self.session_id.clone(),
+            session_id: session_id.to_string(),
             user_context: Self::user_context(),
             client_type: Some(PROBE_USER.into()),
             allow_reconnect: false,

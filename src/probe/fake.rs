@@ -2,17 +2,24 @@
 //! answer, hang, or fail on demand, checks the bearer token like Spark does, and counts sessions.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::proto::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
 use crate::proto::{
-    AnalyzePlanRequest, AnalyzePlanResponse, ConfigRequest, ConfigResponse, KeyValue,
-    ReleaseSessionRequest, ReleaseSessionResponse, analyze_plan_response,
-    config_request::operation::OpType,
+    AnalyzePlanRequest, AnalyzePlanResponse, ConfigRequest, ConfigResponse, ExecutePlanRequest,
+    ExecutePlanResponse, KeyValue, ReleaseSessionRequest, ReleaseSessionResponse,
+    analyze_plan_response, config_request::operation::OpType, execute_plan_response, plan,
+    relation,
 };
+
+/// A query text the fake server refuses as Spark refuses an unknown table.
+pub const FAILING_QUERY_MARK: &str = "sco_fake_missing_table";
 
 /// How the fake server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,29 +33,50 @@ pub enum Mode {
     Fail = 2,
 }
 
+/// How a fake server is set up.
+#[derive(Clone, Debug, Default)]
+pub struct FakeOptions {
+    /// Bearer token it requires, if any.
+    pub token: Option<String>,
+    /// Write every call to stderr with whether it carried a bearer token (never the token).
+    pub log_calls: bool,
+    /// Time every `ExecutePlan` takes before it answers.
+    pub query_delay: Duration,
+}
+
 /// The fake server's state, shared with whoever controls it.
 #[derive(Default)]
 pub struct FakeState {
     mode: AtomicU8,
     token: Option<String>,
     log_calls: bool,
+    query_delay: Duration,
     sessions: Mutex<HashMap<String, String>>,
+    queries: AtomicUsize,
 }
 
 impl FakeState {
     /// A server that requires `token` when given.
     pub fn new(token: Option<String>) -> Arc<Self> {
-        Self::with_call_log(token, false)
+        Self::with_options(FakeOptions {
+            token,
+            ..FakeOptions::default()
+        })
     }
 
-    /// Like [`FakeState::new`]; with `log_calls`, every call is written to stderr with whether
-    /// it carried a bearer token (never the token itself).
-    pub fn with_call_log(token: Option<String>, log_calls: bool) -> Arc<Self> {
+    /// A server behaving as `options` say.
+    pub fn with_options(options: FakeOptions) -> Arc<Self> {
         Arc::new(Self {
-            token,
-            log_calls,
+            token: options.token,
+            log_calls: options.log_calls,
+            query_delay: options.query_delay,
             ..Self::default()
         })
+    }
+
+    /// Queries run so far (`ExecutePlan` calls answered).
+    pub fn queries_run(&self) -> usize {
+        self.queries.load(Ordering::SeqCst)
     }
 
     /// Switches behaviour.
@@ -108,8 +136,60 @@ impl FakeState {
 /// The gRPC service over a [`FakeState`].
 pub struct FakeConnect(pub Arc<FakeState>);
 
+/// The stream of an `ExecutePlan` answer.
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ExecutePlanResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl SparkConnectService for FakeConnect {
+    type ExecutePlanStream = ResponseStream;
+
+    /// Answers any SQL with one row (as an Arrow batch) and a completion message, after the
+    /// configured delay; a query naming [`FAILING_QUERY_MARK`] fails as Spark would.
+    async fn execute_plan(
+        &self,
+        request: Request<ExecutePlanRequest>,
+    ) -> Result<Response<Self::ExecutePlanStream>, Status> {
+        let session_id = request.get_ref().session_id.clone();
+        let server_side = self.0.admit(&request, &session_id).await?;
+        let query = match request.into_inner().plan.and_then(|p| p.op_type) {
+            Some(plan::OpType::Root(root)) => match root.rel_type {
+                Some(relation::RelType::Sql(sql)) => sql.query,
+                None => return Err(Status::unimplemented("only SQL relations")),
+            },
+            None => return Err(Status::invalid_argument("no plan")),
+        };
+        tokio::time::sleep(self.0.query_delay).await;
+        if query.contains(FAILING_QUERY_MARK) {
+            return Err(Status::internal(format!(
+                "[TABLE_OR_VIEW_NOT_FOUND] The table or view `{FAILING_QUERY_MARK}` cannot be found."
+            )));
+        }
+        self.0.queries.fetch_add(1, Ordering::SeqCst);
+        let operation_id = uuid::Uuid::new_v4().to_string();
+        let message = |response_type| ExecutePlanResponse {
+            session_id: session_id.clone(),
+            response_type: Some(response_type),
+            operation_id: operation_id.clone(),
+            response_id: uuid::Uuid::new_v4().to_string(),
+            server_side_session_id: server_side.clone(),
+        };
+        let answers = vec![
+            Ok(message(execute_plan_response::ResponseType::ArrowBatch(
+                execute_plan_response::ArrowBatch {
+                    row_count: 1,
+                    data: Vec::new(),
+                    start_offset: Some(0),
+                },
+            ))),
+            Ok(message(
+                execute_plan_response::ResponseType::ResultComplete(
+                    execute_plan_response::ResultComplete {},
+                ),
+            )),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(answers))))
+    }
+
     async fn config(
         &self,
         request: Request<ConfigRequest>,

@@ -20,6 +20,20 @@ pub enum Verdict {
     AuthRejected,
 }
 
+/// Where a server's warm-up stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WarmupState {
+    /// Not run yet (or not wanted).
+    #[default]
+    NotStarted,
+    /// Running now.
+    Running,
+    /// Finished; how long it took.
+    Done(Duration),
+    /// The last attempt failed; it is tried again at the server's next passed probe.
+    Failed(String),
+}
+
 /// Probe history of one server.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ServerHealth {
@@ -33,6 +47,8 @@ pub struct ServerHealth {
     pub last_latency: Option<Duration>,
     /// Reported Spark version.
     pub spark_version: Option<String>,
+    /// The warm-up.
+    pub warmup: WarmupState,
 }
 
 impl ServerHealth {

@@ -4,3 +4,4 @@ pub mod client;
 pub mod fake;
 pub mod health;
 pub mod prober;
+pub mod warmup;

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::client::ConnectProbe;
-use super::health::HealthBook;
+use super::health::{HealthBook, WarmupState};
+use super::warmup::{WarmupPlan, warm_up};
 use crate::crd::SparkConnectCluster;
 use crate::metrics::Metrics;
 
@@ -27,6 +28,9 @@ pub struct ProbeTarget {
     pub address: String,
     /// The token the server holds, when it checks one.
     pub token: Option<String>,
+    /// The warm-up it must pass before it is handed out (a starting server of a cluster with
+    /// warm-up on).
+    pub warmup: Option<Arc<WarmupPlan>>,
 }
 
 /// Probe settings of a cluster.
@@ -46,6 +50,7 @@ struct Target {
     token: Option<String>,
     settings: ProbeSettings,
     probe: ConnectProbe,
+    warmup: Option<Arc<WarmupPlan>>,
     /// Bumped whenever the target is replaced: queue entries of older generations are stale.
     generation: u64,
 }
@@ -56,6 +61,7 @@ struct DueProbe {
     probe: ConnectProbe,
     threshold: u32,
     cluster: ObjectRef<SparkConnectCluster>,
+    warmup: Option<Arc<WarmupPlan>>,
 }
 
 /// A queue entry: when, which target, of which generation.
@@ -74,8 +80,12 @@ struct Inner {
     metrics: Metrics,
     trigger: UnboundedSender<ObjectRef<SparkConnectCluster>>,
     permits: Arc<Semaphore>,
+    warmup_permits: Arc<Semaphore>,
     changed: Notify,
 }
+
+/// Warm-ups that may run at once (each keeps a server's Spark busy for seconds).
+const MAX_WARMUPS_IN_FLIGHT: usize = 16;
 
 /// Handle on the prober; cheap to clone.
 #[derive(Clone)]
@@ -114,6 +124,7 @@ impl Prober {
                 metrics,
                 trigger,
                 permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+                warmup_permits: Arc::new(Semaphore::new(MAX_WARMUPS_IN_FLIGHT)),
                 changed: Notify::new(),
             }),
         }
@@ -140,10 +151,10 @@ impl Prober {
             .retain(|uid, t| &t.cluster != cluster || servers.iter().any(|s| &s.uid == uid));
         let now = Instant::now();
         for server in servers {
-            let current = targets.by_uid.get(&server.uid).is_some_and(|t| {
+            if let Some(target) = targets.by_uid.get_mut(&server.uid).filter(|t| {
                 t.address == server.address && t.token == server.token && &t.settings == settings
-            });
-            if current {
+            }) {
+                target.warmup.clone_from(&server.warmup);
                 continue;
             }
             let session = super::client::session_id(&server.uid);
@@ -168,6 +179,7 @@ impl Prober {
                             token: server.token.clone(),
                             settings: settings.clone(),
                             probe,
+                            warmup: server.warmup.clone(),
                             generation,
                         },
                     );
@@ -263,6 +275,7 @@ impl Prober {
                 probe: target.probe.clone(),
                 threshold: target.settings.failure_threshold,
                 cluster: target.cluster.clone(),
+                warmup: target.warmup.clone(),
             });
         }
         (due, next)
@@ -273,48 +286,11 @@ impl Prober {
         tokio::pin!(shutdown);
         loop {
             let (due, next) = self.take_due(Instant::now());
-            for DueProbe {
-                uid,
-                probe,
-                threshold,
-                cluster,
-            } in due
-            {
+            for due in due {
                 let Ok(permit) = self.inner.permits.clone().acquire_owned().await else {
                     return;
                 };
-                let inner = self.inner.clone();
-                tokio::spawn(async move {
-                    let result = probe.check().await;
-                    drop(permit);
-                    let outcome = match &result {
-                        Ok(success) => {
-                            inner
-                                .metrics
-                                .probe_latency
-                                .observe(success.latency.as_secs_f64());
-                            "ok"
-                        }
-                        Err(failure) => failure.kind.as_str(),
-                    };
-                    inner
-                        .metrics
-                        .probe_results
-                        .with_label_values(&[outcome])
-                        .inc();
-                    let changed = inner.book.update(&uid, |h| h.record(&result, threshold));
-                    let needs_version =
-                        result.is_ok() && inner.book.get(&uid).spark_version.is_none();
-                    if needs_version && let Ok(version) = probe.spark_version().await {
-                        inner.book.update(&uid, |h| {
-                            h.spark_version = Some(version);
-                            false
-                        });
-                    }
-                    if changed || needs_version {
-                        let _ = inner.trigger.unbounded_send(cluster);
-                    }
-                });
+                tokio::spawn(self.inner.clone().probe_once(due, permit));
             }
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -325,9 +301,168 @@ impl Prober {
     }
 }
 
+impl Inner {
+    /// One probe, then the server's warm-up when it is due one; a changed verdict, a newly
+    /// learnt version or a finished warm-up triggers the cluster.
+    async fn probe_once(self: Arc<Self>, due: DueProbe, permit: OwnedSemaphorePermit) {
+        let DueProbe {
+            uid,
+            probe,
+            threshold,
+            cluster,
+            warmup,
+        } = due;
+        let result = probe.check().await;
+        drop(permit);
+        let outcome = match &result {
+            Ok(success) => {
+                self.metrics
+                    .probe_latency
+                    .observe(success.latency.as_secs_f64());
+                "ok"
+            }
+            Err(failure) => failure.kind.as_str(),
+        };
+        self.metrics
+            .probe_results
+            .with_label_values(&[outcome])
+            .inc();
+        let changed = self.book.update(&uid, |h| h.record(&result, threshold));
+        let needs_version = result.is_ok() && self.book.get(&uid).spark_version.is_none();
+        if needs_version && let Ok(version) = probe.spark_version().await {
+            self.book.update(&uid, |h| {
+                h.spark_version = Some(version);
+                false
+            });
+        }
+        if changed || needs_version {
+            let _ = self.trigger.unbounded_send(cluster.clone());
+        }
+        if let (Ok(_), Some(plan)) = (&result, warmup) {
+            self.warm_up(&uid, &probe, &plan, cluster).await;
+        }
+    }
+
+    /// Runs the warm-up of a server that has not passed one (at most one at a time per server).
+    async fn warm_up(
+        &self,
+        uid: &str,
+        probe: &ConnectProbe,
+        plan: &WarmupPlan,
+        cluster: ObjectRef<SparkConnectCluster>,
+    ) {
+        let start = self.book.update(uid, |h| {
+            let due = matches!(h.warmup, WarmupState::NotStarted | WarmupState::Failed(_));
+            if due {
+                h.warmup = WarmupState::Running;
+            }
+            due
+        });
+        if !start {
+            return;
+        }
+        let Ok(_permit) = self.warmup_permits.acquire().await else {
+            return;
+        };
+        let result = warm_up(probe, plan).await;
+        let outcome = match &result {
+            Ok(done) => {
+                self.metrics.warmup_seconds.observe(done.took.as_secs_f64());
+                tracing::info!(
+                    uid,
+                    millis = done.took.as_millis(),
+                    rows = done.rows,
+                    "server warmed up"
+                );
+                "ok"
+            }
+            Err(failure) => {
+                tracing::warn!(uid, error = %failure, "server warm-up failed");
+                if failure.unauthenticated {
+                    "unauthenticated"
+                } else {
+                    "failed"
+                }
+            }
+        };
+        self.metrics.warmups.with_label_values(&[outcome]).inc();
+        self.book.update(uid, |h| {
+            h.warmup = match result {
+                Ok(done) => WarmupState::Done(done.took),
+                Err(failure) => WarmupState::Failed(failure.to_string()),
+            };
+            false
+        });
+        let _ = self.trigger.unbounded_send(cluster);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::fake::{FAILING_QUERY_MARK, FakeOptions, FakeState, serve};
+    use crate::probe::health::{ServerHealth, Verdict};
+    use crate::probe::warmup::DEFAULT_QUERIES;
+    use futures::StreamExt;
+
+    /// A prober over one fake server whose target wants `plan`; returns the book's view of it
+    /// once the prober has triggered the cluster `triggers` times.
+    async fn probe_with_warmup(
+        plan: WarmupPlan,
+        triggers: usize,
+    ) -> (ServerHealth, Arc<FakeState>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let state = FakeState::with_options(FakeOptions::default());
+        tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        let (trigger, mut triggered) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::default(), Metrics::new().unwrap(), trigger, 8);
+        let cluster = ObjectRef::new("c").within("ns");
+        let target = ProbeTarget {
+            uid: "uid-1".into(),
+            address,
+            token: None,
+            warmup: Some(Arc::new(plan)),
+        };
+        let settings = ProbeSettings {
+            period: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            failure_threshold: 1,
+        };
+        prober.sync(&cluster, &[target], &settings);
+        tokio::spawn(prober.clone().run(std::future::pending()));
+        for _ in 0..triggers {
+            tokio::time::timeout(Duration::from_secs(10), triggered.next())
+                .await
+                .expect("the prober triggers the cluster");
+        }
+        (prober.book().get("uid-1"), state)
+    }
+
+    #[tokio::test]
+    async fn a_starting_server_is_warmed_up_once_after_its_first_passed_probe() {
+        // Triggers: the verdict Healthy, then the finished warm-up.
+        let (health, state) =
+            probe_with_warmup(WarmupPlan::new(&[], Duration::from_secs(5)), 2).await;
+        assert_eq!(health.verdict, Verdict::Healthy);
+        assert!(
+            matches!(health.warmup, WarmupState::Done(_)),
+            "{:?}",
+            health.warmup
+        );
+        assert_eq!(state.queries_run(), DEFAULT_QUERIES.len());
+    }
+
+    #[tokio::test]
+    async fn a_failed_warm_up_is_recorded_with_its_reason() {
+        let queries = vec![format!("SELECT * FROM {FAILING_QUERY_MARK}")];
+        let (health, _) =
+            probe_with_warmup(WarmupPlan::new(&queries, Duration::from_secs(5)), 2).await;
+        match health.warmup {
+            WarmupState::Failed(why) => assert!(why.contains("query 1 of 1"), "{why}"),
+            other => panic!("expected a failed warm-up, got {other:?}"),
+        }
+    }
 
     #[test]
     fn phases_spread_and_stay_within_the_period() {

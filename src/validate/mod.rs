@@ -3,6 +3,7 @@
 
 mod privilege;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
@@ -14,9 +15,10 @@ use crate::builders::quantity;
 use crate::crd::{SparkConnectCluster, SparkConnectClusterSpec};
 use crate::duration::{
     self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY,
-    STARTUP_DEADLINE,
+    STARTUP_DEADLINE, WARMUP_TIMEOUT,
 };
 use crate::error::Error;
+use crate::probe::warmup::WarmupPlan;
 
 /// Spark settings the operator owns; a user setting them would break the server.
 pub const MANAGED_SPARK_CONF: &[&str] = &[
@@ -78,6 +80,8 @@ pub struct ValidCluster<'a> {
     pub timings: Timings,
     /// Hash of everything a server pod is built from; servers with another hash are outdated.
     pub spec_hash: String,
+    /// What new servers run before they become idle (None when warm-up is off).
+    pub warmup: Option<Arc<WarmupPlan>>,
 }
 
 /// The pool's sizes, read once from the spec (the schema bounds them; negative values read as
@@ -269,7 +273,25 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         pod_template,
         timings,
         spec_hash: server_spec_hash(cluster)?,
+        warmup: warmup_plan(spec)?,
     })
+}
+
+/// The warm-up of new servers, its timeout parsed once.
+fn warmup_plan(spec: &SparkConnectClusterSpec) -> Result<Option<Arc<WarmupPlan>>, Error> {
+    if !spec.warmup.enabled {
+        return Ok(None);
+    }
+    let timeout = parse_duration(WARMUP_TIMEOUT, &spec.warmup.timeout)?;
+    if let Some(blank) = spec.warmup.queries.iter().position(|q| q.trim().is_empty()) {
+        return Err(Error::InvalidSpec(format!(
+            "warmup.queries[{blank}] is blank; name a SQL query or leave the list empty for the built-in set"
+        )));
+    }
+    Ok(Some(Arc::new(WarmupPlan::new(
+        &spec.warmup.queries,
+        timeout,
+    ))))
 }
 
 /// Hash of the spec fields a server pod is built from (not pool sizes or probe settings).
@@ -299,6 +321,20 @@ mod tests {
         assert_eq!(v.driver_memory_mib, 1024);
         assert_eq!(v.timings.probe_period, Duration::from_secs(10));
         assert_eq!(v.spec_hash.len(), 10);
+    }
+
+    #[test]
+    fn warm_up_is_on_by_default_with_the_built_in_queries_and_can_be_turned_off() {
+        let mut c = cluster();
+        let plan = validate(&c).unwrap().warmup.unwrap();
+        assert_eq!(plan.queries.len(), crate::probe::warmup::DEFAULT_QUERIES.len());
+        assert_eq!(plan.timeout, Duration::from_secs(300));
+        c.spec.warmup.queries = vec!["SELECT count(*) FROM range(10)".into()];
+        assert_eq!(validate(&c).unwrap().warmup.unwrap().queries.len(), 1);
+        c.spec.warmup.queries.push("  ".into());
+        assert!(validate(&c).unwrap_err().to_string().contains("warmup.queries[1]"));
+        c.spec.warmup.enabled = false;
+        assert!(validate(&c).unwrap().warmup.is_none());
     }
 
     #[test]

@@ -71,6 +71,7 @@ pub async fn run(servers: usize, period: Duration, duration: Duration) -> anyhow
             uid: format!("bench-server-{i}"),
             address: format!("127.0.0.1:{port}"),
             token: Some(TOKEN.into()),
+            warmup: None,
         })
         .collect();
     let settings = ProbeSettings {

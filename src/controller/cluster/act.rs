@@ -464,6 +464,10 @@ fn sync_probes(
                 uid: pod.uid()?,
                 address: format!("{ip}:{}", valid.cluster.spec.server.port),
                 token: tokens.get(name).cloned().flatten(),
+                warmup: valid
+                    .warmup
+                    .clone()
+                    .filter(|_| kept.get(name) == Some(&ServerState::Starting)),
             })
         })
         .collect();

@@ -139,6 +139,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
                 .get(p.metadata.uid.as_deref()?)
                 .spark_version
         }),
+        last_warmup: observed.last_warmup,
     };
     report::report(&valid, ctx, &decision, summary, &key).await
 }
@@ -188,6 +189,14 @@ fn note_observations(
             format!(
                 "server {} refuses the token it was started with (UNAUTHENTICATED)",
                 view.name
+            ),
+        );
+    }
+    for (server, why) in &observed.failed_warmups {
+        problems.note(
+            "WarmupFailed",
+            format!(
+                "server {server} failed its warm-up ({why}); it is tried again at its next probe"
             ),
         );
     }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -24,7 +25,7 @@ use crate::controller::pool::claims::ClaimView;
 use crate::controller::pool::plan::ServerView;
 use crate::crd::{ClaimPhase, SparkConnectClaim};
 use crate::duration::CLAIM_TTL;
-use crate::probe::health::{HealthBook, Verdict};
+use crate::probe::health::{HealthBook, Verdict, WarmupState};
 use crate::validate::ValidCluster;
 
 /// Everything that exists for one cluster.
@@ -51,6 +52,10 @@ pub struct Observed {
     pub slices: BTreeMap<String, Arc<EndpointSlice>>,
     /// What current servers are built from.
     pub hashes: Hashes,
+    /// How long the newest warmed-up server's warm-up took.
+    pub last_warmup: Option<Duration>,
+    /// Starting servers whose last warm-up failed: name and why.
+    pub failed_warmups: Vec<(String, String)>,
 }
 
 /// Reads the stores for `valid`.
@@ -82,10 +87,12 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
 
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
+    let warmup_on = valid.warmup.is_some();
     let views = servers
         .values()
-        .filter_map(|p| server_view(p, book))
+        .filter_map(|p| server_view(p, book, warmup_on))
         .collect();
+    let (last_warmup, failed_warmups) = warmups(&servers, book);
     let claimed_servers = servers
         .iter()
         .filter(|(_, p)| {
@@ -125,7 +132,32 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         services,
         slices,
         hashes: hashes(&valid.spec_hash, token),
+        last_warmup,
+        failed_warmups,
     }
+}
+
+/// The warm-up time of the newest server that finished one, and the failing warm-ups.
+fn warmups(
+    servers: &BTreeMap<String, Arc<Pod>>,
+    book: &HealthBook,
+) -> (Option<Duration>, Vec<(String, String)>) {
+    let mut newest = None;
+    let mut failed = Vec::new();
+    for (name, pod) in servers {
+        let Some(uid) = pod.uid() else { continue };
+        match book.get(&uid).warmup {
+            WarmupState::Done(took) => {
+                let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+                if newest.is_none_or(|(at, _)| created > at) {
+                    newest = Some((created, took));
+                }
+            }
+            WarmupState::Failed(why) => failed.push((name.clone(), why)),
+            WarmupState::NotStarted | WarmupState::Running => {}
+        }
+    }
+    (newest.map(|(_, took)| took), failed)
 }
 
 /// The objects of a store that carry the cluster's label and that it controls, by name.
@@ -179,10 +211,16 @@ fn seed_from_labels<'a>(book: &HealthBook, servers: impl Iterator<Item = &'a Arc
     }
 }
 
-/// What the plan needs to know about a server pod: its probe verdict and whether it exited.
-fn server_view(pod: &Pod, book: &HealthBook) -> Option<ServerView> {
+/// What the plan needs to know about a server pod: its probe verdict (a starting server counts
+/// as healthy only once warmed up, when warm-up is on) and whether it exited.
+fn server_view(pod: &Pod, book: &HealthBook, warmup_on: bool) -> Option<ServerView> {
     let labels = pod.labels();
-    let verdict = book.get(&pod.uid()?).verdict;
+    let health = book.get(&pod.uid()?);
+    let state = ServerState::from_label(labels.get(STATE_LABEL).map(String::as_str));
+    let warmed = !warmup_on
+        || state != ServerState::Starting
+        || matches!(health.warmup, WarmupState::Done(_));
+    let verdict = health.verdict;
     let exited = pod
         .status
         .as_ref()
@@ -190,9 +228,9 @@ fn server_view(pod: &Pod, book: &HealthBook) -> Option<ServerView> {
         .is_some_and(|p| p == "Failed" || p == "Succeeded");
     Some(ServerView {
         name: pod.metadata.name.clone()?,
-        state: ServerState::from_label(labels.get(STATE_LABEL).map(String::as_str)),
+        state,
         role: ServerRole::from_label(labels.get(ROLE_LABEL).map(String::as_str)),
-        healthy: verdict == Verdict::Healthy,
+        healthy: verdict == Verdict::Healthy && warmed,
         auth_rejected: verdict == Verdict::AuthRejected,
         exited,
         spec_hash: labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default(),
@@ -218,4 +256,47 @@ fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {
             .as_deref()
             .and_then(|t| CLAIM_TTL.parse(t).ok()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn starting_pod() -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("s-1".into()),
+                uid: Some("uid-1".into()),
+                creation_timestamp: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                labels: Some(BTreeMap::from([(
+                    STATE_LABEL.to_string(),
+                    ServerState::Starting.as_str().to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn a_starting_server_counts_as_healthy_only_once_warmed_up() {
+        let book = HealthBook::default();
+        let pod = starting_pod();
+        book.seed("uid-1", Verdict::Healthy);
+        assert!(!server_view(&pod, &book, true).unwrap().healthy);
+        assert!(server_view(&pod, &book, false).unwrap().healthy, "warm-up off");
+        book.update("uid-1", |h| {
+            h.warmup = WarmupState::Failed("query 1 of 3: boom".into());
+            false
+        });
+        assert!(!server_view(&pod, &book, true).unwrap().healthy);
+        book.update("uid-1", |h| {
+            h.warmup = WarmupState::Done(Duration::from_millis(1200));
+            false
+        });
+        assert!(server_view(&pod, &book, true).unwrap().healthy);
+        let servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod))]);
+        assert_eq!(warmups(&servers, &book), (Some(Duration::from_millis(1200)), vec![]));
+    }
 }

@@ -106,6 +106,8 @@ pub struct Summary<'a> {
     pub token_secret: Option<String>,
     /// Spark version reported by a server.
     pub spark_version: Option<String>,
+    /// How long the newest warmed-up server's warm-up took.
+    pub last_warmup: Option<Duration>,
 }
 
 /// The status for a cluster whose spec is valid.
@@ -215,6 +217,9 @@ pub fn healthy_status(
     status.token_secret = summary.token_secret;
     if summary.spark_version.is_some() {
         status.spark_version = summary.spark_version;
+    }
+    if let Some(took) = summary.last_warmup {
+        status.last_warmup_millis = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
     }
     status
 }
@@ -342,6 +347,7 @@ mod tests {
             problems,
             token_secret: None,
             spark_version: None,
+            last_warmup: None,
         }
     }
 

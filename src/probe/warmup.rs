@@ -1,0 +1,238 @@
+//! The warm-up of a new server: a few SQL queries over the Connect protocol (`ExecutePlan`),
+//! results collected as Arrow and dropped, on a session of its own that is released after.
+//! It touches what a user's first query would otherwise find cold: the SQL parser and
+//! analyzer, code generation, the scheduler and its executors (a shuffle), and the Arrow path.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use super::client::{ConnectProbe, FailureKind, PROBE_USER};
+use crate::proto::{
+    ExecutePlanRequest, Plan, Relation, Sql, execute_plan_response, plan, relation,
+};
+
+/// The queries run when a cluster names none.
+pub const DEFAULT_QUERIES: [&str; 3] = [
+    "SELECT 1 AS warm",
+    "SELECT k, count(*) AS n, sum(v) AS total FROM (SELECT id % 16 AS k, id AS v FROM range(0, 200000, 1, 4)) GROUP BY k ORDER BY k",
+    "SELECT id, CAST(id AS STRING) AS text, id * 0.5 AS half, id % 2 = 0 AS even FROM range(0, 20000)",
+];
+
+/// What a cluster's servers run before they become idle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmupPlan {
+    /// SQL queries, in order.
+    pub queries: Vec<String>,
+    /// Deadline of the whole warm-up.
+    pub timeout: Duration,
+}
+
+impl WarmupPlan {
+    /// The plan for `queries` (the built-in set when empty).
+    pub fn new(queries: &[String], timeout: Duration) -> Self {
+        let queries = if queries.is_empty() {
+            DEFAULT_QUERIES.iter().map(|q| (*q).to_string()).collect()
+        } else {
+            queries.to_vec()
+        };
+        Self { queries, timeout }
+    }
+}
+
+/// A finished warm-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WarmedUp {
+    /// Wall time of every query together.
+    pub took: Duration,
+    /// Rows the queries returned.
+    pub rows: u64,
+}
+
+/// A failed warm-up.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("warm-up query {query} of {of}: {message}")]
+pub struct WarmupFailure {
+    /// 1-based number of the query that failed.
+    pub query: usize,
+    /// How many queries the plan has.
+    pub of: usize,
+    /// Spark's or the transport's message.
+    pub message: String,
+    /// Whether the server refused the token.
+    pub unauthenticated: bool,
+}
+
+/// The warm-up session of a server: distinct from its probe session, released when done.
+fn warmup_session(probe: &ConnectProbe) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{}/warm-up", probe.session()).as_bytes(),
+    )
+    .to_string()
+}
+
+/// Runs `plan` on the server behind `probe`.
+pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp, WarmupFailure> {
+    let session = warmup_session(probe);
+    let started = Instant::now();
+    let deadline = started + plan.timeout;
+    let mut rows = 0;
+    let mut outcome = Ok(());
+    for (index, query) in plan.queries.iter().enumerate() {
+        let fail = |message: String, unauthenticated: bool| WarmupFailure {
+            query: index + 1,
+            of: plan.queries.len(),
+            message,
+            unauthenticated,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, run_query(probe, &session, query, left)).await {
+            Ok(Ok(n)) => rows += n,
+            Ok(Err((message, unauthenticated))) => {
+                outcome = Err(fail(message, unauthenticated));
+                break;
+            }
+            Err(_) => {
+                outcome = Err(fail(
+                    format!("the warm-up did not finish within {:?}", plan.timeout),
+                    false,
+                ));
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    if let Err(e) = probe.release_session(&session).await {
+        tracing::debug!(error = %e.message, "releasing the warm-up session failed");
+    }
+    outcome.map(|()| WarmedUp { took, rows })
+}
+
+/// One query: its whole result stream read; the rows counted. Errors carry whether the server
+/// refused the token.
+async fn run_query(
+    probe: &ConnectProbe,
+    session: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<u64, (String, bool)> {
+    let message = ExecutePlanRequest {
+        session_id: session.to_string(),
+        user_context: ConnectProbe::user_context(),
+        plan: Some(Plan {
+            op_type: Some(plan::OpType::Root(Relation {
+                rel_type: Some(relation::RelType::Sql(Sql {
+                    query: query.to_string(),
+                })),
+            })),
+        }),
+        client_type: Some(PROBE_USER.into()),
+        operation_id: None,
+        tags: vec!["spark-connect-operator-warm-up".into()],
+        client_observed_server_side_session_id: None,
+    };
+    let request = probe
+        .request_within(message, timeout)
+        .map_err(|e| (e.message, false))?;
+    let status = |s: tonic::Status| {
+        let unauthenticated = FailureKind::of(s.code()) == FailureKind::Unauthenticated;
+        (s.message().to_string(), unauthenticated)
+    };
+    let mut stream = probe
+        .client()
+        .execute_plan(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut rows = 0u64;
+    while let Some(response) = stream.next().await {
+        if let Some(execute_plan_response::ResponseType::ArrowBatch(batch)) =
+            response.map_err(status)?.response_type
+        {
+            rows = rows.saturating_add(u64::try_from(batch.row_count).unwrap_or(0));
+        }
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::client::session_id;
+    use crate::probe::fake::{FAILING_QUERY_MARK, FakeOptions, FakeState, serve};
+    use std::sync::Arc;
+
+    async fn fake(token: Option<&str>) -> (Arc<FakeState>, ConnectProbe) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let state = FakeState::with_options(FakeOptions {
+            token: Some("secret".into()),
+            query_delay: Duration::from_millis(20),
+            ..FakeOptions::default()
+        });
+        tokio::spawn(serve(listener, state.clone(), std::future::pending()));
+        let probe = ConnectProbe::new(
+            &address,
+            token.map(String::from),
+            session_id("uid-1"),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        (state, probe)
+    }
+
+    #[tokio::test]
+    async fn the_built_in_warm_up_runs_every_query_and_releases_its_session() {
+        let (state, probe) = fake(Some("secret")).await;
+        let plan = WarmupPlan::new(&[], Duration::from_secs(5));
+        assert_eq!(plan.queries.len(), DEFAULT_QUERIES.len());
+        let done = warm_up(&probe, &plan).await.unwrap();
+        assert_eq!(state.queries_run(), DEFAULT_QUERIES.len());
+        assert_eq!(done.rows, 3, "one row per query from the fake server");
+        assert!(
+            done.took >= Duration::from_millis(60),
+            "took {:?}",
+            done.took
+        );
+        assert_eq!(state.session_count(), 0, "the warm-up session is released");
+    }
+
+    #[tokio::test]
+    async fn a_failing_query_names_its_number_and_spark_s_message() {
+        let (state, probe) = fake(Some("secret")).await;
+        let queries = vec![
+            "SELECT 1".to_string(),
+            format!("SELECT * FROM {FAILING_QUERY_MARK}"),
+            "SELECT 3".to_string(),
+        ];
+        let failure = warm_up(&probe, &WarmupPlan::new(&queries, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert_eq!((failure.query, failure.of), (2, 3));
+        assert!(
+            failure.message.contains("TABLE_OR_VIEW_NOT_FOUND"),
+            "{failure}"
+        );
+        assert!(!failure.unauthenticated);
+        assert_eq!(
+            state.queries_run(),
+            1,
+            "nothing runs after the failed query"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_up_past_its_deadline_fails_and_a_wrong_token_is_told_apart() {
+        let (_, probe) = fake(Some("secret")).await;
+        let slow = warm_up(&probe, &WarmupPlan::new(&[], Duration::from_millis(30)))
+            .await
+            .unwrap_err();
+        assert!(slow.message.contains("did not finish"), "{slow}");
+        let (_, stranger) = fake(Some("wrong")).await;
+        let refused = warm_up(&stranger, &WarmupPlan::new(&[], Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(refused.unauthenticated, "{refused}");
+    }
+}
