@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use spark_connect_operator::crd::SparkConnectCluster;
-use support::{World, live_pods, succeeded, wait_until};
+use support::{World, fake_spec, live_pods, succeeded, wait_until};
 
 const SPARK_IMAGE: &str = "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu";
 
@@ -144,6 +144,69 @@ async fn a_spec_only_the_operator_can_judge_degrades_with_an_event() {
             .is_some_and(|(s, _)| s == "False")
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_failing_warm_up_keeps_servers_out_of_the_pool_and_says_why() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-warmup").await;
+    let api: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let mut spec = fake_spec(1, 2, 10);
+    spec["warmup"] =
+        serde_json::json!({"queries": ["SELECT 1", "SELECT * FROM sco_fake_missing_table"]});
+    api.create(&PostParams::default(), &cluster("warm", spec))
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(60), "Degraded/WarmupFailed", || async {
+        api.get("warm").await.ok().is_some_and(|c| {
+            condition(&c, "Degraded")
+                .is_some_and(|(s, reason)| s == "True" && reason == "WarmupFailed")
+        })
+    })
+    .await;
+    let status = api.get("warm").await.unwrap().status.unwrap();
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("query 2 of 2")
+            && degraded.message.contains("TABLE_OR_VIEW_NOT_FOUND"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(
+        status.servers.idle, 0,
+        "an unwarmed server is never handed out"
+    );
+    assert!(status.servers.starting >= 1);
+
+    // A working query list lets the same server pass its next warm-up and join the pool.
+    api.patch(
+        "warm",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"warmup": {"queries": ["SELECT 1"]}}})),
+    )
+    .await
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "an idle, warmed server",
+        || async {
+            api.get("warm")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.servers.idle == 1 && s.last_warmup_millis.is_some())
+        },
+    )
+    .await;
+    let cleared = api.get("warm").await.unwrap();
+    assert_eq!(
+        condition(&cleared, "Degraded").map(|(s, _)| s),
+        Some("False".into())
+    );
 }
 
 fn query(world: &World, host: &str, token: &str) -> std::process::Output {

@@ -285,7 +285,10 @@ mod tests {
         let pod = starting_pod();
         book.seed("uid-1", Verdict::Healthy);
         assert!(!server_view(&pod, &book, true).unwrap().healthy);
-        assert!(server_view(&pod, &book, false).unwrap().healthy, "warm-up off");
+        assert!(
+            server_view(&pod, &book, false).unwrap().healthy,
+            "warm-up off"
+        );
         book.update("uid-1", |h| {
             h.warmup = WarmupState::Failed("query 1 of 3: boom".into());
             false
@@ -297,6 +300,9 @@ mod tests {
         });
         assert!(server_view(&pod, &book, true).unwrap().healthy);
         let servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod))]);
-        assert_eq!(warmups(&servers, &book), (Some(Duration::from_millis(1200)), vec![]));
+        assert_eq!(
+            warmups(&servers, &book),
+            (Some(Duration::from_millis(1200)), vec![])
+        );
     }
 }
