@@ -18,7 +18,7 @@ phase "fmt" cargo fmt --all --check
 phase "build" cargo build --workspace --all-targets
 phase "clippy" cargo clippy --workspace --all-targets -- -D warnings
 phase "unit tests" cargo test --workspace --exclude sco-e2e
-phase "world unit tests" cargo test -p sco-e2e --bins
+phase "world unit tests" cargo test -p sco-e2e --lib --bins
 start=$(date +%s)
 echo "==== phase: binaries (kubernetes, etcd, coredns, helm, pyspark; cached)"
 if ! wait "$binaries"; then cat "$binaries_log"; echo "building the binaries failed" >&2; exit 1; fi

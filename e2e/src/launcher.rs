@@ -136,7 +136,7 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
     relays.spawn(relay::forward(
         api,
         socket.clone(),
-        format!("{}:6443", crate::world::GATEWAY),
+        format!("{}:{}", sco_e2e::net::GATEWAY, sco_e2e::net::APISERVER_PORT),
     ));
     for f in &forwards {
         let listener = TcpListener::bind(("127.0.0.1", f.port))

@@ -9,22 +9,16 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
+use sco_e2e::client_from;
+use sco_e2e::net::{APISERVER_PORT, DNS_SERVICE_IP, GATEWAY, POD_CIDR, SERVICE_CIDR};
+use sco_e2e::poll::until;
 use tokio::process::{Child, Command};
 
 use crate::paths::{self, State};
 use crate::{agent, relay};
 
-/// The bridge address: gateway of the pod network, apiserver and DNS address.
-pub const GATEWAY: &str = "10.244.0.1";
-/// The pod network.
-pub const POD_CIDR: &str = "10.244.0.0/16";
-/// The service network.
-pub const SERVICE_CIDR: &str = "10.96.0.0/16";
-/// The in-world address of the `kube-dns` Service.
-pub const DNS_SERVICE_IP: &str = "10.96.0.10";
 /// The node's name.
 pub const NODE_NAME: &str = "world";
 
@@ -94,28 +88,8 @@ fn spawn(
         .with_context(|| format!("starting {name} ({})", program.display()))
 }
 
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
-}
-
-/// A client from a kubeconfig file.
-pub async fn client_from(path: &std::path::Path) -> anyhow::Result<Client> {
-    let config =
-        Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &KubeConfigOptions::default())
-            .await?;
-    Ok(Client::try_from(config)?)
-}
+/// How often the world's start-up polls the apiserver.
+const EVERY: Duration = Duration::from_millis(250);
 
 /// Runs the world until killed.
 pub async fn inside(state: State) -> anyhow::Result<()> {
@@ -125,7 +99,7 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
     crate::pki::generate(&pki)?;
     std::fs::write(
         state.inner_kubeconfig(),
-        crate::pki::kubeconfig(&pki, &format!("https://{GATEWAY}:6443"))?,
+        crate::pki::kubeconfig(&pki, &format!("https://{GATEWAY}:{APISERVER_PORT}"))?,
     )?;
     let p = |name: &str| pki.join(name).to_string_lossy().into_owned();
     let s = |v: &str| v.to_string();
@@ -156,7 +130,7 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
             s("--etcd-servers=http://127.0.0.1:2379"),
             format!("--bind-address={GATEWAY}"),
             format!("--advertise-address={GATEWAY}"),
-            s("--secure-port=6443"),
+            format!("--secure-port={APISERVER_PORT}"),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             format!("--tls-cert-file={}", p("apiserver.crt")),
             format!("--tls-private-key-file={}", p("apiserver.key")),
@@ -171,7 +145,7 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
         ],
     )?);
     let client = client_from(&state.inner_kubeconfig()).await?;
-    wait_for("the apiserver", Duration::from_secs(120), || {
+    until("the apiserver", Duration::from_secs(120), EVERY, || {
         let client = client.clone();
         async move { client.apiserver_version().await.is_ok() }
     })
@@ -236,9 +210,10 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
 
     // Ready: the default ServiceAccount exists (pods need it) and the node is registered.
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    wait_for(
+    until(
         "the default ServiceAccount",
         Duration::from_secs(120),
+        EVERY,
         || {
             let accounts = accounts.clone();
             async move { accounts.get_opt("default").await.ok().flatten().is_some() }
@@ -266,17 +241,22 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
 
 async fn create_dns_service(client: &Client) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    wait_for("namespace kube-system", Duration::from_secs(60), || {
-        let namespaces = namespaces.clone();
-        async move {
-            namespaces
-                .get_opt("kube-system")
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-        }
-    })
+    until(
+        "namespace kube-system",
+        Duration::from_secs(60),
+        EVERY,
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                namespaces
+                    .get_opt("kube-system")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            }
+        },
+    )
     .await?;
     let service: Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},

@@ -407,8 +407,9 @@ async fn a_cluster_deleted_under_its_claims_and_owned_objects_edited() {
     // An owned EndpointSlice pointed elsewhere by hand is put back.
     let server = bound_server(&claims, "a").await;
     let slices: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &ns.name);
-    let steer =
-        json!({"endpoints": [{"addresses": ["10.244.0.250"], "conditions": {"ready": true}}]});
+    // An address in the world's pod network that no pod has (written into the slice, never dialled).
+    let elsewhere = sco_e2e::net::pod_ip(250);
+    let steer = json!({"endpoints": [{"addresses": [&elsewhere], "conditions": {"ready": true}}]});
     slices
         .patch(&server, &PatchParams::default(), &Patch::Merge(&steer))
         .await
@@ -418,7 +419,7 @@ async fn a_cluster_deleted_under_its_claims_and_owned_objects_edited() {
             s.endpoints
                 .unwrap_or_default()
                 .iter()
-                .all(|e| !e.addresses.contains(&"10.244.0.250".to_string()))
+                .all(|e| !e.addresses.contains(&elsewhere))
         })
     })
     .await;

@@ -670,13 +670,7 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
 
 /// A client that authenticates with `token` instead of the admin certificate.
 async fn client_with_token(world: &World, token: &str) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(world.state.join("kubeconfig")).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .unwrap();
+    let mut config = sco_e2e::world_config(&world.state).await.unwrap();
     config.auth_info = kube::config::AuthInfo {
         token: Some(token.to_string().into()),
         ..Default::default()

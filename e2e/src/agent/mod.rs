@@ -22,7 +22,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::paths::State;
-use crate::world::{GATEWAY, NODE_NAME};
+use crate::world::NODE_NAME;
+use sco_e2e::net::GATEWAY;
 
 /// Runs the agent until an error ends it.
 pub async fn run(client: Client, state: State) -> anyhow::Result<()> {

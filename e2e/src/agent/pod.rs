@@ -21,7 +21,7 @@ use super::images;
 use super::volumes::{self, expand};
 use crate::paths::State;
 use crate::sandbox::{Mount, SandboxSpec};
-use crate::world::GATEWAY;
+use sco_e2e::net::GATEWAY;
 
 /// What a pod task shares with the agent.
 pub struct Node {
@@ -59,10 +59,6 @@ impl Node {
         };
         let _ = self.recorder.publish(&event, &pod.object_ref(&())).await;
     }
-}
-
-fn ip_of(index: u32) -> String {
-    format!("10.244.{}.{}", index / 256, index % 256)
 }
 
 /// The base of every pod's root: host directories read-only, private scratch directories.
@@ -186,7 +182,7 @@ async fn run_inner(
     let dir = node.state.pod_dir(&ns, &name);
     std::fs::create_dir_all(&dir)?;
     let ip_index = node.take_ip()?;
-    let ip = ip_of(ip_index);
+    let ip = sco_e2e::net::pod_ip(ip_index);
     let result = supervise(
         node, pod, api, stop, &container, &layout, &dir, ip_index, &ip,
     )
@@ -252,7 +248,7 @@ async fn supervise(
         dir.join("resolv.conf"),
         format!(
             "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
-            crate::world::DNS_SERVICE_IP
+            sco_e2e::net::DNS_SERVICE_IP
         ),
     )?;
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;

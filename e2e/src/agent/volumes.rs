@@ -1,6 +1,7 @@
 //! What the kubelet would prepare before starting a container: volume contents on disk and the
 //! container's environment.
 
+use sco_e2e::net::KUBERNETES_SERVICE_IP;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +37,7 @@ pub fn field(pod: &Pod, selector: &ObjectFieldSelector, pod_ip: &str) -> anyhow:
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.into(),
-        "status.hostIP" | "status.hostIPs" => crate::world::GATEWAY.into(),
+        "status.hostIP" | "status.hostIPs" => sco_e2e::net::GATEWAY.into(),
         _ => {
             if let Some(key) = path
                 .strip_prefix("metadata.labels['")
@@ -67,13 +68,14 @@ pub async fn environment(
     let ns = pod.namespace().unwrap_or_default();
     let mut env: BTreeMap<String, String> = base.iter().cloned().collect();
     env.insert("HOSTNAME".into(), pod.name_any());
+    let kubernetes = format!("tcp://{KUBERNETES_SERVICE_IP}:443");
     for (k, v) in [
-        ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+        ("KUBERNETES_SERVICE_HOST", KUBERNETES_SERVICE_IP),
         ("KUBERNETES_SERVICE_PORT", "443"),
         ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
-        ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
-        ("KUBERNETES_PORT_443_TCP", "tcp://10.96.0.1:443"),
-        ("KUBERNETES_PORT_443_TCP_ADDR", "10.96.0.1"),
+        ("KUBERNETES_PORT", &kubernetes),
+        ("KUBERNETES_PORT_443_TCP", &kubernetes),
+        ("KUBERNETES_PORT_443_TCP_ADDR", KUBERNETES_SERVICE_IP),
         ("KUBERNETES_PORT_443_TCP_PORT", "443"),
         ("KUBERNETES_PORT_443_TCP_PROTO", "tcp"),
     ] {

@@ -23,19 +23,13 @@ fn phase(c: &SparkConnectClaim) -> ClaimPhase {
     c.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
-async fn wait<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+async fn wait<F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check().await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("timed out waiting for {what}")
+    sco_e2e::poll::until(what, timeout, Duration::from_millis(100), check).await?;
+    Ok(())
 }
 
 struct Bench {
@@ -283,11 +277,7 @@ fn spark_spec(idle: i32) -> serde_json::Value {
 
 /// Runs the benchmark against the world at `world`.
 pub async fn run(world: PathBuf, spark: bool, only_spark: bool) -> anyhow::Result<()> {
-    let client = {
-        let kubeconfig = kube::config::Kubeconfig::read_from(world.join("kubeconfig"))?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
-        Client::try_from(config)?
-    };
+    let client = sco_e2e::world_client(&world).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(NS).await?.is_none() {
         namespaces

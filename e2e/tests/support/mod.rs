@@ -5,12 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 
 /// The running world.
 pub struct World {
@@ -40,11 +39,9 @@ impl World {
             "no running world at {}: run the e2e suite with `make test`",
             state.display()
         );
-        let kubeconfig = Kubeconfig::read_from(state.join("kubeconfig")).expect("host kubeconfig");
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        let client = sco_e2e::world_client(&state)
             .await
-            .expect("config");
-        let client = Client::try_from(config).expect("client");
+            .expect("a client from the world's kubeconfig");
         Self { state, client }
     }
 
@@ -292,19 +289,15 @@ pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
 }
 
 /// Polls `check` until it holds, failing the test after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Duration
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let started = Instant::now();
-    while started.elapsed() < timeout {
-        if check().await {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    match sco_e2e::poll::until(what, timeout, Duration::from_millis(200), check).await {
+        Ok(took) => took,
+        Err(e) => panic!("{e}"),
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
 }
 
 /// Pods in `ns` matching `selector`, not being deleted.
