@@ -91,17 +91,56 @@ fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// A client for watches, from `kubeconfig` (or the environment: `KUBECONFIG`, in-cluster).
-pub async fn watch_client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
-    let mut config = config(kubeconfig).await?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    Ok(Client::try_from(config)?)
+/// The verb a request is counted under: its method, with watches apart from other GETs.
+fn verb(request: &http::Request<kube::client::Body>) -> &'static str {
+    match *request.method() {
+        Method::GET
+            if request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1")) =>
+        {
+            "WATCH"
+        }
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
 }
 
-/// A client for requests with timeouts, counting each write it sends in `writes`, by verb,
-/// and refusing writes while `fence` is closed.
+/// A layer counting every request in `requests`, by verb.
+fn counting(
+    requests: IntCounterVec,
+) -> MapRequestLayer<
+    impl Fn(http::Request<kube::client::Body>) -> http::Request<kube::client::Body> + Clone,
+> {
+    MapRequestLayer::new(move |request: http::Request<kube::client::Body>| {
+        requests.with_label_values(&[verb(&request)]).inc();
+        request
+    })
+}
+
+/// A client for watches (and the initial lists), from `kubeconfig` (or the environment:
+/// `KUBECONFIG`, in-cluster), counting each request in `requests` by verb.
+pub async fn watch_client(
+    kubeconfig: Option<&Path>,
+    requests: IntCounterVec,
+) -> Result<Client, ClientError> {
+    let mut config = config(kubeconfig).await?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    Ok(ClientBuilder::try_from(config)?
+        .with_layer(&counting(requests))
+        .build())
+}
+
+/// A client for requests with timeouts, counting each request it sends in `requests` and each
+/// write in `writes`, by verb, and refusing writes while `fence` is closed.
 pub async fn request_client(
     kubeconfig: Option<&Path>,
+    requests: IntCounterVec,
     writes: IntCounterVec,
     fence: Fence,
 ) -> Result<Client, ClientError> {
@@ -126,6 +165,7 @@ pub async fn request_client(
     });
     // The last layer is the outermost: the fence decides before a write is counted or sent.
     Ok(ClientBuilder::try_from(config)?
+        .with_layer(&counting(requests))
         .with_layer(&count_writes)
         .with_layer(&fenced)
         .build())
@@ -144,6 +184,29 @@ pub async fn lease_client(kubeconfig: Option<&Path>) -> Result<Client, ClientErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_counted_by_verb_with_watches_apart() {
+        let request = |method: Method, uri: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(kube::client::Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            verb(&request(
+                Method::GET,
+                "/api/v1/pods?watch=true&resourceVersion=1"
+            )),
+            "WATCH"
+        );
+        assert_eq!(verb(&request(Method::GET, "/api/v1/pods?limit=500")), "GET");
+        assert_eq!(
+            verb(&request(Method::PATCH, "/api/v1/namespaces/a/pods/b")),
+            "PATCH"
+        );
+    }
 
     #[test]
     fn a_fence_allows_writes_only_until_its_deadline() {

@@ -138,8 +138,13 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         Some(_) => Fence::closed(),
         None => Fence::open(),
     };
-    let client =
-        client::request_client(kubeconfig, metrics.api_writes.clone(), fence.clone()).await?;
+    let client = client::request_client(
+        kubeconfig,
+        metrics.api_requests.clone(),
+        metrics.api_writes.clone(),
+        fence.clone(),
+    )
+    .await?;
     let version = client.apiserver_version().await?;
     tracing::info!(apiserver = %version.git_version, "connected");
 
@@ -183,7 +188,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let watch_client = client::watch_client(kubeconfig).await?;
+    let watch_client = client::watch_client(kubeconfig, metrics.api_requests.clone()).await?;
     let (stores, triggers) = stores::build(&watch_client, options.namespace.as_deref());
     let (probed_tx, probed_rx) = futures::channel::mpsc::unbounded();
     let prober = Prober::new(

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub servers: IntGaugeVec,
     /// Write requests (anything but GET/HEAD) sent to the apiserver, by verb.
     pub api_writes: IntCounterVec,
+    /// Every request sent to the apiserver (reads, watches and writes), by verb.
+    pub api_requests: IntCounterVec,
     /// Latency of passed probes.
     pub probe_latency: Histogram,
     /// Probe results by outcome.
@@ -63,6 +65,13 @@ impl Metrics {
             Opts::new(
                 "api_write_requests_total",
                 "Write requests sent to the apiserver",
+            ),
+            &["verb"],
+        )?;
+        let api_requests = IntCounterVec::new(
+            Opts::new(
+                "api_requests_total",
+                "Requests sent to the apiserver (GET includes lists; WATCH is counted apart)",
             ),
             &["verb"],
         )?;
@@ -125,6 +134,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(servers.clone()))?;
         registry.register(Box::new(api_writes.clone()))?;
+        registry.register(Box::new(api_requests.clone()))?;
         Ok(Self {
             registry,
             reconciles,
@@ -132,6 +142,7 @@ impl Metrics {
             reconcile_duration,
             servers,
             api_writes,
+            api_requests,
             probe_latency,
             probe_results,
             claims,

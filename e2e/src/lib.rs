@@ -2,9 +2,11 @@
 //! client for a running world, and one poll loop.
 
 pub mod net;
+pub mod operator;
 pub mod poll;
 
 use std::path::Path;
+use std::process::Output;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -27,4 +29,21 @@ pub async fn world_config(state: &Path) -> anyhow::Result<Config> {
 /// A client of the running world whose state directory is `state`.
 pub async fn world_client(state: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(world_config(state).await?)?)
+}
+
+/// Runs `command` inside the world at `state` with the `sco-world` binary `world_bin`.
+pub fn exec(world_bin: &Path, state: &Path, command: &[&str]) -> std::io::Result<Output> {
+    std::process::Command::new(world_bin)
+        .arg("--state")
+        .arg(state)
+        .arg("exec")
+        .arg("--")
+        .args(command)
+        .output()
+}
+
+/// The process id (inside the world) of a pod's main process, as the node agent recorded it.
+pub fn pod_pid(state: &Path, ns: &str, pod: &str) -> Option<String> {
+    let pid = std::fs::read_to_string(state.join(format!("pods/{ns}_{pod}/pid"))).ok()?;
+    Some(pid.trim().to_string()).filter(|p| !p.is_empty())
 }

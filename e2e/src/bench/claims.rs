@@ -1,13 +1,12 @@
-//! Claim latency against the real apiserver and operator in the local world: claim-to-Bound
-//! for 1, 10 and 100 concurrent claims on a warm pool of fake servers, and claim-to-first-query
-//! with real Spark for a warm pool and for a cold start.
+//! Claim latency against the real apiserver and operator in the local world: the apiserver's
+//! write floor, claim-to-Bound for 1, 10, 100 and 500 concurrent claims on a warm pool of fake
+//! servers, and (see `first_result`) claim-to-first-result with real Spark.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -15,7 +14,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 
-use super::report;
+use super::first_result;
+use super::report::{self, Spread, median};
 
 const NS: &str = "bench-claims";
 
@@ -119,46 +119,6 @@ impl Bench {
         })
         .await
     }
-
-    /// Claim, wait for Bound, run a query through the claim's endpoint inside the world.
-    async fn claim_to_first_query(&self, cluster: &str) -> anyhow::Result<Duration> {
-        let name = format!("{cluster}-query");
-        let claim: SparkConnectClaim = serde_json::from_value(
-            serde_json::json!({"metadata": {"name": name}, "spec": {"cluster": cluster}}),
-        )?;
-        let started = Instant::now();
-        self.claims.create(&PostParams::default(), &claim).await?;
-        wait("Bound", Duration::from_secs(600), || async {
-            self.claims
-                .get(&name)
-                .await
-                .ok()
-                .is_some_and(|c| phase(&c) == ClaimPhase::Bound)
-        })
-        .await?;
-        let endpoint = self
-            .claims
-            .get(&name)
-            .await?
-            .status
-            .and_then(|s| s.endpoint)
-            .context("no endpoint")?;
-        let python = std::env::var("SCO_PYTHON").context("SCO_PYTHON")?;
-        let script = format!(
-            "from pyspark.sql import SparkSession\ns = SparkSession.builder.remote('{endpoint}').getOrCreate()\nprint(s.range(10).count())\n"
-        );
-        let out =
-            tokio::process::Command::new(std::env::current_exe()?.with_file_name("sco-world"))
-                .arg("--state")
-                .arg(&self.world)
-                .args(["exec", "--", &python, "-c", &script])
-                .output()
-                .await?;
-        if String::from_utf8_lossy(&out.stdout).trim() != "10" {
-            bail!("query failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(started.elapsed())
-    }
 }
 
 /// The apiserver's own write latency and throughput here: `n` parallel patches of ConfigMaps
@@ -222,32 +182,11 @@ async fn write_floor(
     }))
 }
 
-/// Median, least and most of a figure across rounds.
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
-}
-
 /// p50 and p99 of each round, summarized across rounds.
 fn spread(rounds: &[Vec<Duration>]) -> (Spread, Spread) {
     let of = |p: f64| {
         let values: Vec<f64> = rounds.iter().map(|r| report::percentile(r, p)).collect();
-        Spread {
-            median: median(&values),
-            min: values.iter().copied().fold(f64::INFINITY, f64::min),
-            max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-        }
+        Spread::of(&values)
     };
     (of(0.5), of(0.99))
 }
@@ -264,19 +203,13 @@ fn fake_spec(idle: i32) -> serde_json::Value {
     })
 }
 
-fn spark_spec(idle: i32) -> serde_json::Value {
-    serde_json::json!({
-        "image": "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu",
-        "shared": 0,
-        "hotPool": {"idle": idle, "max": 2},
-        // A warm server has its executor running already; a cold start waits for both JVMs.
-        "executors": {"instances": 1},
-        "probe": {"period": "2s", "timeout": "1s"}
-    })
-}
-
 /// Runs the benchmark against the world at `world`.
-pub async fn run(world: PathBuf, spark: bool, only_spark: bool) -> anyhow::Result<()> {
+pub async fn run(
+    world: PathBuf,
+    spark: bool,
+    only_spark: bool,
+    spark_rounds: usize,
+) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(NS).await?.is_none() {
@@ -314,7 +247,7 @@ pub async fn run(world: PathBuf, spark: bool, only_spark: bool) -> anyhow::Resul
     let fake_scenarios: &[(usize, usize)] = if only_spark {
         &[]
     } else {
-        &[(1, 20), (10, 10), (100, 10)]
+        &[(1, 20), (10, 10), (100, 10), (500, 10)]
     };
     for &(concurrency, rounds) in fake_scenarios {
         let cluster = format!("fake-{concurrency}");
@@ -347,28 +280,12 @@ pub async fn run(world: PathBuf, spark: bool, only_spark: bool) -> anyhow::Resul
         }));
     }
     if spark {
-        bench.pool("spark-warm", spark_spec(1), 1).await?;
-        let warm = bench.claim_to_first_query("spark-warm").await?;
-        bench
-            .clusters
-            .delete("spark-warm", &DeleteParams::default())
-            .await?;
-        bench.pool("spark-cold", spark_spec(0), 0).await?;
-        let cold = bench.claim_to_first_query("spark-cold").await?;
-        bench
-            .clusters
-            .delete("spark-cold", &DeleteParams::default())
-            .await?;
-        for (scenario, d) in [
-            ("claim_to_first_query_warm_pool_real_spark", warm),
-            ("claim_to_first_query_cold_start_real_spark", cold),
-        ] {
-            println!("{scenario}: {:.0} ms", d.as_secs_f64() * 1000.0);
-            rows.push(serde_json::json!({
-                "scenario": scenario, "concurrency": 1, "samples": 1,
-                "p50_ms": d.as_secs_f64() * 1000.0, "p99_ms": d.as_secs_f64() * 1000.0,
-            }));
+        let spark_rows = first_result::run(&bench.client, &bench.world, NS, spark_rounds).await?;
+        if let Some(speedup) = first_result::speedup(&spark_rows) {
+            println!("warm pool vs cold start, claim to first result: {speedup:.1}x faster");
+            rows.push(serde_json::json!({"scenario": "warm_pool_speedup_over_cold_start", "factor": speedup}));
         }
+        rows.extend(spark_rows);
     }
     let _ = bench.client;
     report::write("claims", &serde_json::Value::Array(rows))

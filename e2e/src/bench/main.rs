@@ -2,8 +2,11 @@
 //! `target/bench/*.json`; they assert nothing about speed.
 
 mod claims;
+mod economics;
+mod first_result;
 mod probe;
 mod report;
+mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +42,27 @@ enum Command {
         /// Only the real-Spark scenarios.
         #[arg(long, requires = "spark")]
         only_spark: bool,
+        /// Rounds of each real-Spark scenario (warm pool, cold start).
+        #[arg(long, default_value_t = 10)]
+        spark_rounds: usize,
+    },
+    /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
+    Economics {
+        /// The world's state directory.
+        #[arg(long, env = "SCO_WORLD")]
+        world: PathBuf,
+    },
+    /// Convergence of many clusters after the operator starts.
+    Scale {
+        /// The world's state directory.
+        #[arg(long, env = "SCO_WORLD")]
+        world: PathBuf,
+        /// Clusters to create.
+        #[arg(long, default_value_t = 1000)]
+        clusters: usize,
+        /// How many of them keep one idle fake server.
+        #[arg(long, default_value_t = 10)]
+        with_servers: usize,
     },
     /// Fake servers for the probe benchmark (started by it).
     #[command(hide = true)]
@@ -67,7 +91,14 @@ async fn main() -> anyhow::Result<()> {
             world,
             spark,
             only_spark,
-        } => claims::run(world, spark, only_spark).await,
+            spark_rounds,
+        } => claims::run(world, spark, only_spark, spark_rounds).await,
+        Command::Economics { world } => economics::run(world).await,
+        Command::Scale {
+            world,
+            clusters,
+            with_servers,
+        } => scale::run(world, clusters, with_servers).await,
         Command::Fleet { count } => probe::fleet(count).await,
     }
 }

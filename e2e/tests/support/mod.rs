@@ -60,14 +60,7 @@ impl World {
 
     /// Runs a command inside the world and returns its output.
     pub fn exec(&self, command: &[&str]) -> Output {
-        Command::new(Self::world_bin())
-            .arg("--state")
-            .arg(&self.state)
-            .arg("exec")
-            .arg("--")
-            .args(command)
-            .output()
-            .expect("running sco-world exec")
+        sco_e2e::exec(&Self::world_bin(), &self.state, command).expect("running sco-world exec")
     }
 
     /// Runs a Python script inside the world with the pyspark venv.
@@ -132,49 +125,27 @@ impl World {
 
     /// The namespace the chart installed the operator into.
     pub fn operator_namespace() -> String {
-        std::env::var("SCO_OPERATOR_NAMESPACE").unwrap_or_else(|_| "sco-system".into())
+        sco_e2e::operator::namespace()
     }
 
     /// The full identity (`<pod>_<process>`) holding the operator's leader Lease.
     pub async fn leader_identity(&self) -> Option<String> {
-        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), &Self::operator_namespace());
-        leases
-            .get_opt("spark-connect-operator")
-            .await
-            .ok()
-            .flatten()?
-            .spec?
-            .holder_identity
+        sco_e2e::operator::leader_identity(&self.client).await
     }
 
     /// The pod holding the operator's leader Lease.
     pub async fn leader(&self) -> Option<String> {
-        let identity = self.leader_identity().await?;
-        Some(identity.split('_').next().unwrap_or_default().to_string())
+        sco_e2e::operator::leader(&self.client).await
     }
 
     /// The leading operator's metrics, read inside the world from its pod.
     pub async fn metrics(&self) -> String {
-        let Some(leader) = self.leader().await else {
-            return String::new();
-        };
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &Self::operator_namespace());
-        let Some(ip) = pods.get(&leader).await.ok().and_then(|p| p.status?.pod_ip) else {
-            return String::new();
-        };
-        let out = self.exec(&["curl", "-s", &format!("http://{ip}:8080/metrics")]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        sco_e2e::operator::metrics(&self.client, &Self::world_bin(), &self.state).await
     }
 
     /// Sum of a metric's samples whose labels contain `filter`.
     pub async fn metric(&self, name: &str, filter: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sco_e2e::operator::metric_sum(&self.metrics().await, name, filter)
     }
 }
 
@@ -475,9 +446,7 @@ pub async fn pod_ip(client: &Client, ns: &str, name: &str) -> String {
 
 /// The process id (inside the world) of a pod's main process.
 pub fn pod_pid(world: &World, ns: &str, pod: &str) -> String {
-    std::fs::read_to_string(world.state.join(format!("pods/{ns}_{pod}/pid")))
-        .map(|p| p.trim().to_string())
-        .unwrap_or_default()
+    sco_e2e::pod_pid(&world.state, ns, pod).unwrap_or_default()
 }
 
 /// The process id (inside the world) of a control-plane program, e.g. `kube-apiserver`.

@@ -114,6 +114,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     let mut decision = decide(inputs(&valid, &observed, autoscaled, token_mode), now);
     note_observations(&observed, &decision, &token, &mut problems);
     pace::gate_starts(ctx, &key, &observed, &mut decision, &mut problems);
+    pace::hold_refill_while_binding(ctx, &key, &observed, &mut decision);
 
     act::execute(
         &valid,

@@ -65,6 +65,33 @@ pub fn autoscaled_target(
     Some(target)
 }
 
+/// Longest time new servers wait for bind writes under way.
+const MAX_REFILL_HOLD: Duration = Duration::from_secs(1);
+
+/// Holds back new pool servers while bind writes for this cluster are under way (at most
+/// [`MAX_REFILL_HOLD`]): a burst of claims is bound before its refills compete with it for the
+/// apiserver. The binds' pod updates trigger the next reconcile, which starts the refill.
+pub fn hold_refill_while_binding(
+    ctx: &Context,
+    key: &str,
+    observed: &Observed,
+    decision: &mut Decision,
+) {
+    let binding = observed
+        .handed_out
+        .keys()
+        .any(|server| !observed.claimed_servers.contains_key(server));
+    let held_for = ctx.allocator.refill_held_for(key, binding, Instant::now());
+    if binding && held_for < MAX_REFILL_HOLD && decision.pool.create > 0 {
+        tracing::debug!(
+            key,
+            create = decision.pool.create,
+            "refill held while claims are bound"
+        );
+        decision.pool.create = 0;
+    }
+}
+
 /// Holds back new servers while earlier ones keep failing to start; says so as a problem.
 /// Returns how long until starting is allowed again.
 pub fn gate_starts(

@@ -72,6 +72,8 @@ struct ClusterQueue {
     first_seen: HashMap<String, Timestamp>,
     /// Server → claim, for servers whose bind write is under way or not yet in the store.
     handed_out: BTreeMap<String, String>,
+    /// Since when new servers have been held back for bind writes under way.
+    refill_held_since: Option<std::time::Instant>,
 }
 
 /// The allocators of every cluster.
@@ -97,6 +99,23 @@ impl Allocator {
     /// The cluster's current terms, once its reconcile has run.
     pub fn terms(&self, key: &str) -> Option<PoolTerms> {
         self.with(key, |q| q.terms.clone())
+    }
+
+    /// How long new servers of the cluster have been held back while bind writes are under way
+    /// (`binding`), restarting the clock once none is.
+    pub fn refill_held_for(
+        &self,
+        key: &str,
+        binding: bool,
+        now: std::time::Instant,
+    ) -> std::time::Duration {
+        self.with(key, |q| {
+            if !binding {
+                q.refill_held_since = None;
+                return std::time::Duration::ZERO;
+            }
+            now.saturating_duration_since(*q.refill_held_since.get_or_insert(now))
+        })
     }
 
     /// Puts a claim in line (idempotent). Refused when the line is full.
@@ -308,6 +327,29 @@ mod tests {
         assert!(a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty());
         let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
         assert_eq!(got[0].server.name, "s2");
+    }
+
+    #[test]
+    fn refills_are_held_only_while_binds_are_under_way() {
+        let a = Allocator::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            a.refill_held_for("ns/c", true, t0),
+            std::time::Duration::ZERO
+        );
+        let later = t0 + std::time::Duration::from_millis(700);
+        assert_eq!(
+            a.refill_held_for("ns/c", true, later),
+            std::time::Duration::from_millis(700)
+        );
+        assert_eq!(
+            a.refill_held_for("ns/c", false, later),
+            std::time::Duration::ZERO
+        );
+        assert_eq!(
+            a.refill_held_for("ns/c", true, later),
+            std::time::Duration::ZERO
+        );
     }
 
     #[test]

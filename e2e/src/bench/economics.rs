@@ -1,0 +1,415 @@
+//! Pool economics: one bursty claim trace (steady hours, a burst, quiet periods; a fixed seed)
+//! replayed with time compressed against a static pool sized for the trace's peak and against
+//! the autoscaler, on fake servers that take a realistic (compressed) time to start. Reports
+//! the hit rate (claims Bound within 1 s) and the idle server-seconds against the ideal.
+//!
+//! The ideal: a claim is served at once only by a server that is already idle when it arrives,
+//! and a server cannot be started later than one start-up time `D` before the claim without
+//! knowing its arrival to the instant; so each claim costs at least `D` idle server-seconds,
+//! and the ideal for `N` claims is `N × D`, with `D` measured in the same run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use sco_e2e::poll::until;
+use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+
+use super::report::{self, Spread};
+
+const NS: &str = "bench-economics";
+/// A claim Bound within this time is a hit.
+const HIT: Duration = Duration::from_secs(1);
+/// How long a fake server takes to start (Spark's 20–60 s start and warm-up, compressed).
+const START_MILLIS: u64 = 3000;
+
+/// One claim of the trace.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    /// Offset from the start of the replay.
+    at: Duration,
+    /// How long the user keeps the server.
+    hold: Duration,
+}
+
+/// A small deterministic generator (xorshift64*), so every run replays the same trace.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An exponential variate with the given mean.
+    fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.next_f64()).max(f64::MIN_POSITIVE).ln()
+    }
+}
+
+/// The trace: Poisson arrivals whose rate changes by phase (claims per second, compressed
+/// time), one burst of claims within a few seconds, sessions of 15–60 s.
+fn trace() -> Vec<Arrival> {
+    let phases: [(f64, f64); 6] = [
+        (60.0, 0.25), // morning
+        (60.0, 0.6),  // busy
+        (60.0, 0.05), // lunch
+        (60.0, 0.4),  // afternoon
+        (30.0, 0.02), // evening
+        (30.0, 0.0),  // night
+    ];
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut arrivals = Vec::new();
+    let mut start = 0.0;
+    for (length, rate) in phases {
+        let mut t = start;
+        if rate > 0.0 {
+            loop {
+                t += rng.exponential(1.0 / rate);
+                if t >= start + length {
+                    break;
+                }
+                arrivals.push(t);
+            }
+        }
+        start += length;
+    }
+    // A team starts a workshop: 8 claims within 4 s in the afternoon.
+    arrivals.extend((0..8).map(|i| 200.0 + f64::from(i) * 0.5));
+    arrivals.sort_by(f64::total_cmp);
+    arrivals
+        .into_iter()
+        .map(|at| Arrival {
+            at: Duration::from_secs_f64(at),
+            hold: Duration::from_secs_f64(15.0 + rng.next_f64() * 45.0),
+        })
+        .collect()
+}
+
+/// The most claims that arrive within any window of `d`: the smallest static pool that serves
+/// the trace at once when each claimed server is replaced in `d`.
+fn peak_within(trace: &[Arrival], d: Duration) -> usize {
+    (0..trace.len())
+        .map(|i| {
+            trace[i..]
+                .iter()
+                .take_while(|a| a.at < trace[i].at + d)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn spec(autoscale: bool, idle: i32) -> serde_json::Value {
+    serde_json::json!({
+        "image": "sco-fake-connect:latest",
+        "shared": 0,
+        "hotPool": {
+            "idle": idle, "min": 0, "max": 30, "maxServers": 100, "maxWaitingClaims": 1000,
+            "autoscale": {"enabled": autoscale, "scaleDownDelay": "20s"}
+        },
+        "probe": {"period": "1s", "timeout": "500ms"},
+        "server": {"podTemplate": {"spec": {"containers": [{
+            "name": "spark-connect-server", "command": ["/sco-fake-connect"],
+            "args": ["--listen", "0.0.0.0:15002", "--start-millis", START_MILLIS.to_string()]
+        }]}}}
+    })
+}
+
+/// What one replay measured.
+struct Replay {
+    claims: usize,
+    hits: usize,
+    waits: Vec<Duration>,
+    idle_server_seconds: f64,
+    /// Creation to idle of the servers started during the replay.
+    start_times: Vec<Duration>,
+}
+
+/// Runs the benchmark against the world at `world`.
+pub async fn run(world: PathBuf) -> anyhow::Result<()> {
+    let client = sco_e2e::world_client(&world).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    if namespaces.get_opt(NS).await?.is_none() {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
+            )
+            .await?;
+    }
+    let trace = trace();
+    let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
+    println!(
+        "trace: {} claims over {:.0} s (compressed), fake servers start in {START_MILLIS} ms",
+        trace.len(),
+        length.as_secs_f64()
+    );
+    // The static pool is sized for the peak within a start-up time measured by a first replay
+    // of the autoscaler, so both pools face the same servers.
+    let autoscaled = replay(&client, "autoscaled", spec(true, 1), &trace).await?;
+    let start = Duration::from_secs_f64(
+        Spread::of(
+            &autoscaled
+                .start_times
+                .iter()
+                .map(Duration::as_secs_f64)
+                .collect::<Vec<_>>(),
+        )
+        .median,
+    );
+    let static_size = peak_within(&trace, start).max(1);
+    let fixed = replay(
+        &client,
+        "static",
+        spec(false, i32::try_from(static_size)?),
+        &trace,
+    )
+    .await?;
+    let ideal = trace.len() as f64 * start.as_secs_f64();
+    let mut rows = Vec::new();
+    for (name, r) in [("static", &fixed), ("autoscaler", &autoscaled)] {
+        let hit_rate = r.hits as f64 / r.claims.max(1) as f64;
+        let ratio = r.idle_server_seconds / ideal;
+        println!(
+            "{name}: {}/{} claims Bound within 1 s ({:.1} %), wait p50 {:.0} ms p99 {:.0} ms; idle server-seconds {:.0} = {ratio:.2}x the ideal {ideal:.0}",
+            r.hits,
+            r.claims,
+            hit_rate * 100.0,
+            report::percentile(&r.waits, 0.5),
+            report::percentile(&r.waits, 0.99),
+            r.idle_server_seconds
+        );
+        rows.push(serde_json::json!({
+            "pool": name, "claims": r.claims, "hits_within_1s": r.hits, "hit_rate": hit_rate,
+            "wait_p50_ms": report::percentile(&r.waits, 0.5), "wait_p99_ms": report::percentile(&r.waits, 0.99),
+            "idle_server_seconds": r.idle_server_seconds, "ideal_idle_server_seconds": ideal,
+            "idle_vs_ideal": ratio,
+        }));
+    }
+    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
+    report::write(
+        "economics",
+        &serde_json::json!({
+            "trace_claims": trace.len(), "trace_seconds": length.as_secs_f64(),
+            "server_start_median_s": start.as_secs_f64(), "static_pool_idle": static_size,
+            "pools": rows,
+        }),
+    )
+}
+
+/// Replays `trace` against a new cluster `name`; deletes it after.
+async fn replay(
+    client: &Client,
+    name: &str,
+    spec: serde_json::Value,
+    trace: &[Arrival],
+) -> anyhow::Result<Replay> {
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NS);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), NS);
+    let cluster: SparkConnectCluster =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
+    let idle_target = cluster.spec.hot_pool.idle;
+    clusters.create(&PostParams::default(), &cluster).await?;
+    until(
+        "the pool filled",
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || async {
+            clusters
+                .get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.servers.idle >= idle_target)
+        },
+    )
+    .await?;
+
+    let bound_at = watch_bound(&claims);
+    let started_servers = watch_starts(client, name);
+    let idle_seconds = Arc::new(Mutex::new(0.0f64));
+    let sampling = sample_idle(clusters.clone(), name.to_string(), idle_seconds.clone());
+
+    let t0 = Instant::now();
+    let mut created = HashMap::new();
+    let mut releases: Vec<(Instant, String)> = Vec::new();
+    for (i, arrival) in trace.iter().enumerate() {
+        release_due(&claims, &mut releases).await;
+        tokio::time::sleep_until((t0 + arrival.at).into()).await;
+        let claim_name = format!("{name}-{i:03}");
+        let claim: SparkConnectClaim = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": claim_name}, "spec": {"cluster": name, "user": "bench"}
+        }))?;
+        let at = Instant::now();
+        claims.create(&PostParams::default(), &claim).await?;
+        created.insert(claim_name.clone(), at);
+        releases.push((at + arrival.hold, claim_name));
+    }
+    while !releases.is_empty() {
+        let next = releases
+            .iter()
+            .map(|(t, _)| *t)
+            .min()
+            .unwrap_or_else(Instant::now);
+        tokio::time::sleep_until(next.into()).await;
+        release_due(&claims, &mut releases).await;
+    }
+    sampling.abort();
+    started_servers.1.abort();
+    bound_at.1.abort();
+    let bound = bound_at.0.lock().map(|b| b.clone()).unwrap_or_default();
+    let waits: Vec<Duration> = created
+        .iter()
+        .map(|(claim, at)| {
+            bound
+                .get(claim)
+                .map_or(Duration::from_secs(3600), |b| b.duration_since(*at))
+        })
+        .collect();
+    let hits = waits.iter().filter(|w| **w <= HIT).count();
+    let start_times = started_servers
+        .0
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    let idle_server_seconds = idle_seconds.lock().map(|s| *s).unwrap_or_default();
+    clusters.delete(name, &DeleteParams::default()).await?;
+    until(
+        "the cluster gone",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || async { clusters.get_opt(name).await.ok().flatten().is_none() },
+    )
+    .await?;
+    Ok(Replay {
+        claims: created.len(),
+        hits,
+        waits,
+        idle_server_seconds,
+        start_times,
+    })
+}
+
+/// Deletes the claims whose hold time is over (their servers are retired and refilled).
+async fn release_due(claims: &Api<SparkConnectClaim>, releases: &mut Vec<(Instant, String)>) {
+    let now = Instant::now();
+    let (due, later): (Vec<_>, Vec<_>) = releases.drain(..).partition(|(t, _)| *t <= now);
+    *releases = later;
+    for (_, claim) in due {
+        let _ = claims.delete(&claim, &DeleteParams::default()).await;
+    }
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+/// When each claim was first seen Bound.
+fn watch_bound(
+    claims: &Api<SparkConnectClaim>,
+) -> (
+    Shared<HashMap<String, Instant>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let seen: Shared<HashMap<String, Instant>> = Arc::default();
+    let writer = seen.clone();
+    let stream = watcher(claims.clone(), watcher::Config::default()).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(claim)) = stream.next().await {
+            let bound = claim
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase == ClaimPhase::Bound);
+            if bound && let Ok(mut seen) = writer.lock() {
+                seen.entry(claim.name_any()).or_insert_with(Instant::now);
+            }
+        }
+    });
+    (seen, task)
+}
+
+/// Creation to idle of every server of `cluster` that becomes idle while watched.
+fn watch_starts(
+    client: &Client,
+    cluster: &str,
+) -> (Shared<Vec<Duration>>, tokio::task::JoinHandle<()>) {
+    let times: Shared<Vec<Duration>> = Arc::default();
+    let writer = times.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let config = watcher::Config::default().labels(&format!("sparkconnect.dev/cluster={cluster}"));
+    let stream = watcher(pods, config).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut counted = std::collections::HashSet::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(pod)) = stream.next().await {
+            let idle = pod
+                .labels()
+                .get("sparkconnect.dev/state")
+                .map(String::as_str)
+                == Some("idle");
+            let Some(created) = pod.metadata.creation_timestamp.as_ref() else {
+                continue;
+            };
+            if idle && counted.insert(pod.name_any()) {
+                let age = jiff::Timestamp::now().duration_since(created.0);
+                if let (Ok(age), Ok(mut times)) = (Duration::try_from(age), writer.lock()) {
+                    times.push(age);
+                }
+            }
+        }
+    });
+    (times, task)
+}
+
+/// Integrates the cluster's idle servers over time, sampled every 250 ms.
+fn sample_idle(
+    clusters: Api<SparkConnectCluster>,
+    name: String,
+    total: Shared<f64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_millis(250);
+        let mut last = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let idle = clusters
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .map_or(0, |s| s.servers.idle);
+            let now = Instant::now();
+            if let Ok(mut total) = total.lock() {
+                *total += f64::from(idle) * now.duration_since(last).as_secs_f64();
+            }
+            last = now;
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_is_the_same_every_run_and_has_its_burst() {
+        let a = trace();
+        let b = trace();
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.at == y.at && x.hold == y.hold)
+        );
+        assert!(a.len() > 50, "{} claims", a.len());
+        assert!(peak_within(&a, Duration::from_secs(4)) >= 8, "the burst");
+    }
+}
