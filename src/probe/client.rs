@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::transport::Connection;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request};
 
 use crate::proto::config_request::{GetWithDefault, Operation, operation::OpType};
@@ -135,7 +135,7 @@ fn config_request(session_id: &str) -> ConfigRequest {
 /// A reusable client for one server; its request and metadata are built once.
 #[derive(Clone)]
 pub struct ConnectProbe {
-    client: SparkConnectServiceClient<Channel>,
+    client: SparkConnectServiceClient<Connection>,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     config: ConfigRequest,
     session_id: String,
@@ -150,15 +150,12 @@ impl ConnectProbe {
         session_id: String,
         timeout: Duration,
     ) -> Result<Self, ProbeFailure> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        let origin: http::Uri = format!("http://{address}")
+            .parse()
             .map_err(|e| ProbeFailure {
                 kind: FailureKind::Other,
                 message: format!("bad address {address}: {e}"),
-            })?
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(false);
+            })?;
         let authorization = token
             .map(|token| {
                 MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| ProbeFailure {
@@ -168,7 +165,10 @@ impl ConnectProbe {
             })
             .transpose()?;
         Ok(Self {
-            client: SparkConnectServiceClient::new(endpoint.connect_lazy()),
+            client: SparkConnectServiceClient::with_origin(
+                Connection::lazy(address, timeout),
+                origin,
+            ),
             authorization,
             config: config_request(&session_id),
             session_id,
@@ -217,7 +217,7 @@ impl ConnectProbe {
     }
 
     /// The gRPC client (cheap to clone; shares the connection).
-    pub(super) fn client(&self) -> SparkConnectServiceClient<Channel> {
+    pub(super) fn client(&self) -> SparkConnectServiceClient<Connection> {
         self.client.clone()
     }
 

@@ -4,4 +4,5 @@ pub mod client;
 pub mod fake;
 pub mod health;
 pub mod prober;
+pub mod transport;
 pub mod warmup;
