@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# `make bench`: every benchmark; results under target/bench/*.json.
+# `make bench`: every benchmark; results under target/bench/*.json. Figures, not assertions.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export SCO_PROFILE=release
 cargo build --release --workspace
+rm -rf target/bench
+# The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
+./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60
+# The operator in the local world.
 source e2e/world.sh
 world_start
 operator_start
 ./target/release/sco-bench claims --world "$SCO_WORLD" --spark
+./target/release/sco-bench economics --world "$SCO_WORLD"
+./target/release/sco-bench scale --world "$SCO_WORLD" --clusters 1000 --with-servers 10
 echo "results:"; ls -l target/bench/

@@ -46,6 +46,10 @@ enum Command {
         /// Most Spark Connect probes in flight at once.
         #[arg(long, env = "SCO_MAX_PROBES_IN_FLIGHT", default_value_t = 256)]
         max_probes_in_flight: usize,
+        /// Most server connections kept open between probes; probes of further servers
+        /// connect and close each time (keep it well under the process's open-file limit).
+        #[arg(long, env = "SCO_MAX_PROBE_CONNECTIONS", default_value_t = 8192)]
+        max_probe_connections: usize,
         /// Reconcile only while holding the Lease (for more than one replica).
         #[arg(long, env = "SCO_LEADER_ELECTION")]
         leader_election: bool,
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
             admin_addr,
             log_json,
             max_probes_in_flight,
+            max_probe_connections,
             leader_election,
             lease_duration,
             lease_namespace,
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
                 namespace,
                 admin_addr,
                 max_probes_in_flight,
+                max_probe_connections,
                 leader_election: leader_election.then_some((lease_namespace, lease_duration)),
             };
             match runtime.block_on(run(options)) {
@@ -127,6 +133,7 @@ struct Options {
     namespace: Option<String>,
     admin_addr: SocketAddr,
     max_probes_in_flight: usize,
+    max_probe_connections: usize,
     /// Lease namespace and duration in seconds, when leader election is on.
     leader_election: Option<(String, u64)>,
 }
@@ -196,6 +203,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
         metrics.clone(),
         probed_tx,
         options.max_probes_in_flight,
+        options.max_probe_connections,
     );
     let probing = tokio::spawn(prober.clone().run(shutdown.clone().cancelled_owned()));
     let ctx = Context::new(client, metrics, prober, stores);

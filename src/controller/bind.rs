@@ -344,7 +344,7 @@ mod tests {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let metrics = Metrics::new().unwrap();
         let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
         let uids: Vec<String> = held.pods.iter().filter_map(|p| p.uid()).collect();
         let ctx = Context::new(
             kube::Client::new(service, NS),

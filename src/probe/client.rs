@@ -1,8 +1,9 @@
 //! One Spark Connect health check: a `Config` call on a stable session.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::transport::Connection;
+use super::transport::{Connection, ConnectionBudget};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request};
 
@@ -150,6 +151,24 @@ impl ConnectProbe {
         session_id: String,
         timeout: Duration,
     ) -> Result<Self, ProbeFailure> {
+        Self::within_budget(
+            address,
+            token,
+            session_id,
+            timeout,
+            ConnectionBudget::unlimited(),
+        )
+    }
+
+    /// Like [`ConnectProbe::new`], keeping its connection open between calls only while
+    /// `budget` allows.
+    pub fn within_budget(
+        address: &str,
+        token: Option<String>,
+        session_id: String,
+        timeout: Duration,
+        budget: Arc<ConnectionBudget>,
+    ) -> Result<Self, ProbeFailure> {
         let origin: http::Uri = format!("http://{address}")
             .parse()
             .map_err(|e| ProbeFailure {
@@ -166,7 +185,7 @@ impl ConnectProbe {
             .transpose()?;
         Ok(Self {
             client: SparkConnectServiceClient::with_origin(
-                Connection::lazy(address, timeout),
+                Connection::lazy(address, timeout, budget),
                 origin,
             ),
             authorization,

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::client::ConnectProbe;
 use super::health::{HealthBook, WarmupState};
+use super::transport::ConnectionBudget;
 use super::warmup::{WarmupPlan, warm_up};
 use crate::crd::SparkConnectCluster;
 use crate::metrics::Metrics;
@@ -81,6 +82,7 @@ struct Inner {
     trigger: UnboundedSender<ObjectRef<SparkConnectCluster>>,
     permits: Arc<Semaphore>,
     warmup_permits: Arc<Semaphore>,
+    connections: Arc<ConnectionBudget>,
     changed: Notify,
 }
 
@@ -110,12 +112,14 @@ fn cluster_labels(cluster: &ObjectRef<SparkConnectCluster>) -> [String; 2] {
 }
 
 impl Prober {
-    /// A prober recording into `book`, running at most `max_in_flight` probes at once.
+    /// A prober recording into `book`, running at most `max_in_flight` probes at once and
+    /// keeping at most `max_connections` server connections open between probes.
     pub fn new(
         book: Arc<HealthBook>,
         metrics: Metrics,
         trigger: UnboundedSender<ObjectRef<SparkConnectCluster>>,
         max_in_flight: usize,
+        max_connections: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -125,9 +129,15 @@ impl Prober {
                 trigger,
                 permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
                 warmup_permits: Arc::new(Semaphore::new(MAX_WARMUPS_IN_FLIGHT)),
+                connections: ConnectionBudget::new(max_connections),
                 changed: Notify::new(),
             }),
         }
+    }
+
+    /// Connections kept open now.
+    pub fn open_connections(&self) -> usize {
+        self.inner.connections.open()
     }
 
     /// The health book the prober writes.
@@ -158,11 +168,12 @@ impl Prober {
                 continue;
             }
             let session = super::client::session_id(&server.uid);
-            match ConnectProbe::new(
+            match ConnectProbe::within_budget(
                 &server.address,
                 server.token.clone(),
                 session,
                 settings.timeout,
+                self.inner.connections.clone(),
             ) {
                 Ok(probe) => {
                     targets.next_generation += 1;
@@ -416,7 +427,7 @@ mod tests {
         let state = FakeState::with_options(FakeOptions::default());
         tokio::spawn(serve(listener, state.clone(), std::future::pending()));
         let (trigger, mut triggered) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::default(), Metrics::new().unwrap(), trigger, 8);
+        let prober = Prober::new(Arc::default(), Metrics::new().unwrap(), trigger, 8, 8);
         let cluster = ObjectRef::new("c").within("ns");
         let target = ProbeTarget {
             uid: "uid-1".into(),

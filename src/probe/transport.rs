@@ -4,6 +4,7 @@
 //! three, which is most of what thousands of probed servers cost in memory).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -17,21 +18,71 @@ use tonic::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How many connections may stay open between calls (each holds a socket and about 25 KB).
+/// Beyond it, a call connects, runs and closes: the process stays within its file limit
+/// however many servers it probes.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionBudget {
+    /// At most `max` connections kept open.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// No limit.
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// Connections kept open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn take(self: &Arc<Self>) -> Option<KeptOpen> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| KeptOpen(self.clone()))
+    }
+}
+
+/// A place in the budget, given back when the connection ends.
+struct KeptOpen(Arc<ConnectionBudget>);
+
+impl Drop for KeptOpen {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A lazily connected HTTP/2 connection to one `host:port`; cheap to clone (clones share it).
 #[derive(Clone)]
 pub struct Connection {
     address: Arc<str>,
     connect_timeout: Duration,
     sender: Arc<Mutex<Option<SendRequest<Bytes>>>>,
+    budget: Arc<ConnectionBudget>,
 }
 
 impl Connection {
-    /// A connection to `address`, made when the first request is sent.
-    pub fn lazy(address: &str, connect_timeout: Duration) -> Self {
+    /// A connection to `address`, made when the first request is sent and kept open while
+    /// `budget` allows.
+    pub fn lazy(address: &str, connect_timeout: Duration, budget: Arc<ConnectionBudget>) -> Self {
         Self {
             address: address.into(),
             connect_timeout,
             sender: Arc::default(),
+            budget,
         }
     }
 
@@ -43,7 +94,8 @@ impl Connection {
         }
     }
 
-    /// The open connection's sender, connecting first when there is none.
+    /// The open connection's sender, connecting first when there is none (a connection over
+    /// the budget serves this call only: it closes once the call's handles are dropped).
     async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
         let open = self.sender.lock().ok().and_then(|s| s.clone());
         if let Some(sender) = open {
@@ -60,19 +112,25 @@ impl Connection {
             tokio::time::timeout(self.connect_timeout, h2::client::handshake(stream))
                 .await
                 .map_err(|_| "the HTTP/2 handshake timed out")??;
-        let slot = self.sender.clone();
+        let kept = self.budget.take();
+        let slot = kept.is_some().then(|| self.sender.clone());
+        if let Some(slot) = &slot
+            && let Ok(mut slot) = slot.lock()
+        {
+            *slot = Some(sender.clone());
+        }
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "probe connection ended");
             }
-            // A closed connection is never handed out again.
-            if let Ok(mut slot) = slot.lock() {
+            // A closed connection is never handed out again; its place in the budget is free.
+            if let Some(slot) = slot
+                && let Ok(mut slot) = slot.lock()
+            {
                 *slot = None;
             }
+            drop(kept);
         });
-        if let Ok(mut slot) = self.sender.lock() {
-            *slot = Some(sender.clone());
-        }
         Ok(sender)
     }
 
@@ -161,5 +219,26 @@ impl tower::Service<http::Request<Body>> for Connection {
                 ))) as BoxError
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_keeps_at_most_its_size_open_and_frees_places() {
+        let budget = ConnectionBudget::new(2);
+        let a = budget.take();
+        let b = budget.take();
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            budget.take().is_none(),
+            "a third connection serves one call only"
+        );
+        assert_eq!(budget.open(), 2);
+        drop(a);
+        assert_eq!(budget.open(), 1);
+        assert!(budget.take().is_some());
     }
 }

@@ -30,6 +30,9 @@ enum Command {
         period_seconds: u64,
         #[arg(long, default_value_t = 60)]
         duration_seconds: u64,
+        /// Server connections kept open between probes (the operator's default).
+        #[arg(long, default_value_t = 8192)]
+        max_connections: usize,
     },
     /// Claim latency against the running local world (see bench/run.sh).
     Claims {
@@ -68,6 +71,8 @@ enum Command {
     #[command(hide = true)]
     Fleet {
         #[arg(long)]
+        first: usize,
+        #[arg(long)]
         count: usize,
     },
 }
@@ -79,11 +84,13 @@ async fn main() -> anyhow::Result<()> {
             servers,
             period_seconds,
             duration_seconds,
+            max_connections,
         } => {
             probe::run(
                 servers,
                 Duration::from_secs(period_seconds),
                 Duration::from_secs(duration_seconds),
+                max_connections,
             )
             .await
         }
@@ -99,6 +106,6 @@ async fn main() -> anyhow::Result<()> {
             clusters,
             with_servers,
         } => scale::run(world, clusters, with_servers).await,
-        Command::Fleet { count } => probe::fleet(count).await,
+        Command::Fleet { first, count } => probe::fleet(first, count).await,
     }
 }

@@ -17,59 +17,84 @@ use super::report;
 
 const TOKEN: &str = "bench-token";
 
-/// The fleet: `count` fake servers on 127.0.0.1, ports printed on one line; runs until killed.
-pub async fn fleet(count: usize) -> anyhow::Result<()> {
-    let mut ports = Vec::with_capacity(count);
-    for _ in 0..count {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        ports.push(listener.local_addr()?.port().to_string());
+/// Servers per fleet process (each holds a listener and a connection per server, well inside
+/// the per-process open-file limit).
+const FLEET_SIZE: usize = 5000;
+/// The port every fake server listens on, each at its own loopback address (like real
+/// servers: one port, many addresses), so no ephemeral ports are used up by listeners.
+const PORT: u16 = 15002;
+
+/// The loopback address of fake server `index` (127.a.b.c, never 127.0.0.x).
+pub fn address(index: usize) -> String {
+    let a = 1 + index / (254 * 254);
+    let b = 1 + (index / 254) % 254;
+    let c = 1 + index % 254;
+    format!("127.{a}.{b}.{c}:{PORT}")
+}
+
+/// The fleet: fake servers `first..first + count` at their loopback addresses; prints `READY`
+/// once all listen, then runs until killed.
+pub async fn fleet(first: usize, count: usize) -> anyhow::Result<()> {
+    for index in first..first + count {
+        let listener = tokio::net::TcpListener::bind(address(index)).await?;
         tokio::spawn(serve(
             listener,
             FakeState::new(Some(TOKEN.into())),
             std::future::pending(),
         ));
     }
-    println!("PORTS {}", ports.join(","));
+    println!("READY {count}");
     std::future::pending::<()>().await;
     Ok(())
 }
 
-/// Runs the benchmark.
-pub async fn run(servers: usize, period: Duration, duration: Duration) -> anyhow::Result<()> {
+/// Starts fleets for `servers` fake servers and waits until they all listen.
+async fn start_fleets(servers: usize) -> anyhow::Result<Vec<tokio::process::Child>> {
     let me = std::env::current_exe()?;
-    let mut fleet = tokio::process::Command::new(me)
-        .args(["fleet", "--count", &servers.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(fleet.stdout.take().context("fleet stdout")?).lines();
-    let line = lines
-        .next_line()
-        .await?
-        .context("the fleet printed nothing")?;
-    let ports: Vec<String> = line
-        .trim_start_matches("PORTS ")
-        .split(',')
-        .map(String::from)
-        .collect();
-    anyhow::ensure!(
-        ports.len() == servers,
-        "the fleet started {} servers",
-        ports.len()
-    );
+    let mut fleets = Vec::new();
+    for first in (0..servers).step_by(FLEET_SIZE) {
+        let count = FLEET_SIZE.min(servers - first);
+        let mut fleet = tokio::process::Command::new(&me)
+            .args([
+                "fleet",
+                "--first",
+                &first.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = fleet.stdout.take().context("fleet stdout")?;
+        let line = tokio::io::BufReader::new(stdout)
+            .lines()
+            .next_line()
+            .await?
+            .context("a fleet printed nothing")?;
+        anyhow::ensure!(line == format!("READY {count}"), "a fleet said {line}");
+        fleets.push(fleet);
+    }
+    Ok(fleets)
+}
 
+/// Runs the benchmark: `servers` targets, at most `max_connections` kept open.
+pub async fn run(
+    servers: usize,
+    period: Duration,
+    duration: Duration,
+    max_connections: usize,
+) -> anyhow::Result<()> {
+    let mut fleets = start_fleets(servers).await?;
     let metrics = Metrics::new()?;
     let book = Arc::new(HealthBook::default());
     let (trigger, mut triggered) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move { while futures::StreamExt::next(&mut triggered).await.is_some() {} });
-    let prober = Prober::new(book.clone(), metrics.clone(), trigger, 256);
+    let prober = Prober::new(book.clone(), metrics.clone(), trigger, 256, max_connections);
     let cluster: ObjectRef<SparkConnectCluster> = ObjectRef::new("bench").within("bench");
-    let targets: Vec<ProbeTarget> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| ProbeTarget {
+    let targets: Vec<ProbeTarget> = (0..servers)
+        .map(|i| ProbeTarget {
             uid: format!("bench-server-{i}"),
-            address: format!("127.0.0.1:{port}"),
+            address: address(i),
             token: Some(TOKEN.into()),
             warmup: None,
         })
@@ -102,6 +127,8 @@ pub async fn run(servers: usize, period: Duration, duration: Duration) -> anyhow
     .sum();
     let value = serde_json::json!({
         "servers": servers,
+        "max_connections_kept_open": max_connections,
+        "connections_open_at_end": prober.open_connections(),
         "period_s": period.as_secs_f64(),
         "duration_s": started.elapsed().as_secs_f64(),
         "probes": total,
@@ -113,8 +140,10 @@ pub async fn run(servers: usize, period: Duration, duration: Duration) -> anyhow
         "p99_ms": (report::histogram_percentile(&metrics.probe_latency, 0.99) * 1000.0).round() / 1000.0,
         "latency_source": "the operator's probe_latency_seconds histogram, interpolated within buckets",
     });
-    report::write("probe", &value)?;
-    let _ = fleet.kill().await;
+    report::write(&format!("probe-{servers}"), &value)?;
+    for fleet in &mut fleets {
+        let _ = fleet.kill().await;
+    }
     anyhow::ensure!(
         ok > 0 && healthy == servers,
         "not every fake server was probed healthy ({healthy}/{servers})"

@@ -564,7 +564,7 @@ mod tests {
         });
         let metrics = Metrics::new().unwrap();
         let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1);
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
         let ctx = Context::new(
             kube::Client::new(service, "data"),
             metrics,
