@@ -31,6 +31,22 @@ pub async fn world_client(state: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(world_config(state).await?)?)
 }
 
+/// Runs a command to completion, failing with its output.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {program}: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `command` inside the world at `state` with the `sco-world` binary `world_bin`.
 pub fn exec(world_bin: &Path, state: &Path, command: &[&str]) -> std::io::Result<Output> {
     std::process::Command::new(world_bin)

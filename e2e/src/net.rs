@@ -11,6 +11,8 @@ pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 /// The in-world address of the `kube-dns` Service.
 pub const DNS_SERVICE_IP: &str = "10.96.0.10";
+/// The node's name (also its host name in node addresses).
+pub const NODE_NAME: &str = "world";
 /// The apiserver's port.
 pub const APISERVER_PORT: u16 = 6443;
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::world::run;
 use sco_e2e::net::GATEWAY;
+use sco_e2e::run;
 
 /// One mount of the pod's root, applied in order.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

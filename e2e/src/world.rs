@@ -12,31 +12,13 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use sco_e2e::client_from;
-use sco_e2e::net::{APISERVER_PORT, DNS_SERVICE_IP, GATEWAY, POD_CIDR, SERVICE_CIDR};
+use sco_e2e::net::{APISERVER_PORT, DNS_SERVICE_IP, GATEWAY, NODE_NAME, POD_CIDR, SERVICE_CIDR};
 use sco_e2e::poll::until;
+use sco_e2e::run;
 use tokio::process::{Child, Command};
 
 use crate::paths::{self, State};
 use crate::{agent, relay};
-
-/// The node's name.
-pub const NODE_NAME: &str = "world";
-
-/// Runs a command to completion, failing with its output.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 fn setup_network() -> anyhow::Result<()> {
     run("ip", &["link", "set", "lo", "up"])?;

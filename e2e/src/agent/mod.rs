@@ -22,8 +22,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::paths::State;
-use crate::world::NODE_NAME;
-use sco_e2e::net::GATEWAY;
+use sco_e2e::net::{GATEWAY, NODE_NAME};
 
 /// Runs the agent until an error ends it.
 pub async fn run(client: Client, state: State) -> anyhow::Result<()> {

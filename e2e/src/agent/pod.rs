@@ -397,15 +397,15 @@ async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> 
     let pid = child.id().context("sandbox has no pid")?.to_string();
     // veth names are limited to 15 characters: derive them from the IP index.
     let host_end = format!("vp{ip_index}");
-    let _ = crate::world::run("ip", &["link", "del", &host_end]);
-    crate::world::run(
+    let _ = sco_e2e::run("ip", &["link", "del", &host_end]);
+    sco_e2e::run(
         "ip",
         &[
             "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pid,
         ],
     )?;
-    crate::world::run("ip", &["link", "set", &host_end, "master", "br0"])?;
-    crate::world::run(
+    sco_e2e::run("ip", &["link", "set", &host_end, "master", "br0"])?;
+    sco_e2e::run(
         "ip",
         &[
             "link",
@@ -417,7 +417,7 @@ async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> 
             "on",
         ],
     )?;
-    crate::world::run("ip", &["link", "set", &host_end, "up"])?;
+    sco_e2e::run("ip", &["link", "set", &host_end, "up"])?;
     let mut stdin = child.stdin.take().context("sandbox has no stdin")?;
     stdin.write_all(b"g").await?;
     drop(stdin);
