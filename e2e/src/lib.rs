@@ -10,6 +10,7 @@ use std::process::Output;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use spark_connect_operator::crd::{SparkConnectCluster, SparkConnectClusterStatus};
 
 /// A client from a kubeconfig file.
 pub async fn client_from(path: &Path) -> anyhow::Result<Client> {
@@ -29,6 +30,44 @@ pub async fn world_config(state: &Path) -> anyhow::Result<Config> {
 /// A client of the running world whose state directory is `state`.
 pub async fn world_client(state: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(world_config(state).await?)?)
+}
+
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    if namespaces.get_opt(name).await?.is_none() {
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        namespaces
+            .create(&kube::api::PostParams::default(), &namespace)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Polls cluster `name` until its status satisfies `check` (`what` names the wait).
+pub async fn cluster_status_until(
+    clusters: &kube::Api<SparkConnectCluster>,
+    name: &str,
+    what: &str,
+    timeout: std::time::Duration,
+    check: impl Fn(&SparkConnectClusterStatus) -> bool,
+) -> anyhow::Result<()> {
+    poll::until(
+        what,
+        timeout,
+        std::time::Duration::from_millis(200),
+        || async {
+            clusters
+                .get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| check(&s))
+        },
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs a command to completion, failing with its output.

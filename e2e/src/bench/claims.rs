@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -211,15 +210,7 @@ pub async fn run(
     spark_rounds: usize,
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NS).await?.is_none() {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
-            )
-            .await?;
-    }
+    sco_e2e::ensure_namespace(&client, NS).await?;
     let bench = Bench {
         clusters: Api::namespaced(client.clone(), NS),
         claims: Api::namespaced(client.clone(), NS),

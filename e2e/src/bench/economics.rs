@@ -137,15 +137,7 @@ struct Replay {
 /// Runs the benchmark against the world at `world`.
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NS).await?.is_none() {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
-            )
-            .await?;
-    }
+    sco_e2e::ensure_namespace(&client, NS).await?;
     let trace = trace();
     let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
     println!(
@@ -195,6 +187,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "idle_vs_ideal": ratio,
         }));
     }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
     let _ = namespaces.delete(NS, &DeleteParams::default()).await;
     report::write(
         "economics",
@@ -219,18 +212,12 @@ async fn replay(
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
     let idle_target = cluster.spec.hot_pool.idle;
     clusters.create(&PostParams::default(), &cluster).await?;
-    until(
+    sco_e2e::cluster_status_until(
+        &clusters,
+        name,
         "the pool filled",
         Duration::from_secs(300),
-        Duration::from_millis(200),
-        || async {
-            clusters
-                .get(name)
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| s.servers.idle >= idle_target)
-        },
+        |s| s.servers.idle >= idle_target,
     )
     .await?;
 

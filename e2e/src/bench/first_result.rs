@@ -199,20 +199,12 @@ async fn wait_for_full_pool(
     name: &str,
     idle: i32,
 ) -> anyhow::Result<()> {
-    sco_e2e::poll::until(
+    sco_e2e::cluster_status_until(
+        clusters,
+        name,
         "a full, quiet pool",
         Duration::from_secs(900),
-        Duration::from_millis(200),
-        || async {
-            clusters
-                .get(name)
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| {
-                    s.servers.idle >= idle && s.servers.starting == 0 && s.servers.claimed == 0
-                })
-        },
+        |s| s.servers.idle >= idle && s.servers.starting == 0 && s.servers.claimed == 0,
     )
     .await?;
     Ok(())

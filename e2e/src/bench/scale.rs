@@ -71,15 +71,7 @@ async fn measure(
     count: usize,
     with_servers: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    if namespaces.get_opt(NS).await?.is_none() {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?,
-            )
-            .await?;
-    }
+    sco_e2e::ensure_namespace(client, NS).await?;
     let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NS);
     let creates = futures::stream::iter(0..count).map(|i| {
         let clusters = clusters.clone();

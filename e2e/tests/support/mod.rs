@@ -231,19 +231,13 @@ pub async fn create_pool(
         .create(&PostParams::default(), &cluster)
         .await
         .expect("create cluster");
-    wait_until(
-        timeout,
-        &format!("{idle} idle servers in {name}"),
-        || async {
-            clusters
-                .get(name)
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| s.servers.idle == idle)
-        },
-    )
-    .await;
+    let what = format!("{idle} idle servers in {name}");
+    if let Err(e) =
+        sco_e2e::cluster_status_until(clusters, name, &what, timeout, |s| s.servers.idle == idle)
+            .await
+    {
+        panic!("{e}");
+    }
 }
 
 /// The spec of a pool of fake Connect servers (the project's light test server, not Spark).
