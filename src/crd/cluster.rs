@@ -327,6 +327,16 @@ pub struct AutoscaleSpec {
     #[x_kube(validation = Rule::new(SCALE_DOWN_DELAY.cel_rule()).message(SCALE_DOWN_DELAY.cel_message().as_str()))]
     #[schemars(length(max = 28))]
     pub scale_down_delay: String,
+    /// The share of claims, in percent, to serve from idle servers at once: the autoscaler
+    /// keeps as many idle servers as that share of the claims arriving within one warm-up
+    /// needs at the measured arrival rate (a Poisson quantile). Higher costs more idle servers.
+    #[serde(default = "default_hit_rate_percent")]
+    #[schemars(range(min = 50, max = 99))]
+    pub hit_rate_percent: i32,
+}
+
+fn default_hit_rate_percent() -> i32 {
+    99
 }
 
 fn default_scale_down_delay() -> String {
@@ -338,6 +348,7 @@ impl Default for AutoscaleSpec {
         Self {
             enabled: false,
             scale_down_delay: default_scale_down_delay(),
+            hit_rate_percent: default_hit_rate_percent(),
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct PoolSize {
     pub max_waiting: usize,
     /// Whether the autoscaler sets the idle target.
     pub autoscale: bool,
+    /// The share of claims (percent) the autoscaler aims to serve from idle servers at once.
+    pub hit_rate_percent: u8,
 }
 
 fn count(value: i32) -> usize {
@@ -120,6 +122,8 @@ impl PoolSize {
             max_servers: count(pool.max_servers),
             max_waiting: count(pool.max_waiting_claims),
             autoscale: pool.autoscale.enabled,
+            hit_rate_percent: u8::try_from(pool.autoscale.hit_rate_percent.clamp(50, 99))
+                .unwrap_or(99),
         }
     }
 

@@ -44,6 +44,7 @@ pub fn autoscaled_target(
                 size.min,
                 size.max,
                 size.idle,
+                f64::from(size.hit_rate_percent) / 100.0,
                 valid.timings.scale_down_delay,
                 instant,
             )

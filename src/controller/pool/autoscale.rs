@@ -1,13 +1,16 @@
-//! The hot-pool autoscaler: idle target = claim arrival rate (moving average) × measured
-//! warm-up time + a buffer, clamped to `hotPool.min..=max`; up at once, down only after
-//! `scaleDownDelay` of lower demand. State lives in memory per cluster.
+//! The hot-pool autoscaler. Claims arrive at a rate (a moving average); a claimed server is
+//! replaced within one warm-up time, so the idle servers must cover the claims that arrive
+//! within a warm-up. Arrivals are taken as Poisson: the idle target is the smallest count that
+//! covers them with probability `hitRatePercent` (at least one), clamped to
+//! `hotPool.min..=max`; up at once, down only after `scaleDownDelay` of lower demand. State
+//! lives in memory per cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Idle servers kept beyond the demand estimate.
-const BUFFER: f64 = 1.0;
+/// Idle servers kept however low demand is.
+const AT_LEAST: usize = 1;
 /// Half-life of the arrival-rate moving average.
 const RATE_HALF_LIFE: Duration = Duration::from_secs(30);
 /// Demand below this many servers counts as none (the moving average only approaches zero).
@@ -81,18 +84,21 @@ impl Demand {
     }
 
     /// The idle target now, and a decision when it changed.
+    /// `hit_rate` is the share of claims (0..1) to serve from idle servers at once.
     pub fn target(
         &mut self,
         min: usize,
         max: usize,
         floor: usize,
+        hit_rate: f64,
         delay: Duration,
         now: Instant,
     ) -> (usize, Option<Decision>) {
         self.decay(now);
         let warmup = self.warmup_secs.unwrap_or(DEFAULT_WARMUP.as_secs_f64());
-        let demand = (self.rate_per_sec * warmup - NEGLIGIBLE).max(0.0).ceil();
-        let wanted = ((demand + BUFFER) as usize)
+        let expected = (self.rate_per_sec * warmup - NEGLIGIBLE).max(0.0);
+        let wanted = poisson_quantile(expected, hit_rate)
+            .max(AT_LEAST)
             .max(floor)
             .clamp(min, max.max(min));
         let current = *self.target.get_or_insert(wanted);
@@ -129,6 +135,29 @@ impl Demand {
         });
         (next, decision)
     }
+}
+
+/// The smallest `n` with P(N ≤ n) ≥ `p` for N ~ Poisson(`mean`); bounded, so a huge mean
+/// cannot loop long (the caller clamps to `hotPool.max` anyway).
+fn poisson_quantile(mean: f64, p: f64) -> usize {
+    const LIMIT: usize = 10_000;
+    if mean <= 0.0 || !mean.is_finite() {
+        return 0;
+    }
+    // Far beyond any pool size, a normal approximation is close enough.
+    if mean > 500.0 {
+        let z = 2.33; // about the 99th percentile
+        return ((mean + z * mean.sqrt()).ceil() as usize).min(LIMIT);
+    }
+    let mut term = (-mean).exp();
+    let mut cumulative = term;
+    let mut n = 0;
+    while cumulative < p && n < LIMIT {
+        n += 1;
+        term *= mean / n as f64;
+        cumulative += term;
+    }
+    n
 }
 
 /// Demand per cluster.
@@ -168,21 +197,25 @@ mod tests {
         let t0 = Instant::now();
         let delay = Duration::from_secs(300);
         d.observe(&[], &[Duration::from_secs(30)], t0);
-        assert_eq!(d.target(1, 20, 1, delay, t0).0, 1, "no demand: the buffer");
+        assert_eq!(
+            d.target(1, 20, 1, 0.99, delay, t0).0,
+            1,
+            "no demand: one idle server"
+        );
 
         let burst = names(20, "c");
         d.observe(&burst, &[], t0);
-        let (target, decision) = d.target(1, 20, 1, delay, t0);
+        let (target, decision) = d.target(1, 20, 1, 0.99, delay, t0);
         assert!(target > 1, "{target}");
         assert!(decision.unwrap().reason.contains("claims/min"));
 
         // Demand ends; the target holds until the delay has passed.
         let later = t0 + Duration::from_secs(299);
         d.observe(&[], &[], later);
-        assert_eq!(d.target(1, 20, 1, delay, later).0, target);
+        assert_eq!(d.target(1, 20, 1, 0.99, delay, later).0, target);
         let after = t0 + Duration::from_secs(600);
         d.observe(&[], &[], after);
-        let (fallen, decision) = d.target(1, 20, 1, delay, after);
+        let (fallen, decision) = d.target(1, 20, 1, 0.99, delay, after);
         assert!(fallen < target);
         assert!(decision.unwrap().reason.contains("demand fell"));
     }
@@ -192,13 +225,29 @@ mod tests {
         let mut d = Demand::default();
         let t0 = Instant::now();
         d.observe(&names(1000, "c"), &[Duration::from_secs(60)], t0);
-        assert_eq!(d.target(0, 8, 0, Duration::ZERO, t0).0, 8);
+        assert_eq!(d.target(0, 8, 0, 0.99, Duration::ZERO, t0).0, 8);
         let mut quiet = Demand::default();
         assert_eq!(
-            quiet.target(0, 8, 3, Duration::ZERO, t0).0,
+            quiet.target(0, 8, 3, 0.99, Duration::ZERO, t0).0,
             3,
             "spec.hotPool.idle is the floor"
         );
+    }
+
+    #[test]
+    fn the_target_covers_the_claims_of_one_warm_up_at_the_asked_share() {
+        assert_eq!(poisson_quantile(0.0, 0.99), 0);
+        // 2.6 claims expected within a warm-up: 7 idle servers serve 99 % of them at once.
+        assert_eq!(poisson_quantile(2.6, 0.99), 7);
+        assert_eq!(poisson_quantile(2.6, 0.5), 2);
+        assert!(poisson_quantile(1e6, 0.99) <= 10_000);
+        let mut d = Demand::default();
+        let t0 = Instant::now();
+        d.observe(&[], &[Duration::from_secs(30)], t0);
+        d.observe(&names(10, "c"), &[], t0);
+        let strict = d.clone().target(0, 100, 0, 0.99, Duration::ZERO, t0).0;
+        let loose = d.target(0, 100, 0, 0.6, Duration::ZERO, t0).0;
+        assert!(strict > loose, "{strict} > {loose}");
     }
 
     #[test]

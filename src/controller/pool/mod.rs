@@ -209,6 +209,7 @@ mod tests {
             max_servers: 100,
             max_waiting: 100,
             autoscale: false,
+            hit_rate_percent: 99,
         }
     }
     fn waiting(name: &str) -> ClaimView {
