@@ -210,7 +210,7 @@ pub async fn run(
     spark_rounds: usize,
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    sco_e2e::ensure_namespace(&client, NS).await?;
+    sco_e2e::fresh_namespace(&client, NS).await?;
     let bench = Bench {
         clusters: Api::namespaced(client.clone(), NS),
         claims: Api::namespaced(client.clone(), NS),

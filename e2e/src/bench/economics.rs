@@ -137,7 +137,7 @@ struct Replay {
 /// Runs the benchmark against the world at `world`.
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    sco_e2e::ensure_namespace(&client, NS).await?;
+    sco_e2e::fresh_namespace(&client, NS).await?;
     let trace = trace();
     let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
     println!(

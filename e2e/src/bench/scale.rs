@@ -71,7 +71,7 @@ async fn measure(
     count: usize,
     with_servers: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    sco_e2e::ensure_namespace(client, NS).await?;
+    sco_e2e::fresh_namespace(client, NS).await?;
     let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NS);
     let creates = futures::stream::iter(0..count).map(|i| {
         let clusters = clusters.clone();
