@@ -208,6 +208,7 @@ pub async fn run(
     spark: bool,
     only_spark: bool,
     spark_rounds: usize,
+    concurrency: &[usize],
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     sco_e2e::fresh_namespace(&client, NS).await?;
@@ -235,12 +236,15 @@ pub async fn run(
     if !only_spark {
         rows.push(write_floor(&bench.client, 300, 10).await?);
     }
-    let fake_scenarios: &[(usize, usize)] = if only_spark {
-        &[]
+    let fake_scenarios: Vec<(usize, usize)> = if only_spark {
+        Vec::new()
     } else {
-        &[(1, 20), (10, 10), (100, 10), (500, 10)]
+        concurrency
+            .iter()
+            .map(|&c| (c, if c == 1 { 20 } else { 10 }))
+            .collect()
     };
-    for &(concurrency, rounds) in fake_scenarios {
+    for (concurrency, rounds) in fake_scenarios {
         let cluster = format!("fake-{concurrency}");
         bench
             .pool(&cluster, fake_spec(concurrency as i32), concurrency as i32)

@@ -48,6 +48,9 @@ enum Command {
         /// Rounds of each real-Spark scenario (warm pool, cold start).
         #[arg(long, default_value_t = 10)]
         spark_rounds: usize,
+        /// Concurrent claims of each claim-to-Bound scenario (20 rounds of 1, 10 of the others).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        concurrency: Vec<usize>,
     },
     /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
     Economics {
@@ -99,7 +102,8 @@ async fn main() -> anyhow::Result<()> {
             spark,
             only_spark,
             spark_rounds,
-        } => claims::run(world, spark, only_spark, spark_rounds).await,
+            concurrency,
+        } => claims::run(world, spark, only_spark, spark_rounds, &concurrency).await,
         Command::Economics { world } => economics::run(world).await,
         Command::Scale {
             world,
