@@ -246,20 +246,15 @@ async fn one_round(
     let endpoint = found.into_inner().ok().flatten().context("no endpoint")?;
     let client = python.query(&endpoint).await?;
     claims.delete(&name, &DeleteParams::default()).await?;
-    let round = Round { to_bound, client };
+    let measured = Round { to_bound, client };
     println!(
-        "  {cluster} round {round_no}: Bound {:.0} ms, connect {:.0} ms, first query {:.0} ms, second {:.0} ms",
-        round.to_bound.as_secs_f64() * 1e3,
-        round.client.connect_ms,
-        round.client.first_ms,
-        round.client.second_ms,
-        round_no = round_index(&name),
+        "  {cluster} round {round}: Bound {:.0} ms, connect {:.0} ms, first query {:.0} ms, second {:.0} ms",
+        measured.to_bound.as_secs_f64() * 1e3,
+        measured.client.connect_ms,
+        measured.client.first_ms,
+        measured.client.second_ms,
     );
-    Ok(round)
-}
-
-fn round_index(name: &str) -> &str {
-    name.rsplit('-').next().unwrap_or_default()
+    Ok(measured)
 }
 
 fn summarize(scenario: &str, rounds: &[Round]) -> serde_json::Value {
