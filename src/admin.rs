@@ -8,16 +8,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
-
 /// A check: `Ok` or why not.
 pub type Check = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Shared state of the admin endpoint.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Metrics to render.
-    pub metrics: Metrics,
+    /// Renders `/metrics` in the Prometheus text format.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// `/readyz`: the watches have synced and none is failing.
     pub ready: Check,
     /// `/healthz`: no reconcile is stuck.
@@ -40,7 +38,7 @@ pub async fn serve(
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move { s.metrics.render() }),
+            get(|State(s): State<AdminState>| async move { (s.metrics)() }),
         )
         .route(
             "/healthz",

@@ -57,6 +57,12 @@ pub const WARMUP_TIMEOUT: Bounds = Bounds {
     min: "1s",
     max: "1h",
 };
+/// How long a gateway user's dedicated server stays claimed with no call.
+pub const GATEWAY_IDLE_TIMEOUT: Bounds = Bounds {
+    field: "gateway.idleTimeout",
+    min: "10s",
+    max: "168h",
+};
 /// Lifetime of a bound claim.
 pub const CLAIM_TTL: Bounds = Bounds {
     field: "ttl",

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod error;
+pub mod gateway;
 pub mod leader;
 pub mod metrics;
 pub mod probe;

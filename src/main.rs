@@ -14,7 +14,7 @@ use spark_connect_operator::metrics::Metrics;
 use spark_connect_operator::probe::client::{ConnectProbe, ConnectUrl, session_id};
 use spark_connect_operator::probe::health::HealthBook;
 use spark_connect_operator::probe::prober::Prober;
-use spark_connect_operator::{client, crd, leader, telemetry, validate};
+use spark_connect_operator::{client, crd, gateway, leader, telemetry, validate};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -60,6 +60,8 @@ enum Command {
         #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
         lease_namespace: String,
     },
+    /// Run the Spark Connect gateway: one authenticated endpoint in front of every cluster.
+    Gateway(Box<gateway::GatewayArgs>),
     /// Print every CRD as YAML.
     Crd,
     /// Probe one Spark Connect server once, like the operator does; exit code 0 when healthy.
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Probe { url, timeout } => probe_once(&url, &timeout),
+        Command::Gateway(args) => run_gateway(*args),
         Command::Crd => match crd::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -127,6 +130,27 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_gateway(args: gateway::GatewayArgs) -> ExitCode {
+    telemetry::init(args.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(gateway::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "gateway failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Settings of `run`.
 struct Options {
     kubeconfig: Option<PathBuf>,
@@ -169,7 +193,7 @@ async fn run(options: Options) -> Result<(), Box<dyn std::error::Error>> {
     ));
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        telemetry::wait_for_signal().await;
         tracing::info!("shutting down");
         signals.cancel();
     });
@@ -227,8 +251,9 @@ fn admin_state(
     standby_allowed: bool,
 ) -> AdminState {
     let (for_ready, for_live, stopping) = (started.clone(), started.clone(), shutdown.clone());
+    let metrics = metrics.clone();
     AdminState {
-        metrics: metrics.clone(),
+        metrics: Arc::new(move || metrics.render()),
         ready: Arc::new(move || {
             if stopping.is_cancelled() {
                 return Err("shutting down".into());
@@ -296,20 +321,5 @@ fn probe_once(url: &str, timeout: &str) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{DNS_1035_LABEL, list_map_by_type, pod_template_schema, spark_conf_schema};
 use crate::duration::{
-    CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY, STARTUP_DEADLINE,
-    WARMUP_TIMEOUT,
+    CLAIM_TIMEOUT, GATEWAY_IDLE_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT,
+    SCALE_DOWN_DELAY, STARTUP_DEADLINE, WARMUP_TIMEOUT,
 };
 
 /// Spark Connect servers for one team: a shared endpoint plus a pool of pre-warmed servers.
@@ -82,6 +82,9 @@ pub struct SparkConnectClusterSpec {
     /// Client authentication on the Connect port.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// How the Spark Connect gateway serves this cluster's users.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
     /// Settings that widen what server and executor pods may do; guarded by RBAC (see README).
     #[serde(default)]
     pub security: SecuritySpec,
@@ -434,6 +437,54 @@ impl Default for WarmupSpec {
             enabled: default_warmup_enabled(),
             queries: Vec::new(),
             timeout: default_warmup_timeout(),
+        }
+    }
+}
+
+/// Which servers the gateway sends a cluster's users to.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum GatewayMode {
+    /// Every user shares the cluster's endpoint servers (a session stays on one of them).
+    #[default]
+    Shared,
+    /// Each user gets a server of their own from the hot pool, claimed on their first call.
+    Dedicated,
+}
+
+/// The gateway's treatment of one cluster.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Shared or Dedicated.
+    #[serde(default)]
+    pub mode: GatewayMode,
+    /// A dedicated server is released (and the pool refills) after this long with no call in
+    /// flight (Go duration, 10s to 168h).
+    #[serde(default = "default_gateway_idle_timeout")]
+    #[x_kube(validation = Rule::new(GATEWAY_IDLE_TIMEOUT.cel_rule()).message(GATEWAY_IDLE_TIMEOUT.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
+    pub idle_timeout: String,
+    /// Most dedicated servers the gateway holds for this cluster's users at once; a new user
+    /// beyond it is refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_dedicated_servers")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub max_dedicated_servers: i32,
+}
+
+fn default_gateway_idle_timeout() -> String {
+    "30m".into()
+}
+
+fn default_max_dedicated_servers() -> i32 {
+    20
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self {
+            mode: GatewayMode::default(),
+            idle_timeout: default_gateway_idle_timeout(),
+            max_dedicated_servers: default_max_dedicated_servers(),
         }
     }
 }

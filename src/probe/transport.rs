@@ -16,7 +16,8 @@ use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use tonic::body::Body;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Any failure of a connection or call.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How many connections may stay open between calls (each holds a socket and about 25 KB).
 /// Beyond it, a call connects, runs and closes: the process stays within its file limit
@@ -96,7 +97,7 @@ impl Connection {
 
     /// The open connection's sender, connecting first when there is none (a connection over
     /// the budget serves this call only: it closes once the call's handles are dropped).
-    async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
+    pub async fn sender(&self) -> Result<SendRequest<Bytes>, BoxError> {
         let open = self.sender.lock().ok().and_then(|s| s.clone());
         if let Some(sender) = open {
             return Ok(sender);

@@ -1,0 +1,399 @@
+//! Dedicated servers: a user's first call to a `Dedicated` cluster claims a server from its
+//! hot pool with a `SparkConnectClaim` named after the user (so every replica finds the same
+//! one, and `kubectl get scclaim` shows who holds what); later calls and sessions go to that
+//! server. The claim records its last call; any replica deletes it after the cluster's
+//! `gateway.idleTimeout` with no call in flight, and the operator retires the server and refills
+//! the pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::authn::Identity;
+use super::directory::{
+    Directory, GATEWAY_USER_ANNOTATION, GATEWAY_USER_LABEL, LAST_CALL_ANNOTATION, Server,
+};
+use super::metrics::GatewayMetrics;
+use super::route::{ClusterRef, claim_name, user_key};
+use crate::builders::labels::CLUSTER_LABEL;
+use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use crate::duration::GATEWAY_IDLE_TIMEOUT;
+
+/// Why no dedicated server can be given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DedicatedError {
+    /// A quota is used up.
+    #[error(
+        "quota {quota} = {value} ({scope}) is used up: release a server or ask for a larger quota"
+    )]
+    Quota {
+        /// The quota's name.
+        quota: &'static str,
+        /// What it applies to.
+        scope: String,
+        /// Its value.
+        value: usize,
+    },
+    /// The claim failed or its server is gone.
+    #[error("no dedicated server: {0}")]
+    Unavailable(String),
+}
+
+impl DedicatedError {
+    /// The quota's name, for metrics.
+    pub fn quota(&self) -> Option<&'static str> {
+        match self {
+            Self::Quota { quota, .. } => Some(quota),
+            Self::Unavailable(_) => None,
+        }
+    }
+}
+
+/// A user's server and the Secret with its token.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    /// The server.
+    pub server: Server,
+    /// The claim's token Secret (token auth), if any.
+    pub token_secret: Option<String>,
+    /// The claim, for activity tracking.
+    pub claim: ClaimKey,
+}
+
+/// A claim by namespace and name.
+pub type ClaimKey = (String, String);
+
+/// Hands out and releases dedicated servers.
+pub struct Dedicated {
+    directory: Directory,
+    max_per_user: usize,
+    claim_wait: Duration,
+    metrics: GatewayMetrics,
+    /// Calls in flight through this replica, by claim.
+    in_flight: Mutex<HashMap<ClaimKey, usize>>,
+    /// When this replica last wrote a claim's last-call time.
+    touched: Mutex<HashMap<ClaimKey, Instant>>,
+}
+
+fn idle_timeout(cluster: Option<&SparkConnectCluster>) -> Duration {
+    cluster
+        .and_then(|c| {
+            GATEWAY_IDLE_TIMEOUT
+                .parse(&c.spec.gateway.idle_timeout)
+                .ok()
+        })
+        .unwrap_or(Duration::from_secs(30 * 60))
+}
+
+/// The last call recorded on a claim (its creation if none).
+fn last_call(claim: &SparkConnectClaim) -> Option<jiff::Timestamp> {
+    claim
+        .annotations()
+        .get(LAST_CALL_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .or_else(|| claim.meta().creation_timestamp.as_ref().map(|t| t.0))
+}
+
+fn is_live(claim: &SparkConnectClaim) -> bool {
+    !claim.status.as_ref().is_some_and(|s| s.phase.is_final())
+        && claim.meta().deletion_timestamp.is_none()
+}
+
+impl Dedicated {
+    /// At most `max_per_user` dedicated servers per user over all clusters; a call waits at most
+    /// `claim_wait` for its claim to be bound.
+    pub fn new(
+        directory: Directory,
+        max_per_user: usize,
+        claim_wait: Duration,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            directory,
+            max_per_user,
+            claim_wait,
+            metrics,
+            in_flight: Mutex::default(),
+            touched: Mutex::default(),
+        }
+    }
+
+    /// The user's server on `cluster`, claiming one first if needed.
+    pub async fn assign(
+        &self,
+        cluster: &ClusterRef,
+        spec: &SparkConnectCluster,
+        who: &Identity,
+    ) -> Result<Assignment, DedicatedError> {
+        let name = claim_name(&cluster.name, &who.user);
+        let key: ClaimKey = (cluster.namespace.clone(), name.clone());
+        let deadline = tokio::time::Instant::now() + self.claim_wait;
+        let changed = self.directory.claims_changed();
+        let mut created = false;
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.directory.claim(&cluster.namespace, &name) {
+                Some(claim) if !is_live(&claim) => self.remove_final(&claim).await,
+                Some(claim) => {
+                    let status = claim.status.clone().unwrap_or_default();
+                    if status.phase == ClaimPhase::Bound
+                        && let Some(server) = status.server.as_deref()
+                    {
+                        let server = self
+                            .directory
+                            .server(&cluster.namespace, server, spec.spec.server.port)
+                            .ok_or_else(|| {
+                                DedicatedError::Unavailable(format!(
+                                    "server {server} of claim {name} has no address yet"
+                                ))
+                            })?;
+                        return Ok(Assignment {
+                            server,
+                            token_secret: status.token_secret,
+                            claim: key,
+                        });
+                    }
+                }
+                None if !created => {
+                    self.check_quotas(cluster, spec, who)?;
+                    self.create(cluster, &name, who).await?;
+                    created = true;
+                }
+                None => {}
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let phase = self
+                    .directory
+                    .claim(&cluster.namespace, &name)
+                    .and_then(|c| c.status.clone())
+                    .map(|s| format!("{:?}", s.phase))
+                    .unwrap_or_else(|| "not yet seen".into());
+                return Err(DedicatedError::Unavailable(format!(
+                    "claim {}/{name} was not bound within {:?} (phase {phase}); the pool may be empty",
+                    cluster.namespace, self.claim_wait
+                )));
+            }
+        }
+    }
+
+    fn check_quotas(
+        &self,
+        cluster: &ClusterRef,
+        spec: &SparkConnectCluster,
+        who: &Identity,
+    ) -> Result<(), DedicatedError> {
+        let claims = self.directory.claims();
+        let live = claims.iter().filter(|c| is_live(c));
+        let for_cluster = live
+            .clone()
+            .filter(|c| c.namespace().as_deref() == Some(cluster.namespace.as_str()))
+            .filter(|c| c.spec.cluster == cluster.name)
+            .count();
+        let limit = usize::try_from(spec.spec.gateway.max_dedicated_servers).unwrap_or(0);
+        if for_cluster >= limit {
+            return Err(DedicatedError::Quota {
+                quota: "gateway.maxDedicatedServers",
+                scope: format!("cluster {cluster}"),
+                value: limit,
+            });
+        }
+        let user = user_key(&who.user);
+        let for_user = live
+            .filter(|c| c.labels().get(GATEWAY_USER_LABEL) == Some(&user))
+            .count();
+        if for_user >= self.max_per_user {
+            return Err(DedicatedError::Quota {
+                quota: "maxDedicatedServersPerUser",
+                scope: format!("user {}", who.user),
+                value: self.max_per_user,
+            });
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        cluster: &ClusterRef,
+        name: &str,
+        who: &Identity,
+    ) -> Result<(), DedicatedError> {
+        let api: Api<SparkConnectClaim> =
+            Api::namespaced(self.directory.client().clone(), &cluster.namespace);
+        let spec_user: String = who
+            .user
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(253)
+            .collect();
+        let claim: SparkConnectClaim = serde_json::from_value(json!({
+            "apiVersion": "sparkconnect.dev/v1alpha1",
+            "kind": "SparkConnectClaim",
+            "metadata": {
+                "name": name,
+                "namespace": cluster.namespace,
+                "labels": {
+                    GATEWAY_USER_LABEL: user_key(&who.user),
+                    CLUSTER_LABEL: cluster.name,
+                    "app.kubernetes.io/managed-by": "spark-connect-gateway",
+                },
+                "annotations": {
+                    GATEWAY_USER_ANNOTATION: who.user,
+                    LAST_CALL_ANNOTATION: jiff::Timestamp::now().to_string(),
+                },
+            },
+            "spec": {"cluster": cluster.name, "user": spec_user},
+        }))
+        .map_err(|e| DedicatedError::Unavailable(format!("building the claim failed: {e}")))?;
+        match api.create(&PostParams::default(), &claim).await {
+            Ok(_) => {
+                self.metrics
+                    .dedicated_claims
+                    .with_label_values(&["created"])
+                    .inc();
+                tracing::info!(claim = name, namespace = %cluster.namespace, user = %who.user, "claimed a dedicated server");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(DedicatedError::Unavailable(format!(
+                "creating claim {}/{name} failed: {e}",
+                cluster.namespace
+            ))),
+        }
+    }
+
+    /// Deletes a claim that ended (lost its server, failed), so the next call claims anew.
+    async fn remove_final(&self, claim: &SparkConnectClaim) {
+        self.delete(claim, "ended").await;
+    }
+
+    async fn delete(&self, claim: &SparkConnectClaim, why: &'static str) {
+        let (Some(namespace), Some(uid)) = (claim.namespace(), claim.uid()) else {
+            return;
+        };
+        let api: Api<SparkConnectClaim> =
+            Api::namespaced(self.directory.client().clone(), &namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: claim.resource_version(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&claim.name_any(), &params).await {
+            Ok(_) => {
+                self.metrics
+                    .dedicated_claims
+                    .with_label_values(&[why])
+                    .inc();
+                tracing::info!(claim = %claim.name_any(), %namespace, why, "released a dedicated server");
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(claim = %claim.name_any(), error = %e, "releasing a claim failed")
+            }
+        }
+    }
+
+    /// A call to the claim's server starts.
+    pub fn begin(self: &Arc<Self>, claim: &ClaimKey) {
+        if let Ok(mut calls) = self.in_flight.lock() {
+            *calls.entry(claim.clone()).or_default() += 1;
+        }
+        self.touch_if_stale(claim);
+    }
+
+    /// A call to the claim's server ended.
+    pub fn end(self: &Arc<Self>, claim: &ClaimKey) {
+        if let Ok(mut calls) = self.in_flight.lock()
+            && let Some(n) = calls.get_mut(claim)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                calls.remove(claim);
+            }
+        }
+        self.touch_if_stale(claim);
+    }
+
+    /// Writes the claim's last-call time when this replica's last write is older than a
+    /// quarter of the idle timeout (in the background: calls never wait for it).
+    fn touch_if_stale(self: &Arc<Self>, claim: &ClaimKey) {
+        let cluster = self.directory.claim(&claim.0, &claim.1).and_then(|c| {
+            self.directory.cluster(&ClusterRef {
+                namespace: claim.0.clone(),
+                name: c.spec.cluster.clone(),
+            })
+        });
+        let every = (idle_timeout(cluster.as_deref()) / 4).max(Duration::from_secs(2));
+        let due = match self.touched.lock() {
+            Ok(mut touched) => {
+                let due = touched.get(claim).is_none_or(|at| at.elapsed() >= every);
+                if due {
+                    touched.insert(claim.clone(), Instant::now());
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if !due {
+            return;
+        }
+        let this = self.clone();
+        let claim = claim.clone();
+        tokio::spawn(async move {
+            let api: Api<SparkConnectClaim> =
+                Api::namespaced(this.directory.client().clone(), &claim.0);
+            let patch = json!({"metadata": {"annotations": {LAST_CALL_ANNOTATION: jiff::Timestamp::now().to_string()}}});
+            if let Err(e) = api
+                .patch(&claim.1, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::debug!(claim = %claim.1, error = %e, "recording a claim's last call failed");
+            }
+        });
+    }
+
+    /// One pass of the janitor: refreshes claims with calls in flight here, and releases claims
+    /// idle past their cluster's timeout with no call in flight here.
+    pub async fn sweep(self: &Arc<Self>) {
+        let busy: Vec<ClaimKey> = self
+            .in_flight
+            .lock()
+            .map(|calls| calls.keys().cloned().collect())
+            .unwrap_or_default();
+        for claim in &busy {
+            self.touch_if_stale(claim);
+        }
+        let now = jiff::Timestamp::now();
+        for claim in self.directory.claims() {
+            let key: ClaimKey = (claim.namespace().unwrap_or_default(), claim.name_any());
+            if busy.contains(&key) {
+                continue;
+            }
+            if !is_live(&claim) {
+                self.delete(&claim, "ended").await;
+                continue;
+            }
+            let cluster = self.directory.cluster(&ClusterRef {
+                namespace: key.0.clone(),
+                name: claim.spec.cluster.clone(),
+            });
+            let timeout = idle_timeout(cluster.as_deref());
+            let idle = last_call(&claim)
+                .and_then(|at| now.duration_since(at).try_into().ok())
+                .unwrap_or(Duration::ZERO);
+            if idle >= timeout {
+                self.delete(&claim, "idle").await;
+                if let Ok(mut touched) = self.touched.lock() {
+                    touched.remove(&key);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! What the gateway knows about the world, from watches: clusters, their server pods and the
+//! gateway's own claims; and the servers' tokens, read from their Secrets on demand and cached.
+//! Every replica watches the same objects, so every replica routes alike.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use super::cache::TtlCache;
+use super::route::ClusterRef;
+use crate::builders::labels::{
+    CLUSTER_LABEL, ROLE_LABEL, STATE_LABEL, ServerRole, ServerState, TOKEN_KEY,
+};
+use crate::crd::{SparkConnectClaim, SparkConnectCluster};
+
+/// Label on every claim the gateway makes: a hash of the user it is for.
+pub const GATEWAY_USER_LABEL: &str = "sparkconnect.dev/gateway-user";
+/// Annotation with the full user name of a gateway claim.
+pub const GATEWAY_USER_ANNOTATION: &str = "sparkconnect.dev/gateway-user";
+/// Annotation with the time of the last call through any replica (RFC 3339).
+pub const LAST_CALL_ANNOTATION: &str = "sparkconnect.dev/last-call";
+
+/// Selects the operator's server pods.
+const SERVER_PODS: &str =
+    "app.kubernetes.io/managed-by=spark-connect-operator,app.kubernetes.io/component=server";
+
+/// A server a call can be sent to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// Pod name.
+    pub name: String,
+    /// `ip:port` of its Connect port.
+    pub address: String,
+}
+
+/// The watched world.
+#[derive(Clone)]
+pub struct Directory {
+    client: Client,
+    clusters: Store<SparkConnectCluster>,
+    pods: Store<Pod>,
+    claims: Store<SparkConnectClaim>,
+    claims_changed: Arc<Notify>,
+    synced: Arc<AtomicUsize>,
+    tokens: Arc<TtlCache<(String, String), String>>,
+}
+
+/// How long a server token read from its Secret is reused.
+const TOKEN_FOR: Duration = Duration::from_secs(60);
+/// How many watches must sync before the gateway is ready.
+const WATCHES: usize = 3;
+
+fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: Arc<AtomicUsize>,
+    changed: Option<Arc<Notify>>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, config)
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    );
+    let waiter = store.clone();
+    let task = tokio::spawn(async move {
+        let ready = async {
+            if waiter.wait_until_ready().await.is_ok() {
+                synced.fetch_add(1, Ordering::AcqRel);
+            }
+        };
+        let drive = stream.for_each(|event| {
+            if let Err(e) = &event {
+                tracing::warn!(error = %e, "a gateway watch failed; retrying");
+            } else if let Some(changed) = &changed {
+                changed.notify_waiters();
+            }
+            async {}
+        });
+        tokio::join!(ready, drive);
+    });
+    (store, task)
+}
+
+impl Directory {
+    /// Starts the watches (all namespaces, or one).
+    pub fn start(
+        client: Client,
+        namespace: Option<&str>,
+    ) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+            K::DynamicType: Default,
+        {
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        let synced = Arc::new(AtomicUsize::new(0));
+        let claims_changed = Arc::new(Notify::new());
+        let (clusters, a) = watch(
+            api::<SparkConnectCluster>(&client, namespace),
+            watcher::Config::default(),
+            synced.clone(),
+            None,
+        );
+        let (pods, b) = watch(
+            api::<Pod>(&client, namespace),
+            watcher::Config::default().labels(SERVER_PODS),
+            synced.clone(),
+            None,
+        );
+        let (claims, c) = watch(
+            api::<SparkConnectClaim>(&client, namespace),
+            watcher::Config::default().labels(GATEWAY_USER_LABEL),
+            synced.clone(),
+            Some(claims_changed.clone()),
+        );
+        let directory = Self {
+            client,
+            clusters,
+            pods,
+            claims,
+            claims_changed,
+            synced,
+            tokens: Arc::new(TtlCache::new(100_000)),
+        };
+        (directory, vec![a, b, c])
+    }
+
+    /// Whether every watch has listed once.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) >= WATCHES
+    }
+
+    /// The client the directory uses.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// A cluster.
+    pub fn cluster(&self, cluster: &ClusterRef) -> Option<Arc<SparkConnectCluster>> {
+        self.clusters
+            .get(&ObjectRef::new(&cluster.name).within(&cluster.namespace))
+    }
+
+    fn address(pod: &Pod, port: i32) -> Option<String> {
+        let ip = pod.status.as_ref()?.pod_ip.as_deref()?;
+        if ip.contains(':') {
+            Some(format!("[{ip}]:{port}"))
+        } else {
+            Some(format!("{ip}:{port}"))
+        }
+    }
+
+    /// The servers behind a cluster's shared endpoint, by name.
+    pub fn shared_servers(&self, cluster: &ClusterRef, port: i32) -> Vec<Server> {
+        let mut servers: Vec<Server> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|pod| pod.namespace().as_deref() == Some(cluster.namespace.as_str()))
+            .filter(|pod| pod.labels().get(CLUSTER_LABEL) == Some(&cluster.name))
+            .filter(|pod| {
+                ServerRole::from_label(pod.labels().get(ROLE_LABEL).map(String::as_str))
+                    == ServerRole::Endpoint
+                    && ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
+                        == ServerState::Shared
+                    && pod.metadata.deletion_timestamp.is_none()
+            })
+            .filter_map(|pod| {
+                Some(Server {
+                    name: pod.name_any(),
+                    address: Self::address(pod, port)?,
+                })
+            })
+            .collect();
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        servers
+    }
+
+    /// A server pod by name, if it is alive and has an address.
+    pub fn server(&self, namespace: &str, name: &str, port: i32) -> Option<Server> {
+        let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
+        if pod.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        Some(Server {
+            name: name.into(),
+            address: Self::address(&pod, port)?,
+        })
+    }
+
+    /// A gateway claim.
+    pub fn claim(&self, namespace: &str, name: &str) -> Option<Arc<SparkConnectClaim>> {
+        self.claims.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every gateway claim.
+    pub fn claims(&self) -> Vec<Arc<SparkConnectClaim>> {
+        self.claims.state()
+    }
+
+    /// Resolves on the next change to any gateway claim. Create it before looking, then await.
+    pub fn claims_changed(&self) -> Arc<Notify> {
+        self.claims_changed.clone()
+    }
+
+    /// The token in Secret `namespace/name` (key `token`), cached for a minute.
+    pub async fn token(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some(token) = self.tokens.get(&key) {
+            return Ok(token);
+        }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("reading Secret {namespace}/{name} failed: {e}"))?
+            .ok_or_else(|| format!("Secret {namespace}/{name} does not exist"))?;
+        let token = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(TOKEN_KEY))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| format!("Secret {namespace}/{name} has no {TOKEN_KEY:?} key"))?;
+        self.tokens.insert(key, token.clone(), TOKEN_FOR);
+        Ok(token)
+    }
+}
