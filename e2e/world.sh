@@ -58,6 +58,9 @@ export SCO_OPERATOR_NAMESPACE=sco-system
 operator_start() {
   "$HELM" install sco "$ROOT/charts/spark-connect-operator" --namespace "$SCO_OPERATOR_NAMESPACE" --create-namespace \
     --set image.repository=spark-connect-operator --set image.tag=dev --set logJson=false \
+    --set gateway.enabled=true --set gateway.tls.secretName=sco-gateway-tls \
+    --set gateway.jwt.issuer=https://idp.sco.test --set gateway.jwt.jwksSecret=sco-gateway-jwks \
+    --set gateway.jwt.namespaceClaim=team --set gateway.auditSql=text --set gateway.claimWait=60s \
     --wait --timeout 180s
   "$SCO_KUBECTL" wait --for=condition=Established crd --all --timeout=60s >/dev/null
   for _ in $(seq 1 300); do

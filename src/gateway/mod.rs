@@ -65,8 +65,7 @@ pub struct GatewayArgs {
         default_value = "spark-connect-gateway"
     )]
     pub jwt_audience: String,
-    /// Secret (`namespace/name`) with the issuer's JWKS under key `jwks.json`, re-read every
-    /// 30 seconds.
+    /// Secret (`namespace/name`) with the issuer's JWKS under key `jwks.json` (watched).
     #[arg(long, env = "SCO_GATEWAY_JWT_JWKS_SECRET")]
     pub jwt_jwks_secret: Option<String>,
     /// JWT claim with the user name.
@@ -162,34 +161,44 @@ fn route_table(args: &GatewayArgs) -> Result<route::RouteTable, ConfigError> {
     })
 }
 
-/// Keeps `keys` filled from the JWKS in a Secret.
-async fn refresh_jwks(
+/// Keeps `keys` filled from the JWKS in a Secret, through a watch (rotated keys apply at once).
+async fn watch_jwks(
     client: kube::Client,
     namespace: String,
     name: String,
     keys: Arc<RwLock<JwkSet>>,
 ) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
     let api: Api<Secret> = Api::namespaced(client, &namespace);
-    loop {
-        match api.get_opt(&name).await {
-            Ok(Some(secret)) => {
-                let jwks = secret
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("jwks.json"))
-                    .map(|v| serde_json::from_slice::<JwkSet>(&v.0));
-                match jwks {
-                    Some(Ok(set)) => *keys.write().await = set,
-                    Some(Err(e)) => {
-                        tracing::error!(secret = %name, error = %e, "the JWKS Secret's jwks.json is not a JWKS")
-                    }
-                    None => tracing::error!(secret = %name, "the JWKS Secret has no jwks.json key"),
-                }
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let secret = match event {
+            Ok(secret) => secret,
+            Err(e) => {
+                tracing::warn!(secret = %name, error = %e, "watching the JWKS Secret failed; retrying");
+                continue;
             }
-            Ok(None) => tracing::warn!(secret = %name, "the JWKS Secret does not exist (yet)"),
-            Err(e) => tracing::warn!(secret = %name, error = %e, "reading the JWKS Secret failed"),
+        };
+        let jwks = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("jwks.json"))
+            .map(|v| serde_json::from_slice::<JwkSet>(&v.0));
+        match jwks {
+            Some(Ok(set)) => {
+                tracing::info!(secret = %name, keys = set.keys.len(), "loaded the JWT issuer's keys");
+                *keys.write().await = set;
+            }
+            Some(Err(e)) => {
+                tracing::error!(secret = %name, error = %e, "the JWKS Secret's jwks.json is not a JWKS")
+            }
+            None => tracing::error!(secret = %name, "the JWKS Secret has no jwks.json key"),
         }
-        tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
 
@@ -218,7 +227,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or_else(|| ConfigError("--jwt-issuer needs --jwt-jwks-secret".into()))?;
             let (namespace, name) = namespaced(secret, "--jwt-jwks-secret")?;
             let keys = Arc::new(RwLock::new(JwkSet { keys: Vec::new() }));
-            tokio::spawn(refresh_jwks(client.clone(), namespace, name, keys.clone()));
+            tokio::spawn(watch_jwks(client.clone(), namespace, name, keys.clone()));
             Some(authn::JwtIssuer {
                 issuer: issuer.clone(),
                 audience: args.jwt_audience.clone(),

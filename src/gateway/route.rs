@@ -29,11 +29,11 @@ impl fmt::Display for ClusterRef {
 pub enum RouteError {
     /// Nothing names a cluster.
     #[error(
-        "no cluster chosen: connect with ;cluster=<namespace>/<name> (or a name in namespace {0})"
+        "no cluster chosen: connect with ;cluster=<name>.<namespace> (or a name in namespace {0})"
     )]
     NoCluster(String),
     /// The parameter is not a valid reference.
-    #[error("cluster {0:?} is not <namespace>/<name> or <name> (DNS labels)")]
+    #[error("cluster {0:?} is not <name>.<namespace>, <namespace>/<name> or <name> (DNS labels)")]
     Invalid(String),
 }
 
@@ -70,9 +70,12 @@ impl RouteTable {
             .clone()
             .unwrap_or_else(|| self.default_namespace.clone());
         if let Some(text) = parameter.map(str::trim).filter(|t| !t.is_empty()) {
-            let (namespace, name) = match text.split_once('/') {
-                Some((ns, name)) => (ns.to_string(), name.to_string()),
-                None => (home, text.to_string()),
+            // pyspark's URL parser cuts parameters at a '/', so `<name>.<namespace>` (as in DNS)
+            // is the spelling that works from pyspark; `<namespace>/<name>` works from others.
+            let (namespace, name) = match (text.split_once('/'), text.split_once('.')) {
+                (Some((ns, name)), _) => (ns.to_string(), name.to_string()),
+                (None, Some((name, ns))) => (ns.to_string(), name.to_string()),
+                (None, None) => (home, text.to_string()),
             };
             if !is_label(&namespace) || !is_label(&name) {
                 return Err(RouteError::Invalid(text.chars().take(80).collect()));
@@ -198,7 +201,15 @@ mod tests {
     #[test]
     fn hostile_cluster_parameters_are_refused() {
         let t = table();
-        for bad in ["../etc", "a/b/c", "UPPER", "x/", "-a", &"a".repeat(64)] {
+        for bad in [
+            "../etc",
+            "a/b/c",
+            "a.b.c",
+            "UPPER",
+            "x/",
+            "-a",
+            &"a".repeat(64),
+        ] {
             assert!(t.choose(&who(&[], None), Some(bad)).is_err(), "{bad}");
         }
     }

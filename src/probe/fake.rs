@@ -196,13 +196,16 @@ impl SparkConnectService for FakeConnect {
     ) -> Result<Response<ConfigResponse>, Status> {
         let session_id = request.get_ref().session_id.clone();
         let server_side = self.0.admit(&request, &session_id).await?;
-        let pairs = match request.into_inner().operation.and_then(|o| o.op_type) {
+        let request = request.into_inner();
+        let user = request.user_context.map(|u| u.user_id).unwrap_or_default();
+        let answer = |key: String| {
+            let value = (key == USER_KEY).then(|| user.clone());
+            KeyValue { key, value }
+        };
+        let pairs = match request.operation.and_then(|o| o.op_type) {
             Some(OpType::GetWithDefault(g)) => g.pairs,
-            Some(OpType::Get(g)) => g
-                .keys
-                .into_iter()
-                .map(|key| KeyValue { key, value: None })
-                .collect(),
+            Some(OpType::Get(g)) => g.keys.into_iter().map(answer).collect(),
+            Some(OpType::GetOption(g)) => g.keys.into_iter().map(answer).collect(),
             _ => Vec::new(),
         };
         Ok(Response::new(ConfigResponse {
@@ -244,6 +247,10 @@ impl SparkConnectService for FakeConnect {
         }))
     }
 }
+
+/// A Config key the fake answers with the `user_context.user_id` of the request: what a
+/// server sees as the caller (the gateway's tests read it back through pyspark).
+pub const USER_KEY: &str = "sco.fake.userId";
 
 /// Serves `state` on `listener` until `shutdown` resolves.
 pub async fn serve(

@@ -11,3 +11,15 @@ helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
 app.kubernetes.io/name: {{ include "sco.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+{{- define "sco.gatewaySelector" -}}
+app.kubernetes.io/name: {{ include "sco.name" . }}-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+{{- /* Whole seconds of a Go duration written as <n>s, <n>m or <n>h. */ -}}
+{{- define "sco.seconds" -}}
+{{- $d := . | toString -}}
+{{- if hasSuffix "h" $d -}}{{ mul (trimSuffix "h" $d | int) 3600 }}
+{{- else if hasSuffix "m" $d -}}{{ mul (trimSuffix "m" $d | int) 60 }}
+{{- else -}}{{ trimSuffix "s" $d | int }}
+{{- end -}}
+{{- end -}}
