@@ -14,5 +14,6 @@ world_start
 operator_start
 ./target/release/sco-bench claims --world "$SCO_WORLD" --spark
 ./target/release/sco-bench economics --world "$SCO_WORLD"
+./target/release/sco-bench gateway --world "$SCO_WORLD"
 ./target/release/sco-bench scale --world "$SCO_WORLD" --clusters 1000 --with-servers 10
 echo "results:"; ls -l target/bench/

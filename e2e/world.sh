@@ -18,6 +18,8 @@ OPERATOR_BIN=$ROOT/target/$PROFILE/spark-connect-operator
 # The binaries behind this project's images in the world (see e2e/src/agent/images.rs).
 export SCO_SPARK_CONNECT_OPERATOR_BIN=$OPERATOR_BIN
 export SCO_SCO_FAKE_CONNECT_BIN=$ROOT/target/$PROFILE/sco-fake-connect
+OPA_AUTHZ_SRC=$ROOT/e2e/opa-authz
+export SCO_SCO_OPA_AUTHZ_BIN=$SCO_CACHE/opa-authz-$(cat "$OPA_AUTHZ_SRC"/go.mod "$OPA_AUTHZ_SRC"/go.sum "$OPA_AUTHZ_SRC"/main.go | sha256sum | cut -c1-12)/sco-opa-authz
 WORLD_PID=
 
 world_stop() {
@@ -56,11 +58,15 @@ export SCO_OPERATOR_NAMESPACE=sco-system
 # it runs as pods inside the world under the chart's ServiceAccount, so a missing RBAC rule
 # fails the e2e suite.
 operator_start() {
+  # The policy engine the gateway asks through ext_authz (see e2e/cluster/opa-authz.yaml).
+  "$SCO_KUBECTL" create namespace "$SCO_OPERATOR_NAMESPACE" >/dev/null 2>&1 || true
+  "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" apply -f "$ROOT/e2e/cluster/opa-authz.yaml" >/dev/null
   "$HELM" install sco "$ROOT/charts/spark-connect-operator" --namespace "$SCO_OPERATOR_NAMESPACE" --create-namespace \
     --set image.repository=spark-connect-operator --set image.tag=dev --set logJson=false \
     --set gateway.enabled=true --set gateway.tls.secretName=sco-gateway-tls \
     --set gateway.jwt.issuer=https://idp.sco.test --set gateway.jwt.jwksSecret=sco-gateway-jwks \
     --set gateway.jwt.namespaceClaim=team --set gateway.auditSql=text --set gateway.claimWait=60s \
+    --set gateway.extAuthz.address=http://sco-opa-authz.$SCO_OPERATOR_NAMESPACE.svc.cluster.local:9191 \
     --wait --timeout 180s
   "$SCO_KUBECTL" wait --for=condition=Established crd --all --timeout=60s >/dev/null
   for _ in $(seq 1 300); do

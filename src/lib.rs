@@ -20,5 +20,26 @@ pub mod proto {
     tonic::include_proto!("spark.connect");
 }
 
+/// Generated types and client of Envoy's external authorization API (from `proto/`).
+#[allow(missing_docs, clippy::all)]
+pub mod ext_authz_proto {
+    /// `envoy.service.auth.v3`.
+    pub mod envoy {
+        pub mod service {
+            pub mod auth {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.auth.v3");
+                }
+            }
+        }
+    }
+    /// `google.rpc`.
+    pub mod google {
+        pub mod rpc {
+            tonic::include_proto!("google.rpc");
+        }
+    }
+}
+
 #[cfg(test)]
 mod test_support;

@@ -13,6 +13,9 @@ K8S_BIN=$CACHE/k8s-$K8S_VERSION/bin
 DNS_BIN=$CACHE/coredns-$COREDNS_VERSION/bin
 VENV=$CACHE/pyspark-$PYSPARK_VERSION/venv
 HELM_BIN=$CACHE/helm-$HELM_VERSION/bin
+# The e2e suite's policy engine behind Envoy's ext_authz API (OPA's rego), keyed by its sources.
+OPA_AUTHZ_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../opa-authz" && pwd)
+OPA_AUTHZ_BIN=$CACHE/opa-authz-$(cat "$OPA_AUTHZ_SRC"/go.mod "$OPA_AUTHZ_SRC"/go.sum "$OPA_AUTHZ_SRC"/main.go | sha256sum | cut -c1-12)
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 
@@ -75,6 +78,12 @@ build_helm() {
   rm -rf "$HELM_BIN"; mv "$HELM_BIN.tmp" "$HELM_BIN"
 }
 
+build_opa_authz() {
+  mkdir -p "$OPA_AUTHZ_BIN.tmp"
+  (cd "$OPA_AUTHZ_SRC" && go build -trimpath -ldflags "-s -w" -o "$OPA_AUTHZ_BIN.tmp/sco-opa-authz" .)
+  rm -rf "$OPA_AUTHZ_BIN"; mv "$OPA_AUTHZ_BIN.tmp" "$OPA_AUTHZ_BIN"
+}
+
 build_venv() {
   # A venv records its own path, so it is built in place; `.complete` marks a finished one.
   rm -rf "$VENV"
@@ -94,6 +103,9 @@ if [[ $what == all || $what == coredns ]]; then
 fi
 if [[ $what == all || $what == helm ]]; then
   if [ -x "$HELM_BIN/helm" ]; then echo "build: helm $HELM_VERSION cached"; else timed "helm $HELM_VERSION" build_helm; fi
+fi
+if [[ $what == all || $what == opa-authz ]]; then
+  if [ -x "$OPA_AUTHZ_BIN/sco-opa-authz" ]; then echo "build: opa-authz cached"; else timed "opa-authz (OPA rego behind ext_authz)" build_opa_authz; fi
 fi
 if [[ $what == all || $what == pyspark ]]; then
   if [ -x "$VENV/bin/python" ] && [ -d "$VENV/lib" ] && [ -f "$VENV/.complete" ]; then echo "build: pyspark $PYSPARK_VERSION venv cached"; else timed "pyspark $PYSPARK_VERSION venv" build_venv; fi

@@ -1,6 +1,7 @@
 //! What the world binary, the e2e tests and the benchmarks share: the world's addresses, a
 //! client for a running world, and one poll loop.
 
+pub mod gateway;
 pub mod net;
 pub mod operator;
 pub mod poll;
@@ -11,6 +12,23 @@ use std::process::Output;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use spark_connect_operator::crd::{SparkConnectCluster, SparkConnectClusterStatus};
+
+/// Runs `openssl` with `args` in `dir`.
+pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running openssl: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
 
 /// A client from a kubeconfig file.
 pub async fn client_from(path: &Path) -> anyhow::Result<Client> {

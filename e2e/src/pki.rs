@@ -1,25 +1,8 @@
 //! The world's certificates and keys, made with the `openssl` command.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{Context, bail};
-
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("running openssl")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
+use sco_e2e::openssl;
 
 /// Creates the CA, apiserver serving cert, admin client cert and service-account key in `dir`.
 pub fn generate(dir: &Path) -> anyhow::Result<()> {

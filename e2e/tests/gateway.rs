@@ -9,21 +9,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
-use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
+use sco_e2e::gateway::{AUDIENCE, HOST as GATEWAY_HOST, Pki};
 use serde_json::{Value, json};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
 use support::{World, create_pool, fake_spec, wait_until};
-
-const GATEWAY_HOST: &str = "sco-spark-connect-operator-gateway.sco-system.svc.cluster.local";
-const TLS_SECRET: &str = "sco-gateway-tls";
-const JWKS_SECRET: &str = "sco-gateway-jwks";
-const ISSUER: &str = "https://idp.sco.test";
-const AUDIENCE: &str = "spark-connect-gateway";
 
 /// Connects once per line of input (an `sc://` URL) and answers with what the server saw as
 /// the user, or the error.
@@ -39,182 +31,8 @@ for url in sys.argv[1:]:
         print(json.dumps({"error": str(e)[:600]}), flush=True)
 "#;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and the gateway's serving certificate, in `dir`.
-fn make_certificates(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("pki dir");
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=sco gateway test CA",
-            "-days",
-            "2",
-            "-out",
-            "ca.crt",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "tls.ec",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "tls.ec", "-out", "tls.key",
-        ],
-    );
-    std::fs::write(
-        dir.join("san.ext"),
-        format!("subjectAltName=DNS:{GATEWAY_HOST},DNS:sco-spark-connect-operator-gateway.sco-system.svc\n"),
-    )
-    .expect("san");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "tls.key",
-            "-subj",
-            "/CN=gateway",
-            "-out",
-            "tls.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "tls.crt",
-        ],
-    );
-}
-
-/// An EC P-256 signing key: (PKCS#8 DER, JWKS with its public half).
-fn make_jwt_key(dir: &Path) -> (Vec<u8>, Value) {
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "jwt.ec",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "jwt.ec", "-outform", "DER", "-out", "jwt.der",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "ec",
-            "-in",
-            "jwt.ec",
-            "-pubout",
-            "-outform",
-            "DER",
-            "-out",
-            "jwt.pub.der",
-        ],
-    );
-    let public = std::fs::read(dir.join("jwt.pub.der")).expect("public key");
-    // The SPKI ends with the uncompressed point 0x04 || x || y.
-    let point = &public[public.len() - 65..];
-    assert_eq!(point[0], 4, "an uncompressed EC point");
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "test-1", "alg": "ES256", "use": "sig",
-        "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
-    (
-        std::fs::read(dir.join("jwt.der")).expect("private key"),
-        jwks,
-    )
-}
-
 fn jwt(key: &[u8], subject: &str, team: &str, audience: &str, expires_in: i64) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some("test-1".into());
-    let exp = jsonwebtoken::get_current_timestamp() as i64 + expires_in;
-    let claims = json!({"iss": ISSUER, "aud": audience, "sub": subject, "team": team, "exp": exp,
-        "groups": ["data-science"]});
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_ec_der(key),
-    )
-    .expect("a signed JWT")
-}
-
-async fn put_secret(world: &World, name: &str, type_: &str, data: Value) {
-    let api: Api<Secret> = Api::namespaced(world.client.clone(), &World::operator_namespace());
-    let _ = api.delete(name, &Default::default()).await;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name}, "type": type_, "stringData": data
-    }))
-    .expect("secret");
-    wait_until(Duration::from_secs(20), "the old Secret to go", || async {
-        api.get_opt(name).await.ok().flatten().is_none()
-    })
-    .await;
-    api.create(&PostParams::default(), &secret)
-        .await
-        .expect("create secret");
+    sco_e2e::gateway::sign_jwt(key, subject, team, audience, expires_in).expect("a signed JWT")
 }
 
 /// What a client saw.
@@ -319,16 +137,11 @@ fn bind(world: &World, namespace: &str, name: &str, subject: &str) {
 
 /// Audit lines of every gateway replica.
 async fn audit_lines(world: &World) -> Vec<Value> {
-    let pods: Api<Pod> = Api::namespaced(world.client.clone(), &World::operator_namespace());
-    let list = pods
-        .list(
-            &ListParams::default().labels("app.kubernetes.io/name=spark-connect-operator-gateway"),
-        )
-        .await
-        .expect("gateway pods");
     let mut lines = Vec::new();
-    for pod in list {
-        let name = pod.metadata.name.unwrap_or_default();
+    for (name, _) in sco_e2e::gateway::replicas(&world.client)
+        .await
+        .expect("gateway pods")
+    {
         let log: PathBuf = world
             .state
             .join("pods")
@@ -345,29 +158,18 @@ async fn audit_lines(world: &World) -> Vec<Value> {
     lines
 }
 
+/// The gateway's Secrets from a fresh CA and JWT key: (the CA file, the JWT signing key).
+async fn prepare(world: &World) -> (PathBuf, Vec<u8>) {
+    let Pki { ca, jwt_key } = sco_e2e::gateway::prepare(&world.client, &world.state)
+        .await
+        .expect("the gateway's Secrets");
+    (ca, jwt_key)
+}
+
 #[tokio::test]
 async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_quotas_and_audit() {
     let world = World::connect().await;
-    let pki = world.state.join("gateway-test-pki");
-    let _ = std::fs::remove_dir_all(&pki);
-    make_certificates(&pki);
-    let (jwt_key, jwks) = make_jwt_key(&pki);
-    let read = |f: &str| std::fs::read_to_string(pki.join(f)).expect("pem");
-    put_secret(
-        &world,
-        TLS_SECRET,
-        "kubernetes.io/tls",
-        json!({"tls.crt": read("tls.crt"), "tls.key": read("tls.key")}),
-    )
-    .await;
-    put_secret(
-        &world,
-        JWKS_SECRET,
-        "Opaque",
-        json!({"jwks.json": jwks.to_string()}),
-    )
-    .await;
-    let ca = pki.join("ca.crt");
+    let (ca, jwt_key) = prepare(&world).await;
 
     // Team analytics: shared servers, token auth on the servers. Team science: dedicated
     // servers from a pool of two, at most one held through the gateway at once.
@@ -421,6 +223,14 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
         "--serviceaccount=gw-analytics:alice",
     );
     bind(&world, &science.name, "bob-connects", "--user=oidc:bob");
+    // RBAC lets eve in; the external policy (OPA behind ext_authz) does not.
+    let eve = service_account_token(&world, &analytics.name, "eve", AUDIENCE);
+    bind(
+        &world,
+        &analytics.name,
+        "eve-connects",
+        "--serviceaccount=gw-analytics:eve",
+    );
     let bob = jwt(&jwt_key, "bob", &science.name, AUDIENCE, 600);
 
     // The gateway serves once it has loaded the certificate and keys from their Secrets.
@@ -481,6 +291,7 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
             url(&alice_elsewhere, Some("analytics.gw-analytics"), ""),
             url(&carol, Some("science.gw-science"), ""),
             url(&alice, Some("science.gw-science"), ""),
+            url(&eve, Some("analytics.gw-analytics"), ""),
         ],
     );
     expect_error(&seen[0], "UNAUTHENTICATED", &["expired"]);
@@ -500,6 +311,11 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
         &seen[5],
         "PERMISSION_DENIED",
         &["system:serviceaccount:gw-analytics:alice"],
+    );
+    expect_error(
+        &seen[6],
+        "PERMISSION_DENIED",
+        &["eve may not use Spark this week", "external policy"],
     );
 
     // A RoleBinding lets carol in without a gateway restart; bob holds the cluster's only
@@ -595,5 +411,174 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     println!(
         "gateway: {} audit lines; bob on {bob_server}, carol on {carol_server} after bob's release",
         lines.len()
+    );
+}
+
+/// Runs a query through the gateway with real Spark, then a long query during which the
+/// gateway replica carrying it is killed: pyspark reattaches through the Service to the other
+/// replica, which routes the same session to the same server, and the query completes.
+const SPARK_CLIENT: &str = r#"
+import json, sys, time
+from pyspark.sql import SparkSession, functions as F
+s = SparkSession.builder.remote(sys.argv[1]).create()
+groups = s.range(0, 100000, 1, 4).groupBy((F.col("id") % 7).alias("k")).count().orderBy("k").collect()
+print(json.dumps({"groups": [[r["k"], r["count"]] for r in groups]}), flush=True)
+print(json.dumps({"long": "started"}), flush=True)
+t = time.perf_counter()
+n = s.sql("SELECT count(*) AS n FROM range(0, 25, 1, 1) WHERE reflect('java.lang.Thread', 'sleep', cast(1000 as bigint)) IS NOT NULL").collect()[0]["n"]
+print(json.dumps({"long": n, "seconds": time.perf_counter() - t}), flush=True)
+"#;
+
+/// Gateway replicas (name, pod IP) with a call in flight, by their metrics.
+fn gateway_pods_with_calls(world: &World, pods: &[(String, String)]) -> Vec<String> {
+    pods.iter()
+        .filter(|(_, ip)| {
+            let text = sco_e2e::gateway::metrics(&World::world_bin(), &world.state, ip);
+            sco_e2e::operator::metric_sum(&text, "spark_connect_gateway_active_streams", "") >= 1.0
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of_a_replica() {
+    let world = World::connect().await;
+    let (ca, _) = prepare(&world).await;
+    let ns = world.namespace("gw-spark").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let spec = json!({
+        "image": "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu",
+        "shared": 1,
+        "hotPool": {"idle": 0},
+        "auth": {"mode": "Token"},
+        "executors": {"dynamicAllocation": {"enabled": true, "minExecutors": 0, "maxExecutors": 1}},
+        "probe": {"period": "5s", "timeout": "3s"}
+    });
+    let cluster = serde_json::from_value(json!({"metadata": {"name": "lake"}, "spec": spec}))
+        .expect("cluster");
+    clusters
+        .create(&PostParams::default(), &cluster)
+        .await
+        .expect("create lake");
+    sco_e2e::cluster_status_until(
+        &clusters,
+        "lake",
+        "a shared Spark server",
+        Duration::from_secs(300),
+        |s| s.servers.shared >= 1,
+    )
+    .await
+    .expect("lake serves");
+    let dana = service_account_token(&world, &ns.name, "dana", AUDIENCE);
+    bind(
+        &world,
+        &ns.name,
+        "dana-connects",
+        "--serviceaccount=gw-spark:dana",
+    );
+
+    let python = std::env::var("SCO_PYTHON").expect("SCO_PYTHON (set by e2e/run-e2e.sh)");
+    let ca_env = format!("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", ca.display());
+    let endpoint = url(&dana, Some("lake.gw-spark"), ";user_id=mallory");
+    let mut client = tokio::process::Command::new(World::world_bin())
+        .arg("--state")
+        .arg(&world.state)
+        .args([
+            "exec",
+            "--",
+            "env",
+            &ca_env,
+            &python,
+            "-c",
+            SPARK_CLIENT,
+            &endpoint,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the pyspark client");
+    let stdout = client.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(180), lines.next_line())
+            .await
+            .expect("the client answers in time")
+            .expect("reading the client")
+            .unwrap_or_default();
+        serde_json::from_str(&line).unwrap_or_else(|_| json!({"unreadable": line}))
+    };
+
+    let first = next().await;
+    let groups = first["groups"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no result: {first}"));
+    assert_eq!(groups.len(), 7, "{first}");
+    let total: i64 = groups.iter().map(|g| g[1].as_i64().unwrap_or(0)).sum();
+    assert_eq!(total, 100_000, "the rows came through the proxy whole");
+    // Spark's own record of the session (the Connect tab of its UI) names the authenticated
+    // user, never the user_id the client claimed.
+    let servers: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(world.client.clone(), &ns.name);
+    let ui: String = servers
+        .list(
+            &ListParams::default()
+                .labels("sparkconnect.dev/cluster=lake,sparkconnect.dev/state=shared"),
+        )
+        .await
+        .expect("the shared server")
+        .items
+        .into_iter()
+        .filter_map(|p| p.status?.pod_ip)
+        .map(|ip| {
+            let out = world.exec(&["curl", "-s", &format!("http://{ip}:4040/connect/")]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        ui.contains("system:serviceaccount:gw-spark:dana"),
+        "Spark's Connect sessions name the authenticated user"
+    );
+    assert!(
+        !ui.contains("mallory"),
+        "the claimed user_id never reaches Spark"
+    );
+
+    assert_eq!(next().await["long"], "started");
+    let pods = sco_e2e::gateway::replicas(&world.client)
+        .await
+        .expect("gateway pods");
+    assert!(pods.len() >= 2, "two gateway replicas");
+    let mut carrying = Vec::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the long query to be in flight",
+        || {
+            carrying = gateway_pods_with_calls(&world, &pods);
+            let found = !carrying.is_empty();
+            async move { found }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = &carrying[0];
+    let pid =
+        sco_e2e::pod_pid(&world.state, &World::operator_namespace(), victim).expect("its pid");
+    assert!(
+        world.exec(&["kill", "-9", &pid]).status.success(),
+        "killing {victim}"
+    );
+    let done = next().await;
+    let out = client.wait_with_output().await.expect("client exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: String = stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        done["long"], 25,
+        "the long query completed after {victim} was killed: {done}; client stderr (last lines, reversed):\n{tail}"
+    );
+    assert!(out.status.success(), "{stderr}");
+    println!(
+        "gateway replica {victim} killed during a {:.1}s query; pyspark reattached and the query completed",
+        done["seconds"].as_f64().unwrap_or_default()
     );
 }

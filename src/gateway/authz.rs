@@ -1,6 +1,7 @@
 //! May this caller use this cluster: a `SubjectAccessReview` for the verb `connect` on
 //! `sparkconnectclusters` (so access is granted with ordinary Roles and RoleBindings), cached
-//! briefly so a new RoleBinding takes effect within seconds, without a restart.
+//! briefly so a new RoleBinding takes effect within seconds, without a restart; then, when
+//! configured, the external authorizer for the call's RPC.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use kube::api::{Api, PostParams};
 
 use super::authn::Identity;
 use super::cache::TtlCache;
+use super::ext_authz::ExtAuthz;
 use super::route::ClusterRef;
 
 /// The verb a RoleBinding must grant on `sparkconnectclusters` to use a cluster.
@@ -39,6 +41,7 @@ pub enum AuthzError {
 /// Answers access questions.
 pub struct Authorizer {
     client: kube::Client,
+    external: Option<ExtAuthz>,
     cache: TtlCache<(String, Vec<String>, String), Result<(), AuthzError>>,
 }
 
@@ -48,20 +51,31 @@ const ALLOW_FOR: Duration = Duration::from_secs(10);
 const DENY_FOR: Duration = Duration::from_secs(2);
 
 impl Authorizer {
-    /// Asks the apiserver through `client`.
-    pub fn new(client: kube::Client) -> Self {
+    /// Asks the apiserver through `client`, then `external` (if any).
+    pub fn new(client: kube::Client, external: Option<ExtAuthz>) -> Self {
         Self {
             client,
+            external,
             cache: TtlCache::new(10_000),
         }
     }
 
-    /// Whether `who` may connect to `cluster`.
-    pub async fn may_connect(
+    /// Whether `who` may call `rpc` on `cluster`: RBAC first, then the external authorizer.
+    pub async fn may_call(
         &self,
         who: &Identity,
         cluster: &ClusterRef,
+        rpc: &str,
     ) -> Result<(), AuthzError> {
+        self.may_connect(who, cluster).await?;
+        match &self.external {
+            Some(external) => external.check(who, cluster, rpc).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether RBAC lets `who` connect to `cluster`.
+    async fn may_connect(&self, who: &Identity, cluster: &ClusterRef) -> Result<(), AuthzError> {
         let key = (who.user.clone(), who.groups.clone(), cluster.to_string());
         if let Some(answer) = self.cache.get(&key) {
             return answer;

@@ -11,6 +11,7 @@ pub mod authz;
 pub mod cache;
 pub mod dedicated;
 pub mod directory;
+pub mod ext_authz;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
@@ -89,6 +90,12 @@ pub struct GatewayArgs {
     /// Route callers of a group that name no cluster: `GROUP=NAMESPACE/NAME` (repeatable).
     #[arg(long = "route-group", value_name = "GROUP=NAMESPACE/NAME")]
     pub route_groups: Vec<String>,
+    /// Envoy ext_authz v3 gRPC service (`http://host:port`) asked after RBAC allowed a call.
+    #[arg(long, env = "SCO_GATEWAY_EXT_AUTHZ")]
+    pub ext_authz: Option<String>,
+    /// Longest wait for the external authorizer (then the call is refused: fail closed).
+    #[arg(long, env = "SCO_GATEWAY_EXT_AUTHZ_TIMEOUT", default_value = "2s")]
+    pub ext_authz_timeout: String,
     /// Most dedicated servers one user may hold over all clusters.
     #[arg(long, env = "SCO_GATEWAY_MAX_DEDICATED_PER_USER", default_value_t = 2)]
     pub max_dedicated_per_user: usize,
@@ -243,7 +250,14 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let review_audience = Some(args.token_review_audience.clone()).filter(|a| !a.is_empty());
     let authn = authn::Authenticator::new(Some(client.clone()), review_audience, jwt);
-    let authz = authz::Authorizer::new(client.clone());
+    let external = match &args.ext_authz {
+        Some(address) => Some(ext_authz::ExtAuthz::new(
+            address,
+            time(&args.ext_authz_timeout, "--ext-authz-timeout")?,
+        )?),
+        None => None,
+    };
+    let authz = authz::Authorizer::new(client.clone(), external);
     let dedicated = Arc::new(dedicated::Dedicated::new(
         directory.clone(),
         args.max_dedicated_per_user,

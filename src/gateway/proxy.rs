@@ -307,7 +307,7 @@ impl Gateway {
             .choose(&who, header(CLUSTER_HEADER))
             .map_err(|e| Refusal::new(Code::InvalidArgument, "refused", e.to_string()))?;
         record.cluster = Some(cluster.to_string());
-        self.authz.may_connect(&who, &cluster).await?;
+        self.authz.may_call(&who, &cluster, rpc).await?;
         let spec = self.directory.cluster(&cluster).ok_or_else(|| {
             Refusal::new(
                 Code::NotFound,

@@ -20,6 +20,12 @@ use crate::proto::{
 
 /// A query text the fake server refuses as Spark refuses an unknown table.
 pub const FAILING_QUERY_MARK: &str = "sco_fake_missing_table";
+/// A query `sco_fake_stream_bytes=<n>` is answered with Arrow batches of 1 MiB each (their
+/// bodies zeros) until `n` bytes (at most 64 GiB) have been sent: a large result for
+/// throughput benchmarks.
+pub const STREAM_QUERY_MARK: &str = "sco_fake_stream_bytes=";
+/// Size of each streamed batch.
+const STREAM_BATCH: usize = 1 << 20;
 
 /// How the fake server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,13 +172,49 @@ impl SparkConnectService for FakeConnect {
         }
         self.0.queries.fetch_add(1, Ordering::SeqCst);
         let operation_id = uuid::Uuid::new_v4().to_string();
-        let message = |response_type| ExecutePlanResponse {
+        let message = move |response_type| ExecutePlanResponse {
             session_id: session_id.clone(),
             response_type: Some(response_type),
             operation_id: operation_id.clone(),
             response_id: uuid::Uuid::new_v4().to_string(),
             server_side_session_id: server_side.clone(),
         };
+        if let Some(total) = query
+            .strip_prefix(STREAM_QUERY_MARK)
+            .and_then(|n| n.trim().parse::<u64>().ok())
+        {
+            let total = total.min(64 << 30);
+            let batch = vec![0u8; STREAM_BATCH];
+            let batches = futures::stream::unfold(0u64, move |sent| {
+                let message = message.clone();
+                let batch = batch.clone();
+                async move {
+                    if sent > total {
+                        return None;
+                    }
+                    if sent == total {
+                        let done = execute_plan_response::ResponseType::ResultComplete(
+                            execute_plan_response::ResultComplete {},
+                        );
+                        return Some((Ok(message(done)), total + 1));
+                    }
+                    let n = (total - sent).min(STREAM_BATCH as u64) as usize;
+                    let arrow = execute_plan_response::ArrowBatch {
+                        row_count: 1,
+                        data: batch[..n].to_vec(),
+                        start_offset: Some(0),
+                    };
+                    let next = sent + n as u64;
+                    Some((
+                        Ok(message(execute_plan_response::ResponseType::ArrowBatch(
+                            arrow,
+                        ))),
+                        next,
+                    ))
+                }
+            });
+            return Ok(Response::new(Box::pin(batches)));
+        }
         let answers = vec![
             Ok(message(execute_plan_response::ResponseType::ArrowBatch(
                 execute_plan_response::ArrowBatch {

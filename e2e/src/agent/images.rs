@@ -66,7 +66,7 @@ pub fn resolve(image: &str, state_dir: &std::path::Path) -> Result<ImageLayout, 
         "spark" if tag.starts_with('4') => {
             spark(state_dir).map_err(|e| format!("emulating {image}: {e}"))
         }
-        "spark-connect-operator" | "sco-fake-connect" => {
+        "spark-connect-operator" | "sco-fake-connect" | "sco-opa-authz" => {
             let binary = project_binary(name);
             if !binary.is_file() {
                 return Err(format!("{image}: binary {} is not built", binary.display()));
@@ -84,7 +84,7 @@ pub fn resolve(image: &str, state_dir: &std::path::Path) -> Result<ImageLayout, 
             })
         }
         _ => Err(format!(
-            "image {image} is not available in the local world (known: apache/spark:4.*, spark-connect-operator, sco-fake-connect)"
+            "image {image} is not available in the local world (known: apache/spark:4.*, spark-connect-operator, sco-fake-connect, sco-opa-authz)"
         )),
     }
 }

@@ -4,6 +4,7 @@
 mod claims;
 mod economics;
 mod first_result;
+mod gateway;
 mod probe;
 mod report;
 mod scale;
@@ -70,6 +71,13 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         with_servers: usize,
     },
+    /// The gateway against direct connections: added latency, streaming throughput, new users
+    /// of a Dedicated cluster, idle connections.
+    Gateway {
+        /// The world's state directory.
+        #[arg(long, env = "SCO_WORLD")]
+        world: PathBuf,
+    },
     /// Fake servers for the probe benchmark (started by it).
     #[command(hide = true)]
     Fleet {
@@ -110,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
             clusters,
             with_servers,
         } => scale::run(world, clusters, with_servers).await,
+        Command::Gateway { world } => gateway::run(world).await,
         Command::Fleet { first, count } => probe::fleet(first, count).await,
     }
 }

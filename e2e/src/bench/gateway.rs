@@ -1,0 +1,414 @@
+//! The gateway against direct connections, side by side in one run, measured by a Python gRPC
+//! client inside the world (the generated Spark Connect stubs pyspark ships; no network traffic
+//! leaves the world): added latency of a unary Config call, streaming throughput of a large
+//! ExecutePlan result (1 GiB of Arrow batches from a fake server), connect-to-first-answer for
+//! new users of a Dedicated cluster on a warm pool, and the gateway's RSS and CPU with 1,000
+//! idle client connections (each with its own session).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use spark_connect_operator::crd::SparkConnectCluster;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::report::{self, Spread};
+
+const NAMESPACE: &str = "bench-gateway";
+
+/// The measuring client. Modes: `unary TARGET CA TOKEN CLUSTER N`, `stream TARGET CA TOKEN
+/// CLUSTER BYTES RUNS`, `connect TARGET CA CLUSTER TOKEN...`, `idle TARGET CA TOKEN CLUSTER N`.
+/// CA `-` means plaintext. Prints one JSON line per measurement set.
+const CLIENT: &str = r#"
+import json, sys, time, uuid
+import grpc
+from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc, relations_pb2
+
+def channel(target, ca):
+    opts = [("grpc.max_receive_message_length", 64 << 20)]
+    if ca == "-":
+        return grpc.insecure_channel(target, options=opts)
+    with open(ca, "rb") as f:
+        creds = grpc.ssl_channel_credentials(f.read())
+    return grpc.secure_channel(target, creds, options=opts)
+
+def meta(token, cluster):
+    m = [("authorization", "Bearer " + token)]
+    if cluster != "-":
+        m.append(("cluster", cluster))
+    return m
+
+def config(stub, session, m):
+    req = base_pb2.ConfigRequest(session_id=session, user_context=base_pb2.UserContext(user_id="bench"),
+        operation=base_pb2.ConfigRequest.Operation(get=base_pb2.ConfigRequest.Get(keys=["sco.fake.userId"])))
+    return stub.Config(req, metadata=m, timeout=120)
+
+mode, target, ca = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "unary":
+    token, cluster, n = sys.argv[4], sys.argv[5], int(sys.argv[6])
+    stub = base_pb2_grpc.SparkConnectServiceStub(channel(target, ca))
+    session, m = str(uuid.uuid4()), meta(token, cluster)
+    for _ in range(200):
+        config(stub, session, m)
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter(); config(stub, session, m); samples.append((time.perf_counter() - t) * 1e3)
+    print(json.dumps({"ms": samples}), flush=True)
+elif mode == "stream":
+    token, cluster, total, runs = sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+    stub = base_pb2_grpc.SparkConnectServiceStub(channel(target, ca))
+    session, m = str(uuid.uuid4()), meta(token, cluster)
+    config(stub, session, m)
+    out = []
+    for _ in range(runs):
+        req = base_pb2.ExecutePlanRequest(session_id=session, user_context=base_pb2.UserContext(user_id="bench"),
+            operation_id=str(uuid.uuid4()),
+            plan=base_pb2.Plan(root=relations_pb2.Relation(sql=relations_pb2.SQL(query="sco_fake_stream_bytes=%d" % total))))
+        t, got = time.perf_counter(), 0
+        for r in stub.ExecutePlan(req, metadata=m, timeout=600):
+            got += len(r.arrow_batch.data)
+        out.append({"bytes": got, "seconds": time.perf_counter() - t})
+    print(json.dumps({"runs": out}), flush=True)
+elif mode == "connect":
+    cluster, tokens = sys.argv[4], sys.argv[5:]
+    samples = []
+    for token in tokens:
+        t = time.perf_counter()
+        stub = base_pb2_grpc.SparkConnectServiceStub(channel(target, ca))
+        config(stub, str(uuid.uuid4()), meta(token, cluster))
+        samples.append((time.perf_counter() - t) * 1e3)
+    print(json.dumps({"ms": samples}), flush=True)
+elif mode == "idle":
+    token, cluster, n = sys.argv[4], sys.argv[5], int(sys.argv[6])
+    chans = []
+    t = time.perf_counter()
+    for i in range(n):
+        ch = channel(target, ca)
+        config(base_pb2_grpc.SparkConnectServiceStub(ch), str(uuid.uuid4()), meta(token, cluster))
+        chans.append(ch)
+    print(json.dumps({"open": n, "seconds": time.perf_counter() - t}), flush=True)
+    sys.stdin.read()
+"#;
+
+fn python() -> anyhow::Result<String> {
+    std::env::var("SCO_PYTHON").context("SCO_PYTHON (set by e2e/world.sh)")
+}
+
+/// Runs the client inside the world and returns its JSON lines.
+fn client(world_bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let python = python()?;
+    let mut command = vec![python.as_str(), "-c", CLIENT];
+    command.extend_from_slice(args);
+    let out = sco_e2e::exec(world_bin, state, &command)?;
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    if lines.is_empty() {
+        bail!(
+            "the client printed nothing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(lines)
+}
+
+fn kubectl(state: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let kubectl = std::env::var("SCO_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let out = std::process::Command::new(kubectl)
+        .env("KUBECONFIG", state.join("kubeconfig"))
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn token(state: &Path, account: &str) -> anyhow::Result<String> {
+    let _ = kubectl(
+        state,
+        &["-n", NAMESPACE, "create", "serviceaccount", account],
+    );
+    kubectl(
+        state,
+        &[
+            "-n",
+            NAMESPACE,
+            "create",
+            "token",
+            account,
+            "--audience",
+            sco_e2e::gateway::AUDIENCE,
+            "--duration",
+            "2h",
+        ],
+    )
+}
+
+async fn cluster(
+    client: &Client,
+    name: &str,
+    spec: Value,
+    ready: impl Fn(&spark_connect_operator::crd::SparkConnectClusterStatus) -> bool,
+) -> anyhow::Result<()> {
+    let api: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let object = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
+    api.create(&PostParams::default(), &object).await?;
+    sco_e2e::cluster_status_until(&api, name, name, Duration::from_secs(180), ready).await?;
+    Ok(())
+}
+
+fn fake(mut spec: Value) -> Value {
+    spec["image"] = json!("sco-fake-connect:latest");
+    spec["probe"] = json!({"period": "5s", "timeout": "2s"});
+    spec["auth"] = json!({"mode": "Token"});
+    spec["server"] = json!({"podTemplate": {"spec": {"containers": [{
+        "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]}]}}});
+    spec
+}
+
+fn ms_samples(line: &Value) -> Vec<Duration> {
+    line["ms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(|ms| Duration::from_secs_f64(ms / 1e3))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn throughput(line: &Value) -> Vec<f64> {
+    line["runs"]
+        .as_array()
+        .map(|runs| {
+            runs.iter()
+                .filter_map(|r| Some(r["bytes"].as_f64()? / r["seconds"].as_f64()? / 1e6))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn gateway_usage(world_bin: &Path, state: &Path, pods: &[(String, String)]) -> (f64, f64) {
+    let ns = sco_e2e::operator::namespace();
+    pods.iter()
+        .filter_map(|(name, _)| sco_e2e::operator::pod_usage(world_bin, state, &ns, name))
+        .fold((0.0, 0.0), |(cpu, rss), u| {
+            (cpu + u.cpu_seconds, rss + u.rss_mb)
+        })
+}
+
+/// Runs every gateway measurement and writes `target/bench/gateway.json`.
+pub async fn run(world: PathBuf) -> anyhow::Result<()> {
+    let world_bin = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("sco-world"))
+        .context("the sco-world binary next to sco-bench")?;
+    let client = sco_e2e::world_client(&world).await?;
+    let pki = sco_e2e::gateway::prepare(&client, &world).await?;
+    let ca = pki.ca.to_string_lossy().into_owned();
+    sco_e2e::fresh_namespace(&client, NAMESPACE).await?;
+    kubectl(
+        &world,
+        &[
+            "-n",
+            NAMESPACE,
+            "create",
+            "rolebinding",
+            "everyone-connects",
+            "--clusterrole",
+            "sparkconnect-user",
+            &format!("--group=system:serviceaccounts:{NAMESPACE}"),
+        ],
+    )?;
+    let shared = fake(json!({"shared": 1, "hotPool": {"idle": 0}}));
+    let dedicated = fake(
+        json!({"shared": 0, "hotPool": {"idle": 10, "max": 40, "maxServers": 40},
+        "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": 30}}),
+    );
+    tokio::try_join!(
+        cluster(&client, "shared", shared, |s| s.servers.shared >= 1),
+        cluster(&client, "dedicated", dedicated, |s| s.servers.idle >= 10),
+    )?;
+
+    // The direct path: the shared server's own address and token.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let server = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels("sparkconnect.dev/cluster=shared,sparkconnect.dev/state=shared"),
+        )
+        .await?
+        .items
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .context("the shared server's address")?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let server_token = secrets
+        .get("shared-connect-token")
+        .await?
+        .data
+        .and_then(|d| {
+            d.get("token")
+                .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+        })
+        .context("the shared cluster's token")?;
+    let direct = format!("{server}:15002");
+    let through = format!("{}:443", sco_e2e::gateway::HOST);
+    let user = token(&world, "bench")?;
+    let shared_cluster = format!("shared.{NAMESPACE}");
+
+    println!("gateway: unary Config latency, 2,000 calls each way ...");
+    let direct_unary = ms_samples(&client_line(
+        &world_bin,
+        &world,
+        &["unary", &direct, "-", &server_token, "-", "2000"],
+    )?);
+    let gateway_unary = ms_samples(&client_line(
+        &world_bin,
+        &world,
+        &["unary", &through, &ca, &user, &shared_cluster, "2000"],
+    )?);
+    let (d50, d99) = (
+        report::percentile(&direct_unary, 50.0),
+        report::percentile(&direct_unary, 99.0),
+    );
+    let (g50, g99) = (
+        report::percentile(&gateway_unary, 50.0),
+        report::percentile(&gateway_unary, 99.0),
+    );
+    println!(
+        "  direct p50 {d50:.2} ms p99 {d99:.2} ms; through the gateway p50 {g50:.2} ms p99 {g99:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
+        g50 - d50,
+        g99 - d99
+    );
+
+    println!("gateway: streaming 1 GiB of Arrow batches, 3 runs each way ...");
+    let bytes = (1u64 << 30).to_string();
+    let direct_stream = throughput(&client_line(
+        &world_bin,
+        &world,
+        &["stream", &direct, "-", &server_token, "-", &bytes, "3"],
+    )?);
+    let gateway_stream = throughput(&client_line(
+        &world_bin,
+        &world,
+        &["stream", &through, &ca, &user, &shared_cluster, &bytes, "3"],
+    )?);
+    let (ds, gs) = (
+        report::median(&direct_stream),
+        report::median(&gateway_stream),
+    );
+    println!(
+        "  direct {ds:.0} MB/s, through the gateway {gs:.0} MB/s ({:.0} % of direct)",
+        gs / ds * 100.0
+    );
+
+    println!("gateway: connect-to-first-answer for 10 new users of a Dedicated cluster ...");
+    let mut users = Vec::new();
+    for i in 0..10 {
+        users.push(token(&world, &format!("new-user-{i}"))?);
+    }
+    let dedicated_cluster = format!("dedicated.{NAMESPACE}");
+    let mut args = vec![
+        "connect",
+        through.as_str(),
+        ca.as_str(),
+        dedicated_cluster.as_str(),
+    ];
+    args.extend(users.iter().map(String::as_str));
+    let connect = ms_samples(&client_line(&world_bin, &world, &args)?);
+    let connect_ms: Vec<f64> = connect.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let connect_spread = Spread::of(&connect_ms);
+    println!(
+        "  new user to first answer: median {:.0} ms (min {:.0}, max {:.0})",
+        connect_spread.median, connect_spread.min, connect_spread.max
+    );
+
+    println!("gateway: 1,000 idle client connections ...");
+    let replicas = sco_e2e::gateway::replicas(&client).await?;
+    let (cpu_before, rss_before) = gateway_usage(&world_bin, &world, &replicas);
+    let python = python()?;
+    let mut idle = tokio::process::Command::new(&world_bin)
+        .arg("--state")
+        .arg(&world)
+        .args([
+            "exec",
+            "--",
+            &python,
+            "-c",
+            CLIENT,
+            "idle",
+            &through,
+            &ca,
+            &user,
+            &shared_cluster,
+            "1000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = idle.stdout.take().context("stdout")?;
+    let opened = tokio::time::timeout(
+        Duration::from_secs(300),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("opening 1,000 connections timed out")??
+    .unwrap_or_default();
+    let (cpu_open, rss_open) = gateway_usage(&world_bin, &world, &replicas);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let (cpu_idle, rss_idle) = gateway_usage(&world_bin, &world, &replicas);
+    drop(idle.stdin.take());
+    let _ = idle.wait().await;
+    println!(
+        "  {opened}; gateway RSS {rss_before:.1} MB before, {rss_idle:.1} MB with 1,000 idle connections (all replicas); CPU {:.2} s to open them, {:.3} s over 30 s idle",
+        cpu_open - cpu_before,
+        cpu_idle - cpu_open
+    );
+
+    report::write(
+        "gateway",
+        &json!({
+            "unary_config_ms": {
+                "calls": 2000,
+                "direct": {"p50": d50, "p99": d99},
+                "gateway": {"p50": g50, "p99": g99},
+                "added": {"p50": g50 - d50, "p99": g99 - d99},
+                "goal": "added p50 <= 0.5 ms, p99 <= 2 ms",
+            },
+            "stream_1gib_mb_per_s": {
+                "direct": direct_stream, "gateway": gateway_stream,
+                "median_direct": ds, "median_gateway": gs, "percent_of_direct": gs / ds * 100.0,
+                "goal": ">= 90 % of direct",
+            },
+            "dedicated_new_user_first_answer_ms": {"rounds": connect_ms.len(), "spread": connect_spread, "goal": "< 1000 ms"},
+            "idle_connections": {
+                "connections": 1000, "replicas": replicas.len(),
+                "rss_mb_before": rss_before, "rss_mb_open": rss_open, "rss_mb_after_30s": rss_idle,
+                "cpu_seconds_to_open": cpu_open - cpu_before, "cpu_seconds_idle_30s": cpu_idle - cpu_open,
+            },
+        }),
+    )?;
+    Ok(())
+}
+
+fn client_line(world_bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<Value> {
+    client(world_bin, state, args)?
+        .into_iter()
+        .next()
+        .context("no answer from the client")
+}
