@@ -12,6 +12,7 @@ pub mod cache;
 pub mod dedicated;
 pub mod directory;
 pub mod ext_authz;
+pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
@@ -26,8 +27,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
@@ -67,8 +66,15 @@ pub struct GatewayArgs {
     )]
     pub jwt_audience: String,
     /// Secret (`namespace/name`) with the issuer's JWKS under key `jwks.json` (watched).
-    #[arg(long, env = "SCO_GATEWAY_JWT_JWKS_SECRET")]
+    #[arg(
+        long,
+        env = "SCO_GATEWAY_JWT_JWKS_SECRET",
+        conflicts_with = "jwt_jwks_url"
+    )]
     pub jwt_jwks_secret: Option<String>,
+    /// URL of the issuer's JWKS (https; fetched at start and every 5 minutes).
+    #[arg(long, env = "SCO_GATEWAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
     /// JWT claim with the user name.
     #[arg(long, env = "SCO_GATEWAY_JWT_USERNAME_CLAIM", default_value = "sub")]
     pub jwt_username_claim: String,
@@ -168,47 +174,6 @@ fn route_table(args: &GatewayArgs) -> Result<route::RouteTable, ConfigError> {
     })
 }
 
-/// Keeps `keys` filled from the JWKS in a Secret, through a watch (rotated keys apply at once).
-async fn watch_jwks(
-    client: kube::Client,
-    namespace: String,
-    name: String,
-    keys: Arc<RwLock<JwkSet>>,
-) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let secret = match event {
-            Ok(secret) => secret,
-            Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "watching the JWKS Secret failed; retrying");
-                continue;
-            }
-        };
-        let jwks = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("jwks.json"))
-            .map(|v| serde_json::from_slice::<JwkSet>(&v.0));
-        match jwks {
-            Some(Ok(set)) => {
-                tracing::info!(secret = %name, keys = set.keys.len(), "loaded the JWT issuer's keys");
-                *keys.write().await = set;
-            }
-            Some(Err(e)) => {
-                tracing::error!(secret = %name, error = %e, "the JWKS Secret's jwks.json is not a JWKS")
-            }
-            None => tracing::error!(secret = %name, "the JWKS Secret has no jwks.json key"),
-        }
-    }
-}
-
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let claim_wait = time(&args.claim_wait, "--claim-wait")?;
@@ -228,13 +193,30 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let jwt = match &args.jwt_issuer {
         Some(issuer) => {
-            let secret = args
-                .jwt_jwks_secret
-                .as_deref()
-                .ok_or_else(|| ConfigError("--jwt-issuer needs --jwt-jwks-secret".into()))?;
-            let (namespace, name) = namespaced(secret, "--jwt-jwks-secret")?;
             let keys = Arc::new(RwLock::new(JwkSet { keys: Vec::new() }));
-            tokio::spawn(watch_jwks(client.clone(), namespace, name, keys.clone()));
+            match (&args.jwt_jwks_secret, &args.jwt_jwks_url) {
+                (Some(secret), _) => {
+                    let (namespace, name) = namespaced(secret, "--jwt-jwks-secret")?;
+                    tokio::spawn(jwks::watch_secret(
+                        client.clone(),
+                        namespace,
+                        name,
+                        keys.clone(),
+                    ));
+                }
+                (None, Some(url)) => {
+                    let url: http::Uri = url
+                        .parse()
+                        .map_err(|e| ConfigError(format!("--jwt-jwks-url {url:?}: {e}")))?;
+                    tokio::spawn(jwks::poll_url(url, jwks::URL_REFRESH, keys.clone()));
+                }
+                (None, None) => {
+                    return Err(ConfigError(
+                        "--jwt-issuer needs --jwt-jwks-secret or --jwt-jwks-url".into(),
+                    )
+                    .into());
+                }
+            }
             Some(authn::JwtIssuer {
                 issuer: issuer.clone(),
                 audience: args.jwt_audience.clone(),

@@ -66,6 +66,18 @@ impl Drop for KeptOpen {
     }
 }
 
+/// HTTP/2 settings: windows and frames large enough that a large result (a warm-up's Arrow
+/// batches, a gateway's proxied query) streams at full speed. Windows are credit, not buffers:
+/// an idle connection costs no more for them.
+fn http2() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20);
+    builder
+}
+
 /// A lazily connected HTTP/2 connection to one `host:port`; cheap to clone (clones share it).
 #[derive(Clone)]
 pub struct Connection {
@@ -110,7 +122,7 @@ impl Connection {
         .map_err(|_| format!("connecting timed out after {:?}", self.connect_timeout))??;
         stream.set_nodelay(true)?;
         let (sender, connection) =
-            tokio::time::timeout(self.connect_timeout, h2::client::handshake(stream))
+            tokio::time::timeout(self.connect_timeout, http2().handshake::<_, Bytes>(stream))
                 .await
                 .map_err(|_| "the HTTP/2 handshake timed out")??;
         let kept = self.budget.take();

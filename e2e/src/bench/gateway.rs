@@ -281,12 +281,12 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         &["unary", &through, &ca, &user, &shared_cluster, "2000"],
     )?);
     let (d50, d99) = (
-        report::percentile(&direct_unary, 50.0),
-        report::percentile(&direct_unary, 99.0),
+        report::percentile(&direct_unary, 0.5),
+        report::percentile(&direct_unary, 0.99),
     );
     let (g50, g99) = (
-        report::percentile(&gateway_unary, 50.0),
-        report::percentile(&gateway_unary, 99.0),
+        report::percentile(&gateway_unary, 0.5),
+        report::percentile(&gateway_unary, 0.99),
     );
     println!(
         "  direct p50 {d50:.2} ms p99 {d99:.2} ms; through the gateway p50 {g50:.2} ms p99 {g99:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
