@@ -12,7 +12,7 @@ use kube::api::{Api, PostParams};
 
 use super::authn::Identity;
 use super::cache::TtlCache;
-use super::ext_authz::ExtAuthz;
+use super::ext_authz::{ExtAuthz, Refused};
 use super::route::ClusterRef;
 
 /// The verb a RoleBinding must grant on `sparkconnectclusters` to use a cluster.
@@ -68,10 +68,16 @@ impl Authorizer {
         rpc: &str,
     ) -> Result<(), AuthzError> {
         self.may_connect(who, cluster).await?;
-        match &self.external {
-            Some(external) => external.check(who, cluster, rpc).await,
-            None => Ok(()),
-        }
+        let Some(external) = &self.external else {
+            return Ok(());
+        };
+        external
+            .check(who, cluster, rpc)
+            .await
+            .map_err(|e| match e {
+                Refused::Denied(reason) => denied(who, cluster, reason),
+                Refused::Unavailable(why) => AuthzError::Unavailable(why),
+            })
     }
 
     /// Whether RBAC lets `who` connect to `cluster`.
@@ -120,7 +126,7 @@ impl Authorizer {
 }
 
 /// A denial of `connect` on `cluster` with the authorizer's reason.
-pub fn denied(who: &Identity, cluster: &ClusterRef, reason: String) -> AuthzError {
+fn denied(who: &Identity, cluster: &ClusterRef, reason: String) -> AuthzError {
     AuthzError::Denied {
         user: who.user.clone(),
         verb: CONNECT_VERB,

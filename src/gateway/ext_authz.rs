@@ -10,7 +10,6 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use super::authn::Identity;
-use super::authz::{AuthzError, denied};
 use super::cache::TtlCache;
 use super::route::ClusterRef;
 use crate::ext_authz_proto::envoy::service::auth::v3::{
@@ -20,6 +19,15 @@ use crate::ext_authz_proto::envoy::service::auth::v3::{
 /// How long an answer is reused for the same caller, cluster and RPC.
 const ANSWER_FOR: Duration = Duration::from_secs(2);
 
+/// Why the external authorizer did not allow a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The policy denies it, for this reason.
+    Denied(String),
+    /// No answer (the call is refused: fail closed).
+    Unavailable(String),
+}
+
 /// A cached answer's key: user, groups, cluster, RPC.
 type CallKey = (String, Vec<String>, String, String);
 
@@ -27,7 +35,7 @@ type CallKey = (String, Vec<String>, String, String);
 pub struct ExtAuthz {
     client: AuthorizationClient<Channel>,
     timeout: Duration,
-    cache: TtlCache<CallKey, Result<(), AuthzError>>,
+    cache: TtlCache<CallKey, Result<(), Refused>>,
 }
 
 /// The attributes the authorizer sees for one call.
@@ -85,7 +93,7 @@ impl ExtAuthz {
         who: &Identity,
         cluster: &ClusterRef,
         rpc: &str,
-    ) -> Result<(), AuthzError> {
+    ) -> Result<(), Refused> {
         let key = (
             who.user.clone(),
             who.groups.clone(),
@@ -99,11 +107,11 @@ impl ExtAuthz {
         let asked =
             tokio::time::timeout(self.timeout, client.check(describe(who, cluster, rpc))).await;
         let answer = match asked {
-            Err(_) => Err(AuthzError::Unavailable(format!(
+            Err(_) => Err(Refused::Unavailable(format!(
                 "the external authorizer did not answer within {:?}",
                 self.timeout
             ))),
-            Ok(Err(status)) => Err(AuthzError::Unavailable(format!(
+            Ok(Err(status)) => Err(Refused::Unavailable(format!(
                 "the external authorizer failed: {}",
                 status.message()
             ))),
@@ -117,11 +125,11 @@ impl ExtAuthz {
                     } else {
                         format!("the external policy denies it: {}", status.message)
                     };
-                    Err(denied(who, cluster, reason))
+                    Err(Refused::Denied(reason))
                 }
             }
         };
-        if !matches!(answer, Err(AuthzError::Unavailable(_))) {
+        if !matches!(answer, Err(Refused::Unavailable(_))) {
             self.cache.insert(key, answer.clone(), ANSWER_FOR);
         }
         answer

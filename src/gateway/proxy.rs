@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::ResponseFuture;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -318,7 +319,9 @@ impl Gateway {
 
         let mut deframer = Deframer::new(self.max_message);
         let mut bytes_in = 0u64;
-        let (first, ended) = first_message(&mut body, &mut deframer, &mut bytes_in).await?;
+        let read = first_message(&mut body, &mut deframer, &mut bytes_in).await;
+        record.bytes_in = bytes_in;
+        let (first, ended) = read?;
         let stamped = wire::stamp_user(&first, &who.user)
             .map_err(|e| Refusal::new(Code::InvalidArgument, "refused", e.to_string()))?;
         let (operation, plan, sql) = describe(rpc, &first, self.sql_policy);
@@ -334,25 +337,19 @@ impl Gateway {
         if let Some(claim) = &target.claim {
             self.dedicated.begin(claim);
         }
-        let forwarded = self
-            .forward(
-                parts.headers,
-                parts.uri.path(),
-                &target,
-                stamped.message,
-                body,
-                deframer,
-                ended,
-                &who,
-                respond,
-                &mut bytes_in,
-                record,
-            )
-            .await;
+        let inbound = Inbound {
+            headers: parts.headers,
+            path: parts.uri.path().to_string(),
+            first: stamped.message,
+            body,
+            deframer,
+            ended,
+            bytes_in,
+        };
+        let forwarded = self.forward(inbound, &target, &who, respond, record).await;
         if let Some(claim) = &target.claim {
             self.dedicated.end(claim);
         }
-        record.bytes_in = bytes_in;
         forwarded
     }
 
@@ -438,115 +435,135 @@ impl Gateway {
         })
     }
 
+    /// Opens the call's stream on the server's connection (connecting first if needed).
+    async fn open_stream(
+        &self,
+        target: &Target,
+        request: Request<()>,
+    ) -> Result<(ResponseFuture, SendStream<Bytes>), Refusal> {
+        let connection = self.upstream(&target.server.address);
+        let opened = async {
+            let sender = connection.sender().await.map_err(|e| e.to_string())?;
+            let mut sender = sender.ready().await.map_err(|e| e.to_string())?;
+            sender
+                .send_request(request, false)
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        opened.map_err(|e| {
+            connection.reset();
+            unreachable(target, e)
+        })
+    }
+
     /// Sends the call to the server and streams both ways until the response ends.
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        headers: HeaderMap,
-        path: &str,
+        inbound: Inbound,
         target: &Target,
-        first: Bytes,
-        body: RecvStream,
-        deframer: Deframer,
-        ended: bool,
         who: &Identity,
         respond: &mut SendResponse<Bytes>,
-        bytes_in: &mut u64,
         record: &mut AuditRecord,
     ) -> Result<(i32, Option<String>), Refusal> {
-        let unreachable = |e: String| {
-            Refusal::new(
-                Code::Unavailable,
-                "unavailable",
-                format!("server {} is unreachable: {e}", target.server.name),
-            )
-        };
-        let connection = self.upstream(&target.server.address);
-        let mut sender = match connection.sender().await {
-            Ok(sender) => sender,
-            Err(e) => {
-                connection.reset();
-                return Err(unreachable(e.to_string()));
-            }
-        };
-        let mut upstream_request = Request::builder()
-            .method("POST")
-            .uri(format!("http://{}{path}", target.server.address))
-            .body(())
-            .map_err(|e| unreachable(e.to_string()))?;
-        for (name, value) in &headers {
-            if !DROPPED_HEADERS.contains(&name.as_str()) {
-                upstream_request
-                    .headers_mut()
-                    .append(name.clone(), value.clone());
-            }
-        }
-        upstream_request
-            .headers_mut()
-            .insert("te", HeaderValue::from_static("trailers"));
-        if let Some(token) = &target.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| unreachable("its token is not a valid header value".into()))?;
-            upstream_request
-                .headers_mut()
-                .insert("authorization", value);
-        }
-        sender = match sender.ready().await {
-            Ok(sender) => sender,
-            Err(e) => {
-                connection.reset();
-                return Err(unreachable(e.to_string()));
-            }
-        };
-        let (response, mut to_server) =
-            sender.send_request(upstream_request, false).map_err(|e| {
-                connection.reset();
-                unreachable(e.to_string())
-            })?;
-        send_all(&mut to_server, wire::frame(&first), ended)
+        let request = upstream_request(&inbound.headers, &inbound.path, target)
+            .map_err(|e| unreachable(target, e))?;
+        let (response, mut to_server) = self.open_stream(target, request).await?;
+        send_all(&mut to_server, wire::frame(&inbound.first), inbound.ended)
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
-
-        let counted_in = Arc::new(AtomicU64::new(*bytes_in));
-        let pump = (!ended).then(|| {
+            .map_err(|e| unreachable(target, e.to_string()))?;
+        let bytes_in = Arc::new(AtomicU64::new(inbound.bytes_in));
+        record.bytes_in = inbound.bytes_in;
+        let pump = (!inbound.ended).then(|| {
             tokio::spawn(pump_requests(
-                body,
-                deframer,
+                inbound.body,
+                inbound.deframer,
                 to_server,
                 who.user.clone(),
-                counted_in.clone(),
+                bytes_in.clone(),
             ))
         });
         let _abort_pump = AbortOnDrop(pump);
+        let answered = self.answer(response, target, respond, record).await;
+        record.bytes_in = bytes_in.load(Ordering::Relaxed);
+        answered
+    }
 
-        let response = match response.await {
-            Ok(response) => response,
-            Err(e) => {
-                if e.is_io() || e.is_go_away() {
-                    connection.reset();
-                }
-                *bytes_in = counted_in.load(Ordering::Relaxed);
-                return Err(unreachable(e.to_string()));
+    /// Relays the server's response (head, body, trailers) to the client.
+    async fn answer(
+        &self,
+        response: ResponseFuture,
+        target: &Target,
+        respond: &mut SendResponse<Bytes>,
+        record: &mut AuditRecord,
+    ) -> Result<(i32, Option<String>), Refusal> {
+        let response = response.await.map_err(|e| {
+            if e.is_io() || e.is_go_away() {
+                self.upstream(&target.server.address).reset();
             }
-        };
+            unreachable(target, e.to_string())
+        })?;
         let (head, mut from_server) = response.into_parts();
         let mut client_head = Response::builder()
             .status(head.status)
             .body(())
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unreachable(target, e.to_string()))?;
         *client_head.headers_mut() = head.headers.clone();
         let trailers_only = from_server.is_end_stream();
         let mut to_client = respond
             .send_response(client_head, trailers_only)
             .map_err(|e| Refusal::new(Code::Cancelled, "cancelled", e.to_string()))?;
         if trailers_only {
-            *bytes_in = counted_in.load(Ordering::Relaxed);
             return Ok(grpc_status(&head.headers));
         }
-        let status = relay_response(&mut from_server, &mut to_client, record).await;
-        *bytes_in = counted_in.load(Ordering::Relaxed);
-        Ok(status)
+        Ok(relay_response(&mut from_server, &mut to_client, record).await)
     }
+}
+
+/// The client's side of a call once its first message is read.
+struct Inbound {
+    headers: HeaderMap,
+    path: String,
+    first: Bytes,
+    body: RecvStream,
+    deframer: Deframer,
+    ended: bool,
+    bytes_in: u64,
+}
+
+fn unreachable(target: &Target, e: String) -> Refusal {
+    Refusal::new(
+        Code::Unavailable,
+        "unavailable",
+        format!("server {} is unreachable: {e}", target.server.name),
+    )
+}
+
+/// The request to the server: the client's metadata without its credential and routing
+/// parameter, with the server's token.
+fn upstream_request(
+    headers: &HeaderMap,
+    path: &str,
+    target: &Target,
+) -> Result<Request<()>, String> {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}{path}", target.server.address))
+        .body(())
+        .map_err(|e| e.to_string())?;
+    for (name, value) in headers {
+        if !DROPPED_HEADERS.contains(&name.as_str()) {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    request
+        .headers_mut()
+        .insert("te", HeaderValue::from_static("trailers"));
+    if let Some(token) = &target.token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "its token is not a valid header value".to_string())?;
+        request.headers_mut().insert("authorization", value);
+    }
+    Ok(request)
 }
 
 /// Where a call goes.
@@ -794,6 +811,44 @@ fn answer_status(respond: &mut SendResponse<Bytes>, code: Code, message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_get_the_servers_token_never_the_callers_credential_or_routing_parameter() {
+        let target = Target {
+            server: Server {
+                name: "s1".into(),
+                address: "10.0.0.1:15002".into(),
+            },
+            token: Some("server-secret".into()),
+            claim: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer user-token"),
+        );
+        headers.insert(CLUSTER_HEADER, HeaderValue::from_static("etl.team"));
+        headers.insert("grpc-timeout", HeaderValue::from_static("5S"));
+        headers.insert("user-agent", HeaderValue::from_static("pyspark"));
+        let request = upstream_request(
+            &headers,
+            "/spark.connect.SparkConnectService/Config",
+            &target,
+        )
+        .expect("a request");
+        assert_eq!(request.headers()["authorization"], "Bearer server-secret");
+        assert!(request.headers().get(CLUSTER_HEADER).is_none());
+        assert_eq!(
+            request.headers()["grpc-timeout"],
+            "5S",
+            "deadlines pass through"
+        );
+        assert_eq!(request.headers()["te"], "trailers");
+        assert_eq!(
+            request.uri().to_string(),
+            "http://10.0.0.1:15002/spark.connect.SparkConnectService/Config"
+        );
+    }
 
     #[test]
     fn status_messages_survive_percent_encoding() {
