@@ -422,7 +422,12 @@ import json, sys, time
 from pyspark.sql import SparkSession, functions as F
 s = SparkSession.builder.remote(sys.argv[1]).create()
 groups = s.range(0, 100000, 1, 4).groupBy((F.col("id") % 7).alias("k")).count().orderBy("k").collect()
-print(json.dumps({"groups": [[r["k"], r["count"]] for r in groups]}), flush=True)
+import os, tempfile
+helper = os.path.join(tempfile.mkdtemp(), "sco_gateway_helper.py")
+with open(helper, "w") as f:
+    f.write("def triple(x):\n    return 3 * x\n")
+s.addArtifacts(helper, pyfile=True)
+print(json.dumps({"groups": [[r["k"], r["count"]] for r in groups], "artifact": "added"}), flush=True)
 print(json.dumps({"long": "started"}), flush=True)
 t = time.perf_counter()
 n = s.sql("SELECT count(*) AS n FROM range(0, 25, 1, 1) WHERE reflect('java.lang.Thread', 'sleep', cast(1000 as bigint)) IS NOT NULL").collect()[0]["n"]
@@ -516,6 +521,10 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
     assert_eq!(groups.len(), 7, "{first}");
     let total: i64 = groups.iter().map(|g| g[1].as_i64().unwrap_or(0)).sum();
     assert_eq!(total, 100_000, "the rows came through the proxy whole");
+    assert_eq!(
+        first["artifact"], "added",
+        "an AddArtifacts client stream went through"
+    );
     // Spark's own record of the session (the Connect tab of its UI) names the authenticated
     // user, never the user_id the client claimed.
     let servers: Api<k8s_openapi::api::core::v1::Pod> =
@@ -577,6 +586,33 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
         "the long query completed after {victim} was killed: {done}; client stderr (last lines, reversed):\n{tail}"
     );
     assert!(out.status.success(), "{stderr}");
+
+    // The audit trail has the artifact upload, the query with its SQL and plan kind, and the
+    // reattach that resumed it on the surviving replica.
+    let lines = audit_lines(&world).await;
+    let dana: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["user"] == "system:serviceaccount:gw-spark:dana")
+        .collect();
+    let has = |rpc: &str, check: &dyn Fn(&Value) -> bool| {
+        dana.iter()
+            .any(|l| l["rpc"] == rpc && l["outcome"] == "ok" && check(l))
+    };
+    assert!(
+        has("AddArtifacts", &|l| l["bytes_in"].as_u64() > Some(0)),
+        "AddArtifacts audited"
+    );
+    assert!(
+        has("ExecutePlan", &|l| l["plan"] == "command:sql_command"
+            && l["sql"].as_str().is_some_and(
+                |q| q.contains("reflect('java.lang.Thread'")
+            )),
+        "the long query audited with its SQL"
+    );
+    assert!(
+        has("ReattachExecute", &|l| l["operation_id"].is_string()),
+        "the reattach audited"
+    );
     println!(
         "gateway replica {victim} killed during a {:.1}s query; pyspark reattached and the query completed",
         done["seconds"].as_f64().unwrap_or_default()
