@@ -137,17 +137,17 @@ fn bind(world: &World, namespace: &str, name: &str, subject: &str) {
 
 /// Audit lines of every gateway replica.
 async fn audit_lines(world: &World) -> Vec<Value> {
+    let prefix = format!(
+        "{}_sco-spark-connect-operator-gateway-",
+        World::operator_namespace()
+    );
     let mut lines = Vec::new();
-    for (name, _) in sco_e2e::gateway::replicas(&world.client)
-        .await
-        .expect("gateway pods")
-    {
-        let log: PathBuf = world
-            .state
-            .join("pods")
-            .join(format!("{}_{name}", World::operator_namespace()))
-            .join("log");
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let dirs = std::fs::read_dir(world.state.join("pods")).expect("pod logs");
+    for dir in dirs.filter_map(Result::ok) {
+        if !dir.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let text = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
         lines.extend(
             text.lines()
                 .filter_map(|l| l.find("{\"audit\"").map(|i| &l[i..]))
@@ -414,9 +414,11 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     );
 }
 
-/// Runs a query through the gateway with real Spark, then a long query during which the
-/// gateway replica carrying it is killed: pyspark reattaches through the Service to the other
-/// replica, which routes the same session to the same server, and the query completes.
+/// Runs a query and an artifact upload through the gateway with real Spark, then two long
+/// queries: during the first the gateway replica carrying it is killed (pyspark reattaches
+/// through the Service to the other replica, which routes the same session to the same server,
+/// and the query completes); during the second the carrying replica is deleted the ordinary way
+/// and drains (the query finishes on it).
 const SPARK_CLIENT: &str = r#"
 import json, sys, time
 from pyspark.sql import SparkSession, functions as F
@@ -428,10 +430,11 @@ with open(helper, "w") as f:
     f.write("def triple(x):\n    return 3 * x\n")
 s.addArtifacts(helper, pyfile=True)
 print(json.dumps({"groups": [[r["k"], r["count"]] for r in groups], "artifact": "added"}), flush=True)
-print(json.dumps({"long": "started"}), flush=True)
-t = time.perf_counter()
-n = s.sql("SELECT count(*) AS n FROM range(0, 25, 1, 1) WHERE reflect('java.lang.Thread', 'sleep', cast(1000 as bigint)) IS NOT NULL").collect()[0]["n"]
-print(json.dumps({"long": n, "seconds": time.perf_counter() - t}), flush=True)
+for round in (1, 2):
+    print(json.dumps({"long": "started", "round": round}), flush=True)
+    t = time.perf_counter()
+    n = s.sql("SELECT count(*) AS n%d FROM range(0, 25, 1, 1) WHERE reflect('java.lang.Thread', 'sleep', cast(1000 as bigint)) IS NOT NULL" % round).collect()[0][0]
+    print(json.dumps({"long": n, "seconds": time.perf_counter() - t}), flush=True)
 "#;
 
 /// Gateway replicas (name, pod IP) with a call in flight, by their metrics.
@@ -443,6 +446,27 @@ fn gateway_pods_with_calls(world: &World, pods: &[(String, String)]) -> Vec<Stri
         })
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+/// The gateway replica carrying the call in flight, a few seconds into it.
+async fn carrying_replica(world: &World) -> String {
+    let pods = sco_e2e::gateway::replicas(&world.client)
+        .await
+        .expect("gateway pods");
+    assert!(pods.len() >= 2, "two gateway replicas");
+    let mut carrying = Vec::new();
+    wait_until(
+        Duration::from_secs(20),
+        "the long query to be in flight",
+        || {
+            carrying = gateway_pods_with_calls(world, &pods);
+            let found = !carrying.is_empty();
+            async move { found }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    carrying[0].clone()
 }
 
 #[tokio::test]
@@ -554,23 +578,7 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
     );
 
     assert_eq!(next().await["long"], "started");
-    let pods = sco_e2e::gateway::replicas(&world.client)
-        .await
-        .expect("gateway pods");
-    assert!(pods.len() >= 2, "two gateway replicas");
-    let mut carrying = Vec::new();
-    wait_until(
-        Duration::from_secs(20),
-        "the long query to be in flight",
-        || {
-            carrying = gateway_pods_with_calls(&world, &pods);
-            let found = !carrying.is_empty();
-            async move { found }
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let victim = &carrying[0];
+    let victim = &carrying_replica(&world).await;
     let pid =
         sco_e2e::pod_pid(&world.state, &World::operator_namespace(), victim).expect("its pid");
     assert!(
@@ -578,12 +586,27 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
         "killing {victim}"
     );
     let done = next().await;
+    assert_eq!(
+        done["long"], 25,
+        "the long query completed after {victim} was killed: {done}"
+    );
+
+    // A replica deleted the ordinary way (SIGTERM) drains: the query it carries finishes on it.
+    assert_eq!(next().await["long"], "started");
+    let draining = carrying_replica(&world).await;
+    let gateway_pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(world.client.clone(), &World::operator_namespace());
+    gateway_pods
+        .delete(&draining, &Default::default())
+        .await
+        .expect("deleting a gateway replica");
+    let drained = next().await;
     let out = client.wait_with_output().await.expect("client exit");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let tail: String = stderr.lines().rev().take(30).collect::<Vec<_>>().join("\n");
     assert_eq!(
-        done["long"], 25,
-        "the long query completed after {victim} was killed: {done}; client stderr (last lines, reversed):\n{tail}"
+        drained["long"], 25,
+        "the query finished while {draining} drained: {drained}; client stderr (last lines, reversed):\n{tail}"
     );
     assert!(out.status.success(), "{stderr}");
 
@@ -613,8 +636,14 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
         has("ReattachExecute", &|l| l["operation_id"].is_string()),
         "the reattach audited"
     );
+    assert!(
+        has("ExecutePlan", &|l| l["gateway"] == draining.as_str()
+            && l["sql"].as_str().is_some_and(|q| q.contains("AS n2"))),
+        "the draining replica {draining} finished the second query and audited it"
+    );
     println!(
-        "gateway replica {victim} killed during a {:.1}s query; pyspark reattached and the query completed",
-        done["seconds"].as_f64().unwrap_or_default()
+        "gateway replica {victim} killed during a {:.1}s query: pyspark reattached and it completed; {draining} deleted during another: it drained and finished it ({:.1}s)",
+        done["seconds"].as_f64().unwrap_or_default(),
+        drained["seconds"].as_f64().unwrap_or_default()
     );
 }
