@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -375,6 +375,25 @@ impl SignalNumber for std::process::ExitStatus {
     }
 }
 
+/// Resolves once process `pid` is in a network namespace other than the agent's.
+async fn wait_for_own_netns(pid: &str) -> anyhow::Result<()> {
+    let own = std::fs::read_link("/proc/self/ns/net").context("reading the node's netns")?;
+    let theirs = format!("/proc/{pid}/ns/net");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match std::fs::read_link(&theirs) {
+            Ok(ns) if ns != own => return Ok(()),
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(_) => {
+                bail!("the sandbox {pid} did not enter a network namespace of its own in 30 s")
+            }
+            Err(e) => bail!("the sandbox {pid} is gone: {e}"),
+        }
+    }
+}
+
 /// Starts the sandbox in new network, UTS and mount namespaces and plugs its veth in.
 async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> {
     let log = std::fs::OpenOptions::new()
@@ -395,6 +414,10 @@ async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> 
         .spawn()
         .context("starting the pod sandbox")?;
     let pid = child.id().context("sandbox has no pid")?.to_string();
+    // `unshare` has not necessarily entered its new network namespace yet (under load it may
+    // lag): a veth peer moved to its PID before then lands in the node's namespace, where eth0
+    // exists ("File exists"). Wait until the sandbox's namespace is its own.
+    wait_for_own_netns(&pid).await?;
     // veth names are limited to 15 characters: derive them from the IP index.
     let host_end = format!("vp{ip_index}");
     let _ = sco_e2e::run("ip", &["link", "del", &host_end]);

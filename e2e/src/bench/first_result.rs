@@ -43,11 +43,11 @@ for line in sys.stdin:
 
 /// What the client measured for one endpoint.
 #[derive(Debug, Deserialize)]
-struct ClientTimings {
+pub(super) struct ClientTimings {
     #[serde(default)]
-    connect_ms: f64,
+    pub(super) connect_ms: f64,
     #[serde(default)]
-    first_ms: f64,
+    pub(super) first_ms: f64,
     #[serde(default)]
     second_ms: f64,
     #[serde(default)]
@@ -77,20 +77,24 @@ impl Round {
 }
 
 /// The Python client waiting inside the world.
-struct Client {
+pub(super) struct Client {
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Client {
-    async fn start(world: &Path) -> anyhow::Result<Self> {
+    /// Starts the client inside the world; `ca` is a CA file it trusts for TLS endpoints.
+    pub(super) async fn start(world: &Path, ca: Option<&Path>) -> anyhow::Result<Self> {
         let python = std::env::var("SCO_PYTHON").context("SCO_PYTHON")?;
+        let trust = ca
+            .map(|ca| format!("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", ca.display()))
+            .unwrap_or_else(|| "SCO_NO_EXTRA_CA=1".into());
         let mut child =
             tokio::process::Command::new(std::env::current_exe()?.with_file_name("sco-world"))
                 .arg("--state")
                 .arg(world)
-                .args(["exec", "--", &python, "-u", "-c", CLIENT])
+                .args(["exec", "--", "env", &trust, &python, "-u", "-c", CLIENT])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true)
@@ -116,7 +120,8 @@ impl Client {
             .context("the Python client exited")
     }
 
-    async fn query(&mut self, endpoint: &str) -> anyhow::Result<ClientTimings> {
+    /// Connects to `endpoint`, runs the two queries and checks their results.
+    pub(super) async fn query(&mut self, endpoint: &str) -> anyhow::Result<ClientTimings> {
         self.stdin
             .write_all(format!("{endpoint}\n").as_bytes())
             .await?;
@@ -166,7 +171,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<serde_json::Value>> {
     let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
     let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
-    let mut python = Client::start(world).await?;
+    let mut python = Client::start(world, None).await?;
     let mut rows = Vec::new();
     // The warm pool refills the moment a server is claimed, so on a small machine the
     // replacement's JVM start shares the cores with the claimant's first query; a pool at its
