@@ -3,6 +3,10 @@
 
 /// The bridge address: gateway of the pod network, apiserver and DNS address.
 pub const GATEWAY: &str = "10.244.0.1";
+/// MAC address of the bridge, set once: a bridge otherwise takes its lowest port's address, and
+/// every change flushed the node's neighbour entries (permanent ones too) and stranded pods
+/// holding the old one.
+pub const GATEWAY_MAC: &str = "02:00:0a:f4:00:01";
 /// The pod network.
 pub const POD_CIDR: &str = "10.244.0.0/16";
 /// The service network.

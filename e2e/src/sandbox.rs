@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use sco_e2e::net::GATEWAY;
+use sco_e2e::net::{GATEWAY, GATEWAY_MAC};
 use sco_e2e::run;
 
 /// One mount of the pod's root, applied in order.
@@ -32,7 +32,7 @@ pub enum Mount {
 /// Everything the sandbox needs, written by the agent as JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SandboxSpec {
-    /// Pod IP (prefix length 16).
+    /// Pod IP (a /32: every packet goes through the node, see [`crate::agent`]).
     pub ip: String,
     /// Hostname (the pod name).
     pub hostname: String,
@@ -110,12 +110,37 @@ pub fn run_sandbox(spec_path: &Path) -> anyhow::Result<()> {
         .context("waiting for the agent")?;
 
     run("ip", &["link", "set", "lo", "up"])?;
+    // A /32 with the node as the only neighbour, entered permanently: pod-to-pod traffic is
+    // routed by the node, and no pod holds an ARP entry per peer. The kernel's neighbour table
+    // is shared by all network namespaces and capped (gc_thresh3, 1024 by default) for entries
+    // that are not permanent, which ~500 pods exhausted.
     run(
         "ip",
-        &["addr", "add", &format!("{}/16", spec.ip), "dev", "eth0"],
+        &["addr", "add", &format!("{}/32", spec.ip), "dev", "eth0"],
     )?;
     run("ip", &["link", "set", "eth0", "up"])?;
-    run("ip", &["route", "add", "default", "via", GATEWAY])?;
+    run(
+        "ip",
+        &["route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+    )?;
+    run(
+        "ip",
+        &["route", "add", "default", "via", GATEWAY, "dev", "eth0"],
+    )?;
+    run(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            GATEWAY,
+            "lladdr",
+            GATEWAY_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
     let hostname = std::ffi::CString::new(spec.hostname.clone())?;
     if unsafe { libc::sethostname(hostname.as_ptr(), spec.hostname.len()) } != 0 {
         bail!("sethostname: {}", std::io::Error::last_os_error());

@@ -12,7 +12,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use sco_e2e::client_from;
-use sco_e2e::net::{APISERVER_PORT, DNS_SERVICE_IP, GATEWAY, NODE_NAME, POD_CIDR, SERVICE_CIDR};
+use sco_e2e::net::{
+    APISERVER_PORT, DNS_SERVICE_IP, GATEWAY, GATEWAY_MAC, NODE_NAME, POD_CIDR, SERVICE_CIDR,
+};
 use sco_e2e::poll::until;
 use sco_e2e::run;
 use tokio::process::{Child, Command};
@@ -23,6 +25,7 @@ use crate::{agent, relay};
 fn setup_network() -> anyhow::Result<()> {
     run("ip", &["link", "set", "lo", "up"])?;
     run("ip", &["link", "add", "br0", "type", "bridge"])?;
+    run("ip", &["link", "set", "br0", "address", GATEWAY_MAC])?;
     run(
         "ip",
         &["addr", "add", &format!("{GATEWAY}/16"), "dev", "br0"],

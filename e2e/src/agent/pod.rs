@@ -285,7 +285,7 @@ async fn supervise(
     let started_at = Timestamp::now();
     let mut restarts = 0;
     loop {
-        let mut running = start(dir, ip_index).await?;
+        let mut running = start(dir, ip_index, ip).await?;
         // The container's PID inside the world, for tests that signal it (`sco-world exec -- kill`).
         std::fs::write(
             dir.join("pid"),
@@ -375,6 +375,13 @@ impl SignalNumber for std::process::ExitStatus {
     }
 }
 
+/// A locally administered MAC address made from a pod's IPv4 address (`0a:58:` and its octets).
+fn pod_mac(ip: &str) -> anyhow::Result<String> {
+    let address: std::net::Ipv4Addr = ip.parse().context("a pod IPv4 address")?;
+    let [a, b, c, d] = address.octets();
+    Ok(format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}"))
+}
+
 /// Resolves once process `pid` is in a network namespace other than the agent's.
 async fn wait_for_own_netns(pid: &str) -> anyhow::Result<()> {
     let own = std::fs::read_link("/proc/self/ns/net").context("reading the node's netns")?;
@@ -395,7 +402,7 @@ async fn wait_for_own_netns(pid: &str) -> anyhow::Result<()> {
 }
 
 /// Starts the sandbox in new network, UTS and mount namespaces and plugs its veth in.
-async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> {
+async fn start(dir: &std::path::Path, ip_index: u32, ip: &str) -> anyhow::Result<Running> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -421,10 +428,28 @@ async fn start(dir: &std::path::Path, ip_index: u32) -> anyhow::Result<Running> 
     // veth names are limited to 15 characters: derive them from the IP index.
     let host_end = format!("vp{ip_index}");
     let _ = sco_e2e::run("ip", &["link", "del", &host_end]);
+    // The pod's MAC follows from its IP, so the node's permanent neighbour entry for it is
+    // known before the pod starts (permanent entries are exempt from the kernel's shared cap).
+    let mac = pod_mac(ip)?;
     sco_e2e::run(
         "ip",
         &[
-            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &pid,
+            "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "address", &mac,
+            "netns", &pid,
+        ],
+    )?;
+    sco_e2e::run(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac,
+            "dev",
+            "br0",
+            "nud",
+            "permanent",
         ],
     )?;
     sco_e2e::run("ip", &["link", "set", &host_end, "master", "br0"])?;
@@ -634,4 +659,24 @@ async fn patch_status(api: &Api<Pod>, name: &str, status: serde_json::Value) -> 
     .await
     .with_context(|| format!("updating the status of pod {name}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pods_mac_follows_from_its_ip_and_is_locally_administered() {
+        assert_eq!(
+            pod_mac("10.244.1.7").ok().as_deref(),
+            Some("0a:58:0a:f4:01:07")
+        );
+        assert!(pod_mac("not an ip").is_err());
+        let first = u8::from_str_radix(&pod_mac("10.244.0.2").unwrap_or_default()[..2], 16);
+        assert_eq!(
+            first.map(|b| b & 0b11),
+            Ok(0b10),
+            "locally administered, unicast"
+        );
+    }
 }

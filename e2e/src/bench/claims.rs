@@ -209,6 +209,7 @@ pub async fn run(
     only_spark: bool,
     spark_rounds: usize,
     concurrency: &[usize],
+    rounds: Option<usize>,
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     sco_e2e::fresh_namespace(&client, NS).await?;
@@ -241,7 +242,7 @@ pub async fn run(
     } else {
         concurrency
             .iter()
-            .map(|&c| (c, if c == 1 { 20 } else { 10 }))
+            .map(|&c| (c, rounds.unwrap_or(if c == 1 { 20 } else { 10 })))
             .collect()
     };
     for (concurrency, rounds) in fake_scenarios {

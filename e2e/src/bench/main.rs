@@ -52,6 +52,9 @@ enum Command {
         /// Concurrent claims of each claim-to-Bound scenario (20 rounds of 1, 10 of the others).
         #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
         concurrency: Vec<usize>,
+        /// Rounds of each claim-to-Bound scenario instead of 20 (1 claim) and 10 (the others).
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
     Economics {
@@ -111,7 +114,8 @@ async fn main() -> anyhow::Result<()> {
             only_spark,
             spark_rounds,
             concurrency,
-        } => claims::run(world, spark, only_spark, spark_rounds, &concurrency).await,
+            rounds,
+        } => claims::run(world, spark, only_spark, spark_rounds, &concurrency, rounds).await,
         Command::Economics { world } => economics::run(world).await,
         Command::Scale {
             world,
