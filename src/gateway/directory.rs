@@ -16,9 +16,7 @@ use tokio::sync::Notify;
 
 use super::cache::TtlCache;
 use super::route::ClusterRef;
-use crate::builders::labels::{
-    CLUSTER_LABEL, ROLE_LABEL, STATE_LABEL, ServerRole, ServerState, TOKEN_KEY,
-};
+use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL, ServerState, TOKEN_KEY};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 
 /// Label on every claim the gateway makes: a hash of the user it is for.
@@ -177,10 +175,10 @@ impl Directory {
             .filter(|pod| pod.namespace().as_deref() == Some(cluster.namespace.as_str()))
             .filter(|pod| pod.labels().get(CLUSTER_LABEL) == Some(&cluster.name))
             .filter(|pod| {
-                ServerRole::from_label(pod.labels().get(ROLE_LABEL).map(String::as_str))
-                    == ServerRole::Endpoint
-                    && ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
-                        == ServerState::Shared
+                // Without token auth the operator may hand a pool server to the endpoint: the
+                // state says who serves the shared Service, whatever the role.
+                ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
+                    == ServerState::Shared
                     && pod.metadata.deletion_timestamp.is_none()
             })
             .filter_map(|pod| {
