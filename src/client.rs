@@ -1,6 +1,11 @@
-//! Building the Kubernetes clients: one for watches (long-lived streams, no read timeout) and
-//! one for requests (timeouts; write requests counted and refused while the leader fence is
-//! closed, so a paused or partitioned ex-leader cannot act after its Lease could be taken).
+//! Building the Kubernetes clients: one for watches (long-lived streams, no timeout) and one for
+//! requests (timeouts; write requests counted and refused while the leader fence is closed, so
+//! a paused or partitioned ex-leader cannot act after its Lease could be taken).
+//!
+//! Each client speaks HTTP/2 to the apiserver (as client-go does) over one TLS connection that
+//! carries all its requests at once: a burst of reconciles or binds opens no new connections
+//! (with HTTP/1.1 every request in flight needed its own, hundreds of idle TLS connections
+//! then held tens of megabytes), and dead connections are found by HTTP/2 pings.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,17 +13,62 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use http::Method;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use jiff::Timestamp;
+use kube::client::ConfigExt;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, client::ClientBuilder};
 use prometheus::IntCounterVec;
+use tower::ServiceBuilder;
 use tower::filter::FilterLayer;
-use tower::util::MapRequestLayer;
+use tower::timeout::TimeoutLayer;
+use tower::util::{BoxService, MapRequestLayer};
 
 /// Longest wait for one API response.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an HTTP/2 connection is pinged, and how long an answer may take before the
+/// connection counts as dead (its requests fail and the next ones open a new connection).
+const PING_EVERY: Duration = Duration::from_secs(20);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service every client is built on: requests in, responses out.
+type Transport = BoxService<
+    http::Request<kube::client::Body>,
+    http::Response<hyper::body::Incoming>,
+    tower::BoxError,
+>;
+
+/// The apiserver transport for `config`: HTTP/2 when the server offers it (ALPN), HTTP/1.1
+/// otherwise; the cluster's TLS settings and credentials (token files are re-read as they
+/// rotate); `timeout` bounds the wait for each response's head.
+fn transport(config: &Config, timeout: Option<Duration>) -> Result<Transport, ClientError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.rustls_client_config()?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .http2_keep_alive_interval(PING_EVERY)
+        .http2_keep_alive_timeout(PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
+        .build(https);
+    let service = ServiceBuilder::new()
+        .option_layer(timeout.map(TimeoutLayer::new))
+        .layer(config.base_uri_layer())
+        .option_layer(config.auth_layer()?)
+        .layer(config.extra_headers_layer()?)
+        .map_err(tower::BoxError::from)
+        .service(client);
+    Ok(BoxService::new(service))
+}
 
 /// Why no client could be built.
 #[derive(Debug, thiserror::Error)]
@@ -129,11 +179,12 @@ pub async fn watch_client(
     kubeconfig: Option<&Path>,
     requests: IntCounterVec,
 ) -> Result<Client, ClientError> {
-    let mut config = config(kubeconfig).await?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    Ok(ClientBuilder::try_from(config)?
-        .with_layer(&counting(requests))
-        .build())
+    let config = config(kubeconfig).await?;
+    Ok(
+        ClientBuilder::new(transport(&config, None)?, config.default_namespace)
+            .with_layer(&counting(requests))
+            .build(),
+    )
 }
 
 /// A client for requests with timeouts, counting each request it sends in `requests` and each
@@ -144,11 +195,7 @@ pub async fn request_client(
     writes: IntCounterVec,
     fence: Fence,
 ) -> Result<Client, ClientError> {
-    let mut config = config(kubeconfig).await?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(REQUEST_TIMEOUT);
-    config.write_timeout = Some(REQUEST_TIMEOUT);
-    config.reset_reader_on_write = true;
+    let config = config(kubeconfig).await?;
     let fenced = FilterLayer::new(move |request: http::Request<kube::client::Body>| {
         if is_write(request.method()) && !fence.allows_writes() {
             return Err(tower::BoxError::from(
@@ -164,21 +211,24 @@ pub async fn request_client(
         request
     });
     // The last layer is the outermost: the fence decides before a write is counted or sent.
-    Ok(ClientBuilder::try_from(config)?
-        .with_layer(&counting(requests))
-        .with_layer(&count_writes)
-        .with_layer(&fenced)
-        .build())
+    Ok(ClientBuilder::new(
+        transport(&config, Some(REQUEST_TIMEOUT))?,
+        config.default_namespace,
+    )
+    .with_layer(&counting(requests))
+    .with_layer(&count_writes)
+    .with_layer(&fenced)
+    .build())
 }
 
 /// A client for the leader Lease alone: timeouts, never fenced, not counted.
 pub async fn lease_client(kubeconfig: Option<&Path>) -> Result<Client, ClientError> {
-    let mut config = config(kubeconfig).await?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(REQUEST_TIMEOUT);
-    config.write_timeout = Some(REQUEST_TIMEOUT);
-    config.reset_reader_on_write = true;
-    Ok(Client::try_from(config)?)
+    let config = config(kubeconfig).await?;
+    Ok(ClientBuilder::new(
+        transport(&config, Some(REQUEST_TIMEOUT))?,
+        config.default_namespace,
+    )
+    .build())
 }
 
 #[cfg(test)]

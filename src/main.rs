@@ -101,16 +101,6 @@ fn main() -> ExitCode {
             lease_namespace,
         } => {
             telemetry::init(log_json);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let options = Options {
                 kubeconfig,
                 namespace,
@@ -119,19 +109,21 @@ fn main() -> ExitCode {
                 max_probe_connections,
                 leader_election: leader_election.then_some((lease_namespace, lease_duration)),
             };
-            match runtime.block_on(run(options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "operator failed");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on("operator", run(options))
         }
     }
 }
 
 fn run_gateway(args: gateway::GatewayArgs) -> ExitCode {
     telemetry::init(args.log_json);
+    block_on("gateway", gateway::run(args))
+}
+
+/// Runs `main` of the long-running command `what` on a multi-threaded runtime until it ends.
+fn block_on<E: std::fmt::Display>(
+    what: &str,
+    main: impl Future<Output = Result<(), E>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,10 +134,10 @@ fn run_gateway(args: gateway::GatewayArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(gateway::run(args)) {
+    match runtime.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "gateway failed");
+            tracing::error!(error = %e, "{what} failed");
             ExitCode::FAILURE
         }
     }

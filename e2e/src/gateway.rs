@@ -11,7 +11,7 @@ use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::openssl;
+use crate::{certs, openssl};
 
 /// The gateway Service's name inside the world.
 pub const HOST: &str = "sco-spark-connect-operator-gateway.sco-system.svc.cluster.local";
@@ -36,99 +36,20 @@ pub struct Pki {
 
 /// A CA and the gateway's serving certificate, in `dir`.
 fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let ec = |name: &str| {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                name,
-            ],
-        )
-    };
-    ec("ca.key")?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=sco gateway test CA",
-            "-days",
-            "2",
-            "-out",
-            "ca.crt",
-        ],
-    )?;
-    ec("tls.ec")?;
-    openssl(
-        dir,
-        &[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "tls.ec", "-out", "tls.key",
-        ],
-    )?;
+    certs::ca(dir, "/CN=sco gateway test CA", 2)?;
     let short = HOST.trim_end_matches(".cluster.local");
-    std::fs::write(
-        dir.join("san.ext"),
-        format!("subjectAltName=DNS:{HOST},DNS:{short}\n"),
-    )?;
-    openssl(
+    certs::signed(
         dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "tls.key",
-            "-subj",
-            "/CN=gateway",
-            "-out",
-            "tls.csr",
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "tls.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "tls.crt",
-        ],
+        "tls",
+        "/CN=gateway",
+        &format!("subjectAltName=DNS:{HOST},DNS:{short}\n"),
+        2,
     )
 }
 
 /// An EC P-256 signing key: (PKCS#8 DER, a JWKS with its public half).
 fn make_jwt_key(dir: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "jwt.ec",
-        ],
-    )?;
+    certs::ec_key(dir, "jwt.ec")?;
     openssl(
         dir,
         &[

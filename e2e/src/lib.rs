@@ -1,6 +1,7 @@
 //! What the world binary, the e2e tests and the benchmarks share: the world's addresses, a
 //! client for a running world, and one poll loop.
 
+pub mod certs;
 pub mod gateway;
 pub mod net;
 pub mod operator;

@@ -2,90 +2,29 @@
 
 use std::path::Path;
 
-use sco_e2e::openssl;
+use sco_e2e::{certs, openssl};
+
+/// How long the world's certificates last.
+const DAYS: u32 = 30;
 
 /// Creates the CA, apiserver serving cert, admin client cert and service-account key in `dir`.
 pub fn generate(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let ec = |name: &str| {
-        openssl(
-            dir,
-            &[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                name,
-            ],
-        )
-    };
-    ec("ca.key")?;
-    openssl(
+    certs::ca(dir, "/CN=sco-world-ca", DAYS)?;
+    certs::signed(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=sco-world-ca",
-            "-out",
-            "ca.crt",
-        ],
-    )?;
-    let sign = |name: &str, subject: &str, ext: &str| -> anyhow::Result<()> {
-        ec(&format!("{name}.key"))?;
-        std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &format!("{name}.key"),
-                "-subj",
-                subject,
-                "-out",
-                &format!("{name}.csr"),
-            ],
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-extfile",
-                &format!("{name}.ext"),
-                "-out",
-                &format!("{name}.crt"),
-            ],
-        )
-    };
-    sign(
         "apiserver",
         "/CN=kube-apiserver",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n\
          subjectAltName=IP:10.244.0.1,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,\
          DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost\n",
+        DAYS,
     )?;
-    sign(
+    certs::signed(
+        dir,
         "admin",
         "/O=system:masters/CN=sco-admin",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        DAYS,
     )?;
     openssl(dir, &["genrsa", "-out", "sa.key", "2048"])?;
     openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;

@@ -11,11 +11,11 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use sco_e2e::gateway::{AUDIENCE, HOST as GATEWAY_HOST, Pki};
 use serde_json::{Value, json};
 use spark_connect_operator::crd::{SparkConnectClaim, SparkConnectCluster};
-use support::{World, create_pool, fake_spec, wait_until};
+use support::{World, create_pool, create_serving, fake_spec, wait_until};
 
 /// Connects once per line of input (an `sc://` URL) and answers with what the server saw as
 /// the user, or the error.
@@ -185,24 +185,7 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     let a_clusters: Api<SparkConnectCluster> =
         Api::namespaced(world.client.clone(), &analytics.name);
     let s_clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &science.name);
-    let a_create = async {
-        let cluster =
-            serde_json::from_value(json!({"metadata": {"name": "analytics"}, "spec": shared}))
-                .expect("cluster");
-        a_clusters
-            .create(&PostParams::default(), &cluster)
-            .await
-            .expect("create analytics");
-        sco_e2e::cluster_status_until(
-            &a_clusters,
-            "analytics",
-            "a shared server",
-            Duration::from_secs(120),
-            |s| s.servers.shared >= 1,
-        )
-        .await
-        .expect("analytics serves");
-    };
+    let a_create = create_serving(&a_clusters, "analytics", shared, Duration::from_secs(120));
     let s_create = create_pool(
         &s_clusters,
         "science",
@@ -448,8 +431,24 @@ fn gateway_pods_with_calls(world: &World, pods: &[(String, String)]) -> Vec<Stri
         .collect()
 }
 
-/// The gateway replica carrying the call in flight, a few seconds into it.
-async fn carrying_replica(world: &World) -> String {
+/// Whether the Spark server at `ip` runs a job now (its REST API's running jobs).
+fn spark_job_running(world: &World, ip: &str) -> bool {
+    let get = |path: &str| -> Value {
+        let out = world.exec(&["curl", "-s", &format!("http://{ip}:4040/api/v1/{path}")]);
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let apps = get("applications");
+    let Some(app) = apps[0]["id"].as_str() else {
+        return false;
+    };
+    get(&format!("applications/{app}/jobs?status=running"))
+        .as_array()
+        .is_some_and(|jobs| !jobs.is_empty())
+}
+
+/// The gateway replica carrying the call in flight, once the query runs on the Spark server at
+/// `server_ip` (so the server holds the operation a reattach resumes).
+async fn carrying_replica(world: &World, server_ip: &str) -> String {
     let pods = sco_e2e::gateway::replicas(&world.client)
         .await
         .expect("gateway pods");
@@ -457,15 +456,14 @@ async fn carrying_replica(world: &World) -> String {
     let mut carrying = Vec::new();
     wait_until(
         Duration::from_secs(20),
-        "the long query to be in flight",
+        "the long query to run on the server through a gateway replica",
         || {
             carrying = gateway_pods_with_calls(world, &pods);
-            let found = !carrying.is_empty();
+            let found = !carrying.is_empty() && spark_job_running(world, server_ip);
             async move { found }
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     carrying[0].clone()
 }
 
@@ -483,21 +481,7 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
         "executors": {"dynamicAllocation": {"enabled": true, "minExecutors": 0, "maxExecutors": 1}},
         "probe": {"period": "5s", "timeout": "3s"}
     });
-    let cluster = serde_json::from_value(json!({"metadata": {"name": "lake"}, "spec": spec}))
-        .expect("cluster");
-    clusters
-        .create(&PostParams::default(), &cluster)
-        .await
-        .expect("create lake");
-    sco_e2e::cluster_status_until(
-        &clusters,
-        "lake",
-        "a shared Spark server",
-        Duration::from_secs(300),
-        |s| s.servers.shared >= 1,
-    )
-    .await
-    .expect("lake serves");
+    create_serving(&clusters, "lake", spec, Duration::from_secs(300)).await;
     let dana = service_account_token(&world, &ns.name, "dana", AUDIENCE);
     bind(
         &world,
@@ -553,7 +537,7 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
     // user, never the user_id the client claimed.
     let servers: Api<k8s_openapi::api::core::v1::Pod> =
         Api::namespaced(world.client.clone(), &ns.name);
-    let ui: String = servers
+    let server_ips: Vec<String> = servers
         .list(
             &ListParams::default()
                 .labels("sparkconnect.dev/cluster=lake,sparkconnect.dev/state=shared"),
@@ -563,6 +547,10 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
         .items
         .into_iter()
         .filter_map(|p| p.status?.pod_ip)
+        .collect();
+    let server_ip = server_ips.first().expect("the shared server's address");
+    let ui: String = server_ips
+        .iter()
         .map(|ip| {
             let out = world.exec(&["curl", "-s", &format!("http://{ip}:4040/connect/")]);
             String::from_utf8_lossy(&out.stdout).into_owned()
@@ -578,7 +566,7 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
     );
 
     assert_eq!(next().await["long"], "started");
-    let victim = &carrying_replica(&world).await;
+    let victim = &carrying_replica(&world, server_ip).await;
     let pid =
         sco_e2e::pod_pid(&world.state, &World::operator_namespace(), victim).expect("its pid");
     assert!(
@@ -593,7 +581,7 @@ async fn a_real_spark_query_streams_through_the_gateway_and_survives_the_loss_of
 
     // A replica deleted the ordinary way (SIGTERM) drains: the query it carries finishes on it.
     assert_eq!(next().await["long"], "started");
-    let draining = carrying_replica(&world).await;
+    let draining = carrying_replica(&world, server_ip).await;
     let gateway_pods: Api<k8s_openapi::api::core::v1::Pod> =
         Api::namespaced(world.client.clone(), &World::operator_namespace());
     gateway_pods

@@ -221,6 +221,7 @@ async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
         "annotations": {CLAIM_ANNOTATION: a.claim, USER_ANNOTATION: user}
     }});
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &terms.namespace);
+    let started = std::time::Instant::now();
     let stamped = pods
         .patch(
             &a.server.name,
@@ -241,7 +242,16 @@ async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
             };
         }
     }
-    match write_bound(ctx, terms, &claim, &a.server.name, a.first_seen).await {
+    let stamped_in = started.elapsed();
+    let written = write_bound(ctx, terms, &claim, &a.server.name, a.first_seen).await;
+    tracing::debug!(
+        claim = %a.claim,
+        server = %a.server.name,
+        server_write = ?stamped_in,
+        claim_write = ?started.elapsed().saturating_sub(stamped_in),
+        "bind written"
+    );
+    match written {
         Ok(()) => Outcome::Bound,
         Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone {
             server_stamped: true,

@@ -76,6 +76,7 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         .creation_timestamp
         .as_ref()
         .map_or_else(Timestamp::now, |t| t.0);
+    tracing::debug!(claim = %name, "claim joins the line");
     if let Err(full) = ctx
         .allocator
         .enqueue(&cluster_key, &name, created, Timestamp::now())

@@ -8,6 +8,8 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
+use tokio::sync::Semaphore;
+
 use super::guard::{Liveness, Retries};
 use super::known_tokens::KnownTokens;
 use super::pool::allocator::Allocator;
@@ -17,6 +19,9 @@ use super::stores::Stores;
 use crate::builders::labels::FIELD_MANAGER;
 use crate::metrics::Metrics;
 use crate::probe::prober::Prober;
+
+/// Events published at once; more wait their turn (first come, first served).
+const EVENTS_IN_FLIGHT: usize = 4;
 
 /// What every reconcile needs.
 pub struct Context {
@@ -42,6 +47,8 @@ pub struct Context {
     pub liveness: Liveness,
     /// Tokens of pool servers this process knows.
     pub tokens: KnownTokens,
+    /// Events being published at once (see [`Context::event`]).
+    events_in_flight: Arc<Semaphore>,
     me: Weak<Context>,
 }
 
@@ -65,6 +72,7 @@ impl Context {
             stores,
             retries: Retries::default(),
             liveness: Liveness::default(),
+            events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         })
     }
 
@@ -74,7 +82,9 @@ impl Context {
     }
 
     /// Publishes an Event on `object` in the background: Events never delay a reconcile or a
-    /// bind, and a failure to publish is only logged.
+    /// bind, go out a few at a time in the order they were made (a burst of binds does not
+    /// send a burst of Events competing with it for the apiserver), and a failure to publish
+    /// is only logged.
     pub fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -92,7 +102,11 @@ impl Context {
             secondary: None,
         };
         let reason = reason.to_string();
+        let in_flight = self.events_in_flight.clone();
         tokio::spawn(async move {
+            let Ok(_permit) = in_flight.acquire_owned().await else {
+                return;
+            };
             let publish = recorder.publish(&event, &reference);
             match tokio::time::timeout(Duration::from_secs(10), publish).await {
                 Ok(Ok(())) => {}

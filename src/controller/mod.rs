@@ -18,12 +18,17 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
-use kube::runtime::Controller;
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, controller};
 
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 pub use context::Context;
 use stores::{Stores, Triggers};
+
+/// Cluster reconciles in flight at once. Each is a handful of requests to the apiserver; with
+/// no bound, an operator starting beside a thousand clusters ran a thousand at once and held
+/// the memory of all of them. Claims are not bounded: each joins its line at once.
+const CLUSTER_RECONCILES: u16 = 16;
 
 /// Runs the cluster and claim controllers until `shutdown` resolves; `probed` carries clusters
 /// whose servers changed health.
@@ -47,6 +52,7 @@ pub async fn run(
         }
     });
     let clusters_done = Controller::for_stream(triggers.clusters, clusters)
+        .with_config(controller::Config::default().concurrency(CLUSTER_RECONCILES))
         // Pods map to their cluster by label, so a pod that only copies the labels is noticed.
         .watches_stream(triggers.pods, |pod| cluster_of_labelled(&pod))
         .owns_stream(triggers.services)

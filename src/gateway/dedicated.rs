@@ -75,8 +75,8 @@ pub struct Dedicated {
     metrics: GatewayMetrics,
     /// Calls in flight through this replica, by claim.
     in_flight: Mutex<HashMap<ClaimKey, usize>>,
-    /// When this replica last wrote a claim's last-call time.
-    touched: Mutex<HashMap<ClaimKey, Instant>>,
+    /// When this replica last wrote a claim's last-call time, and how often it writes it.
+    touched: Mutex<HashMap<ClaimKey, (Instant, Duration)>>,
 }
 
 fn idle_timeout(cluster: Option<&SparkConnectCluster>) -> Duration {
@@ -324,21 +324,14 @@ impl Dedicated {
     /// Writes the claim's last-call time when this replica's last write is older than a
     /// quarter of the idle timeout (in the background: calls never wait for it).
     fn touch_if_stale(self: &Arc<Self>, claim: &ClaimKey) {
-        let cluster = self.directory.claim(&claim.0, &claim.1).and_then(|c| {
-            self.directory.cluster(&ClusterRef {
-                namespace: claim.0.clone(),
-                name: c.spec.cluster.clone(),
-            })
-        });
-        let every = (idle_timeout(cluster.as_deref()) / 4).max(Duration::from_secs(2));
         let due = match self.touched.lock() {
-            Ok(mut touched) => {
-                let due = touched.get(claim).is_none_or(|at| at.elapsed() >= every);
-                if due {
-                    touched.insert(claim.clone(), Instant::now());
+            Ok(mut touched) => match touched.get(claim) {
+                Some((at, every)) if at.elapsed() < *every => false,
+                _ => {
+                    touched.insert(claim.clone(), (Instant::now(), self.touch_interval(claim)));
+                    true
                 }
-                due
-            }
+            },
             Err(_) => false,
         };
         if !due {
@@ -357,6 +350,18 @@ impl Dedicated {
                 tracing::debug!(claim = %claim.1, error = %e, "recording a claim's last call failed");
             }
         });
+    }
+
+    /// How often the last-call time of `claim` is written: a quarter of its cluster's idle
+    /// timeout (read from the stores only when a write is made, never on every call).
+    fn touch_interval(&self, claim: &ClaimKey) -> Duration {
+        let cluster = self.directory.claim(&claim.0, &claim.1).and_then(|c| {
+            self.directory.cluster(&ClusterRef {
+                namespace: claim.0.clone(),
+                name: c.spec.cluster.clone(),
+            })
+        });
+        (idle_timeout(cluster.as_deref()) / 4).max(Duration::from_secs(2))
     }
 
     /// One pass of the janitor: refreshes claims with calls in flight here, and releases claims

@@ -5,13 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::JwkSet;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::RwLock;
+
+use super::secret_watch;
 
 /// How often a JWKS URL is fetched again.
 pub const URL_REFRESH: Duration = Duration::from_secs(300);
@@ -25,30 +23,21 @@ pub async fn watch_secret(
     name: String,
     keys: Arc<RwLock<JwkSet>>,
 ) {
-    let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut events = watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Some(event) = events.next().await {
-        let secret = match event {
-            Ok(secret) => secret,
-            Err(e) => {
-                tracing::warn!(secret = %name, error = %e, "watching the JWKS Secret failed; retrying");
-                continue;
+    secret_watch::each_version(client, &namespace, &name, "JWKS", |secret| {
+        let (keys, name) = (keys.clone(), name.clone());
+        async move {
+            let document = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("jwks.json"))
+                .map(|v| v.0.clone());
+            match document {
+                Some(bytes) => load(&keys, &bytes, &name).await,
+                None => tracing::error!(secret = %name, "the JWKS Secret has no jwks.json key"),
             }
-        };
-        let document = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get("jwks.json"))
-            .map(|v| v.0.clone());
-        match document {
-            Some(bytes) => load(&keys, &bytes, &name).await,
-            None => tracing::error!(secret = %name, "the JWKS Secret has no jwks.json key"),
         }
-    }
+    })
+    .await;
 }
 
 /// Keeps `keys` filled from the JWKS at `url`, fetched every `every`.

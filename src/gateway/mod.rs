@@ -16,6 +16,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod secret_watch;
 pub mod server;
 pub mod tls;
 pub mod wire;

@@ -4,13 +4,12 @@
 
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::Client;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::secret_watch;
 
 /// The certificate currently served.
 #[derive(Clone, Default)]
@@ -58,23 +57,11 @@ impl Certificate {
         name: &str,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let certificate = Self::default();
-        let api: Api<Secret> = Api::namespaced(client, namespace);
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let target = certificate.clone();
-        let label = format!("{namespace}/{name}");
+        let (namespace, name) = (namespace.to_string(), name.to_string());
         let task = tokio::spawn(async move {
-            let mut events = watcher(api, config)
-                .default_backoff()
-                .applied_objects()
-                .boxed();
-            while let Some(event) = events.next().await {
-                let secret = match event {
-                    Ok(secret) => secret,
-                    Err(e) => {
-                        tracing::warn!(secret = %label, error = %e, "watching the TLS Secret failed; retrying");
-                        continue;
-                    }
-                };
+            let label = format!("{namespace}/{name}");
+            secret_watch::each_version(client, &namespace, &name, "TLS", |secret| {
                 let data = secret.data.unwrap_or_default();
                 let pem = |key: &str| data.get(key).map(|v| v.0.clone()).unwrap_or_default();
                 match server_config(&pem("tls.crt"), &pem("tls.key")) {
@@ -87,7 +74,9 @@ impl Certificate {
                         "the TLS Secret is unusable; still serving the previous certificate, if any"
                     ),
                 }
-            }
+                std::future::ready(())
+            })
+            .await;
         });
         (certificate, task)
     }

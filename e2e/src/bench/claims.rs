@@ -2,12 +2,13 @@
 //! write floor, claim-to-Bound for 1, 10, 100 and 500 concurrent claims on a warm pool of fake
 //! servers, and (see `first_result`) claim-to-first-result with real Spark.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -64,8 +65,14 @@ impl Bench {
         .await
     }
 
-    /// Creates `n` claims at once on `cluster`; returns each claim's create-to-Bound time.
-    async fn burst(&self, cluster: &str, n: usize, round: usize) -> anyhow::Result<Vec<Duration>> {
+    /// Creates `n` claims at once on `cluster`; returns each claim's create-to-Bound time and
+    /// where that time went, and the apiserver's requests (by verb and resource) meanwhile.
+    async fn burst(
+        &self,
+        cluster: &str,
+        n: usize,
+        round: usize,
+    ) -> anyhow::Result<(Vec<Phases>, BTreeMap<String, f64>)> {
         let creates = (0..n).map(|i| {
             let claims = self.claims.clone();
             let name = format!("{cluster}-r{round}-{i:03}");
@@ -75,11 +82,13 @@ impl Bench {
                 }))?;
                 let started = Instant::now();
                 claims.create(&PostParams::default(), &claim).await?;
-                anyhow::Ok((name, started))
+                anyhow::Ok((name, started, started.elapsed()))
             }
         });
-        let started: Vec<(String, Instant)> = futures::future::try_join_all(creates).await?;
-        let names: Vec<&String> = started.iter().map(|(n, _)| n).collect();
+        let before = apiserver_requests(&self.client).await;
+        let started: Vec<(String, Instant, Duration)> =
+            futures::future::try_join_all(creates).await?;
+        let names: Vec<&String> = started.iter().map(|(n, ..)| n).collect();
         wait("every claim Bound", Duration::from_secs(300), || async {
             self.bound_at
                 .lock()
@@ -87,17 +96,50 @@ impl Bench {
                 .unwrap_or(false)
         })
         .await?;
+        let after = apiserver_requests(&self.client).await;
+        let during: BTreeMap<String, f64> = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+            .filter(|(_, d)| *d > 0.0)
+            .collect();
+        let waited: HashMap<String, Duration> = self
+            .claims
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| {
+                let ms = u64::try_from(c.status.as_ref()?.wait_millis?).ok()?;
+                Some((c.name_any(), Duration::from_millis(ms)))
+            })
+            .collect();
         let bound = self
             .bound_at
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        Ok(started
+        let phases = started
             .iter()
-            .map(|(name, t)| bound[name].duration_since(*t))
-            .collect())
+            .map(|(name, t, create)| Phases {
+                total: bound[name].duration_since(*t),
+                create: *create,
+                in_operator: waited.get(name).copied().unwrap_or_default(),
+            })
+            .collect();
+        Ok((phases, during))
     }
 
+    /// Deletes every claim and waits until the pool is back: the servers they held are gone
+    /// (the cluster's status alone may still show the pool from before the burst) and the
+    /// cluster reports `idle` idle servers and none claimed.
     async fn release_all(&self, cluster: &str, idle: i32) -> anyhow::Result<()> {
+        let held: Vec<String> = self
+            .claims
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|c| c.status?.server)
+            .collect();
         self.claims
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await?;
@@ -107,6 +149,19 @@ impl Bench {
                 .await
                 .is_ok_and(|l| l.items.is_empty())
         })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        wait(
+            "the claimed servers gone",
+            Duration::from_secs(300),
+            || async {
+                pods.list(&ListParams::default()).await.is_ok_and(|l| {
+                    !l.items
+                        .iter()
+                        .any(|p| held.iter().any(|h| Some(h) == p.metadata.name.as_ref()))
+                })
+            },
+        )
         .await?;
         wait("the pool refilled", Duration::from_secs(600), || async {
             self.clusters
@@ -118,6 +173,52 @@ impl Bench {
         })
         .await
     }
+}
+
+/// The apiserver's request counters by verb and resource (writes and watches' events aside).
+async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
+    let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
+        return HashMap::new();
+    };
+    let Ok(text) = client.request_text(request).await else {
+        return HashMap::new();
+    };
+    let mut counts = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+        };
+        let key = format!(
+            "{} {}/{}",
+            label("verb"),
+            label("resource"),
+            label("subresource")
+        );
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *counts.entry(key).or_default() += value;
+    }
+    counts
+}
+
+/// Where one claim's create-to-Bound time went.
+#[derive(Clone, Copy)]
+struct Phases {
+    /// From sending the create until this client's watch saw the claim Bound.
+    total: Duration,
+    /// From sending the create until it returned.
+    create: Duration,
+    /// From the operator's first sight of the claim until it wrote Bound (`waitMillis`).
+    in_operator: Duration,
 }
 
 /// The apiserver's own write latency and throughput here: `n` parallel patches of ConfigMaps
@@ -252,13 +353,30 @@ pub async fn run(
             .await?;
         let mut samples = Vec::new();
         let mut per_round = Vec::new();
+        let mut phases = Vec::new();
+        let mut requests: BTreeMap<String, f64> = BTreeMap::new();
         for round in 0..rounds {
-            let burst = bench.burst(&cluster, concurrency, round).await?;
-            samples.extend(burst.iter().copied());
-            per_round.push(burst);
+            let (burst, during) = bench.burst(&cluster, concurrency, round).await?;
+            for (request, n) in during {
+                *requests.entry(request).or_default() += n / rounds as f64;
+            }
+            samples.extend(burst.iter().map(|p| p.total));
+            per_round.push(burst.iter().map(|p| p.total).collect());
+            phases.extend(burst);
             bench.release_all(&cluster, concurrency as i32).await?;
         }
         let (p50s, p99s) = spread(&per_round);
+        let phase = |f: fn(&Phases) -> Duration| {
+            let values: Vec<Duration> = phases.iter().map(f).collect();
+            serde_json::json!({"p50_ms": report::percentile(&values, 0.5), "p99_ms": report::percentile(&values, 0.99)})
+        };
+        let breakdown = serde_json::json!({
+            "create_returned": phase(|p| p.create),
+            "operator_first_sight_to_bind": phase(|p| p.in_operator),
+            "client_saw_bound": phase(|p| p.total),
+        });
+        println!("  where the time went (p50/p99 over all rounds): {breakdown}");
+        println!("  apiserver requests per burst (mean): {requests:?}");
         bench
             .clusters
             .delete(&cluster, &DeleteParams::default())
@@ -273,6 +391,7 @@ pub async fn run(
             "p50_ms": p50s.median, "p99_ms": p99s.median,
             "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
             "p50_ms_all": report::percentile(&samples, 0.5), "p99_ms_all": report::percentile(&samples, 0.99),
+            "breakdown": breakdown, "apiserver_requests_per_burst": requests,
         }));
     }
     if spark {

@@ -224,6 +224,37 @@ pub async fn create_pool(
     idle: i32,
     timeout: Duration,
 ) {
+    let what = format!("{idle} idle servers in {name}");
+    create_cluster_until(clusters, name, spec, &what, timeout, |s| {
+        s.servers.idle == idle
+    })
+    .await;
+}
+
+/// Creates cluster `name` with `spec` and waits (up to `timeout`) until a shared server serves.
+pub async fn create_serving(
+    clusters: &Api<spark_connect_operator::crd::SparkConnectCluster>,
+    name: &str,
+    spec: serde_json::Value,
+    timeout: Duration,
+) {
+    let what = format!("a shared server in {name}");
+    create_cluster_until(clusters, name, spec, &what, timeout, |s| {
+        s.servers.shared >= 1
+    })
+    .await;
+}
+
+/// Creates cluster `name` with `spec` and waits (up to `timeout`) until its status shows
+/// `what` (`until`).
+pub async fn create_cluster_until(
+    clusters: &Api<spark_connect_operator::crd::SparkConnectCluster>,
+    name: &str,
+    spec: serde_json::Value,
+    what: &str,
+    timeout: Duration,
+    until: impl Fn(&spark_connect_operator::crd::SparkConnectClusterStatus) -> bool,
+) {
     let cluster =
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
             .expect("cluster");
@@ -231,11 +262,7 @@ pub async fn create_pool(
         .create(&PostParams::default(), &cluster)
         .await
         .expect("create cluster");
-    let what = format!("{idle} idle servers in {name}");
-    if let Err(e) =
-        sco_e2e::cluster_status_until(clusters, name, &what, timeout, |s| s.servers.idle == idle)
-            .await
-    {
+    if let Err(e) = sco_e2e::cluster_status_until(clusters, name, what, timeout, until).await {
         panic!("{e}");
     }
 }

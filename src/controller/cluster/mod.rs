@@ -114,7 +114,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     let mut decision = decide(inputs(&valid, &observed, autoscaled, token_mode), now);
     note_observations(&observed, &decision, &token, &mut problems);
     pace::gate_starts(ctx, &key, &observed, &mut decision, &mut problems);
-    pace::hold_refill_while_binding(ctx, &key, &observed, &mut decision);
+    let refill_held = pace::hold_refill_while_binding(ctx, &key, &observed, &mut decision);
 
     act::execute(
         &valid,
@@ -141,6 +141,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
                 .spark_version
         }),
         last_warmup: observed.last_warmup,
+        look_again_within: refill_held,
     };
     report::report(&valid, ctx, &decision, summary, &key).await
 }

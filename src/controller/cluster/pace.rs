@@ -66,31 +66,39 @@ pub fn autoscaled_target(
     Some(target)
 }
 
-/// Longest time new servers wait for bind writes under way.
-const MAX_REFILL_HOLD: Duration = Duration::from_secs(1);
+/// Longest time new servers wait for a burst of binds.
+const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
+/// Binds this far apart end a burst.
+const BIND_QUIET: Duration = Duration::from_millis(250);
 
-/// Holds back new pool servers while bind writes for this cluster are under way (at most
-/// [`MAX_REFILL_HOLD`]): a burst of claims is bound before its refills compete with it for the
-/// apiserver. The binds' pod updates trigger the next reconcile, which starts the refill.
+/// Holds back new pool servers while a burst of claims is being bound (bind writes under way,
+/// or the last server handed out less than [`BIND_QUIET`] ago; at most [`MAX_REFILL_HOLD`]):
+/// the burst's binds get the apiserver before its refills compete with them. Binding itself
+/// never waits. Returns when to look again.
 pub fn hold_refill_while_binding(
     ctx: &Context,
     key: &str,
     observed: &Observed,
     decision: &mut Decision,
-) {
+) -> Option<Duration> {
     let binding = observed
         .handed_out
         .keys()
         .any(|server| !observed.claimed_servers.contains_key(server));
-    let held_for = ctx.allocator.refill_held_for(key, binding, Instant::now());
-    if binding && held_for < MAX_REFILL_HOLD && decision.pool.create > 0 {
-        tracing::debug!(
-            key,
-            create = decision.pool.create,
-            "refill held while claims are bound"
-        );
-        decision.pool.create = 0;
+    let wait =
+        ctx.allocator
+            .refill_hold(key, binding, BIND_QUIET, MAX_REFILL_HOLD, Instant::now())?;
+    if decision.pool.create == 0 {
+        return None;
     }
+    tracing::debug!(
+        key,
+        create = decision.pool.create,
+        ?wait,
+        "refill held while claims are bound"
+    );
+    decision.pool.create = 0;
+    Some(wait)
 }
 
 /// Holds back new servers while earlier ones keep failing to start; says so as a problem.

@@ -108,6 +108,8 @@ pub struct Summary<'a> {
     pub spark_version: Option<String>,
     /// How long the newest warmed-up server's warm-up took.
     pub last_warmup: Option<Duration>,
+    /// Something held back (a refill) wants another look this soon.
+    pub look_again_within: Option<Duration>,
 }
 
 /// The status for a cluster whose spec is valid.
@@ -284,6 +286,7 @@ pub async fn report(
             .set(i64::from(value));
     }
     let problems = summary.problems.clone();
+    let look_again_within = summary.look_again_within;
     let status = healthy_status(cluster, cluster.status.as_ref(), summary, Timestamp::now());
     let before = degraded_message(cluster.status.as_ref());
     let after = degraded_message(Some(&status));
@@ -307,11 +310,14 @@ pub async fn report(
         .any(|(_, p)| p.create > 0 || !p.remove.is_empty() || p.count(ServerState::Starting) > 0)
         || !decision.claims.waiting.is_empty()
         || decision.idle_target > valid.size.idle;
-    Ok(Action::requeue(if busy {
+    let next = if busy {
         Duration::from_secs(5)
     } else {
         Duration::from_secs(300)
-    }))
+    };
+    Ok(Action::requeue(
+        look_again_within.map_or(next, |d| d.min(next)),
+    ))
 }
 
 /// The Degraded message of a status, when it is degraded.
@@ -348,6 +354,7 @@ mod tests {
             token_secret: None,
             spark_version: None,
             last_warmup: None,
+            look_again_within: None,
         }
     }
 

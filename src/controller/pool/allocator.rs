@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 
@@ -72,8 +73,10 @@ struct ClusterQueue {
     first_seen: HashMap<String, Timestamp>,
     /// Server → claim, for servers whose bind write is under way or not yet in the store.
     handed_out: BTreeMap<String, String>,
-    /// Since when new servers have been held back for bind writes under way.
-    refill_held_since: Option<std::time::Instant>,
+    /// Since when new servers have been held back for a burst of binds.
+    refill_held_since: Option<Instant>,
+    /// When a server was last handed out.
+    last_handed_out: Option<Instant>,
 }
 
 /// The allocators of every cluster.
@@ -101,20 +104,30 @@ impl Allocator {
         self.with(key, |q| q.terms.clone())
     }
 
-    /// How long new servers of the cluster have been held back while bind writes are under way
-    /// (`binding`), restarting the clock once none is.
-    pub fn refill_held_for(
+    /// Whether new servers of the cluster wait for a burst of binds: while bind writes are
+    /// under way (`binding`) or a server was handed out less than `quiet` ago, for at most `max`
+    /// since the hold began (a steady stream of claims never starves the refill). Returns how
+    /// long until the refill should be looked at again, or `None` when it may start now.
+    pub fn refill_hold(
         &self,
         key: &str,
         binding: bool,
-        now: std::time::Instant,
-    ) -> std::time::Duration {
+        quiet: Duration,
+        max: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
         self.with(key, |q| {
-            if !binding {
+            let since_last = q
+                .last_handed_out
+                .map(|t| now.saturating_duration_since(t))
+                .filter(|d| *d < quiet);
+            if !binding && since_last.is_none() {
                 q.refill_held_since = None;
-                return std::time::Duration::ZERO;
+                return None;
             }
-            now.saturating_duration_since(*q.refill_held_since.get_or_insert(now))
+            let held = now.saturating_duration_since(*q.refill_held_since.get_or_insert(now));
+            let left = max.checked_sub(held).filter(|d| !d.is_zero())?;
+            Some(since_last.map_or(quiet, |d| quiet - d).min(left))
         })
     }
 
@@ -187,6 +200,9 @@ impl Allocator {
             q.handed_out.retain(|server, _| still_idle(server));
             let reserved = q.terms.as_ref().map_or(0, |t| t.reserved_for_shared);
             let pairs = pick(&q.waiting, candidates, &q.handed_out, reserved);
+            if !pairs.is_empty() {
+                q.last_handed_out = Some(Instant::now());
+            }
             pairs
                 .into_iter()
                 .map(|((created, claim), server)| {
@@ -330,26 +346,47 @@ mod tests {
     }
 
     #[test]
-    fn refills_are_held_only_while_binds_are_under_way() {
+    fn refills_wait_while_binds_are_under_way_or_just_made_but_never_past_the_limit() {
         let a = Allocator::default();
-        let t0 = std::time::Instant::now();
+        let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
         assert_eq!(
-            a.refill_held_for("ns/c", true, t0),
-            std::time::Duration::ZERO
+            a.refill_hold("ns/c", false, quiet, max, t0),
+            None,
+            "nothing to wait for"
         );
-        let later = t0 + std::time::Duration::from_millis(700);
+        assert_eq!(a.refill_hold("ns/c", true, quiet, max, t0), Some(quiet));
         assert_eq!(
-            a.refill_held_for("ns/c", true, later),
-            std::time::Duration::from_millis(700)
+            a.refill_hold("ns/c", true, quiet, max, ms(1_900)),
+            Some(Duration::from_millis(100)),
+            "the hold ends at the limit"
         );
+        assert_eq!(a.refill_hold("ns/c", true, quiet, max, ms(2_000)), None);
         assert_eq!(
-            a.refill_held_for("ns/c", false, later),
-            std::time::Duration::ZERO
+            a.refill_hold("ns/c", true, quiet, max, ms(3_000)),
+            None,
+            "a stream of binds does not start a new hold"
         );
+        assert_eq!(a.refill_hold("ns/c", false, quiet, max, ms(3_000)), None);
         assert_eq!(
-            a.refill_held_for("ns/c", true, later),
-            std::time::Duration::ZERO
+            a.refill_hold("ns/c", true, quiet, max, ms(3_100)),
+            Some(quiet),
+            "a new burst does"
         );
+    }
+
+    #[test]
+    fn a_server_just_handed_out_holds_the_refill_until_binds_are_quiet() {
+        let a = Allocator::default();
+        let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        let now = Instant::now();
+        let wait = a.refill_hold("ns/c", false, quiet, max, now);
+        assert!(wait.is_some_and(|w| w <= quiet), "{wait:?}");
+        assert_eq!(a.refill_hold("ns/c", false, quiet, max, now + quiet), None);
     }
 
     #[test]
