@@ -48,6 +48,9 @@ fn transport(config: &Config, timeout: Option<Duration>) -> Result<Transport, Cl
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    // HTTP/2 writes a request as several small frames: without this, Nagle's algorithm can hold
+    // one back until the peer's delayed ACK.
+    http.set_nodelay(true);
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.rustls_client_config()?)
         .https_or_http()
