@@ -301,23 +301,38 @@ pub async fn report(
             );
         }
     }
-    if !problems.is_empty() {
-        return Ok(Action::requeue(ctx.retries.failed(key)));
-    }
-    ctx.retries.succeeded(key);
+    let retry_after_problems = if problems.is_empty() {
+        ctx.retries.succeeded(key);
+        None
+    } else {
+        Some(ctx.retries.failed(key))
+    };
     let busy = decision
         .plans()
         .any(|(_, p)| p.create > 0 || !p.remove.is_empty() || p.count(ServerState::Starting) > 0)
         || !decision.claims.waiting.is_empty()
         || decision.idle_target > valid.size.idle;
-    let next = if busy {
+    Ok(Action::requeue(next_look(
+        retry_after_problems,
+        busy,
+        look_again_within,
+    )))
+}
+
+/// When the cluster is looked at again: after the retry delay while problems last, else soon
+/// while the pool changes and rarely when it is still; never later than something held back
+/// (a refill) asked for, whatever else holds.
+fn next_look(
+    retry_after_problems: Option<Duration>,
+    busy: bool,
+    look_again_within: Option<Duration>,
+) -> Duration {
+    let next = retry_after_problems.unwrap_or(if busy {
         Duration::from_secs(5)
     } else {
         Duration::from_secs(300)
-    };
-    Ok(Action::requeue(
-        look_again_within.map_or(next, |d| d.min(next)),
-    ))
+    });
+    look_again_within.map_or(next, |d| d.min(next))
 }
 
 /// The Degraded message of a status, when it is degraded.
@@ -356,6 +371,21 @@ mod tests {
             last_warmup: None,
             look_again_within: None,
         }
+    }
+
+    #[test]
+    fn a_held_refill_is_looked_at_again_even_while_problems_back_off() {
+        let held = Some(Duration::from_millis(250));
+        assert_eq!(
+            next_look(Some(Duration::from_secs(80)), false, held),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            next_look(Some(Duration::from_secs(80)), true, None),
+            Duration::from_secs(80)
+        );
+        assert_eq!(next_look(None, true, None), Duration::from_secs(5));
+        assert_eq!(next_look(None, false, held), Duration::from_millis(250));
     }
 
     #[test]
