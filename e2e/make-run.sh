@@ -18,8 +18,7 @@ mkdir -p "$PKI"
   cd "$PKI"
   openssl ecparam -name prime256v1 -genkey -noout -out ca.key
   openssl req -x509 -new -key ca.key -subj "/CN=spark-connect-operator make run CA" -days 30 -out ca.crt
-  openssl ecparam -name prime256v1 -genkey -noout -out tls.ec
-  openssl pkcs8 -topk8 -nocrypt -in tls.ec -out tls.key
+  openssl ecparam -name prime256v1 -genkey -noout -out tls.key
   echo "subjectAltName=DNS:localhost,DNS:sco-spark-connect-operator-gateway.$SCO_OPERATOR_NAMESPACE.svc.cluster.local" > san.ext
   openssl req -new -key tls.key -subj "/CN=gateway" -out tls.csr
   openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile san.ext -out tls.crt

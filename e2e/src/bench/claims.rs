@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use spark_connect_operator::crd::{
+    ClaimPhase, SparkConnectClaim, SparkConnectClaimStatus, SparkConnectCluster,
+};
 
 use super::first_result;
 use super::report::{self, Spread, median};
@@ -65,14 +67,8 @@ impl Bench {
         .await
     }
 
-    /// Creates `n` claims at once on `cluster`; returns each claim's create-to-Bound time and
-    /// where that time went, and the apiserver's requests (by verb and resource) meanwhile.
-    async fn burst(
-        &self,
-        cluster: &str,
-        n: usize,
-        round: usize,
-    ) -> anyhow::Result<(Vec<Phases>, BTreeMap<String, f64>)> {
+    /// Creates `n` claims at once on `cluster` and waits until all are Bound.
+    async fn burst(&self, cluster: &str, n: usize, round: usize) -> anyhow::Result<Burst> {
         let creates = (0..n).map(|i| {
             let claims = self.claims.clone();
             let name = format!("{cluster}-r{round}-{i:03}");
@@ -102,16 +98,24 @@ impl Bench {
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
             .filter(|(_, d)| *d > 0.0)
             .collect();
-        let waited: HashMap<String, Duration> = self
+        let statuses: Vec<(String, SparkConnectClaimStatus)> = self
             .claims
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .filter_map(|c| {
-                let ms = u64::try_from(c.status.as_ref()?.wait_millis?).ok()?;
-                Some((c.name_any(), Duration::from_millis(ms)))
+            .filter_map(|c| Some((c.name_any(), c.status?)))
+            .collect();
+        let waited: HashMap<&str, Duration> = statuses
+            .iter()
+            .filter_map(|(name, s)| {
+                let ms = u64::try_from(s.wait_millis?).ok()?;
+                Some((name.as_str(), Duration::from_millis(ms)))
             })
+            .collect();
+        let held = statuses
+            .iter()
+            .filter_map(|(_, s)| s.server.clone())
             .collect();
         let bound = self
             .bound_at
@@ -122,24 +126,20 @@ impl Bench {
             .map(|(name, t, create)| Phases {
                 total: bound[name].duration_since(*t),
                 create: *create,
-                in_operator: waited.get(name).copied().unwrap_or_default(),
+                in_operator: waited.get(name.as_str()).copied().unwrap_or_default(),
             })
             .collect();
-        Ok((phases, during))
+        Ok(Burst {
+            phases,
+            requests: during,
+            held,
+        })
     }
 
-    /// Deletes every claim and waits until the pool is back: the servers they held are gone
+    /// Deletes every claim and waits until the pool is back: the servers they `held` are gone
     /// (the cluster's status alone may still show the pool from before the burst) and the
     /// cluster reports `idle` idle servers and none claimed.
-    async fn release_all(&self, cluster: &str, idle: i32) -> anyhow::Result<()> {
-        let held: Vec<String> = self
-            .claims
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|c| c.status?.server)
-            .collect();
+    async fn release_all(&self, cluster: &str, idle: i32, held: &[String]) -> anyhow::Result<()> {
         self.claims
             .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await?;
@@ -175,7 +175,7 @@ impl Bench {
     }
 }
 
-/// The apiserver's request counters by verb and resource (writes and watches' events aside).
+/// The apiserver's request counters (`apiserver_request_total`), summed by verb and resource.
 async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
     let Ok(request) = http::Request::get("/metrics").body(Vec::new()) else {
         return HashMap::new();
@@ -208,6 +208,16 @@ async fn apiserver_requests(client: &Client) -> HashMap<String, f64> {
         *counts.entry(key).or_default() += value;
     }
     counts
+}
+
+/// What one burst of claims came to.
+struct Burst {
+    /// Each claim's create-to-Bound time and where it went.
+    phases: Vec<Phases>,
+    /// The apiserver's requests meanwhile, by verb and resource.
+    requests: BTreeMap<String, f64>,
+    /// The servers the claims were bound to.
+    held: Vec<String>,
 }
 
 /// Where one claim's create-to-Bound time went.
@@ -356,14 +366,20 @@ pub async fn run(
         let mut phases = Vec::new();
         let mut requests: BTreeMap<String, f64> = BTreeMap::new();
         for round in 0..rounds {
-            let (burst, during) = bench.burst(&cluster, concurrency, round).await?;
+            let Burst {
+                phases: burst,
+                requests: during,
+                held,
+            } = bench.burst(&cluster, concurrency, round).await?;
             for (request, n) in during {
                 *requests.entry(request).or_default() += n / rounds as f64;
             }
             samples.extend(burst.iter().map(|p| p.total));
             per_round.push(burst.iter().map(|p| p.total).collect());
             phases.extend(burst);
-            bench.release_all(&cluster, concurrency as i32).await?;
+            bench
+                .release_all(&cluster, concurrency as i32, &held)
+                .await?;
         }
         let (p50s, p99s) = spread(&per_round);
         let phase = |f: fn(&Phases) -> Duration| {
