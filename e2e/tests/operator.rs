@@ -259,8 +259,9 @@ async fn cluster_lifecycle_with_real_spark() {
         })
     })
     .await;
-    // Warm-up is on by default: every server ran the built-in queries (a shuffle on its
-    // executor, an Arrow collect) before it was labelled idle or shared.
+    // Warm-up is on by default: every server ran the built-in queries (SQL text and DataFrame
+    // relations: shuffles on its executor, a global sort, an Arrow collect) before it was
+    // labelled idle or shared.
     let warmup = api
         .get("analytics")
         .await

@@ -149,8 +149,8 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<ExecutePlanResponse, Stat
 impl SparkConnectService for FakeConnect {
     type ExecutePlanStream = ResponseStream;
 
-    /// Answers any SQL with one row (as an Arrow batch) and a completion message, after the
-    /// configured delay; a query naming [`FAILING_QUERY_MARK`] fails as Spark would.
+    /// Answers any plan with one row (as an Arrow batch) and a completion message, after the
+    /// configured delay; SQL naming [`FAILING_QUERY_MARK`] fails as Spark would.
     async fn execute_plan(
         &self,
         request: Request<ExecutePlanRequest>,
@@ -160,7 +160,8 @@ impl SparkConnectService for FakeConnect {
         let query = match request.into_inner().plan.and_then(|p| p.op_type) {
             Some(plan::OpType::Root(root)) => match root.rel_type {
                 Some(relation::RelType::Sql(sql)) => sql.query,
-                None => return Err(Status::unimplemented("only SQL relations")),
+                Some(_) => String::new(),
+                None => return Err(Status::invalid_argument("an empty relation")),
             },
             None => return Err(Status::invalid_argument("no plan")),
         };

@@ -21,7 +21,7 @@ use crate::crd::SparkConnectCluster;
 use crate::metrics::Metrics;
 
 /// A server to probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProbeTarget {
     /// Pod UID (the key of its health).
     pub uid: String,
@@ -413,7 +413,7 @@ mod tests {
     use super::*;
     use crate::probe::fake::{FAILING_QUERY_MARK, FakeOptions, FakeState, serve};
     use crate::probe::health::{ServerHealth, Verdict};
-    use crate::probe::warmup::DEFAULT_QUERIES;
+    use crate::probe::warmup::built_in_steps;
     use futures::StreamExt;
 
     /// A prober over one fake server whose target wants `plan`; returns the book's view of it
@@ -461,7 +461,7 @@ mod tests {
             "{:?}",
             health.warmup
         );
-        assert_eq!(state.queries_run(), DEFAULT_QUERIES.len());
+        assert_eq!(state.queries_run(), built_in_steps().len());
     }
 
     #[tokio::test]

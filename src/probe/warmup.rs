@@ -1,42 +1,87 @@
-//! The warm-up of a new server: a few SQL queries over the Connect protocol (`ExecutePlan`),
+//! The warm-up of a new server: a few small queries over the Connect protocol (`ExecutePlan`),
 //! results collected as Arrow and dropped, on a session of its own that is released after.
 //! It touches what a user's first query would otherwise find cold: the SQL parser and
-//! analyzer, code generation, the scheduler and its executors (a shuffle), and the Arrow path.
+//! analyzer, the planner of the relations a DataFrame client sends, code generation, the
+//! scheduler and its executors (shuffles, a global sort), and the Arrow path.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use super::client::{ConnectProbe, FailureKind, PROBE_USER};
+use super::dataframe::{DataFrame, alias, call, col, lit, range};
 use crate::proto::{
     ExecutePlanRequest, Plan, Relation, Sql, execute_plan_response, plan, relation,
 };
 
-/// The queries run when a cluster names none.
-pub const DEFAULT_QUERIES: [&str; 3] = [
+/// The SQL queries of the built-in set.
+const BUILT_IN_SQL: [&str; 3] = [
     "SELECT 1 AS warm",
     "SELECT k, count(*) AS n, sum(v) AS total FROM (SELECT id % 16 AS k, id AS v FROM range(0, 200000, 1, 4)) GROUP BY k ORDER BY k",
     "SELECT id, CAST(id AS STRING) AS text, id * 0.5 AS half, id % 2 = 0 AS even FROM range(0, 20000)",
 ];
 
+/// The built-in set: the SQL queries, then the same kinds of work as a DataFrame client sends
+/// them (a group-by with a shuffle and a global sort; a filter, select and limit).
+pub fn built_in_steps() -> Vec<Relation> {
+    let mut steps: Vec<Relation> = BUILT_IN_SQL.iter().map(|q| sql(q)).collect();
+    steps.push(
+        range(0, 200_000, 4)
+            .select(vec![
+                alias(call("%", vec![col("id"), lit(11)]), "k"),
+                alias(call("*", vec![col("id"), lit(2)]), "v"),
+            ])
+            .group_by(
+                vec![col("k")],
+                vec![
+                    alias(call("count", vec![lit(1)]), "n"),
+                    alias(call("sum", vec![col("v")]), "total"),
+                ],
+            )
+            .order_by(vec![col("k")]),
+    );
+    steps.push(
+        range(0, 20_000, 2)
+            .filter(call(">", vec![col("id"), lit(10)]))
+            .select(vec![
+                col("id"),
+                alias(
+                    call("=", vec![call("%", vec![col("id"), lit(2)]), lit(0)]),
+                    "even",
+                ),
+            ])
+            .limit(1000),
+    );
+    steps
+}
+
+/// A SQL query as a relation.
+fn sql(query: &str) -> Relation {
+    Relation {
+        rel_type: Some(relation::RelType::Sql(Sql {
+            query: query.to_string(),
+        })),
+    }
+}
+
 /// What a cluster's servers run before they become idle.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct WarmupPlan {
-    /// SQL queries, in order.
-    pub queries: Vec<String>,
+    /// The queries, in order.
+    pub steps: Vec<Relation>,
     /// Deadline of the whole warm-up.
     pub timeout: Duration,
 }
 
 impl WarmupPlan {
-    /// The plan for `queries` (the built-in set when empty).
+    /// The plan for SQL `queries` (the built-in set when empty).
     pub fn new(queries: &[String], timeout: Duration) -> Self {
-        let queries = if queries.is_empty() {
-            DEFAULT_QUERIES.iter().map(|q| (*q).to_string()).collect()
+        let steps = if queries.is_empty() {
+            built_in_steps()
         } else {
-            queries.to_vec()
+            queries.iter().map(|q| sql(q)).collect()
         };
-        Self { queries, timeout }
+        Self { steps, timeout }
     }
 }
 
@@ -79,15 +124,15 @@ pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp
     let deadline = started + plan.timeout;
     let mut rows = 0;
     let mut outcome = Ok(());
-    for (index, query) in plan.queries.iter().enumerate() {
+    for (index, step) in plan.steps.iter().enumerate() {
         let fail = |message: String, unauthenticated: bool| WarmupFailure {
             query: index + 1,
-            of: plan.queries.len(),
+            of: plan.steps.len(),
             message,
             unauthenticated,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, run_query(probe, &session, query, left)).await {
+        match tokio::time::timeout(left, run_query(probe, &session, step, left)).await {
             Ok(Ok(n)) => rows += n,
             Ok(Err((message, unauthenticated))) => {
                 outcome = Err(fail(message, unauthenticated));
@@ -114,18 +159,14 @@ pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp
 async fn run_query(
     probe: &ConnectProbe,
     session: &str,
-    query: &str,
+    step: &Relation,
     timeout: Duration,
 ) -> Result<u64, (String, bool)> {
     let message = ExecutePlanRequest {
         session_id: session.to_string(),
         user_context: ConnectProbe::user_context(),
         plan: Some(Plan {
-            op_type: Some(plan::OpType::Root(Relation {
-                rel_type: Some(relation::RelType::Sql(Sql {
-                    query: query.to_string(),
-                })),
-            })),
+            op_type: Some(plan::OpType::Root(step.clone())),
         }),
         client_type: Some(PROBE_USER.into()),
         operation_id: None,
@@ -186,12 +227,17 @@ mod tests {
     async fn the_built_in_warm_up_runs_every_query_and_releases_its_session() {
         let (state, probe) = fake(Some("secret")).await;
         let plan = WarmupPlan::new(&[], Duration::from_secs(5));
-        assert_eq!(plan.queries.len(), DEFAULT_QUERIES.len());
-        let done = warm_up(&probe, &plan).await.unwrap();
-        assert_eq!(state.queries_run(), DEFAULT_QUERIES.len());
-        assert_eq!(done.rows, 3, "one row per query from the fake server");
         assert!(
-            done.took >= Duration::from_millis(60),
+            plan.steps
+                .iter()
+                .any(|s| !matches!(s.rel_type, Some(relation::RelType::Sql(_)))),
+            "the built-in set takes the DataFrame path too"
+        );
+        let done = warm_up(&probe, &plan).await.unwrap();
+        assert_eq!(state.queries_run(), 5);
+        assert_eq!(done.rows, 5, "one row per query from the fake server");
+        assert!(
+            done.took >= Duration::from_millis(100),
             "took {:?}",
             done.took
         );

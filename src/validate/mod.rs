@@ -331,13 +331,10 @@ mod tests {
     fn warm_up_is_on_by_default_with_the_built_in_queries_and_can_be_turned_off() {
         let mut c = cluster();
         let plan = validate(&c).unwrap().warmup.unwrap();
-        assert_eq!(
-            plan.queries.len(),
-            crate::probe::warmup::DEFAULT_QUERIES.len()
-        );
+        assert_eq!(plan.steps, crate::probe::warmup::built_in_steps());
         assert_eq!(plan.timeout, Duration::from_secs(300));
         c.spec.warmup.queries = vec!["SELECT count(*) FROM range(10)".into()];
-        assert_eq!(validate(&c).unwrap().warmup.unwrap().queries.len(), 1);
+        assert_eq!(validate(&c).unwrap().warmup.unwrap().steps.len(), 1);
         c.spec.warmup.queries.push("  ".into());
         assert!(
             validate(&c)

@@ -58,6 +58,29 @@ pub struct Observed {
     pub failed_warmups: Vec<(String, String)>,
 }
 
+/// Who made a pod that carries a cluster's label.
+#[derive(Debug, PartialEq, Eq)]
+enum Kin {
+    /// The operator, for the cluster with this uid.
+    Server,
+    /// Someone else: reported, never probed or handed out.
+    Stranger,
+    /// Someone else, and the pod is being deleted (e.g. a server of an earlier cluster of the
+    /// same name on its way out): left alone without a report.
+    LeavingStranger,
+}
+
+fn kin(pod: &Pod, cluster_uid: &str) -> Kin {
+    let name = pod.metadata.name.as_ref();
+    if controlled_by(pod, cluster_uid) && pod.labels().get(SERVER_LABEL) == name {
+        Kin::Server
+    } else if pod.metadata.deletion_timestamp.is_some() {
+        Kin::LeavingStranger
+    } else {
+        Kin::Stranger
+    }
+}
+
 /// Reads the stores for `valid`.
 pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) -> Observed {
     let stores = &ctx.stores;
@@ -72,11 +95,13 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
             continue;
         }
         let name = pod.name_any();
-        let own =
-            controlled_by(pod.as_ref(), valid.uid) && pod.labels().get(SERVER_LABEL) == Some(&name);
-        if !own {
-            foreign.push(name);
-            continue;
+        match kin(&pod, valid.uid) {
+            Kin::Server => {}
+            Kin::Stranger => {
+                foreign.push(name);
+                continue;
+            }
+            Kin::LeavingStranger => continue,
         }
         all_servers.push(name.clone());
         if pod.metadata.deletion_timestamp.is_none() {
@@ -277,6 +302,26 @@ mod tests {
             },
             ..Pod::default()
         }
+    }
+
+    #[test]
+    fn a_server_of_an_earlier_cluster_of_the_same_name_on_its_way_out_is_not_reported() {
+        let mut pod = starting_pod();
+        pod.metadata.labels = Some(BTreeMap::from([(SERVER_LABEL.to_string(), "s-1".into())]));
+        pod.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "sparkconnect.dev/v1alpha1".into(),
+                kind: "SparkConnectCluster".into(),
+                name: "c".into(),
+                uid: "earlier".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        assert_eq!(kin(&pod, "earlier"), Kin::Server);
+        assert_eq!(kin(&pod, "now"), Kin::Stranger, "a live copy is reported");
+        pod.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(kin(&pod, "now"), Kin::LeavingStranger);
     }
 
     #[test]

@@ -1,0 +1,162 @@
+//! Relations built the way a DataFrame client (pyspark, the Scala client) sends them: a range,
+//! then select, filter, group-by with aggregates, order-by and limit over unresolved columns and
+//! function calls. Pure; the warm-up runs them so Spark's planner for these relations is warm
+//! before a user's first DataFrame query (SQL text takes another path through the parser).
+
+use crate::proto::{
+    Aggregate, Expression, Filter, Limit, Project, Range, Relation, Sort, aggregate,
+    expression::{self, Alias, Literal, SortOrder, UnresolvedAttribute, UnresolvedFunction},
+    relation,
+};
+
+/// A column by name.
+pub fn col(name: &str) -> Expression {
+    expr(expression::ExprType::UnresolvedAttribute(
+        UnresolvedAttribute {
+            unparsed_identifier: name.into(),
+        },
+    ))
+}
+
+/// An integer literal.
+pub fn lit(value: i32) -> Expression {
+    expr(expression::ExprType::Literal(Literal {
+        literal_type: Some(expression::literal::LiteralType::Integer(value)),
+    }))
+}
+
+/// A call of Spark function `name` (operators are functions too: `"%"`, `"="`, `">"`).
+pub fn call(name: &str, arguments: Vec<Expression>) -> Expression {
+    expr(expression::ExprType::UnresolvedFunction(
+        UnresolvedFunction {
+            function_name: name.into(),
+            arguments,
+            is_distinct: false,
+        },
+    ))
+}
+
+/// `expression AS name`.
+pub fn alias(expression: Expression, name: &str) -> Expression {
+    expr(expression::ExprType::Alias(Box::new(Alias {
+        expr: Some(Box::new(expression)),
+        name: vec![name.into()],
+    })))
+}
+
+fn expr(expr_type: expression::ExprType) -> Expression {
+    Expression {
+        expr_type: Some(expr_type),
+    }
+}
+
+/// `spark.range(start, end, 1, partitions)`.
+pub fn range(start: i64, end: i64, partitions: i32) -> Relation {
+    rel(relation::RelType::Range(Range {
+        start: Some(start),
+        end,
+        step: 1,
+        num_partitions: Some(partitions),
+    }))
+}
+
+fn rel(rel_type: relation::RelType) -> Relation {
+    Relation {
+        rel_type: Some(rel_type),
+    }
+}
+
+/// The DataFrame operations on a relation.
+pub trait DataFrame: Sized {
+    /// `df.select(...)`.
+    fn select(self, expressions: Vec<Expression>) -> Relation;
+    /// `df.filter(condition)`.
+    fn filter(self, condition: Expression) -> Relation;
+    /// `df.groupBy(grouping).agg(aggregates)`.
+    fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation;
+    /// `df.orderBy(columns)`, ascending, nulls first (a global sort).
+    fn order_by(self, columns: Vec<Expression>) -> Relation;
+    /// `df.limit(n)`.
+    fn limit(self, n: i32) -> Relation;
+}
+
+impl DataFrame for Relation {
+    fn select(self, expressions: Vec<Expression>) -> Relation {
+        rel(relation::RelType::Project(Box::new(Project {
+            input: Some(Box::new(self)),
+            expressions,
+        })))
+    }
+
+    fn filter(self, condition: Expression) -> Relation {
+        rel(relation::RelType::Filter(Box::new(Filter {
+            input: Some(Box::new(self)),
+            condition: Some(condition),
+        })))
+    }
+
+    fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation {
+        rel(relation::RelType::Aggregate(Box::new(Aggregate {
+            input: Some(Box::new(self)),
+            group_type: aggregate::GroupType::Groupby.into(),
+            grouping_expressions: grouping,
+            aggregate_expressions: aggregates,
+        })))
+    }
+
+    fn order_by(self, columns: Vec<Expression>) -> Relation {
+        let order = columns
+            .into_iter()
+            .map(|child| SortOrder {
+                child: Some(Box::new(child)),
+                direction: expression::sort_order::SortDirection::Ascending.into(),
+                null_ordering: expression::sort_order::NullOrdering::SortNullsFirst.into(),
+            })
+            .collect();
+        rel(relation::RelType::Sort(Box::new(Sort {
+            input: Some(Box::new(self)),
+            order,
+            is_global: Some(true),
+        })))
+    }
+
+    fn limit(self, n: i32) -> Relation {
+        rel(relation::RelType::Limit(Box::new(Limit {
+            input: Some(Box::new(self)),
+            limit: n,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn a_group_by_encodes_with_spark_s_field_numbers() {
+        let plan = range(0, 10, 2).group_by(
+            vec![alias(call("%", vec![col("id"), lit(3)]), "k")],
+            vec![alias(call("count", vec![lit(1)]), "n")],
+        );
+        let bytes = plan.encode_to_vec();
+        // Relation.aggregate is field 9 and Relation.range field 15 (length-delimited: tags
+        // 0x4a and 0x7a).
+        assert_eq!(bytes[0], 0x4a);
+        assert_eq!(range(0, 10, 2).encode_to_vec()[0], 0x7a);
+        assert_eq!(Relation::decode(bytes.as_slice()).ok(), Some(plan));
+    }
+
+    #[test]
+    fn order_by_is_a_global_ascending_sort() {
+        let sorted = range(0, 10, 1).order_by(vec![col("id")]);
+        let Some(relation::RelType::Sort(sort)) = sorted.rel_type else {
+            panic!("not a sort: {sorted:?}");
+        };
+        assert_eq!(sort.is_global, Some(true));
+        assert_eq!(
+            sort.order[0].direction(),
+            expression::sort_order::SortDirection::Ascending
+        );
+    }
+}
