@@ -13,16 +13,8 @@ operator_start
 # The gateway: a certificate for localhost (the relay) and the in-world name, signed by a CA
 # made here, and a user allowed to connect to the team cluster.
 PKI=$SCO_WORLD/gateway-pki
-mkdir -p "$PKI"
-(
-  cd "$PKI"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -subj "/CN=spark-connect-operator make run CA" -days 30 -out ca.crt
-  openssl ecparam -name prime256v1 -genkey -noout -out tls.key
-  echo "subjectAltName=DNS:localhost,DNS:sco-spark-connect-operator-gateway.$SCO_OPERATOR_NAMESPACE.svc.cluster.local" > san.ext
-  openssl req -new -key tls.key -subj "/CN=gateway" -out tls.csr
-  openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 30 -extfile san.ext -out tls.crt
-) >/dev/null 2>&1
+"$WORLD_BIN" serving-cert "$PKI" --dns localhost \
+  --dns "sco-spark-connect-operator-gateway.$SCO_OPERATOR_NAMESPACE.svc.cluster.local"
 "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" create secret tls sco-gateway-tls --cert "$PKI/tls.crt" --key "$PKI/tls.key" >/dev/null
 "$SCO_KUBECTL" create serviceaccount demo >/dev/null
 "$SCO_KUBECTL" create rolebinding demo-connects --clusterrole sparkconnect-user --serviceaccount default:demo >/dev/null

@@ -40,12 +40,34 @@ enum Command {
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
     },
+    /// Make a CA (`ca.key`, `ca.crt`) and a serving certificate it signs (`tls.key`, `tls.crt`)
+    /// for the given DNS names in DIR, valid 30 days (`make run`'s gateway certificate).
+    ServingCert {
+        /// Where the files go.
+        dir: PathBuf,
+        /// DNS names the certificate is for.
+        #[arg(long = "dns", required = true)]
+        names: Vec<String>,
+    },
     /// The world's init (started by `up`).
     #[command(hide = true)]
     Inside,
     /// A pod's first process (started by the node agent).
     #[command(hide = true)]
     Sandbox { spec: PathBuf },
+}
+
+fn serving_cert(dir: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    const DAYS: u32 = 30;
+    let names: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    sco_e2e::certs::ca(dir, "/CN=spark-connect-operator make run CA", DAYS)?;
+    sco_e2e::certs::signed(
+        dir,
+        "tls",
+        "/CN=gateway",
+        &format!("subjectAltName={}\n", names.join(",")),
+        DAYS,
+    )
 }
 
 fn main() -> ExitCode {
@@ -57,6 +79,7 @@ fn main() -> ExitCode {
             Ok(status) => return ExitCode::from(status.code().unwrap_or(1) as u8),
             Err(e) => Err(e),
         },
+        Command::ServingCert { dir, names } => serving_cert(&dir, &names),
         Command::Up { api_port, forwards } => {
             runtime().and_then(|rt| rt.block_on(launcher::up(state, api_port, forwards)))
         }
