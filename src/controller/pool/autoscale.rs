@@ -2,8 +2,9 @@
 //! replaced within one warm-up time, so the idle servers must cover the claims that arrive
 //! within a warm-up. Arrivals are taken as Poisson: the idle target is the smallest count that
 //! covers them with probability `hitRatePercent` (at least one), clamped to
-//! `hotPool.min..=max`; up at once, down only after `scaleDownDelay` of lower demand. State
-//! lives in memory per cluster.
+//! `hotPool.min..=max`; up at once, down only after `scaleDownDelay` of lower demand. The rate's
+//! half-life is the warm-up time itself: the pool reacts on the time scale on which it can
+//! act, whether servers take 5 s or 2 minutes to start. State lives in memory per cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 
 /// Idle servers kept however low demand is.
 const AT_LEAST: usize = 1;
-/// Half-life of the arrival-rate moving average.
-const RATE_HALF_LIFE: Duration = Duration::from_secs(30);
+/// Bounds of the arrival-rate moving average's half-life (the measured warm-up, clamped).
+const HALF_LIFE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
 /// Demand below this many servers counts as none (the moving average only approaches zero).
 const NEGLIGIBLE: f64 = 0.05;
 /// Warm-up assumed before one is measured.
@@ -54,10 +55,22 @@ pub struct Decision {
 }
 
 impl Demand {
+    /// The warm-up time: measured, or assumed until one is.
+    fn warmup_secs(&self) -> f64 {
+        self.warmup_secs.unwrap_or(DEFAULT_WARMUP.as_secs_f64())
+    }
+
+    /// Half-life of the rate's moving average in seconds: one warm-up.
+    fn half_life_secs(&self) -> f64 {
+        let (low, high) = HALF_LIFE_BOUNDS;
+        self.warmup_secs()
+            .clamp(low.as_secs_f64(), high.as_secs_f64())
+    }
+
     fn decay(&mut self, now: Instant) {
         if let Some(at) = self.rate_at {
             let dt = now.saturating_duration_since(at).as_secs_f64();
-            self.rate_per_sec *= 0.5f64.powf(dt / RATE_HALF_LIFE.as_secs_f64());
+            self.rate_per_sec *= 0.5f64.powf(dt / self.half_life_secs());
         }
         self.rate_at = Some(now);
     }
@@ -70,7 +83,7 @@ impl Demand {
             .filter(|c| self.seen_claims.insert((*c).clone()))
             .count();
         // Each arrival adds to an exponentially weighted rate (events per second).
-        self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / RATE_HALF_LIFE.as_secs_f64();
+        self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / self.half_life_secs();
         self.seen_claims.retain(|c| claims.contains(c));
         for w in warmups {
             let w = w.as_secs_f64();
@@ -95,7 +108,7 @@ impl Demand {
         now: Instant,
     ) -> (usize, Option<Decision>) {
         self.decay(now);
-        let warmup = self.warmup_secs.unwrap_or(DEFAULT_WARMUP.as_secs_f64());
+        let warmup = self.warmup_secs();
         let expected = (self.rate_per_sec * warmup - NEGLIGIBLE).max(0.0);
         let wanted = poisson_quantile(expected, hit_rate)
             .max(AT_LEAST)
@@ -248,6 +261,23 @@ mod tests {
         let strict = d.clone().target(0, 100, 0, 0.99, Duration::ZERO, t0).0;
         let loose = d.target(0, 100, 0, 0.6, Duration::ZERO, t0).0;
         assert!(strict > loose, "{strict} > {loose}");
+    }
+
+    #[test]
+    fn demand_is_forgotten_on_the_time_scale_of_one_warm_up() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let remaining = |warmup: u64| {
+            let mut d = Demand::default();
+            d.observe(&[], &[Duration::from_secs(warmup)], t0);
+            d.observe(&names(10, "c"), &[], t0);
+            let before = d.rate_per_minute();
+            d.observe(&names(10, "c"), &[], later);
+            d.rate_per_minute() / before
+        };
+        // 10 s is two half-lives of a 5 s warm-up and a sixth of a 60 s one.
+        assert!((remaining(5) - 0.25).abs() < 1e-9, "{}", remaining(5));
+        assert!((remaining(60) - 0.5f64.powf(10.0 / 60.0)).abs() < 1e-9);
     }
 
     #[test]
