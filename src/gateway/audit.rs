@@ -238,6 +238,7 @@ mod tests {
             operation_id: Some("op-1".into()),
             plan: Some(proto::Plan {
                 op_type: Some(proto::plan::OpType::Root(proto::Relation {
+                    common: None,
                     rel_type: Some(proto::relation::RelType::Sql(proto::Sql {
                         query: sql.into(),
                     })),

@@ -1,10 +1,11 @@
 //! Relations built the way a DataFrame client (pyspark, the Scala client) sends them: a range,
 //! then select, filter, group-by with aggregates, order-by and limit over unresolved columns and
-//! function calls. Pure; the warm-up runs them so Spark's planner for these relations is warm
+//! function calls, every relation numbered with a plan id. Pure; the warm-up runs them so Spark's planner for these relations is warm
 //! before a user's first DataFrame query (SQL text takes another path through the parser).
 
 use crate::proto::{
-    Aggregate, Expression, Filter, Limit, Project, Range, Relation, Sort, aggregate,
+    Aggregate, Expression, Filter, Limit, Project, Range, Relation, RelationCommon, Sort,
+    aggregate,
     expression::{self, Alias, Literal, SortOrder, UnresolvedAttribute, UnresolvedFunction},
     relation,
 };
@@ -52,18 +53,34 @@ fn expr(expr_type: expression::ExprType) -> Expression {
 
 /// `spark.range(start, end, 1, partitions)`.
 pub fn range(start: i64, end: i64, partitions: i32) -> Relation {
-    rel(relation::RelType::Range(Range {
-        start: Some(start),
-        end,
-        step: 1,
-        num_partitions: Some(partitions),
-    }))
+    rel(
+        0,
+        relation::RelType::Range(Range {
+            start: Some(start),
+            end,
+            step: 1,
+            num_partitions: Some(partitions),
+        }),
+    )
 }
 
-fn rel(rel_type: relation::RelType) -> Relation {
+fn rel(plan_id: i64, rel_type: relation::RelType) -> Relation {
     Relation {
+        common: Some(RelationCommon {
+            plan_id: Some(plan_id),
+        }),
         rel_type: Some(rel_type),
     }
+}
+
+/// The plan id of a relation on top of `input`.
+fn next_id(input: &Relation) -> i64 {
+    input
+        .common
+        .as_ref()
+        .and_then(|c| c.plan_id)
+        .unwrap_or(0)
+        .saturating_add(1)
 }
 
 /// The DataFrame operations on a relation.
@@ -82,26 +99,35 @@ pub trait DataFrame: Sized {
 
 impl DataFrame for Relation {
     fn select(self, expressions: Vec<Expression>) -> Relation {
-        rel(relation::RelType::Project(Box::new(Project {
-            input: Some(Box::new(self)),
-            expressions,
-        })))
+        rel(
+            next_id(&self),
+            relation::RelType::Project(Box::new(Project {
+                input: Some(Box::new(self)),
+                expressions,
+            })),
+        )
     }
 
     fn filter(self, condition: Expression) -> Relation {
-        rel(relation::RelType::Filter(Box::new(Filter {
-            input: Some(Box::new(self)),
-            condition: Some(condition),
-        })))
+        rel(
+            next_id(&self),
+            relation::RelType::Filter(Box::new(Filter {
+                input: Some(Box::new(self)),
+                condition: Some(condition),
+            })),
+        )
     }
 
     fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation {
-        rel(relation::RelType::Aggregate(Box::new(Aggregate {
-            input: Some(Box::new(self)),
-            group_type: aggregate::GroupType::Groupby.into(),
-            grouping_expressions: grouping,
-            aggregate_expressions: aggregates,
-        })))
+        rel(
+            next_id(&self),
+            relation::RelType::Aggregate(Box::new(Aggregate {
+                input: Some(Box::new(self)),
+                group_type: aggregate::GroupType::Groupby.into(),
+                grouping_expressions: grouping,
+                aggregate_expressions: aggregates,
+            })),
+        )
     }
 
     fn order_by(self, columns: Vec<Expression>) -> Relation {
@@ -113,18 +139,24 @@ impl DataFrame for Relation {
                 null_ordering: expression::sort_order::NullOrdering::SortNullsFirst.into(),
             })
             .collect();
-        rel(relation::RelType::Sort(Box::new(Sort {
-            input: Some(Box::new(self)),
-            order,
-            is_global: Some(true),
-        })))
+        rel(
+            next_id(&self),
+            relation::RelType::Sort(Box::new(Sort {
+                input: Some(Box::new(self)),
+                order,
+                is_global: Some(true),
+            })),
+        )
     }
 
     fn limit(self, n: i32) -> Relation {
-        rel(relation::RelType::Limit(Box::new(Limit {
-            input: Some(Box::new(self)),
-            limit: n,
-        })))
+        rel(
+            next_id(&self),
+            relation::RelType::Limit(Box::new(Limit {
+                input: Some(Box::new(self)),
+                limit: n,
+            })),
+        )
     }
 }
 
@@ -140,11 +172,25 @@ mod tests {
             vec![alias(call("count", vec![lit(1)]), "n")],
         );
         let bytes = plan.encode_to_vec();
-        // Relation.aggregate is field 9 and Relation.range field 15 (length-delimited: tags
-        // 0x4a and 0x7a).
-        assert_eq!(bytes[0], 0x4a);
-        assert_eq!(range(0, 10, 2).encode_to_vec()[0], 0x7a);
+        // Relation.common (field 1: plan_id, field 2) comes first, then Relation.aggregate
+        // (field 9) or Relation.range (field 15), all length-delimited but the id.
+        assert_eq!(bytes[..5], [0x0a, 0x02, 0x10, 0x01, 0x4a]);
+        assert_eq!(
+            range(0, 10, 2).encode_to_vec()[..5],
+            [0x0a, 0x02, 0x10, 0x00, 0x7a]
+        );
         assert_eq!(Relation::decode(bytes.as_slice()).ok(), Some(plan));
+    }
+
+    #[test]
+    fn every_relation_has_a_plan_id_above_its_input_s() {
+        let plan = range(0, 10, 1).filter(col("x")).limit(3);
+        let id = |r: &Relation| r.common.as_ref().and_then(|c| c.plan_id);
+        assert_eq!(id(&plan), Some(2));
+        let Some(relation::RelType::Limit(limit)) = &plan.rel_type else {
+            panic!("not a limit");
+        };
+        assert_eq!(limit.input.as_deref().and_then(id), Some(1));
     }
 
     #[test]

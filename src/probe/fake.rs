@@ -1,7 +1,7 @@
 //! A small Spark Connect server that speaks the same protos: for tests and benchmarks. It can
 //! answer, hang, or fail on demand, checks the bearer token like Spark does, and counts sessions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 use crate::proto::spark_connect_service_server::{SparkConnectService, SparkConnectServiceServer};
 use crate::proto::{
     AnalyzePlanRequest, AnalyzePlanResponse, ConfigRequest, ConfigResponse, ExecutePlanRequest,
-    ExecutePlanResponse, KeyValue, ReleaseSessionRequest, ReleaseSessionResponse,
-    analyze_plan_response, config_request::operation::OpType, execute_plan_response, plan,
-    relation,
+    ExecutePlanResponse, KeyValue, ReleaseExecuteRequest, ReleaseExecuteResponse,
+    ReleaseSessionRequest, ReleaseSessionResponse, analyze_plan_response,
+    config_request::operation::OpType, execute_plan_request, execute_plan_response, plan, relation,
 };
 
 /// A query text the fake server refuses as Spark refuses an unknown table.
@@ -59,6 +59,9 @@ pub struct FakeState {
     query_delay: Duration,
     sessions: Mutex<HashMap<String, String>>,
     queries: AtomicUsize,
+    /// Operation ids of reattachable executions not released yet.
+    unreleased: Mutex<HashSet<String>>,
+    released: AtomicUsize,
 }
 
 impl FakeState {
@@ -83,6 +86,16 @@ impl FakeState {
     /// Queries run so far (`ExecutePlan` calls answered).
     pub fn queries_run(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
+    }
+
+    /// Reattachable executions whose results were never released (`ReleaseExecute`).
+    pub fn unreleased_executions(&self) -> usize {
+        self.unreleased.lock().map_or(0, |u| u.len())
+    }
+
+    /// Reattachable executions released so far.
+    pub fn released_executions(&self) -> usize {
+        self.released.load(Ordering::SeqCst)
     }
 
     /// Switches behaviour.
@@ -157,7 +170,21 @@ impl SparkConnectService for FakeConnect {
     ) -> Result<Response<Self::ExecutePlanStream>, Status> {
         let session_id = request.get_ref().session_id.clone();
         let server_side = self.0.admit(&request, &session_id).await?;
-        let query = match request.into_inner().plan.and_then(|p| p.op_type) {
+        let request = request.into_inner();
+        let reattachable = request.request_options.iter().any(|o| {
+            matches!(
+                &o.request_option,
+                Some(execute_plan_request::request_option::RequestOption::ReattachOptions(r)) if r.reattachable
+            )
+        });
+        if let (true, Some(id), Ok(mut unreleased)) = (
+            reattachable,
+            &request.operation_id,
+            self.0.unreleased.lock(),
+        ) {
+            unreleased.insert(id.clone());
+        }
+        let query = match request.plan.and_then(|p| p.op_type) {
             Some(plan::OpType::Root(root)) => match root.rel_type {
                 Some(relation::RelType::Sql(sql)) => sql.query,
                 Some(_) => String::new(),
@@ -272,6 +299,28 @@ impl SparkConnectService for FakeConnect {
                     version: "4.3.0-fake".into(),
                 },
             )),
+        }))
+    }
+
+    async fn release_execute(
+        &self,
+        request: Request<ReleaseExecuteRequest>,
+    ) -> Result<Response<ReleaseExecuteResponse>, Status> {
+        let session_id = request.get_ref().session_id.clone();
+        let server_side = self.0.admit(&request, &session_id).await?;
+        let operation_id = request.into_inner().operation_id;
+        if self
+            .0
+            .unreleased
+            .lock()
+            .is_ok_and(|mut u| u.remove(&operation_id))
+        {
+            self.0.released.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Response::new(ReleaseExecuteResponse {
+            session_id,
+            operation_id: Some(operation_id),
+            server_side_session_id: server_side,
         }))
     }
 

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use super::client::{ConnectProbe, FailureKind, PROBE_USER};
 use super::dataframe::{DataFrame, alias, call, col, lit, range};
 use crate::proto::{
-    ExecutePlanRequest, Plan, Relation, Sql, execute_plan_response, plan, relation,
+    ExecutePlanRequest, Plan, ReattachOptions, Relation, ReleaseExecuteRequest, Sql,
+    execute_plan_request, execute_plan_response, plan, relation, release_execute_request,
 };
 
 /// The SQL queries of the built-in set.
@@ -58,6 +59,7 @@ pub fn built_in_steps() -> Vec<Relation> {
 /// A SQL query as a relation.
 fn sql(query: &str) -> Relation {
     Relation {
+        common: None,
         rel_type: Some(relation::RelType::Sql(Sql {
             query: query.to_string(),
         })),
@@ -162,6 +164,8 @@ async fn run_query(
     step: &Relation,
     timeout: Duration,
 ) -> Result<u64, (String, bool)> {
+    // Reattachable, as DataFrame clients run every query, and released once read.
+    let operation_id = uuid::Uuid::new_v4().to_string();
     let message = ExecutePlanRequest {
         session_id: session.to_string(),
         user_context: ConnectProbe::user_context(),
@@ -169,7 +173,14 @@ async fn run_query(
             op_type: Some(plan::OpType::Root(step.clone())),
         }),
         client_type: Some(PROBE_USER.into()),
-        operation_id: None,
+        request_options: vec![execute_plan_request::RequestOption {
+            request_option: Some(
+                execute_plan_request::request_option::RequestOption::ReattachOptions(
+                    ReattachOptions { reattachable: true },
+                ),
+            ),
+        }],
+        operation_id: Some(operation_id.clone()),
         tags: vec!["spark-connect-operator-warm-up".into()],
         client_observed_server_side_session_id: None,
     };
@@ -194,7 +205,40 @@ async fn run_query(
             rows = rows.saturating_add(u64::try_from(batch.row_count).unwrap_or(0));
         }
     }
+    release_execute(probe, session, operation_id, timeout).await;
     Ok(rows)
+}
+
+/// Releases a finished reattachable execution; a failure only leaves it to the session's
+/// release.
+async fn release_execute(
+    probe: &ConnectProbe,
+    session: &str,
+    operation_id: String,
+    timeout: Duration,
+) {
+    let message = ReleaseExecuteRequest {
+        session_id: session.to_string(),
+        user_context: ConnectProbe::user_context(),
+        operation_id,
+        client_type: Some(PROBE_USER.into()),
+        release: Some(release_execute_request::Release::ReleaseAll(
+            release_execute_request::ReleaseAll {},
+        )),
+        client_observed_server_side_session_id: None,
+    };
+    let released = match probe.request_within(message, timeout) {
+        Ok(request) => probe
+            .client()
+            .release_execute(request)
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_string()),
+        Err(e) => Err(e.message),
+    };
+    if let Err(message) = released {
+        tracing::debug!(%message, "releasing a warm-up execution failed");
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +286,11 @@ mod tests {
             done.took
         );
         assert_eq!(state.session_count(), 0, "the warm-up session is released");
+        assert_eq!(
+            (state.released_executions(), state.unreleased_executions()),
+            (5, 0),
+            "every query ran reattachable and was released"
+        );
     }
 
     #[tokio::test]
