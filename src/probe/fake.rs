@@ -26,6 +26,9 @@ pub const FAILING_QUERY_MARK: &str = "sco_fake_missing_table";
 pub const STREAM_QUERY_MARK: &str = "sco_fake_stream_bytes=";
 /// Size of each streamed batch.
 const STREAM_BATCH: usize = 1 << 20;
+/// Unreleased reattachable executions remembered at most (a client that never releases cannot
+/// grow a long-running fake without bound).
+const UNRELEASED_KEPT: usize = 10_000;
 
 /// How the fake server behaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +184,8 @@ impl SparkConnectService for FakeConnect {
             reattachable,
             &request.operation_id,
             self.0.unreleased.lock(),
-        ) {
+        ) && unreleased.len() < UNRELEASED_KEPT
+        {
             unreleased.insert(id.clone());
         }
         let query = match request.plan.and_then(|p| p.op_type) {
