@@ -85,3 +85,17 @@ pub fn signed(
         ],
     )
 }
+
+/// A CA for `ca_subject` and a serving certificate it signs for the DNS `names`, both valid
+/// `days`: `ca.key`, `ca.crt`, `tls.key` and `tls.crt` in `dir`.
+pub fn serving(dir: &Path, ca_subject: &str, names: &[&str], days: u32) -> anyhow::Result<()> {
+    ca(dir, ca_subject, days)?;
+    let names: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    signed(
+        dir,
+        "tls",
+        "/CN=gateway",
+        &format!("subjectAltName={}\n", names.join(",")),
+        days,
+    )
+}

@@ -34,19 +34,6 @@ pub struct Pki {
     pub jwt_key: Vec<u8>,
 }
 
-/// A CA and the gateway's serving certificate, in `dir`.
-fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    certs::ca(dir, "/CN=sco gateway test CA", 2)?;
-    let short = HOST.trim_end_matches(".cluster.local");
-    certs::signed(
-        dir,
-        "tls",
-        "/CN=gateway",
-        &format!("subjectAltName=DNS:{HOST},DNS:{short}\n"),
-        2,
-    )
-}
-
 /// An EC P-256 signing key: (PKCS#8 DER, a JWKS with its public half).
 fn make_jwt_key(dir: &Path) -> anyhow::Result<(Vec<u8>, Value)> {
     certs::ec_key(dir, "jwt.ec")?;
@@ -125,7 +112,8 @@ async fn put_secret(client: &Client, name: &str, type_: &str, data: Value) -> an
 pub async fn prepare(client: &Client, state: &Path) -> anyhow::Result<Pki> {
     let dir = state.join("gateway-test-pki");
     let _ = std::fs::remove_dir_all(&dir);
-    make_certificates(&dir)?;
+    let short = HOST.trim_end_matches(".cluster.local");
+    certs::serving(&dir, "/CN=sco gateway test CA", &[HOST, short], 2)?;
     let (jwt_key, jwks) = make_jwt_key(&dir)?;
     let read = |f: &str| std::fs::read_to_string(dir.join(f));
     put_secret(

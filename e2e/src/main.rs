@@ -57,19 +57,6 @@ enum Command {
     Sandbox { spec: PathBuf },
 }
 
-fn serving_cert(dir: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
-    const DAYS: u32 = 30;
-    let names: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-    sco_e2e::certs::ca(dir, "/CN=spark-connect-operator make run CA", DAYS)?;
-    sco_e2e::certs::signed(
-        dir,
-        "tls",
-        "/CN=gateway",
-        &format!("subjectAltName={}\n", names.join(",")),
-        DAYS,
-    )
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let state = paths::State(std::path::absolute(&cli.state).unwrap_or(cli.state));
@@ -79,7 +66,10 @@ fn main() -> ExitCode {
             Ok(status) => return ExitCode::from(status.code().unwrap_or(1) as u8),
             Err(e) => Err(e),
         },
-        Command::ServingCert { dir, names } => serving_cert(&dir, &names),
+        Command::ServingCert { dir, names } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            sco_e2e::certs::serving(&dir, "/CN=spark-connect-operator make run CA", &names, 30)
+        }
         Command::Up { api_port, forwards } => {
             runtime().and_then(|rt| rt.block_on(launcher::up(state, api_port, forwards)))
         }

@@ -83,54 +83,43 @@ fn next_id(input: &Relation) -> i64 {
         .saturating_add(1)
 }
 
-/// The DataFrame operations on a relation.
-pub trait DataFrame: Sized {
+/// The DataFrame operations, each a new relation on top of this one.
+impl Relation {
+    /// A relation that `make` builds around this one (its input), numbered one above it.
+    fn on_top(self, make: impl FnOnce(Option<Box<Relation>>) -> relation::RelType) -> Relation {
+        let id = next_id(&self);
+        rel(id, make(Some(Box::new(self))))
+    }
+
     /// `df.select(...)`.
-    fn select(self, expressions: Vec<Expression>) -> Relation;
+    pub fn select(self, expressions: Vec<Expression>) -> Relation {
+        self.on_top(|input| relation::RelType::Project(Box::new(Project { input, expressions })))
+    }
+
     /// `df.filter(condition)`.
-    fn filter(self, condition: Expression) -> Relation;
-    /// `df.groupBy(grouping).agg(aggregates)`.
-    fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation;
-    /// `df.orderBy(columns)`, ascending, nulls first (a global sort).
-    fn order_by(self, columns: Vec<Expression>) -> Relation;
-    /// `df.limit(n)`.
-    fn limit(self, n: i32) -> Relation;
-}
-
-impl DataFrame for Relation {
-    fn select(self, expressions: Vec<Expression>) -> Relation {
-        rel(
-            next_id(&self),
-            relation::RelType::Project(Box::new(Project {
-                input: Some(Box::new(self)),
-                expressions,
-            })),
-        )
-    }
-
-    fn filter(self, condition: Expression) -> Relation {
-        rel(
-            next_id(&self),
+    pub fn filter(self, condition: Expression) -> Relation {
+        self.on_top(|input| {
             relation::RelType::Filter(Box::new(Filter {
-                input: Some(Box::new(self)),
+                input,
                 condition: Some(condition),
-            })),
-        )
+            }))
+        })
     }
 
-    fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation {
-        rel(
-            next_id(&self),
+    /// `df.groupBy(grouping).agg(aggregates)`.
+    pub fn group_by(self, grouping: Vec<Expression>, aggregates: Vec<Expression>) -> Relation {
+        self.on_top(|input| {
             relation::RelType::Aggregate(Box::new(Aggregate {
-                input: Some(Box::new(self)),
+                input,
                 group_type: aggregate::GroupType::Groupby.into(),
                 grouping_expressions: grouping,
                 aggregate_expressions: aggregates,
-            })),
-        )
+            }))
+        })
     }
 
-    fn order_by(self, columns: Vec<Expression>) -> Relation {
+    /// `df.orderBy(columns)`, ascending, nulls first (a global sort).
+    pub fn order_by(self, columns: Vec<Expression>) -> Relation {
         let order = columns
             .into_iter()
             .map(|child| SortOrder {
@@ -139,24 +128,18 @@ impl DataFrame for Relation {
                 null_ordering: expression::sort_order::NullOrdering::SortNullsFirst.into(),
             })
             .collect();
-        rel(
-            next_id(&self),
+        self.on_top(|input| {
             relation::RelType::Sort(Box::new(Sort {
-                input: Some(Box::new(self)),
+                input,
                 order,
                 is_global: Some(true),
-            })),
-        )
+            }))
+        })
     }
 
-    fn limit(self, n: i32) -> Relation {
-        rel(
-            next_id(&self),
-            relation::RelType::Limit(Box::new(Limit {
-                input: Some(Box::new(self)),
-                limit: n,
-            })),
-        )
+    /// `df.limit(n)`.
+    pub fn limit(self, n: i32) -> Relation {
+        self.on_top(|input| relation::RelType::Limit(Box::new(Limit { input, limit: n })))
     }
 }
 

@@ -4,12 +4,13 @@
 //! analyzer, the planner of the relations a DataFrame client sends, code generation, the
 //! scheduler and its executors (shuffles, a global sort), and the Arrow path.
 
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
 use super::client::{ConnectProbe, FailureKind, PROBE_USER};
-use super::dataframe::{DataFrame, alias, call, col, lit, range};
+use super::dataframe::{alias, call, col, lit, range};
 use crate::proto::{
     ExecutePlanRequest, Plan, ReattachOptions, Relation, ReleaseExecuteRequest, Sql,
     execute_plan_request, execute_plan_response, plan, relation, release_execute_request,
@@ -22,9 +23,16 @@ const BUILT_IN_SQL: [&str; 3] = [
     "SELECT id, CAST(id AS STRING) AS text, id * 0.5 AS half, id % 2 = 0 AS even FROM range(0, 20000)",
 ];
 
+/// The built-in set, built once: every cluster that names no queries shares it.
+static BUILT_IN_STEPS: LazyLock<Arc<[Relation]>> = LazyLock::new(|| build_built_in().into());
+
 /// The built-in set: the SQL queries, then the same kinds of work as a DataFrame client sends
 /// them (a group-by with a shuffle and a global sort; a filter, select and limit).
-pub fn built_in_steps() -> Vec<Relation> {
+pub fn built_in_steps() -> Arc<[Relation]> {
+    BUILT_IN_STEPS.clone()
+}
+
+fn build_built_in() -> Vec<Relation> {
     let mut steps: Vec<Relation> = BUILT_IN_SQL.iter().map(|q| sql(q)).collect();
     steps.push(
         range(0, 200_000, 4)
@@ -70,7 +78,7 @@ fn sql(query: &str) -> Relation {
 #[derive(Clone, Debug, PartialEq)]
 pub struct WarmupPlan {
     /// The queries, in order.
-    pub steps: Vec<Relation>,
+    pub steps: Arc<[Relation]>,
     /// Deadline of the whole warm-up.
     pub timeout: Duration,
 }
@@ -81,7 +89,7 @@ impl WarmupPlan {
         let steps = if queries.is_empty() {
             built_in_steps()
         } else {
-            queries.iter().map(|q| sql(q)).collect()
+            queries.iter().map(|q| sql(q)).collect::<Vec<_>>().into()
         };
         Self { steps, timeout }
     }
