@@ -412,9 +412,10 @@ pub struct WarmupSpec {
     /// Run the warm-up before a new server becomes idle (on by default).
     #[serde(default = "default_warmup_enabled")]
     pub enabled: bool,
-    /// SQL queries to run in order, their results collected and dropped; empty means the
-    /// built-in set (a small query, an aggregation with a shuffle, a multi-type Arrow collect,
-    /// then a group-by with a global sort and a filter with a limit sent as DataFrame relations).
+    /// SQL queries to run in order, their results collected and dropped, in each of three
+    /// sessions one after another; empty means the built-in set (a small query, an aggregation
+    /// with a shuffle, a multi-type Arrow collect, then a group-by with a global sort and a
+    /// filter with a limit sent as DataFrame relations).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(length(min = 1, max = 4096)))]
     pub queries: Vec<String>,

@@ -61,6 +61,7 @@ pub struct FakeState {
     log_calls: bool,
     query_delay: Duration,
     sessions: Mutex<HashMap<String, String>>,
+    sessions_opened: AtomicUsize,
     queries: AtomicUsize,
     /// Operation ids of reattachable executions not released yet.
     unreleased: Mutex<HashSet<String>>,
@@ -114,6 +115,11 @@ impl FakeState {
         }
     }
 
+    /// Sessions opened so far, released ones included.
+    pub fn sessions_opened(&self) -> usize {
+        self.sessions_opened.load(Ordering::SeqCst)
+    }
+
     /// Live sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.lock().map(|s| s.len()).unwrap_or_default()
@@ -150,7 +156,10 @@ impl FakeState {
             .map_err(|_| Status::internal("poisoned"))?;
         Ok(sessions
             .entry(session_id.to_string())
-            .or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .or_insert_with(|| {
+                self.sessions_opened.fetch_add(1, Ordering::SeqCst);
+                uuid::Uuid::new_v4().to_string()
+            })
             .clone())
     }
 }

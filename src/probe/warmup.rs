@@ -118,22 +118,50 @@ pub struct WarmupFailure {
     pub unauthenticated: bool,
 }
 
-/// The warm-up session of a server: distinct from its probe session, released when done.
-fn warmup_session(probe: &ConnectProbe) -> String {
+/// How many sessions the warm-up runs its queries in, one after another. A Connect server does
+/// per-session work on a session's first job (its own session state on the driver, its own
+/// isolated state on the executors); the first jobs of a session get markedly faster over the
+/// first few sessions, so the user's session must not be the server's second one.
+pub const WARMUP_SESSIONS: usize = 3;
+
+/// The `round`-th warm-up session of a server: distinct from its probe session, released when
+/// done.
+fn warmup_session(probe: &ConnectProbe, round: usize) -> String {
     uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_OID,
-        format!("{}/warm-up", probe.session()).as_bytes(),
+        format!("{}/warm-up/{round}", probe.session()).as_bytes(),
     )
     .to_string()
 }
 
-/// Runs `plan` on the server behind `probe`.
+/// Runs `plan` on the server behind `probe`: every query in each of [`WARMUP_SESSIONS`]
+/// sessions, each session released after.
 pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp, WarmupFailure> {
-    let session = warmup_session(probe);
     let started = Instant::now();
     let deadline = started + plan.timeout;
     let mut rows = 0;
-    let mut outcome = Ok(());
+    for round in 0..WARMUP_SESSIONS {
+        let session = warmup_session(probe, round);
+        let outcome = run_session(probe, plan, &session, deadline).await;
+        if let Err(e) = probe.release_session(&session).await {
+            tracing::debug!(error = %e.message, "releasing a warm-up session failed");
+        }
+        rows += outcome?;
+    }
+    Ok(WarmedUp {
+        took: started.elapsed(),
+        rows,
+    })
+}
+
+/// Every query of `plan` in `session`, stopping at the first failure; the rows returned.
+async fn run_session(
+    probe: &ConnectProbe,
+    plan: &WarmupPlan,
+    session: &str,
+    deadline: Instant,
+) -> Result<u64, WarmupFailure> {
+    let mut rows = 0;
     for (index, step) in plan.steps.iter().enumerate() {
         let fail = |message: String, unauthenticated: bool| WarmupFailure {
             query: index + 1,
@@ -142,26 +170,18 @@ pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp
             unauthenticated,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, run_query(probe, &session, step, left)).await {
+        match tokio::time::timeout(left, run_query(probe, session, step, left)).await {
             Ok(Ok(n)) => rows += n,
-            Ok(Err((message, unauthenticated))) => {
-                outcome = Err(fail(message, unauthenticated));
-                break;
-            }
+            Ok(Err((message, unauthenticated))) => return Err(fail(message, unauthenticated)),
             Err(_) => {
-                outcome = Err(fail(
+                return Err(fail(
                     format!("the warm-up did not finish within {:?}", plan.timeout),
                     false,
                 ));
-                break;
             }
         }
     }
-    let took = started.elapsed();
-    if let Err(e) = probe.release_session(&session).await {
-        tracing::debug!(error = %e.message, "releasing the warm-up session failed");
-    }
-    outcome.map(|()| WarmedUp { took, rows })
+    Ok(rows)
 }
 
 /// One query: its whole result stream read; the rows counted. Errors carry whether the server
@@ -286,17 +306,30 @@ mod tests {
             "the built-in set takes the DataFrame path too"
         );
         let done = warm_up(&probe, &plan).await.unwrap();
-        assert_eq!(state.queries_run(), 5);
-        assert_eq!(done.rows, 5, "one row per query from the fake server");
+        let runs = 5 * WARMUP_SESSIONS;
+        assert_eq!(state.queries_run(), runs, "every query in every session");
+        assert_eq!(
+            done.rows, runs as u64,
+            "one row per query from the fake server"
+        );
         assert!(
             done.took >= Duration::from_millis(100),
             "took {:?}",
             done.took
         );
-        assert_eq!(state.session_count(), 0, "the warm-up session is released");
+        assert_eq!(
+            state.sessions_opened(),
+            WARMUP_SESSIONS,
+            "each round runs in a session of its own"
+        );
+        assert_eq!(
+            state.session_count(),
+            0,
+            "the warm-up sessions are released"
+        );
         assert_eq!(
             (state.released_executions(), state.unreleased_executions()),
-            (5, 0),
+            (runs, 0),
             "every query ran reattachable and was released"
         );
     }

@@ -294,12 +294,19 @@ fn summarize(scenario: &str, rounds: &[Round]) -> serde_json::Value {
     })
 }
 
-/// The warm pool's speed-up over the cold start, from the rows of [`run`].
-pub fn speedup(rows: &[serde_json::Value]) -> Option<f64> {
+/// The speed-up of each warm scenario over the cold start (claim to first result, medians),
+/// from the rows of [`run`].
+pub fn speedups(rows: &[serde_json::Value]) -> Vec<(&'static str, f64)> {
     let median = |scenario: &str| {
         rows.iter()
             .find(|r| r["scenario"] == format!("claim_to_first_result_real_spark_{scenario}"))
             .and_then(|r| r["claim_to_first_result_ms"]["median"].as_f64())
     };
-    Some(median("cold_start")? / median("warm_pool")?)
+    let Some(cold) = median("cold_start") else {
+        return Vec::new();
+    };
+    ["warm_pool", "warm_pool_at_server_cap"]
+        .into_iter()
+        .filter_map(|warm| Some((warm, cold / median(warm)?)))
+        .collect()
 }
