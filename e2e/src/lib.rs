@@ -66,21 +66,28 @@ pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()>
 
 /// Makes namespace `name` anew: an old one (left by an interrupted run) is deleted first.
 pub async fn fresh_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    remove_namespace(client, name).await?;
+    ensure_namespace(client, name).await
+}
+
+/// Deletes namespace `name` (if it exists) and waits until it is gone, with everything in it.
+pub async fn remove_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(client.clone());
-    if namespaces.get_opt(name).await?.is_some() {
-        namespaces
-            .delete(name, &kube::api::DeleteParams::default())
-            .await?;
-        poll::until(
-            "the old namespace gone",
-            std::time::Duration::from_secs(600),
-            std::time::Duration::from_millis(500),
-            || async { namespaces.get_opt(name).await.ok().flatten().is_none() },
-        )
-        .await?;
+    if namespaces.get_opt(name).await?.is_none() {
+        return Ok(());
     }
-    ensure_namespace(client, name).await
+    namespaces
+        .delete(name, &kube::api::DeleteParams::default())
+        .await?;
+    poll::until(
+        &format!("namespace {name} gone"),
+        std::time::Duration::from_secs(600),
+        std::time::Duration::from_millis(500),
+        || async { namespaces.get_opt(name).await.ok().flatten().is_none() },
+    )
+    .await
+    .map(drop)
 }
 
 /// Polls cluster `name` until its status satisfies `check` (`what` names the wait).

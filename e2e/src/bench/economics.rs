@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -187,8 +187,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "idle_vs_ideal": ratio,
         }));
     }
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
+    sco_e2e::remove_namespace(&client, NS).await?;
     report::write(
         "economics",
         &serde_json::json!({

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use sco_e2e::operator::{self, Usage, metric_sum};
 use sco_e2e::poll::until;
@@ -59,7 +59,7 @@ pub async fn run(world: PathBuf, clusters: usize, with_servers: usize) -> anyhow
     .await;
     // The clusters' finalizer needs a running operator to let the namespace go.
     scale(&client, &deployments, replicas).await?;
-    cleanup(&client).await?;
+    sco_e2e::remove_namespace(&client, NS).await?;
     report::write("scale", &result?)
 }
 
@@ -236,19 +236,6 @@ async fn scale(
                         .is_some_and(|l| list.items.iter().any(|p| p.name_any() == l))
             }
         },
-    )
-    .await?;
-    Ok(())
-}
-
-async fn cleanup(client: &Client) -> anyhow::Result<()> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
-    until(
-        "the bench namespace gone",
-        Duration::from_secs(600),
-        Duration::from_millis(500),
-        || async { namespaces.get_opt(NS).await.ok().flatten().is_none() },
     )
     .await?;
     Ok(())
