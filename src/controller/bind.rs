@@ -209,6 +209,7 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
 
 /// Stamps the server with the claim, then marks the claim Bound.
 async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
+    let _under_way = ctx.binds.begin();
     let Some(claim) = claim(ctx, terms, &a.claim) else {
         return Outcome::ClaimGone {
             server_stamped: false,

@@ -1,7 +1,8 @@
 //! What every reconcile needs, in one value shared by the controllers.
 
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::Resource;
@@ -22,6 +23,10 @@ use crate::probe::prober::Prober;
 
 /// Events published at once; more wait their turn (first come, first served).
 const EVENTS_IN_FLIGHT: usize = 4;
+/// Binds count as quiet once none has been under way for this long.
+const BINDS_QUIET: Duration = Duration::from_millis(250);
+/// The longest an Event waits for binds to be quiet.
+const MAX_EVENT_HOLD: Duration = Duration::from_secs(2);
 
 /// What every reconcile needs.
 pub struct Context {
@@ -47,6 +52,8 @@ pub struct Context {
     pub liveness: Liveness,
     /// Tokens of pool servers this process knows.
     pub tokens: KnownTokens,
+    /// Bind writes under way: Events wait until they are quiet.
+    pub binds: Arc<BindActivity>,
     /// Events being published at once (see [`Context::event`]).
     events_in_flight: Arc<Semaphore>,
     me: Weak<Context>,
@@ -72,6 +79,7 @@ impl Context {
             stores,
             retries: Retries::default(),
             liveness: Liveness::default(),
+            binds: Arc::default(),
             events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         })
     }
@@ -82,9 +90,9 @@ impl Context {
     }
 
     /// Publishes an Event on `object` in the background: Events never delay a reconcile or a
-    /// bind, go out a few at a time in the order they were made (a burst of binds does not
-    /// send a burst of Events competing with it for the apiserver), and a failure to publish
-    /// is only logged.
+    /// bind, go out a few at a time in the order they were made, and wait while binds are
+    /// under way (at most [`MAX_EVENT_HOLD`]), so a burst of binds does not compete with its
+    /// own Events for the apiserver. A failure to publish is only logged.
     pub fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -103,10 +111,19 @@ impl Context {
         };
         let reason = reason.to_string();
         let in_flight = self.events_in_flight.clone();
+        let binds = self.binds.clone();
         tokio::spawn(async move {
             let Ok(_permit) = in_flight.acquire_owned().await else {
                 return;
             };
+            let give_up = Instant::now() + MAX_EVENT_HOLD;
+            while let Some(wait) = binds.quiet_in(BINDS_QUIET, Instant::now()) {
+                let left = give_up.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(wait.min(left)).await;
+            }
             let publish = recorder.publish(&event, &reference);
             match tokio::time::timeout(Duration::from_secs(10), publish).await {
                 Ok(Ok(())) => {}
@@ -114,6 +131,49 @@ impl Context {
                 Err(_) => tracing::warn!(%reason, "publishing event timed out"),
             }
         });
+    }
+}
+
+/// Bind writes under way in this process, and when the last one ended.
+#[derive(Default)]
+pub struct BindActivity {
+    in_flight: AtomicUsize,
+    last_ended: Mutex<Option<Instant>>,
+}
+
+impl BindActivity {
+    /// Counts a bind under way until the returned guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> BindUnderWay {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        BindUnderWay(self.clone())
+    }
+
+    /// Whether any bind's writes are under way.
+    pub fn under_way(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
+
+    /// How long from `now` until binds will have been quiet for `quiet`; `None` once they have.
+    pub fn quiet_in(&self, quiet: Duration, now: Instant) -> Option<Duration> {
+        if self.under_way() {
+            return Some(quiet);
+        }
+        let ended = (*self.last_ended.lock().ok()?)?;
+        quiet
+            .checked_sub(now.saturating_duration_since(ended))
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// A bind under way (see [`BindActivity::begin`]).
+pub struct BindUnderWay(Arc<BindActivity>);
+
+impl Drop for BindUnderWay {
+    fn drop(&mut self) {
+        if let Ok(mut ended) = self.0.last_ended.lock() {
+            *ended = Some(Instant::now());
+        }
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -126,4 +186,35 @@ pub fn cluster_key(namespace: &str, name: &str) -> String {
 /// The kind-qualified reference of an object, the key of per-object state.
 pub fn key_of<K: Resource<DynamicType = ()>>(object: &K) -> String {
     ObjectRef::from_obj(object).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn binds_are_quiet_only_when_none_is_under_way_and_the_last_ended_long_enough_ago() {
+        let binds = Arc::new(BindActivity::default());
+        let start = Instant::now();
+        assert_eq!(binds.quiet_in(QUIET, start), None, "no bind yet");
+        let first = binds.begin();
+        let second = binds.begin();
+        assert_eq!(binds.quiet_in(QUIET, start), Some(QUIET));
+        assert!(binds.under_way());
+        drop(first);
+        assert_eq!(
+            binds.quiet_in(QUIET, start),
+            Some(QUIET),
+            "one still under way"
+        );
+        drop(second);
+        assert!(!binds.under_way());
+        let ended = Instant::now();
+        let later = ended + Duration::from_millis(100);
+        let left = binds.quiet_in(QUIET, later).expect("not quiet yet");
+        assert!(left <= Duration::from_millis(150), "{left:?}");
+        assert_eq!(binds.quiet_in(QUIET, ended + QUIET), None);
+    }
 }

@@ -413,7 +413,7 @@ mod tests {
     use super::*;
     use crate::probe::fake::{FAILING_QUERY_MARK, FakeOptions, FakeState, serve};
     use crate::probe::health::{ServerHealth, Verdict};
-    use crate::probe::warmup::built_in_steps;
+    use crate::probe::warmup::{WARMUP_SESSIONS, built_in_steps};
     use futures::StreamExt;
 
     /// A prober over one fake server whose target wants `plan`; returns the book's view of it
@@ -461,7 +461,11 @@ mod tests {
             "{:?}",
             health.warmup
         );
-        assert_eq!(state.queries_run(), built_in_steps().len());
+        assert_eq!(
+            state.queries_run(),
+            built_in_steps().len() * WARMUP_SESSIONS,
+            "once: the built-in set in each warm-up session, no more"
+        );
     }
 
     #[tokio::test]

@@ -71,8 +71,10 @@ const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
 /// Binds this far apart end a burst.
 const BIND_QUIET: Duration = Duration::from_millis(250);
 
-/// Holds back new pool servers while a burst of claims is being bound (bind writes under way,
-/// or the last server handed out less than [`BIND_QUIET`] ago; at most [`MAX_REFILL_HOLD`]):
+/// Holds back new pool servers while a burst of claims is being bound (a server handed out and
+/// not yet seen claimed, any bind's writes under way — the claim's status is written after
+/// the server — or the last server handed out less than [`BIND_QUIET`] ago; at most
+/// [`MAX_REFILL_HOLD`]):
 /// the burst's binds get the apiserver before its refills compete with them. Binding itself
 /// never waits. Returns when to look again.
 pub fn hold_refill_while_binding(
@@ -81,10 +83,11 @@ pub fn hold_refill_while_binding(
     observed: &Observed,
     decision: &mut Decision,
 ) -> Option<Duration> {
-    let binding = observed
-        .handed_out
-        .keys()
-        .any(|server| !observed.claimed_servers.contains_key(server));
+    let binding = ctx.binds.under_way()
+        || observed
+            .handed_out
+            .keys()
+            .any(|server| !observed.claimed_servers.contains_key(server));
     let wait =
         ctx.allocator
             .refill_hold(key, binding, BIND_QUIET, MAX_REFILL_HOLD, Instant::now())?;
