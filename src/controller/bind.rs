@@ -17,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::apply::{controlled_by, status_patch};
-use super::cluster::act::{bound_status, finish_claim};
+use super::claim_status::{bound_status, finish_claim};
 use super::context::Context;
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
 use crate::builders::labels::{

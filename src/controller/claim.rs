@@ -14,7 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::controlled_by;
 use super::bind;
-use super::cluster::act::{BOUND, finish_claim, ignore_gone};
+use super::claim_status::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};

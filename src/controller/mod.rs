@@ -6,6 +6,7 @@
 pub mod apply;
 pub mod bind;
 pub mod claim;
+pub mod claim_status;
 pub mod cluster;
 pub mod conditions;
 pub mod context;

@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -24,20 +23,17 @@ use crate::builders::labels::{
 use crate::builders::pod::{ServerIdentity, server_pod};
 use crate::builders::secret::{new_token, server_token_secret};
 use crate::builders::service::{Backend, MUST_STAY_ABSENT, endpoint_slice, server_service};
-use crate::controller::apply::{apply_owned, apply_owned_without, write_status_if_changed};
-use crate::controller::conditions::set_condition;
+use crate::controller::apply::{apply_owned, apply_owned_without};
+use crate::controller::claim_status::{finish_claim, ignore_gone};
 use crate::controller::context::Context;
 use crate::controller::pool::Decision;
 use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
-use crate::crd::{AuthMode, SparkConnectClaim};
+use crate::crd::AuthMode;
 use crate::error::Error;
 use crate::probe::health::Verdict;
 use crate::probe::prober::{ProbeSettings, ProbeTarget};
 use crate::validate::ValidCluster;
-
-/// The condition a claim carries.
-pub const BOUND: &str = "Bound";
 
 /// Carries out `decision`.
 pub async fn execute(
@@ -124,65 +120,6 @@ async fn end_claims(
         ctx.event(claim.as_ref(), kind, end.reason(), &message);
     }
     Ok(())
-}
-
-/// Gives a claim a final phase (or Pending with a reason) and its Bound condition.
-pub async fn finish_claim(
-    ctx: &Context,
-    claim: &SparkConnectClaim,
-    phase: crate::crd::ClaimPhase,
-    reason: &str,
-    message: &str,
-    now: Timestamp,
-) -> Result<bool, Error> {
-    let mut status = claim.status.clone().unwrap_or_default();
-    status.phase = phase;
-    set_condition(
-        &mut status.conditions,
-        BOUND,
-        false,
-        reason,
-        message.into(),
-        claim.metadata.generation,
-        now,
-    );
-    write_status_if_changed(&ctx.client, claim, claim.status.as_ref(), &status).await
-}
-
-/// The status of a claim bound to `server`.
-pub fn bound_status(
-    claim: &SparkConnectClaim,
-    server: &str,
-    endpoint: String,
-    token_secret: Option<String>,
-    waited_millis: i64,
-    now: Timestamp,
-) -> crate::crd::SparkConnectClaimStatus {
-    let mut status = claim.status.clone().unwrap_or_default();
-    status.phase = crate::crd::ClaimPhase::Bound;
-    status.server = Some(server.into());
-    status.endpoint = Some(endpoint);
-    status.token_secret = token_secret;
-    status.bound_at = Some(Time(now));
-    status.wait_millis = Some(waited_millis);
-    set_condition(
-        &mut status.conditions,
-        BOUND,
-        true,
-        "Bound",
-        format!("bound to server {server}"),
-        claim.metadata.generation,
-        now,
-    );
-    status
-}
-
-/// A write to an object that is gone meanwhile (404) is not a failure.
-pub fn ignore_gone(result: Result<bool, Error>) -> Result<(), Error> {
-    match result {
-        Err(e) if e.api_code() == Some(404) => Ok(()),
-        other => other.map(|_| ()),
-    }
 }
 
 async fn change_servers(
@@ -497,6 +434,7 @@ mod tests {
     use crate::test_support::cluster;
     use crate::validate::validate;
     use http::{Request, Response};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::client::Body;
     use std::sync::Arc;
 

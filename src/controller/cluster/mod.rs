@@ -19,6 +19,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
 use super::bind;
+use super::claim_status;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::PoolTerms;
@@ -279,7 +280,7 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
         if !ours || phase.is_final() {
             continue;
         }
-        let ended = act::finish_claim(
+        let ended = claim_status::finish_claim(
             ctx,
             &claim,
             ClaimPhase::Lost,
@@ -288,7 +289,7 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
             now,
         )
         .await;
-        act::ignore_gone(ended)?;
+        claim_status::ignore_gone(ended)?;
         ctx.event(
             claim.as_ref(),
             EventType::Warning,
