@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod leader;
 pub mod metrics;
 pub mod probe;
+pub mod quantity;
 pub mod telemetry;
 pub mod validate;
 

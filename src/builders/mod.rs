@@ -3,7 +3,6 @@
 pub mod labels;
 pub mod merge;
 pub mod pod;
-pub mod quantity;
 pub mod rbac;
 pub mod secret;
 pub mod service;

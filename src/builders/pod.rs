@@ -11,9 +11,9 @@ use super::labels::{
     server_labels, server_token_secret_name, token_secret_name,
 };
 use super::merge::merge;
-use super::quantity::overhead_mib;
 use crate::crd::AuthMode;
 use crate::error::Error;
+use crate::quantity::overhead_mib;
 use crate::validate::ValidCluster;
 
 /// Main class of the Spark Connect server.

@@ -11,7 +11,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 
-use crate::builders::quantity;
 use crate::crd::{SparkConnectCluster, SparkConnectClusterSpec};
 use crate::duration::{
     self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY,
@@ -19,6 +18,7 @@ use crate::duration::{
 };
 use crate::error::Error;
 use crate::probe::warmup::WarmupPlan;
+use crate::quantity;
 
 /// Spark settings the operator owns; a user setting them would break the server.
 pub const MANAGED_SPARK_CONF: &[&str] = &[
