@@ -107,6 +107,11 @@ pub struct PoolPlan {
 }
 
 impl PoolPlan {
+    /// Marks server `s` for deletion.
+    fn remove_server(&mut self, s: &ServerView, reason: RemoveReason) {
+        self.remove.insert(s.name.clone(), reason);
+    }
+
     /// How many kept servers (plus those to create) are in `state`.
     pub fn count(&self, state: ServerState) -> usize {
         self.states.values().filter(|s| **s == state).count()
@@ -125,46 +130,86 @@ fn age(now: Timestamp, created: Timestamp) -> Duration {
 /// Decides the pool's next step. Claimed servers are never touched here.
 pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> PoolPlan {
     let mut plan = PoolPlan::default();
-    let mut sorted: Vec<&ServerView> = servers.iter().collect();
-    sorted.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let sorted = sort_servers(&mut plan, servers, &targets, now);
+    let mut spare = sorted.spare;
+    place_shared(
+        &mut plan,
+        &mut spare,
+        sorted.shared_ok,
+        sorted.shared_bad,
+        &targets,
+    );
+    let leaving = recycle_over_age(&mut plan, &mut spare, &targets, now);
+    size_pool(&mut plan, servers, &targets, leaving);
+    settle_labels(&mut plan, servers);
+    plan
+}
 
-    let remove = |plan: &mut PoolPlan, s: &ServerView, reason| {
-        plan.remove.insert(s.name.clone(), reason);
+/// Servers sorted by what they may become, oldest first.
+struct Sorted<'a> {
+    /// Healthy, current idle servers: the ones that may take over the shared Service.
+    spare: Vec<&'a ServerView>,
+    /// Healthy shared servers.
+    shared_ok: Vec<&'a ServerView>,
+    /// Failing shared servers.
+    shared_bad: Vec<&'a ServerView>,
+}
+
+/// Decides what needs no choosing (claimed servers stay, exited, retired, outdated and
+/// unhealthy ones go, starting ones keep starting) and sorts the rest.
+fn sort_servers<'a>(
+    plan: &mut PoolPlan,
+    servers: &'a [ServerView],
+    targets: &PoolTargets,
+    now: Timestamp,
+) -> Sorted<'a> {
+    let mut oldest_first: Vec<&ServerView> = servers.iter().collect();
+    oldest_first.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+    let mut sorted = Sorted {
+        spare: Vec::new(),
+        shared_ok: Vec::new(),
+        shared_bad: Vec::new(),
     };
-    // Healthy, current idle servers: the ones that may take over the shared Service.
-    let mut spare: Vec<&ServerView> = Vec::new();
-    let mut shared_ok: Vec<&ServerView> = Vec::new();
-    let mut shared_bad: Vec<&ServerView> = Vec::new();
-    for s in sorted {
+    for s in oldest_first {
         let current = s.spec_hash == targets.spec_hash;
         match s.state {
-            _ if s.exited => remove(&mut plan, s, RemoveReason::Exited),
-            ServerState::Retiring => remove(&mut plan, s, RemoveReason::Retired),
+            _ if s.exited => plan.remove_server(s, RemoveReason::Exited),
+            ServerState::Retiring => plan.remove_server(s, RemoveReason::Retired),
             ServerState::Claimed => {
                 plan.states.insert(s.name.clone(), ServerState::Claimed);
             }
-            ServerState::Shared if s.healthy => shared_ok.push(s),
-            ServerState::Shared => shared_bad.push(s),
+            ServerState::Shared if s.healthy => sorted.shared_ok.push(s),
+            ServerState::Shared => sorted.shared_bad.push(s),
             // Built from an older spec or token: replaced (a server holding an old token is
             // never counted as a pool member).
-            _ if !current => remove(&mut plan, s, RemoveReason::Outdated),
+            _ if !current => plan.remove_server(s, RemoveReason::Outdated),
             _ if s.auth_rejected => {
                 plan.states.insert(s.name.clone(), ServerState::Unhealthy);
             }
-            _ if s.healthy => spare.push(s),
+            _ if s.healthy => sorted.spare.push(s),
             ServerState::Idle | ServerState::Unhealthy => {
-                remove(&mut plan, s, RemoveReason::Unhealthy)
+                plan.remove_server(s, RemoveReason::Unhealthy)
             }
             _ if age(now, s.created) > targets.startup_deadline => {
-                remove(&mut plan, s, RemoveReason::StartupTimeout)
+                plan.remove_server(s, RemoveReason::StartupTimeout)
             }
             _ => {
                 plan.states.insert(s.name.clone(), ServerState::Starting);
             }
         }
     }
+    sorted
+}
 
-    // The shared Service: failed or outdated shared servers hand over to a spare first.
+/// The shared Service: failed or outdated shared servers hand over to a spare first; then the
+/// shared count is met from the spares or trimmed (failing ones first).
+fn place_shared<'a>(
+    plan: &mut PoolPlan,
+    spare: &mut Vec<&'a ServerView>,
+    shared_ok: Vec<&'a ServerView>,
+    shared_bad: Vec<&'a ServerView>,
+    targets: &PoolTargets,
+) {
     let mut shared: Vec<&ServerView> = Vec::new();
     for (s, reason) in shared_bad
         .iter()
@@ -180,7 +225,7 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
             shared.push(s);
         } else {
             let successor = spare.remove(0);
-            remove(&mut plan, s, reason);
+            plan.remove_server(s, reason);
             shared.push(successor);
         }
     }
@@ -195,14 +240,22 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         shared.push(spare.remove(0));
     }
     for s in shared.split_off(targets.shared.min(shared.len())) {
-        remove(&mut plan, s, RemoveReason::ScaledDown);
+        plan.remove_server(s, RemoveReason::ScaledDown);
     }
     for s in &shared {
         plan.states.insert(s.name.clone(), ServerState::Shared);
     }
+}
 
-    // Idle servers past maxIdleAge do not count toward the target: replacements start first,
-    // and one old server is recycled per step once the fresh ones cover the target.
+/// Idle servers past maxIdleAge do not count toward the target: replacements start first, and
+/// one old server is recycled per step once the fresh ones cover the target. The spares left
+/// are idle; returns how many of them are leaving (over age, not yet recycled).
+fn recycle_over_age(
+    plan: &mut PoolPlan,
+    spare: &mut Vec<&ServerView>,
+    targets: &PoolTargets,
+    now: Timestamp,
+) -> usize {
     let over_age = |s: &ServerView| {
         targets
             .max_idle_age
@@ -213,14 +266,18 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
     if let Some(pos) = spare.iter().position(|s| over_age(s))
         && spare.len() > targets.idle
     {
-        remove(&mut plan, spare.remove(pos), RemoveReason::Recycled);
+        plan.remove_server(spare.remove(pos), RemoveReason::Recycled);
     }
-    let leaving = usize::from(spare.iter().any(|s| over_age(s)));
-    for s in &spare {
+    for s in spare.iter() {
         plan.states.insert(s.name.clone(), ServerState::Idle);
     }
+    usize::from(spare.iter().any(|s| over_age(s)))
+}
 
-    // Pool size: shared + idle targets, counting servers still starting.
+/// Pool size: shared + idle targets, counting servers still starting; servers to start
+/// (within maxServers) or, above the targets, to drop: those still starting first (least sunk
+/// cost), then the newest idle ones.
+fn size_pool(plan: &mut PoolPlan, servers: &[ServerView], targets: &PoolTargets, leaving: usize) {
     let members = plan
         .states
         .values()
@@ -233,7 +290,6 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         plan.create += (desired - members).min(room);
         plan.capped = desired - members - plan.create;
     } else if members > desired {
-        // Drop servers still starting first (least sunk cost), then the newest idle ones.
         let mut victims: Vec<&ServerView> = servers
             .iter()
             .filter(|s| {
@@ -249,9 +305,13 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
         });
         for s in victims.into_iter().take(members - desired) {
             plan.states.remove(&s.name);
-            plan.remove.insert(s.name.clone(), RemoveReason::ScaledDown);
+            plan.remove_server(s, RemoveReason::ScaledDown);
         }
     }
+}
+
+/// Servers whose state changes are relabelled; removed ones keep no state.
+fn settle_labels(plan: &mut PoolPlan, servers: &[ServerView]) {
     for s in servers {
         if let Some(state) = plan.states.get(&s.name)
             && *state != s.state
@@ -262,7 +322,6 @@ pub fn plan(servers: &[ServerView], targets: PoolTargets, now: Timestamp) -> Poo
     for name in plan.remove.keys() {
         plan.states.remove(name);
     }
-    plan
 }
 
 #[cfg(test)]
