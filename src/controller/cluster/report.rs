@@ -128,36 +128,7 @@ pub fn healthy_status(
     status.observed_generation = generation;
     status.selector = Some(server_selector(name));
 
-    let (ready, reason, message) = if spec.shared > 0 {
-        if counts.shared > 0 {
-            (
-                true,
-                "SharedServerReady",
-                format!(
-                    "{} of {} shared servers serve the endpoint",
-                    counts.shared, spec.shared
-                ),
-            )
-        } else {
-            (
-                false,
-                "NoSharedServer",
-                "no healthy server serves the endpoint yet".to_string(),
-            )
-        }
-    } else if counts.idle > 0 || summary.idle_target == 0 {
-        (
-            true,
-            "PoolServing",
-            "pool-only cluster: claims are served from the pool".to_string(),
-        )
-    } else {
-        (
-            false,
-            "PoolEmpty",
-            "pool-only cluster with no idle server yet".to_string(),
-        )
-    };
+    let (ready, reason, message) = readiness(spec.shared, &counts, summary.idle_target);
     set_condition(
         &mut status.conditions,
         READY,
@@ -181,22 +152,7 @@ pub fn healthy_status(
         generation,
         now,
     );
-    let problems = summary.problems.list();
-    let (degraded, reason, message) = match problems.first() {
-        None => (false, "AsExpected", "no problems".to_string()),
-        Some(first) => {
-            let all: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
-            let mut message = all.join("; ");
-            if message.len() > MAX_MESSAGE {
-                let cut = (0..=MAX_MESSAGE)
-                    .rev()
-                    .find(|i| message.is_char_boundary(*i))
-                    .unwrap_or(0);
-                message.truncate(cut);
-            }
-            (true, first.reason, message)
-        }
-    };
+    let (degraded, reason, message) = degradation(&summary.problems);
     set_condition(
         &mut status.conditions,
         DEGRADED,
@@ -224,6 +180,66 @@ pub fn healthy_status(
         status.last_warmup_millis = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
     }
     status
+}
+
+/// The Ready condition: a shared cluster is ready while a healthy server serves its endpoint;
+/// a pool-only one while it has an idle server (or wants none).
+fn readiness(
+    shared: i32,
+    counts: &ServerCounts,
+    idle_target: usize,
+) -> (bool, &'static str, String) {
+    if shared > 0 {
+        if counts.shared > 0 {
+            (
+                true,
+                "SharedServerReady",
+                format!(
+                    "{} of {} shared servers serve the endpoint",
+                    counts.shared, shared
+                ),
+            )
+        } else {
+            (
+                false,
+                "NoSharedServer",
+                "no healthy server serves the endpoint yet".to_string(),
+            )
+        }
+    } else if counts.idle > 0 || idle_target == 0 {
+        (
+            true,
+            "PoolServing",
+            "pool-only cluster: claims are served from the pool".to_string(),
+        )
+    } else {
+        (
+            false,
+            "PoolEmpty",
+            "pool-only cluster with no idle server yet".to_string(),
+        )
+    }
+}
+
+/// The Degraded condition: every problem's message, joined and cut to [`MAX_MESSAGE`]; the
+/// first problem's reason.
+fn degradation(problems: &Problems) -> (bool, &'static str, String) {
+    let problems = problems.list();
+    match problems.first() {
+        None => (false, "AsExpected", "no problems".to_string()),
+        Some(first) => {
+            let all: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            let mut message = all.join("; ");
+            if message.len() > MAX_MESSAGE {
+                let cut = (0..=MAX_MESSAGE)
+                    .rev()
+                    .find(|i| message.is_char_boundary(*i))
+                    .unwrap_or(0);
+                message.truncate(cut);
+            }
+            (true, first.reason, message)
+        }
+    }
 }
 
 /// The status for a cluster whose spec cannot be run.
