@@ -152,7 +152,7 @@ pub fn healthy_status(
         generation,
         now,
     );
-    let (degraded, reason, message) = degradation(&summary.problems);
+    let (degraded, reason, message) = degradation(summary.problems);
     set_condition(
         &mut status.conditions,
         DEGRADED,
