@@ -192,45 +192,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (directory, _watches) =
         directory::Directory::start(client.clone(), args.namespace.as_deref());
 
-    let jwt = match &args.jwt_issuer {
-        Some(issuer) => {
-            let keys = Arc::new(RwLock::new(JwkSet { keys: Vec::new() }));
-            match (&args.jwt_jwks_secret, &args.jwt_jwks_url) {
-                (Some(secret), _) => {
-                    let (namespace, name) = namespaced(secret, "--jwt-jwks-secret")?;
-                    tokio::spawn(jwks::watch_secret(
-                        client.clone(),
-                        namespace,
-                        name,
-                        keys.clone(),
-                    ));
-                }
-                (None, Some(url)) => {
-                    let url: http::Uri = url
-                        .parse()
-                        .map_err(|e| ConfigError(format!("--jwt-jwks-url {url:?}: {e}")))?;
-                    tokio::spawn(jwks::poll_url(url, jwks::URL_REFRESH, keys.clone()));
-                }
-                (None, None) => {
-                    return Err(ConfigError(
-                        "--jwt-issuer needs --jwt-jwks-secret or --jwt-jwks-url".into(),
-                    )
-                    .into());
-                }
-            }
-            Some(authn::JwtIssuer {
-                issuer: issuer.clone(),
-                audience: args.jwt_audience.clone(),
-                username_claim: args.jwt_username_claim.clone(),
-                groups_claim: args.jwt_groups_claim.clone(),
-                username_prefix: args.jwt_prefix.clone(),
-                groups_prefix: args.jwt_prefix.clone(),
-                namespace_claim: args.namespace_claim.clone(),
-                keys,
-            })
-        }
-        None => None,
-    };
+    let jwt = jwt_issuer(&args, &client)?;
     let review_audience = Some(args.token_review_audience.clone()).filter(|a| !a.is_empty());
     let authn = authn::Authenticator::new(Some(client.clone()), review_audience, jwt);
     let external = match &args.ext_authz {
@@ -260,47 +222,11 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
         args.replica.clone(),
         args.max_message_bytes,
     ));
-    let transport = match &args.tls_secret {
-        Some(secret) => {
-            let (namespace, name) = namespaced(secret, "--tls-secret")?;
-            let (certificate, _) = tls::Certificate::watch(client.clone(), &namespace, &name);
-            server::Transport::Tls(certificate)
-        }
-        None => server::Transport::Plaintext,
-    };
+    let transport = transport(&args, &client)?;
 
     let shutdown = CancellationToken::new();
-    let ready_directory = directory.clone();
-    let stopping = shutdown.clone();
-    let rendered = metrics.clone();
-    let admin = tokio::spawn(admin::serve(
-        args.admin_addr,
-        AdminState {
-            metrics: Arc::new(move || rendered.render()),
-            ready: Arc::new(move || {
-                if stopping.is_cancelled() {
-                    Err("draining".into())
-                } else if ready_directory.synced() {
-                    Ok(())
-                } else {
-                    Err("watches not synced yet".into())
-                }
-            }),
-            live: Arc::new(|| Ok(())),
-        },
-        shutdown.clone().cancelled_owned(),
-    ));
-    let sweeper = dedicated.clone();
-    let sweeping = shutdown.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(sweep_period);
-        while !sweeping.is_cancelled() {
-            every.tick().await;
-            if directory.synced() {
-                sweeper.sweep().await;
-            }
-        }
-    });
+    let admin = spawn_admin(&args, &metrics, &directory, &shutdown);
+    spawn_sweeper(dedicated, directory, sweep_period, shutdown.clone());
     let signals = shutdown.clone();
     tokio::spawn(async move {
         crate::telemetry::wait_for_signal().await;
@@ -316,4 +242,108 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     // The writer ends once the last call's record is written.
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
     Ok(())
+}
+
+/// The JWT issuer the flags name, its keys kept fresh from a Secret or a URL; `None` without
+/// `--jwt-issuer`.
+fn jwt_issuer(
+    args: &GatewayArgs,
+    client: &kube::Client,
+) -> Result<Option<authn::JwtIssuer>, ConfigError> {
+    let Some(issuer) = &args.jwt_issuer else {
+        return Ok(None);
+    };
+    let keys = Arc::new(RwLock::new(JwkSet { keys: Vec::new() }));
+    match (&args.jwt_jwks_secret, &args.jwt_jwks_url) {
+        (Some(secret), _) => {
+            let (namespace, name) = namespaced(secret, "--jwt-jwks-secret")?;
+            tokio::spawn(jwks::watch_secret(
+                client.clone(),
+                namespace,
+                name,
+                keys.clone(),
+            ));
+        }
+        (None, Some(url)) => {
+            let url: http::Uri = url
+                .parse()
+                .map_err(|e| ConfigError(format!("--jwt-jwks-url {url:?}: {e}")))?;
+            tokio::spawn(jwks::poll_url(url, jwks::URL_REFRESH, keys.clone()));
+        }
+        (None, None) => {
+            return Err(ConfigError(
+                "--jwt-issuer needs --jwt-jwks-secret or --jwt-jwks-url".into(),
+            ));
+        }
+    }
+    Ok(Some(authn::JwtIssuer {
+        issuer: issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        username_claim: args.jwt_username_claim.clone(),
+        groups_claim: args.jwt_groups_claim.clone(),
+        username_prefix: args.jwt_prefix.clone(),
+        groups_prefix: args.jwt_prefix.clone(),
+        namespace_claim: args.namespace_claim.clone(),
+        keys,
+    }))
+}
+
+/// TLS with the certificate of `--tls-secret` (kept fresh), or plaintext.
+fn transport(args: &GatewayArgs, client: &kube::Client) -> Result<server::Transport, ConfigError> {
+    Ok(match &args.tls_secret {
+        Some(secret) => {
+            let (namespace, name) = namespaced(secret, "--tls-secret")?;
+            let (certificate, _) = tls::Certificate::watch(client.clone(), &namespace, &name);
+            server::Transport::Tls(certificate)
+        }
+        None => server::Transport::Plaintext,
+    })
+}
+
+/// The admin endpoint: metrics, readiness (watches synced, not draining), liveness.
+fn spawn_admin(
+    args: &GatewayArgs,
+    metrics: &metrics::GatewayMetrics,
+    directory: &directory::Directory,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let ready_directory = directory.clone();
+    let stopping = shutdown.clone();
+    let rendered = metrics.clone();
+    tokio::spawn(admin::serve(
+        args.admin_addr,
+        AdminState {
+            metrics: Arc::new(move || rendered.render()),
+            ready: Arc::new(move || {
+                if stopping.is_cancelled() {
+                    Err("draining".into())
+                } else if ready_directory.synced() {
+                    Ok(())
+                } else {
+                    Err("watches not synced yet".into())
+                }
+            }),
+            live: Arc::new(|| Ok(())),
+        },
+        shutdown.clone().cancelled_owned(),
+    ))
+}
+
+/// Runs the dedicated-claim janitor every `period` once the watches are synced (refreshes claims
+/// in use, releases idle ones), until shutdown.
+fn spawn_sweeper(
+    dedicated: Arc<dedicated::Dedicated>,
+    directory: directory::Directory,
+    period: Duration,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(period);
+        while !shutdown.is_cancelled() {
+            every.tick().await;
+            if directory.synced() {
+                dedicated.sweep().await;
+            }
+        }
+    });
 }
