@@ -142,7 +142,9 @@ pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp
     let mut rows = 0;
     for round in 0..WARMUP_SESSIONS {
         let session = warmup_session(probe, round);
+        let session_started = Instant::now();
         let outcome = run_session(probe, plan, &session, deadline).await;
+        tracing::debug!(round, took = ?session_started.elapsed(), ok = outcome.is_ok(), "warm-up session done");
         if let Err(e) = probe.release_session(&session).await {
             tracing::debug!(error = %e.message, "releasing a warm-up session failed");
         }
