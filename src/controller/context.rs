@@ -23,8 +23,9 @@ use crate::probe::prober::Prober;
 
 /// Events published at once; more wait their turn (first come, first served).
 const EVENTS_IN_FLIGHT: usize = 4;
-/// Binds count as quiet once none has been under way for this long.
-const BINDS_QUIET: Duration = Duration::from_millis(250);
+/// Binds count as quiet (a burst is over) once none has been under way, or handed out, for this
+/// long.
+pub const BINDS_QUIET: Duration = Duration::from_millis(250);
 /// The longest an Event waits for binds to be quiet.
 const MAX_EVENT_HOLD: Duration = Duration::from_secs(2);
 

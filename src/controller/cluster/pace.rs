@@ -9,7 +9,7 @@ use kube::runtime::events::EventType;
 use super::observe::Observed;
 use super::report::Problems;
 use crate::builders::labels::ServerState;
-use crate::controller::context::Context;
+use crate::controller::context::{BINDS_QUIET, Context};
 use crate::controller::pool::Decision;
 use crate::controller::pool::plan::RemoveReason;
 use crate::validate::ValidCluster;
@@ -68,12 +68,10 @@ pub fn autoscaled_target(
 
 /// Longest time new servers wait for a burst of binds.
 const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
-/// Binds this far apart end a burst.
-const BIND_QUIET: Duration = Duration::from_millis(250);
 
 /// Holds back new pool servers while a burst of claims is being bound (a server handed out and
 /// not yet seen claimed, any bind's writes under way — the claim's status is written after
-/// the server — or the last server handed out less than [`BIND_QUIET`] ago; at most
+/// the server — or the last server handed out less than [`BINDS_QUIET`] ago; at most
 /// [`MAX_REFILL_HOLD`]):
 /// the burst's binds get the apiserver before its refills compete with them. Binding itself
 /// never waits. Returns when to look again.
@@ -90,7 +88,7 @@ pub fn hold_refill_while_binding(
             .any(|server| !observed.claimed_servers.contains_key(server));
     let wait =
         ctx.allocator
-            .refill_hold(key, binding, BIND_QUIET, MAX_REFILL_HOLD, Instant::now())?;
+            .refill_hold(key, binding, BINDS_QUIET, MAX_REFILL_HOLD, Instant::now())?;
     if decision.pool.create == 0 {
         return None;
     }
