@@ -51,23 +51,36 @@ pub async fn world_client(state: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(world_config(state).await?)?)
 }
 
-/// Creates namespace `name` unless it exists.
-pub async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+/// Label on the namespaces that benchmark runs make, naming the bench: how a run finds what an
+/// interrupted earlier run left behind.
+const RUN_OF_LABEL: &str = "sco-e2e/run-of";
+
+/// Makes a namespace of its own for one run of bench `base`, named `base-<unix seconds, hex>`,
+/// after removing every namespace earlier runs of `base` left. A new name, not the old one made
+/// anew: for 30 s after a namespace is deleted the apiserver looks a namespace of that name up
+/// again on every write in it (its NamespaceLifecycle admission asks its own API once more), an
+/// extra request that would be measured with every write of the run.
+pub async fn fresh_namespace(client: &Client, base: &str) -> anyhow::Result<String> {
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
         kube::Api::all(client.clone());
-    if namespaces.get_opt(name).await?.is_none() {
-        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-        namespaces
-            .create(&kube::api::PostParams::default(), &namespace)
-            .await?;
+    let selector = format!("{RUN_OF_LABEL}={base}");
+    let left = namespaces
+        .list_metadata(&kube::api::ListParams::default().labels(&selector))
+        .await?;
+    for old in left.items.iter().filter_map(|n| n.metadata.name.as_deref()) {
+        remove_namespace(client, old).await?;
     }
-    Ok(())
-}
-
-/// Makes namespace `name` anew: an old one (left by an interrupted run) is deleted first.
-pub async fn fresh_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    remove_namespace(client, name).await?;
-    ensure_namespace(client, name).await
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let name = format!("{base}-{seconds:x}");
+    let namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {RUN_OF_LABEL: base}}
+    }))?;
+    namespaces
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await?;
+    Ok(name)
 }
 
 /// Deletes namespace `name` (if it exists) and waits until it is gone, with everything in it.

@@ -19,7 +19,8 @@ use spark_connect_operator::crd::{
 use super::first_result;
 use super::report::{self, Spread, median};
 
-const NS: &str = "bench-claims";
+/// The bench, and the first part of its namespace's name.
+const BENCH: &str = "bench-claims";
 
 fn phase(c: &SparkConnectClaim) -> ClaimPhase {
     c.status.as_ref().map(|s| s.phase).unwrap_or_default()
@@ -41,6 +42,8 @@ struct Bench {
     /// First time each claim was seen Bound.
     bound_at: Arc<Mutex<HashMap<String, Instant>>>,
     world: PathBuf,
+    /// This run's namespace.
+    namespace: String,
 }
 
 impl Bench {
@@ -150,7 +153,7 @@ impl Bench {
                 .is_ok_and(|l| l.items.is_empty())
         })
         .await?;
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         wait(
             "the claimed servers gone",
             Duration::from_secs(300),
@@ -235,11 +238,12 @@ struct Phases {
 /// on warm connections (one unmeasured round first), so claim figures read as a ratio to it.
 async fn write_floor(
     client: &Client,
+    namespace: &str,
     n: usize,
     rounds: usize,
 ) -> anyhow::Result<serde_json::Value> {
     use k8s_openapi::api::core::v1::ConfigMap;
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let names: Vec<String> = (0..n).map(|i| format!("floor-{i:03}")).collect();
     for name in &names {
         if maps.get_opt(name).await?.is_none() {
@@ -323,13 +327,14 @@ pub async fn run(
     rounds: Option<usize>,
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    sco_e2e::fresh_namespace(&client, NS).await?;
+    let namespace = sco_e2e::fresh_namespace(&client, BENCH).await?;
     let bench = Bench {
-        clusters: Api::namespaced(client.clone(), NS),
-        claims: Api::namespaced(client.clone(), NS),
+        clusters: Api::namespaced(client.clone(), &namespace),
+        claims: Api::namespaced(client.clone(), &namespace),
         client,
         bound_at: Arc::default(),
         world,
+        namespace,
     };
     let seen = bench.bound_at.clone();
     let watch = watcher(bench.claims.clone(), watcher::Config::default()).applied_objects();
@@ -346,7 +351,7 @@ pub async fn run(
 
     let mut rows = Vec::new();
     if !only_spark {
-        rows.push(write_floor(&bench.client, 300, 10).await?);
+        rows.push(write_floor(&bench.client, &bench.namespace, 300, 10).await?);
     }
     let fake_scenarios: Vec<(usize, usize)> = if only_spark {
         Vec::new()
@@ -411,13 +416,14 @@ pub async fn run(
         }));
     }
     if spark {
-        let spark_rows = first_result::run(&bench.client, &bench.world, NS, spark_rounds).await?;
+        let spark_rows =
+            first_result::run(&bench.client, &bench.world, &bench.namespace, spark_rounds).await?;
         for (warm, speedup) in first_result::speedups(&spark_rows) {
             println!("{warm} vs cold start, claim to first result: {speedup:.1}x faster");
             rows.push(serde_json::json!({"scenario": format!("{warm}_speedup_over_cold_start"), "factor": speedup}));
         }
         rows.extend(spark_rows);
     }
-    let _ = bench.client;
+    sco_e2e::remove_namespace(&bench.client, &bench.namespace).await?;
     report::write("claims", &serde_json::Value::Array(rows))
 }

@@ -23,7 +23,8 @@ use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectClu
 
 use super::report::{self, Spread};
 
-const NS: &str = "bench-economics";
+/// The bench, and the first part of its namespace's name.
+const BENCH: &str = "bench-economics";
 /// A claim Bound within this time is a hit.
 const HIT: Duration = Duration::from_secs(1);
 /// How long a fake server takes to start (Spark's 20–60 s start and warm-up, compressed).
@@ -137,7 +138,7 @@ struct Replay {
 /// Runs the benchmark against the world at `world`.
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
-    sco_e2e::fresh_namespace(&client, NS).await?;
+    let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
     let trace = trace();
     let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
     println!(
@@ -147,7 +148,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     );
     // The static pool is sized for the peak within a start-up time measured by a first replay
     // of the autoscaler, so both pools face the same servers.
-    let autoscaled = replay(&client, "autoscaled", spec(true, 1), &trace).await?;
+    let autoscaled = replay(&client, &ns, "autoscaled", spec(true, 1), &trace).await?;
     let start = Duration::from_secs_f64(
         Spread::of(
             &autoscaled
@@ -161,6 +162,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let static_size = peak_within(&trace, start).max(1);
     let fixed = replay(
         &client,
+        &ns,
         "static",
         spec(false, i32::try_from(static_size)?),
         &trace,
@@ -187,7 +189,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "idle_vs_ideal": ratio,
         }));
     }
-    sco_e2e::remove_namespace(&client, NS).await?;
+    sco_e2e::remove_namespace(&client, &ns).await?;
     report::write(
         "economics",
         &serde_json::json!({
@@ -198,15 +200,16 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     )
 }
 
-/// Replays `trace` against a new cluster `name`; deletes it after.
+/// Replays `trace` against a new cluster `name` in namespace `ns`; deletes it after.
 async fn replay(
     client: &Client,
+    ns: &str,
     name: &str,
     spec: serde_json::Value,
     trace: &[Arrival],
 ) -> anyhow::Result<Replay> {
-    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NS);
-    let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), NS);
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
     let cluster: SparkConnectCluster =
         serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
     let idle_target = cluster.spec.hot_pool.idle;
@@ -221,7 +224,7 @@ async fn replay(
     .await?;
 
     let bound_at = watch_bound(&claims);
-    let started_servers = watch_starts(client, name);
+    let started_servers = watch_starts(client, ns, name);
     let idle_seconds = Arc::new(Mutex::new(0.0f64));
     let sampling = sample_idle(clusters.clone(), name.to_string(), idle_seconds.clone());
 
@@ -322,14 +325,15 @@ fn watch_bound(
     (seen, task)
 }
 
-/// Creation to idle of every server of `cluster` that becomes idle while watched.
+/// Creation to idle of every server of `cluster` (in `ns`) that becomes idle while watched.
 fn watch_starts(
     client: &Client,
+    ns: &str,
     cluster: &str,
 ) -> (Shared<Vec<Duration>>, tokio::task::JoinHandle<()>) {
     let times: Shared<Vec<Duration>> = Arc::default();
     let writer = times.clone();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let config = watcher::Config::default().labels(&format!("sparkconnect.dev/cluster={cluster}"));
     let stream = watcher(pods, config).applied_objects();
     let task = tokio::spawn(async move {

@@ -21,7 +21,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::first_result::Client as SparkClient;
 use super::report::{self, Spread};
 
-const NAMESPACE: &str = "bench-gateway";
+/// The bench, and the first part of its namespace's name.
+const BENCH: &str = "bench-gateway";
 
 /// The measuring client. Modes: `unary TARGET CA TOKEN CLUSTER N`, `stream TARGET CA TOKEN
 /// CLUSTER BYTES RUNS`, `connect TARGET CA CLUSTER TOKEN...`, `idle TARGET CA TOKEN CLUSTER N`.
@@ -136,16 +137,13 @@ fn kubectl(state: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-fn token(state: &Path, account: &str) -> anyhow::Result<String> {
-    let _ = kubectl(
-        state,
-        &["-n", NAMESPACE, "create", "serviceaccount", account],
-    );
+fn token(state: &Path, ns: &str, account: &str) -> anyhow::Result<String> {
+    let _ = kubectl(state, &["-n", ns, "create", "serviceaccount", account]);
     kubectl(
         state,
         &[
             "-n",
-            NAMESPACE,
+            ns,
             "create",
             "token",
             account,
@@ -159,12 +157,13 @@ fn token(state: &Path, account: &str) -> anyhow::Result<String> {
 
 async fn cluster_within(
     client: &Client,
+    ns: &str,
     name: &str,
     spec: Value,
     timeout: Duration,
     ready: impl Fn(&spark_connect_operator::crd::SparkConnectClusterStatus) -> bool,
 ) -> anyhow::Result<()> {
-    let api: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let api: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
     let object = serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec}))?;
     api.create(&PostParams::default(), &object).await?;
     sco_e2e::cluster_status_until(&api, name, name, timeout, ready).await?;
@@ -173,11 +172,12 @@ async fn cluster_within(
 
 async fn cluster(
     client: &Client,
+    ns: &str,
     name: &str,
     spec: Value,
     ready: impl Fn(&spark_connect_operator::crd::SparkConnectClusterStatus) -> bool,
 ) -> anyhow::Result<()> {
-    cluster_within(client, name, spec, Duration::from_secs(180), ready).await
+    cluster_within(client, ns, name, spec, Duration::from_secs(180), ready).await
 }
 
 fn fake(mut spec: Value) -> Value {
@@ -231,18 +231,18 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let pki = sco_e2e::gateway::prepare(&client, &world).await?;
     let ca = pki.ca.to_string_lossy().into_owned();
-    sco_e2e::fresh_namespace(&client, NAMESPACE).await?;
+    let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
     kubectl(
         &world,
         &[
             "-n",
-            NAMESPACE,
+            &ns,
             "create",
             "rolebinding",
             "everyone-connects",
             "--clusterrole",
             "sparkconnect-user",
-            &format!("--group=system:serviceaccounts:{NAMESPACE}"),
+            &format!("--group=system:serviceaccounts:{ns}"),
         ],
     )?;
     let shared = fake(json!({"shared": 1, "hotPool": {"idle": 0}}));
@@ -250,13 +250,15 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         json!({"shared": 0, "hotPool": {"idle": 10, "max": 40, "maxServers": 40},
         "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": 30}}),
     );
+    let ten_idle =
+        |s: &spark_connect_operator::crd::SparkConnectClusterStatus| s.servers.idle >= 10;
     tokio::try_join!(
-        cluster(&client, "shared", shared, |s| s.servers.shared >= 1),
-        cluster(&client, "dedicated", dedicated, |s| s.servers.idle >= 10),
+        cluster(&client, &ns, "shared", shared, |s| s.servers.shared >= 1),
+        cluster(&client, &ns, "dedicated", dedicated, ten_idle),
     )?;
 
     // The direct path: the shared server's own address and token.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let server = pods
         .list(
             &kube::api::ListParams::default()
@@ -267,7 +269,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         .into_iter()
         .find_map(|p| p.status?.pod_ip)
         .context("the shared server's address")?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let server_token = secrets
         .get("shared-connect-token")
         .await?
@@ -279,8 +281,8 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         .context("the shared cluster's token")?;
     let direct = format!("{server}:15002");
     let through = format!("{}:443", sco_e2e::gateway::HOST);
-    let user = token(&world, "bench")?;
-    let shared_cluster = format!("shared.{NAMESPACE}");
+    let user = token(&world, &ns, "bench")?;
+    let shared_cluster = format!("shared.{ns}");
 
     println!("gateway: unary Config latency, 2,000 calls each way ...");
     let direct_unary = ms_samples(&client_line(
@@ -334,9 +336,9 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     println!("gateway: connect-to-first-answer for 10 new users of a Dedicated cluster ...");
     let mut users = Vec::new();
     for i in 0..10 {
-        users.push(token(&world, &format!("new-user-{i}"))?);
+        users.push(token(&world, &ns, &format!("new-user-{i}"))?);
     }
-    let dedicated_cluster = format!("dedicated.{NAMESPACE}");
+    let dedicated_cluster = format!("dedicated.{ns}");
     let mut args = vec![
         "connect",
         through.as_str(),
@@ -355,7 +357,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     println!(
         "gateway: new users of a Dedicated cluster of real Spark servers, connect to first result ..."
     );
-    let spark = spark_first_results(&client, &world, &pki.ca).await?;
+    let spark = spark_first_results(&client, &ns, &world, &pki.ca).await?;
     let spark_first: Vec<f64> = spark.iter().map(|(c, f)| c + f).collect();
     let spark_spread = Spread::of(&spark_first);
     println!(
@@ -444,13 +446,14 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         }),
     )?;
     // The next benchmark starts on a quiet world: no pool of this one left probing.
-    sco_e2e::remove_namespace(&client, NAMESPACE).await
+    sco_e2e::remove_namespace(&client, &ns).await
 }
 
 /// New users of a Dedicated cluster of real (warmed-up) Spark servers, each from a Python
 /// process with pyspark imported: (connect ms, first query ms) per user.
 async fn spark_first_results(
     client: &Client,
+    ns: &str,
     world: &Path,
     ca: &Path,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
@@ -464,16 +467,16 @@ async fn spark_first_results(
         "probe": {"period": "5s", "timeout": "3s"},
         "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": users},
     });
-    cluster_within(client, "spark", spec, Duration::from_secs(600), |s| {
+    cluster_within(client, ns, "spark", spec, Duration::from_secs(600), |s| {
         s.servers.idle >= users
     })
     .await?;
     let mut python = SparkClient::start(world, Some(ca)).await?;
     let mut results = Vec::new();
     for i in 0..users {
-        let token = token(world, &format!("spark-user-{i}"))?;
+        let token = token(world, ns, &format!("spark-user-{i}"))?;
         let endpoint = format!(
-            "sc://{}:443/;token={token};cluster=spark.{NAMESPACE}",
+            "sc://{}:443/;token={token};cluster=spark.{ns}",
             sco_e2e::gateway::HOST
         );
         let timings = python.query(&endpoint).await?;

@@ -19,7 +19,8 @@ use spark_connect_operator::crd::SparkConnectCluster;
 
 use super::report;
 
-const NS: &str = "bench-scale";
+/// The bench, and the first part of its namespace's name.
+const BENCH: &str = "bench-scale";
 const DEPLOYMENT: &str = "sco-spark-connect-operator";
 const VERBS: [&str; 7] = ["GET", "WATCH", "POST", "PUT", "PATCH", "DELETE", "OTHER"];
 
@@ -47,9 +48,12 @@ pub async fn run(world: PathBuf, clusters: usize, with_servers: usize) -> anyhow
         .spec
         .and_then(|s| s.replicas)
         .unwrap_or(1);
+    // Made while the operator runs: leftovers of an earlier run need it to let their clusters go.
+    let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
     scale(&client, &deployments, 0).await?;
     let result = measure(
         &client,
+        &ns,
         &world_bin,
         &world,
         &deployments,
@@ -59,20 +63,20 @@ pub async fn run(world: PathBuf, clusters: usize, with_servers: usize) -> anyhow
     .await;
     // The clusters' finalizer needs a running operator to let the namespace go.
     scale(&client, &deployments, replicas).await?;
-    sco_e2e::remove_namespace(&client, NS).await?;
+    sco_e2e::remove_namespace(&client, &ns).await?;
     report::write("scale", &result?)
 }
 
 async fn measure(
     client: &Client,
+    ns: &str,
     world_bin: &Path,
     world: &Path,
     deployments: &Api<Deployment>,
     count: usize,
     with_servers: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    sco_e2e::fresh_namespace(client, NS).await?;
-    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), NS);
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
     let creates = futures::stream::iter(0..count).map(|i| {
         let clusters = clusters.clone();
         async move {
