@@ -51,6 +51,12 @@ pub const SCALE_DOWN_DELAY: Bounds = Bounds {
     min: "0s",
     max: "24h",
 };
+/// How long the replacement of a handed-out server waits while the pool still has an idle one.
+pub const REFILL_DELAY: Bounds = Bounds {
+    field: "hotPool.refillDelay",
+    min: "0s",
+    max: "10m",
+};
 /// Deadline of a new server's whole warm-up.
 pub const WARMUP_TIMEOUT: Bounds = Bounds {
     field: "warmup.timeout",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DNS_1035_LABEL, list_map_by_type, pod_template_schema, spark_conf_schema};
 use crate::duration::{
-    CLAIM_TIMEOUT, GATEWAY_IDLE_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT,
+    CLAIM_TIMEOUT, GATEWAY_IDLE_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, REFILL_DELAY,
     SCALE_DOWN_DELAY, STARTUP_DEADLINE, WARMUP_TIMEOUT,
 };
 
@@ -284,6 +284,19 @@ pub struct HotPoolSpec {
     #[x_kube(validation = Rule::new(CLAIM_TIMEOUT.cel_rule()).message(CLAIM_TIMEOUT.cel_message().as_str()))]
     #[schemars(length(max = 28))]
     pub claim_timeout: String,
+    /// How long the replacement of a server handed to a claim waits while the pool still has
+    /// an idle server (Go duration; 0s starts it at once). A new server's JVM start and
+    /// warm-up take a node's cores for seconds; waiting keeps them from the claimant's first
+    /// queries when both land on one node. With no idle server left the replacement starts at
+    /// once.
+    #[serde(default = "default_refill_delay")]
+    #[x_kube(validation = Rule::new(REFILL_DELAY.cel_rule()).message(REFILL_DELAY.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
+    pub refill_delay: String,
+}
+
+fn default_refill_delay() -> String {
+    "2s".into()
 }
 
 fn default_max_waiting_claims() -> i32 {
@@ -314,6 +327,7 @@ impl Default for HotPoolSpec {
             max_waiting_claims: default_max_waiting_claims(),
             max_servers: default_max_servers(),
             claim_timeout: default_claim_timeout(),
+            refill_delay: default_refill_delay(),
         }
     }
 }

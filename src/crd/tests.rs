@@ -141,6 +141,10 @@ fn every_duration_is_bounded_at_admission() {
             "scaleDownDelay",
         ),
         (
+            json!({"spec": {"hotPool": {"refillDelay": "11m"}}}),
+            "hotPool.refillDelay",
+        ),
+        (
             json!({"spec": {"warmup": {"timeout": "2h"}}}),
             "warmup.timeout",
         ),

@@ -13,8 +13,8 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{SparkConnectCluster, SparkConnectClusterSpec};
 use crate::duration::{
-    self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, SCALE_DOWN_DELAY,
-    STARTUP_DEADLINE, WARMUP_TIMEOUT,
+    self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, REFILL_DELAY,
+    SCALE_DOWN_DELAY, STARTUP_DEADLINE, WARMUP_TIMEOUT,
 };
 use crate::error::Error;
 use crate::probe::warmup::WarmupPlan;
@@ -149,6 +149,8 @@ pub struct Timings {
     pub scale_down_delay: Duration,
     /// How long a claim may wait for a server.
     pub claim_timeout: Duration,
+    /// How long a handed-out server's replacement waits while an idle server is left.
+    pub refill_delay: Duration,
 }
 
 /// Parses a duration field within its bounds.
@@ -253,6 +255,7 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
             .map(|v| parse_duration(MAX_IDLE_AGE, v))
             .transpose()?,
         claim_timeout: parse_duration(CLAIM_TIMEOUT, &spec.hot_pool.claim_timeout)?,
+        refill_delay: parse_duration(REFILL_DELAY, &spec.hot_pool.refill_delay)?,
         scale_down_delay: parse_duration(
             SCALE_DOWN_DELAY,
             &spec.hot_pool.autoscale.scale_down_delay,

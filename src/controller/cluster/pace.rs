@@ -102,6 +102,44 @@ pub fn hold_refill_while_binding(
     Some(wait)
 }
 
+/// Holds back new pool servers for `hotPool.refillDelay` after a server was handed to a claim,
+/// while the pool still has an idle server for the next claim: the replacement's JVM start and
+/// warm-up would otherwise share the cores with the claimant's first queries. Returns when to
+/// look again.
+pub fn spare_the_claimant(
+    ctx: &Context,
+    key: &str,
+    delay: Duration,
+    observed: &Observed,
+    decision: &mut Decision,
+) -> Option<Duration> {
+    if decision.pool.create == 0 {
+        return None;
+    }
+    let idle_left = decision
+        .pool
+        .states
+        .iter()
+        .filter(|(server, state)| {
+            **state == ServerState::Idle
+                && !observed.handed_out.contains_key(*server)
+                && !observed.claimed_servers.contains_key(*server)
+        })
+        .count();
+    let wait = ctx
+        .allocator
+        .claimant_grace(key, idle_left, delay, Instant::now())?;
+    tracing::debug!(
+        key,
+        create = decision.pool.create,
+        idle_left,
+        ?wait,
+        "refill spares the claimant"
+    );
+    decision.pool.create = 0;
+    Some(wait)
+}
+
 /// Holds back new servers while earlier ones keep failing to start; says so as a problem.
 /// Returns how long until starting is allowed again.
 pub fn gate_starts(

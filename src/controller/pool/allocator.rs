@@ -131,6 +131,28 @@ impl Allocator {
         })
     }
 
+    /// Whether new servers wait to spare a claimant's first queries: while `idle_left` servers
+    /// remain idle (none: no wait), no claim waits in line, and a server was handed out less
+    /// than `delay` ago. Returns how long is left of the wait.
+    pub fn claimant_grace(
+        &self,
+        key: &str,
+        idle_left: usize,
+        delay: Duration,
+        now: Instant,
+    ) -> Option<Duration> {
+        if idle_left == 0 {
+            return None;
+        }
+        self.with(key, |q| {
+            if !q.waiting.is_empty() {
+                return None;
+            }
+            let since = now.saturating_duration_since(q.last_handed_out?);
+            delay.checked_sub(since).filter(|left| !left.is_zero())
+        })
+    }
+
     /// Puts a claim in line (idempotent). Refused when the line is full.
     pub fn enqueue(
         &self,
@@ -387,6 +409,48 @@ mod tests {
         let wait = a.refill_hold("ns/c", false, quiet, max, now);
         assert!(wait.is_some_and(|w| w <= quiet), "{wait:?}");
         assert_eq!(a.refill_hold("ns/c", false, quiet, max, now + quiet), None);
+    }
+
+    #[test]
+    fn a_replacement_waits_out_the_grace_only_while_an_idle_server_is_left() {
+        let a = Allocator::default();
+        let delay = Duration::from_secs(2);
+        a.publish("ns/c", terms(0, 10));
+        let now = Instant::now();
+        assert_eq!(
+            a.claimant_grace("ns/c", 1, delay, now),
+            None,
+            "nothing handed out yet"
+        );
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        let now = Instant::now();
+        let wait = a.claimant_grace("ns/c", 1, delay, now);
+        assert!(
+            wait.is_some_and(|w| w <= delay && w > Duration::ZERO),
+            "{wait:?}"
+        );
+        assert_eq!(
+            a.claimant_grace("ns/c", 0, delay, now),
+            None,
+            "no idle server left: the replacement starts at once"
+        );
+        assert_eq!(
+            a.claimant_grace("ns/c", 1, delay, now + delay),
+            None,
+            "grace over"
+        );
+        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        assert_eq!(
+            a.claimant_grace("ns/c", 1, delay, now),
+            None,
+            "a claim in line never waits for a grace"
+        );
+        assert_eq!(
+            a.claimant_grace("ns/c", 1, Duration::ZERO, now),
+            None,
+            "0s: off"
+        );
     }
 
     #[test]

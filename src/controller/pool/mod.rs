@@ -180,6 +180,7 @@ mod tests {
             max_idle_age: None,
             scale_down_delay: Duration::from_secs(300),
             claim_timeout: Duration::from_secs(600),
+            refill_delay: Duration::from_secs(2),
         }
     }
     fn server(name: &str, state: ServerState) -> ServerView {
