@@ -115,19 +115,13 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     let mut decision = decide(inputs(&valid, &observed, autoscaled, token_mode), now);
     note_observations(&observed, &decision, &token, &mut problems);
     pace::gate_starts(ctx, &key, &observed, &mut decision, &mut problems);
-    let refill_held = [
-        pace::hold_refill_while_binding(ctx, &key, &observed, &mut decision),
-        pace::spare_the_claimant(
-            ctx,
-            &key,
-            valid.timings.refill_delay,
-            &observed,
-            &mut decision,
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let refill_held = pace::hold_refill(
+        ctx,
+        &key,
+        valid.timings.refill_delay,
+        &observed,
+        &mut decision,
+    );
 
     act::execute(
         &valid,

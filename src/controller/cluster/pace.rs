@@ -69,15 +69,20 @@ pub fn autoscaled_target(
 /// Longest time new servers wait for a burst of binds.
 const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
 
-/// Holds back new pool servers while a burst of claims is being bound (a server handed out and
-/// not yet seen claimed, any bind's writes under way — the claim's status is written after
-/// the server — or the last server handed out less than [`BINDS_QUIET`] ago; at most
-/// [`MAX_REFILL_HOLD`]):
-/// the burst's binds get the apiserver before its refills compete with them. Binding itself
-/// never waits. Returns when to look again.
-pub fn hold_refill_while_binding(
+/// Holds back new pool servers, and returns when to look again:
+/// - while a burst of claims is being bound (a server handed out and not yet seen claimed, any
+///   bind's writes under way — the claim's status is written after the server — or the last
+///   server handed out less than [`BINDS_QUIET`] ago; at most [`MAX_REFILL_HOLD`]): the
+///   burst's binds get the apiserver before its refills compete with them;
+/// - for `refill_delay` (`hotPool.refillDelay`) after a server was handed to a claim, while the
+///   pool still has an idle server for the next claim: the replacement's JVM start and warm-up
+///   would otherwise share the cores with the claimant's first queries.
+///
+/// Binding itself never waits.
+pub fn hold_refill(
     ctx: &Context,
     key: &str,
+    refill_delay: Duration,
     observed: &Observed,
     decision: &mut Decision,
 ) -> Option<Duration> {
@@ -86,55 +91,25 @@ pub fn hold_refill_while_binding(
             .handed_out
             .keys()
             .any(|server| !observed.claimed_servers.contains_key(server));
-    let wait =
-        ctx.allocator
-            .refill_hold(key, binding, BINDS_QUIET, MAX_REFILL_HOLD, Instant::now())?;
-    if decision.pool.create == 0 {
-        return None;
-    }
-    tracing::debug!(
-        key,
-        create = decision.pool.create,
-        ?wait,
-        "refill held while claims are bound"
-    );
-    decision.pool.create = 0;
-    Some(wait)
-}
-
-/// Holds back new pool servers for `hotPool.refillDelay` after a server was handed to a claim,
-/// while the pool still has an idle server for the next claim: the replacement's JVM start and
-/// warm-up would otherwise share the cores with the claimant's first queries. Returns when to
-/// look again.
-pub fn spare_the_claimant(
-    ctx: &Context,
-    key: &str,
-    delay: Duration,
-    observed: &Observed,
-    decision: &mut Decision,
-) -> Option<Duration> {
-    if decision.pool.create == 0 {
-        return None;
-    }
-    let idle_left = decision
-        .pool
-        .states
-        .iter()
-        .filter(|(server, state)| {
-            **state == ServerState::Idle
-                && !observed.handed_out.contains_key(*server)
-                && !observed.claimed_servers.contains_key(*server)
-        })
-        .count();
-    let wait = ctx
+    let now = Instant::now();
+    let for_binds = ctx
         .allocator
-        .claimant_grace(key, idle_left, delay, Instant::now())?;
+        .refill_hold(key, binding, BINDS_QUIET, MAX_REFILL_HOLD, now);
+    // Handed-out servers already count as claimed in the plan.
+    let idle_left = decision.pool.count(ServerState::Idle);
+    let for_claimant = ctx
+        .allocator
+        .claimant_grace(key, idle_left, refill_delay, now);
+    let wait = for_binds.into_iter().chain(for_claimant).max()?;
+    if decision.pool.create == 0 {
+        return None;
+    }
     tracing::debug!(
         key,
         create = decision.pool.create,
-        idle_left,
-        ?wait,
-        "refill spares the claimant"
+        ?for_binds,
+        ?for_claimant,
+        "refill held"
     );
     decision.pool.create = 0;
     Some(wait)
