@@ -511,6 +511,9 @@ rules:
   - apiGroups: ["sparkconnect.dev"]
     resources: ["sparkconnectclusters", "sparkconnectclaims"]
     verbs: ["get", "list", "create", "patch", "update", "delete"]
+  - apiGroups: ["coordination.k8s.io"]
+    resources: ["leases"]
+    verbs: ["get", "list", "create", "patch", "update", "delete"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -577,6 +580,21 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
     assert!(!out.status.success(), "a tenant cannot relabel a server");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("set by the spark-connect-operator only")
+    );
+    // Nor hand a server to a claim by making its bind Lease.
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": format!("{real}-bind"),
+                     "labels": {"sparkconnect.dev/cluster": "pool", "sparkconnect.dev/server": real}},
+        "spec": {"holderIdentity": "mine"}});
+    let out = world.kubectl(
+        &["--as", &tenant, "create", "-n", &ns.name, "-f", "-"],
+        Some(&lease.to_string()),
+    );
+    assert!(!out.status.success(), "a tenant cannot make a bind Lease");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("written by the spark-connect-operator only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // An admin (allowed to manage servers) can make such a pod; the operator ignores it

@@ -1,28 +1,30 @@
-//! Binding: makes the allocator's pairings real. For each pairing the server pod is stamped
-//! with its claim (conditional on the resourceVersion the pairing was made on, so two leaders or
-//! a racing scale-down can never give one server twice), then the claim's status says Bound.
-//! Pairings are written in parallel, bounded; a conflict puts the claim back at the head of the
-//! line; a refused write fails only that claim. Events never sit between a claim and its bind.
+//! Binding: makes the allocator's pairings real. For each pairing the server's bind Lease is
+//! created naming the claim (the apiserver creates a name once, so two leaders or a racing
+//! scale-down can never give one server twice), then the claim's status says Bound: two small
+//! writes on the claim's path. The server pod is stamped with its claim after the burst (see
+//! `cluster::act`). Pairings are written in parallel, bounded; a taken server puts the claim
+//! back at the head of the line; a refused write fails only that claim. Events never sit
+//! between a claim and its bind.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use super::apply::{controlled_by, status_patch};
 use super::claim_status::{bound_status, finish_claim};
 use super::context::Context;
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
+use crate::builders::bind_lease::{bind_lease, bind_lease_name, holder_of};
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
-    ServerRole, ServerState, USER_ANNOTATION, endpoint, server_token_secret_name,
+    CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL, ServerRole, ServerState,
+    endpoint, server_token_secret_name,
 };
 use crate::crd::{ClaimPhase, SparkConnectClaim};
 use crate::error::Error;
@@ -40,12 +42,15 @@ enum Outcome {
     Bound,
     /// The server changed since it was read (bound elsewhere, relabelled, deleted).
     ServerTaken,
-    /// The claim was deleted meanwhile; `server_stamped` says whether the pod already names it.
-    ClaimGone { server_stamped: bool },
+    /// The claim was deleted meanwhile; `server_taken` says whether its bind Lease was made.
+    ClaimGone { server_taken: bool },
     /// The apiserver refused the server write for this claim (e.g. its user does not fit).
     Refused(String),
-    /// A transient error; the claim waits for its next reconcile.
+    /// A transient error before the server was taken; the claim goes back in line.
     Failed(Error),
+    /// The server was taken but the claim's status could not be written: the claim's next
+    /// reconcile finds the Lease that names it and finishes the bind.
+    Unreported(Error),
 }
 
 /// Serves the line of cluster `key` until it is empty, no server is free, or conflicts stop.
@@ -110,12 +115,15 @@ async fn settle(
             false
         }
         Outcome::ServerTaken => {
+            // Whatever took it (another leader, a Lease this process cannot see), the server is
+            // not tried again while the store shows it idle.
             ctx.allocator.undo(key, assignment, true);
+            ctx.allocator.withhold(key, &assignment.server.name);
             true
         }
-        Outcome::ClaimGone { server_stamped } => {
+        Outcome::ClaimGone { server_taken } => {
             // A stamped server now names a claim that is gone: the cluster retires it.
-            if !server_stamped {
+            if !server_taken {
                 ctx.allocator.undo(key, assignment, false);
             }
             ctx.allocator.forget_claim(key, &assignment.claim);
@@ -130,6 +138,10 @@ async fn settle(
         Outcome::Failed(e) => {
             tracing::warn!(claim = %assignment.claim, error = %e, "binding failed; the claim waits");
             ctx.allocator.undo(key, assignment, true);
+            false
+        }
+        Outcome::Unreported(e) => {
+            tracing::warn!(claim = %assignment.claim, error = %e, "server taken, claim status not written; the claim's next reconcile finishes the bind");
             false
         }
     }
@@ -167,6 +179,14 @@ fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnec
 /// the servers the store shows idle.
 fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
     let book = ctx.prober.book();
+    let leased: BTreeSet<String> = ctx
+        .stores
+        .leases
+        .state()
+        .iter()
+        .filter(|l| l.namespace().as_deref() == Some(terms.namespace.as_str()))
+        .map(|l| l.name_any())
+        .collect();
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
     for pod in ctx.stores.pods.state() {
@@ -183,6 +203,9 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
             continue;
         }
         idle.insert(name.clone());
+        if leased.contains(&bind_lease_name(&name)) {
+            continue;
+        }
         let current = labels.get(SPEC_HASH_LABEL) == Some(&terms.server_hash);
         let pool_role = !terms.token_mode
             || ServerRole::from_label(labels.get(ROLE_LABEL).map(String::as_str))
@@ -190,16 +213,16 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
         let healthy = pod
             .uid()
             .is_some_and(|uid| book.get(&uid).verdict == Verdict::Healthy);
-        if let (true, true, true, Some(rv), Some(created)) = (
+        if let (true, true, true, Some(uid), Some(created)) = (
             current,
             pool_role,
             healthy,
-            pod.resource_version(),
+            pod.uid(),
             pod.metadata.creation_timestamp.as_ref(),
         ) {
             candidates.push(Candidate {
                 name,
-                resource_version: rv,
+                uid,
                 created: created.0,
             });
         }
@@ -207,58 +230,78 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
     (candidates, idle)
 }
 
-/// Stamps the server with the claim, then marks the claim Bound.
+/// Takes the server for the claim (creates its bind Lease), then marks the claim Bound. The
+/// server pod is stamped with the claim later, when the burst of binds is over.
 async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
     let _under_way = ctx.binds.begin();
     let Some(claim) = claim(ctx, terms, &a.claim) else {
         return Outcome::ClaimGone {
-            server_stamped: false,
+            server_taken: false,
         };
     };
-    let user = claim.spec.user.clone().unwrap_or_default();
-    let patch = json!({"metadata": {
-        "resourceVersion": a.server.resource_version,
-        "labels": {STATE_LABEL: ServerState::Claimed.as_str()},
-        "annotations": {CLAIM_ANNOTATION: a.claim, USER_ANNOTATION: user}
-    }});
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &terms.namespace);
     let started = std::time::Instant::now();
-    let stamped = pods
-        .patch(
-            &a.server.name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await;
-    match stamped {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-            return Outcome::ServerTaken;
-        }
-        Err(e) => {
-            let error = Error::kube(format!("bind server {}", a.server.name), e);
-            return match error.refusal() {
-                Some(_) => Outcome::Refused(error.to_string()),
-                None => Outcome::Failed(error),
-            };
-        }
+    match take_server(ctx, terms, a, claim.spec.user.as_deref()).await {
+        Ok(()) => {}
+        Err(outcome) => return outcome,
     }
-    let stamped_in = started.elapsed();
+    let taken_in = started.elapsed();
     let written = write_bound(ctx, terms, &claim, &a.server.name, a.first_seen).await;
     tracing::debug!(
         claim = %a.claim,
         server = %a.server.name,
-        server_write = ?stamped_in,
-        claim_write = ?started.elapsed().saturating_sub(stamped_in),
+        server_write = ?taken_in,
+        claim_write = ?started.elapsed().saturating_sub(taken_in),
         "bind written"
     );
     match written {
         Ok(()) => Outcome::Bound,
-        Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone {
-            server_stamped: true,
-        },
-        // The pod names the claim: the claim's next reconcile finishes the bind.
-        Err(e) => Outcome::Failed(e),
+        Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone { server_taken: true },
+        Err(e) => Outcome::Unreported(e),
+    }
+}
+
+/// Creates the server's bind Lease naming the claim: the one write that decides the server is
+/// the claim's. A Lease already there is someone else's (the server is taken) unless it names
+/// this very claim (an earlier try that got no further).
+async fn take_server(
+    ctx: &Context,
+    terms: &PoolTerms,
+    a: &Assignment,
+    user: Option<&str>,
+) -> Result<(), Outcome> {
+    let pod = ctx
+        .stores
+        .pods
+        .get(&ObjectRef::new(&a.server.name).within(&terms.namespace))
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.metadata.uid.as_deref() == Some(a.server.uid.as_str())
+        })
+        .ok_or(Outcome::ServerTaken)?;
+    let lease = bind_lease(&terms.cluster, &pod, &a.claim, user).ok_or(Outcome::ServerTaken)?;
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &terms.namespace);
+    match leases.create(&PostParams::default(), &lease).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let name = bind_lease_name(&a.server.name);
+            let ours = ctx
+                .stores
+                .leases
+                .get(&ObjectRef::new(&name).within(&terms.namespace))
+                .is_some_and(|l| holder_of(&l, &pod) == Some(a.claim.as_str()));
+            if ours {
+                Ok(())
+            } else {
+                Err(Outcome::ServerTaken)
+            }
+        }
+        Err(e) => {
+            let error = Error::kube(format!("take server {}", a.server.name), e);
+            Err(match error.refusal() {
+                Some(_) => Outcome::Refused(error.to_string()),
+                None => Outcome::Failed(error),
+            })
+        }
     }
 }
 
@@ -311,7 +354,9 @@ mod tests {
     use crate::probe::health::HealthBook;
     use crate::probe::prober::Prober;
     use http::{Request, Response};
+    use k8s_openapi::api::core::v1::Pod;
     use kube::client::Body;
+    use serde_json::json;
 
     const NS: &str = "ns";
     const UID: &str = "cluster-uid";
@@ -388,6 +433,25 @@ mod tests {
         (ctx, handle)
     }
 
+    /// A request's method, path and JSON body (`null` when it has none).
+    async fn read(request: Request<Body>) -> (http::Method, String, serde_json::Value) {
+        let (method, path) = (request.method().clone(), request.uri().path().to_string());
+        let bytes = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (method, path, body)
+    }
+
+    /// `:<name>` of a Lease being created, or nothing.
+    fn lease_name(body: &serde_json::Value) -> String {
+        match (body["kind"].as_str(), body["metadata"]["name"].as_str()) {
+            (Some("Lease"), Some(name)) => format!(":{name}"),
+            _ => String::new(),
+        }
+    }
+
     fn respond(status: u16, body: serde_json::Value) -> Response<Body> {
         Response::builder()
             .status(status)
@@ -396,7 +460,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_conflict_on_bind_leaves_the_claim_first_in_line_and_others_still_bind() {
+    async fn a_server_already_taken_leaves_the_claim_first_in_line_and_others_still_bind() {
         let held = Held {
             pods: vec![server("s-old", 60), server("s-new", 10)],
             claims: vec![claim("first", 1), claim("second", 2)],
@@ -404,28 +468,27 @@ mod tests {
         };
         let (ctx, mut handle) = serving(held, &[("first", 1), ("second", 2)]);
         let (key, now) = (KEY, Timestamp::from_second(1_800_000_100).unwrap());
-        // The apiserver: the oldest server was taken by someone else (409, every time it is
-        // tried); the other bind goes through.
+        // The apiserver: the oldest server was taken by someone else (its bind Lease exists,
+        // every time it is tried); the other bind goes through.
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
-                let (method, path) = (request.method().clone(), request.uri().path().to_string());
-                seen.push(format!("{method} {path}"));
-                let reply = if path.ends_with("/pods/s-old") {
+                let (method, path, body) = read(request).await;
+                let target = lease_name(&body);
+                seen.push(format!("{method} {path}{target}"));
+                let reply = if target == ":s-old-bind" {
                     respond(
                         409,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+                        "message": "leases \"s-old-bind\" already exists", "reason": "AlreadyExists", "code": 409}),
                     )
-                } else if path.ends_with("/pods/s-new") {
-                    respond(200, serde_json::to_value(server("s-new", 10)).unwrap())
                 } else if path.ends_with("/sparkconnectclaims/second/status") {
                     respond(200, serde_json::to_value(claim("second", 2)).unwrap())
                 } else {
-                    respond(201, json!({}))
+                    respond(201, body)
                 };
                 send.send_response(reply);
-                if seen.iter().filter(|s| s.ends_with("/pods/s-old")).count() >= 2
+                if seen.iter().any(|s| s.ends_with(":s-old-bind"))
                     && seen.iter().any(|s| s.ends_with("/second/status"))
                 {
                     break;
@@ -450,9 +513,18 @@ mod tests {
             1,
             "only the conflicted claim waits"
         );
+        let old = Candidate {
+            name: "s-old".into(),
+            uid: "uid-s-old".into(),
+            created: now,
+        };
+        assert!(
+            ctx.allocator.assign(key, &[old], |_| true).is_empty(),
+            "the taken server is not tried again"
+        );
         let fresh = Candidate {
             name: "s-fresh".into(),
-            resource_version: "1".into(),
+            uid: "uid-s-fresh".into(),
             created: now,
         };
         let next = ctx.allocator.assign(key, &[fresh], |_| true);
@@ -473,25 +545,19 @@ mod tests {
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
-                let path = request.uri().path().to_string();
-                let body = http_body_util::BodyExt::collect(request.into_body())
-                    .await
-                    .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-                    .unwrap_or_default();
-                let reply = if path.ends_with("/pods/s1") {
+                let (_, path, body) = read(request).await;
+                let reply = if lease_name(&body) == ":s1-bind" {
                     respond(
                         422,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "message": "metadata.annotations: Too long", "reason": "Invalid", "code": 422}),
                     )
-                } else if path.ends_with("/pods/s2") {
-                    respond(200, serde_json::to_value(server("s2", 10)).unwrap())
                 } else if path.ends_with("/status") {
                     respond(200, serde_json::to_value(claim("x", 1)).unwrap())
                 } else {
-                    respond(201, json!({}))
+                    respond(201, body.clone())
                 };
-                seen.push((path, body));
+                seen.push((path, body.to_string()));
                 send.send_response(reply);
                 let statuses = seen.iter().filter(|(p, _)| p.ends_with("/status")).count();
                 if statuses >= 2 {

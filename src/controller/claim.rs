@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -18,7 +19,10 @@ use super::claim_status::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
-use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, STATE_LABEL, ServerState};
+use crate::builders::bind_lease::holder_of;
+use crate::builders::labels::{
+    CLAIM_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, STATE_LABEL, ServerState,
+};
 use crate::controller::apply::write_status_if_changed;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
@@ -108,8 +112,9 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
     Ok(Action::await_change())
 }
 
-/// A server already stamped with this claim (the operator stopped between the two bind
-/// writes) is the claim's: only the claim's status is written.
+/// A server already stamped with this claim, or whose bind Lease names it (the operator
+/// stopped between the two bind writes, or the status write failed), is the claim's: only the
+/// claim's status is written.
 async fn finish_interrupted_bind(
     claim: &SparkConnectClaim,
     cluster: &SparkConnectCluster,
@@ -123,14 +128,28 @@ async fn finish_interrupted_bind(
         return Ok(false);
     };
     let name = claim.name_any();
-    let stamped = ctx.stores.pods.state().into_iter().find(|p| {
+    let live_server = |p: &Pod| {
         p.namespace() == claim.namespace()
             && p.labels().get(CLUSTER_LABEL) == Some(&claim.spec.cluster)
-            && controlled_by(p.as_ref(), uid)
+            && controlled_by(p, uid)
             && p.metadata.deletion_timestamp.is_none()
+    };
+    let stamped = ctx.stores.pods.state().into_iter().find(|p| {
+        live_server(p)
             && p.labels().get(STATE_LABEL).map(String::as_str)
                 == Some(ServerState::Claimed.as_str())
             && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
+    });
+    // Or a bind Lease names the claim while its server is not stamped yet.
+    let stamped = stamped.or_else(|| {
+        ctx.stores.leases.state().into_iter().find_map(|lease| {
+            let server = lease.labels().get(SERVER_LABEL)?;
+            let pod = ctx
+                .stores
+                .pods
+                .get(&ObjectRef::new(server).within(&lease.namespace()?))?;
+            (live_server(&pod) && holder_of(&lease, &pod) == Some(name.as_str())).then_some(pod)
+        })
     });
     let Some(server) = stamped else {
         return Ok(false);

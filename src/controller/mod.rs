@@ -55,7 +55,10 @@ pub async fn run(
     let clusters_done = Controller::for_stream(triggers.clusters, clusters)
         .with_config(controller::Config::default().concurrency(CLUSTER_RECONCILES))
         // Pods map to their cluster by label, so a pod that only copies the labels is noticed.
-        .watches_stream(triggers.pods, |pod| cluster_of_labelled(&pod))
+        .watches_stream(triggers.pods, |pod| cluster_of_labelled(&pod.metadata))
+        .watches_stream(triggers.leases, |lease| {
+            cluster_of_labelled(&lease.metadata)
+        })
         .owns_stream(triggers.services)
         .owns_stream(triggers.slices)
         .owns_stream(triggers.accounts)
@@ -80,13 +83,12 @@ pub async fn run(
     futures::join!(clusters_done, claims_done);
 }
 
-/// The cluster a pod's label names (for the watch mapping).
+/// The cluster an object's label names (for the watch mapping).
 fn cluster_of_labelled(
-    pod: &k8s_openapi::api::core::v1::Pod,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> Option<ObjectRef<SparkConnectCluster>> {
-    let ns = pod.metadata.namespace.as_deref()?;
-    let cluster = pod
-        .metadata
+    let ns = meta.namespace.as_deref()?;
+    let cluster = meta
         .labels
         .as_ref()?
         .get(crate::builders::labels::CLUSTER_LABEL)?;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -44,6 +45,8 @@ pub struct Stores {
     pub roles: Store<Role>,
     /// The operator's RoleBindings.
     pub bindings: Store<RoleBinding>,
+    /// Bind Leases (each hands one server to a claim).
+    pub leases: Store<Lease>,
     health: Arc<BTreeMap<&'static str, WatchHealth>>,
 }
 
@@ -77,6 +80,8 @@ pub struct Triggers {
     pub roles: Trigger<Role>,
     /// Owned children, for the cluster controller.
     pub bindings: Trigger<RoleBinding>,
+    /// For the cluster controller (bind Leases map to their cluster by label).
+    pub leases: Trigger<Lease>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -138,6 +143,7 @@ where
 pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
     let kinds = [
         "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
+        "leases",
     ];
     let health: Arc<BTreeMap<&'static str, WatchHealth>> =
         Arc::new(kinds.iter().map(|k| (*k, WatchHealth::default())).collect());
@@ -151,6 +157,10 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         "{}={FIELD_MANAGER}",
         crate::builders::service::SLICE_MANAGER_LABEL
     ));
+    let bind_leases = watcher::Config::default().labels(&format!(
+        "{CLUSTER_LABEL},app.kubernetes.io/component={}",
+        crate::builders::bind_lease::BIND_COMPONENT
+    ));
     let (clusters, t_clusters) = watch(api(client, namespace), all(), h("clusters"));
     let (claims, t_claims) = watch(api(client, namespace), all(), h("claims"));
     let (pods, t_pods) = watch(api(client, namespace), servers, h("pods"));
@@ -159,6 +169,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
     let (accounts, t_accounts) = watch(api(client, namespace), managed(), h("accounts"));
     let (roles, t_roles) = watch(api(client, namespace), managed(), h("roles"));
     let (bindings, t_bindings) = watch(api(client, namespace), managed(), h("bindings"));
+    let (leases, t_leases) = watch(api(client, namespace), bind_leases, h("leases"));
     let stores = Stores {
         clusters,
         claims,
@@ -168,6 +179,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         accounts,
         roles,
         bindings,
+        leases,
         health,
     };
     let triggers = Triggers {
@@ -179,6 +191,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         accounts: t_accounts,
         roles: t_roles,
         bindings: t_bindings,
+        leases: t_leases,
     };
     (stores, triggers)
 }
@@ -229,6 +242,8 @@ pub struct Held {
     pub roles: Vec<Role>,
     /// RoleBindings.
     pub bindings: Vec<RoleBinding>,
+    /// Bind Leases.
+    pub leases: Vec<Lease>,
 }
 
 #[cfg(test)]
@@ -251,6 +266,7 @@ impl Stores {
         }
         let kinds = [
             "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
+            "leases",
         ];
         let health = kinds
             .iter()
@@ -269,6 +285,7 @@ impl Stores {
             accounts: filled(held.accounts),
             roles: filled(held.roles),
             bindings: filled(held.bindings),
+            leases: filled(held.leases),
             health: Arc::new(health),
         }
     }

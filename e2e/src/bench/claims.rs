@@ -16,8 +16,8 @@ use spark_connect_operator::crd::{
     ClaimPhase, SparkConnectClaim, SparkConnectClaimStatus, SparkConnectCluster,
 };
 
-use super::first_result;
 use super::report::{self, Spread, median};
+use super::{cpu, first_result};
 
 /// The bench, and the first part of its namespace's name.
 const BENCH: &str = "bench-claims";
@@ -85,6 +85,7 @@ impl Bench {
             }
         });
         let before = apiserver_requests(&self.client).await;
+        let cpu_before = cpu::by_process();
         let started: Vec<(String, Instant, Duration)> =
             futures::future::try_join_all(creates).await?;
         let names: Vec<&String> = started.iter().map(|(n, ..)| n).collect();
@@ -95,6 +96,7 @@ impl Bench {
                 .unwrap_or(false)
         })
         .await?;
+        let cpu = cpu::spent(&cpu_before, &cpu::by_process());
         let after = apiserver_requests(&self.client).await;
         let during: BTreeMap<String, f64> = after
             .iter()
@@ -136,6 +138,7 @@ impl Bench {
             phases,
             requests: during,
             held,
+            cpu,
         })
     }
 
@@ -221,6 +224,8 @@ struct Burst {
     requests: BTreeMap<String, f64>,
     /// The servers the claims were bound to.
     held: Vec<String>,
+    /// CPU seconds by process from the first create until every claim was seen Bound.
+    cpu: Vec<(String, f64)>,
 }
 
 /// Where one claim's create-to-Bound time went.
@@ -254,7 +259,11 @@ async fn write_floor(
     }
     let mut per_round = Vec::new();
     let mut all = Vec::new();
+    let mut cpu_before = cpu::by_process();
     for round in 0..=rounds {
+        if round == 1 {
+            cpu_before = cpu::by_process();
+        }
         let started = Instant::now();
         let patches = names.iter().map(|name| {
             let maps = maps.clone();
@@ -274,6 +283,10 @@ async fn write_floor(
         per_round.push((samples.clone(), wall));
         all.extend(samples);
     }
+    let apiserver_cpu_ms_per_write = cpu::spent(&cpu_before, &cpu::by_process())
+        .into_iter()
+        .find(|(process, _)| process == "kube-apiserver")
+        .map_or(f64::NAN, |(_, s)| s * 1000.0 / (n * rounds) as f64);
     maps.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
     let rates: Vec<f64> = per_round
@@ -282,7 +295,7 @@ async fn write_floor(
         .collect();
     let (p50s, p99s) = spread(&per_round.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
     println!(
-        "write floor: {n} parallel patches, p50 {:.1} ms, p99 {:.1} ms, {:.0} writes/s (median of {rounds} rounds)",
+        "write floor: {n} parallel patches, p50 {:.1} ms, p99 {:.1} ms, {:.0} writes/s (median of {rounds} rounds), apiserver CPU {apiserver_cpu_ms_per_write:.2} ms per write",
         p50s.median,
         p99s.median,
         median(&rates)
@@ -292,6 +305,7 @@ async fn write_floor(
         "p50_ms": p50s.median, "p99_ms": p99s.median,
         "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
         "writes_per_second": median(&rates),
+        "apiserver_cpu_ms_per_write": apiserver_cpu_ms_per_write,
         "p50_ms_all": report::percentile(&all, 0.5), "p99_ms_all": report::percentile(&all, 0.99),
     }))
 }
@@ -370,14 +384,19 @@ pub async fn run(
         let mut per_round = Vec::new();
         let mut phases = Vec::new();
         let mut requests: BTreeMap<String, f64> = BTreeMap::new();
+        let mut cpu_seconds: BTreeMap<String, f64> = BTreeMap::new();
         for round in 0..rounds {
             let Burst {
                 phases: burst,
                 requests: during,
                 held,
+                cpu,
             } = bench.burst(&cluster, concurrency, round).await?;
             for (request, n) in during {
                 *requests.entry(request).or_default() += n / rounds as f64;
+            }
+            for (process, seconds) in cpu {
+                *cpu_seconds.entry(process).or_default() += seconds / rounds as f64;
             }
             samples.extend(burst.iter().map(|p| p.total));
             per_round.push(burst.iter().map(|p| p.total).collect());
@@ -398,6 +417,11 @@ pub async fn run(
         });
         println!("  where the time went (p50/p99 over all rounds): {breakdown}");
         println!("  apiserver requests per burst (mean): {requests:?}");
+        let cpu_ms: BTreeMap<String, u64> = cpu_seconds
+            .iter()
+            .map(|(process, s)| (process.clone(), (s * 1000.0).round() as u64))
+            .collect();
+        println!("  CPU ms per burst by process (mean): {cpu_ms:?}");
         bench
             .clusters
             .delete(&cluster, &DeleteParams::default())
@@ -413,6 +437,7 @@ pub async fn run(
             "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
             "p50_ms_all": report::percentile(&samples, 0.5), "p99_ms_all": report::percentile(&samples, 0.99),
             "breakdown": breakdown, "apiserver_requests_per_burst": requests,
+            "cpu_ms_per_burst_by_process": cpu_ms,
         }));
     }
     if spark {

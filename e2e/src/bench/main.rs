@@ -2,6 +2,7 @@
 //! `target/bench/*.json`; they assert nothing about speed.
 
 mod claims;
+mod cpu;
 mod economics;
 mod first_result;
 mod gateway;

@@ -3,7 +3,10 @@
 //! (or a claim deleted meanwhile) never stops the others; refusals become problems to report.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -14,18 +17,19 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::children::ClusterToken;
-use super::observe::Observed;
+use super::observe::{Observed, Taken};
 use super::report::Problems;
 use super::tokens::Tokens;
 use crate::builders::labels::{
-    FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState, new_server_name,
+    CLAIM_ANNOTATION, FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState, USER_ANNOTATION,
+    new_server_name,
 };
 use crate::builders::pod::{ServerIdentity, server_pod};
 use crate::builders::secret::{new_token, server_token_secret};
 use crate::builders::service::{Backend, MUST_STAY_ABSENT, endpoint_slice, server_service};
 use crate::controller::apply::{apply_owned, apply_owned_without};
 use crate::controller::claim_status::{finish_claim, ignore_gone};
-use crate::controller::context::Context;
+use crate::controller::context::{BINDS_QUIET, Context};
 use crate::controller::pool::Decision;
 use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
@@ -122,6 +126,67 @@ async fn end_claims(
     Ok(())
 }
 
+/// Bind writes of one cluster's stamps in flight at once.
+const STAMPS_IN_FLIGHT: usize = 32;
+
+/// Stamps the servers that bind Leases hand to claims with their claim (state label and
+/// annotations), once the burst of binds is over so the stamps never compete with a claim's
+/// bind; each stamp is conditional on the resourceVersion the store shows (a conflict waits
+/// for the store). Returns how soon to look again while binds are still under way.
+pub async fn stamp_taken_servers(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    problems: &mut Problems,
+) -> Result<Option<Duration>, Error> {
+    if observed.unstamped.is_empty() {
+        return Ok(None);
+    }
+    if let Some(wait) = ctx.binds.quiet_in(BINDS_QUIET, Instant::now()) {
+        return Ok(Some(wait));
+    }
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
+    let stamps: Vec<_> = observed
+        .unstamped
+        .iter()
+        .filter_map(|(name, taken)| {
+            let pod = observed.servers.get(name)?;
+            Some(stamp(pods.clone(), pod.clone(), taken.clone()))
+        })
+        .collect();
+    let results: Vec<Result<(), Error>> = futures::stream::iter(stamps)
+        .buffer_unordered(STAMPS_IN_FLIGHT)
+        .collect()
+        .await;
+    for result in results {
+        problems.absorb(result)?;
+    }
+    Ok(None)
+}
+
+/// Writes a server's claim on its pod, only if the pod is still as it was read.
+async fn stamp(api: Api<Pod>, pod: Arc<Pod>, taken: Taken) -> Result<(), Error> {
+    let name = pod.name_any();
+    let patch = json!({"metadata": {
+        "resourceVersion": pod.resource_version(),
+        "labels": {STATE_LABEL: ServerState::Claimed.as_str()},
+        "annotations": {CLAIM_ANNOTATION: taken.claim, USER_ANNOTATION: taken.user.clone().unwrap_or_default()}
+    }});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube(
+            format!("stamp server {name} with its claim"),
+            e,
+        )),
+    }
+}
+
+/// Relabels and removes the plan's servers. An idle server is changed only if this process
+/// has not handed it to a claim meanwhile (the allocator holds it back while it changes).
 async fn change_servers(
     valid: &ValidCluster<'_>,
     ctx: &Context,
@@ -129,9 +194,23 @@ async fn change_servers(
     pods: &Api<Pod>,
     plan: &PoolPlan,
 ) -> Result<(), Error> {
+    let key = super::observe::key(valid);
+    // Only an idle server can be handed out; the others need no holding back.
+    let withhold = |pod: &Pod| {
+        let idle = ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
+            == ServerState::Idle;
+        !idle || ctx.allocator.withhold(&key, &pod.name_any())
+    };
     for (name, state) in &plan.relabel {
         if let Some(pod) = observed.servers.get(name) {
-            relabel(pods, pod, *state).await?;
+            if !withhold(pod) {
+                continue;
+            }
+            let changed = relabel(pods, pod, *state).await;
+            if !matches!(changed, Ok(true)) {
+                ctx.allocator.release(&key, name);
+            }
+            changed?;
             ctx.event(
                 valid.cluster,
                 EventType::Normal,
@@ -142,7 +221,14 @@ async fn change_servers(
     }
     for (name, reason) in &plan.remove {
         if let Some(pod) = observed.servers.get(name) {
-            remove_server(ctx, pods, pod).await?;
+            if !withhold(pod) {
+                continue;
+            }
+            let removed = remove_server(ctx, pods, pod).await;
+            if !matches!(removed, Ok(true)) {
+                ctx.allocator.release(&key, name);
+            }
+            removed?;
             let kind = if reason.is_warning() {
                 EventType::Warning
             } else {
@@ -160,8 +246,8 @@ async fn change_servers(
 }
 
 /// Changes a server's state label, only if the pod is still as it was read; a conflict waits
-/// for the next round (the store will show what changed).
-async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Error> {
+/// for the next round (the store will show what changed). Says whether the label changed.
+async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<bool, Error> {
     let name = pod.name_any();
     let patch = json!({
         "metadata": {"resourceVersion": pod.resource_version(), "labels": {STATE_LABEL: state.as_str()}}
@@ -170,8 +256,8 @@ async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Er
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(false),
         Err(e) => Err(Error::kube(
             format!("label server {name} {}", state.as_str()),
             e,
@@ -180,8 +266,9 @@ async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<(), Er
 }
 
 /// Deletes a server pod as it was read (its Service and slice follow by pruning, its token
-/// Secret and executors by garbage collection); releases its probe session first.
-async fn remove_server(ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<(), Error> {
+/// Secret, bind Lease and executors by garbage collection); releases its probe session first.
+/// Says whether it deleted the pod.
+async fn remove_server(ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<bool, Error> {
     let name = pod.name_any();
     if let Some(uid) = pod.uid() {
         if ctx.prober.book().get(&uid).verdict == Verdict::Healthy {
@@ -197,8 +284,8 @@ async fn remove_server(ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<(), E
         ..DeleteParams::default()
     };
     match api.delete(&name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(e) => Err(Error::kube(format!("delete server {name}"), e)),
     }
 }

@@ -133,6 +133,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
         &mut problems,
     )
     .await?;
+    let stamps_wait = act::stamp_taken_servers(&valid, ctx, &observed, &mut problems).await?;
     publish_terms(&valid, ctx, &observed, &key, token_mode);
 
     let summary = Summary {
@@ -148,7 +149,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
                 .spark_version
         }),
         last_warmup: observed.last_warmup,
-        look_again_within: refill_held,
+        look_again_within: refill_held.into_iter().chain(stamps_wait).min(),
     };
     report::report(&valid, ctx, &decision, summary, &key).await
 }

@@ -7,16 +7,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
+use crate::builders::bind_lease::{bind_lease_name, holder_of};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
-    ServerRole, ServerState,
+    ServerRole, ServerState, USER_ANNOTATION,
 };
 use crate::controller::apply::controlled_by;
 use crate::controller::context::{Context, cluster_key};
@@ -44,8 +46,11 @@ pub struct Observed {
     pub claim_views: Vec<ClaimView>,
     /// Claimed server → the claim named on it.
     pub claimed_servers: BTreeMap<String, String>,
-    /// Servers this process handed out that the store does not show as claimed yet.
+    /// Servers handed to a claim whose pod the store does not show stamped yet (by this
+    /// process, or by a bind Lease): server → claim.
     pub handed_out: BTreeMap<String, String>,
+    /// Servers a bind Lease hands to a claim whose pod is not stamped with it yet.
+    pub unstamped: BTreeMap<String, Taken>,
     /// The cluster's Services, by name.
     pub services: BTreeMap<String, Arc<Service>>,
     /// The cluster's EndpointSlices, by name.
@@ -56,6 +61,15 @@ pub struct Observed {
     pub last_warmup: Option<Duration>,
     /// Starting servers whose last warm-up failed: name and why.
     pub failed_warmups: Vec<(String, String)>,
+}
+
+/// What a bind Lease says of its server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// The claim the server is handed to.
+    pub claim: String,
+    /// The claim's user, if it names one.
+    pub user: Option<String>,
 }
 
 /// Who made a pod that carries a cluster's label.
@@ -128,6 +142,9 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
             (name.clone(), claim.unwrap_or_default())
         })
         .collect();
+    let unstamped = unstamped(&servers, &stores.leases);
+    let mut handed_out = ctx.allocator.handed_out(&key(valid));
+    handed_out.extend(unstamped.iter().map(|(s, t)| (s.clone(), t.claim.clone())));
 
     let claims: BTreeMap<String, Arc<SparkConnectClaim>> = stores
         .claims
@@ -153,13 +170,35 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         claims,
         claim_views,
         claimed_servers,
-        handed_out: ctx.allocator.handed_out(&key(valid)),
+        handed_out,
+        unstamped,
         services,
         slices,
         hashes: hashes(&valid.spec_hash, token),
         last_warmup,
         failed_warmups,
     }
+}
+
+/// Servers whose bind Lease hands them to a claim while their pod is not stamped claimed.
+fn unstamped(
+    servers: &BTreeMap<String, Arc<Pod>>,
+    leases: &Store<Lease>,
+) -> BTreeMap<String, Taken> {
+    servers
+        .iter()
+        .filter(|(_, pod)| {
+            ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
+                != ServerState::Claimed
+        })
+        .filter_map(|(name, pod)| {
+            let namespace = pod.namespace()?;
+            let lease = leases.get(&ObjectRef::new(&bind_lease_name(name)).within(&namespace))?;
+            let claim = holder_of(&lease, pod)?.to_string();
+            let user = lease.annotations().get(USER_ANNOTATION).cloned();
+            Some((name.clone(), Taken { claim, user }))
+        })
+        .collect()
 }
 
 /// The warm-up time of the newest server that finished one, and the failing warm-ups.

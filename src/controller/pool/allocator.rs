@@ -39,8 +39,8 @@ pub struct PoolTerms {
 pub struct Candidate {
     /// Pod name.
     pub name: String,
-    /// The resourceVersion the bind write is conditional on.
-    pub resource_version: String,
+    /// Pod uid: the bind Lease is owned by this very pod.
+    pub uid: String,
     /// Pod creation time (oldest is handed out first).
     pub created: Timestamp,
 }
@@ -71,8 +71,12 @@ struct ClusterQueue {
     /// Waiting claims by (creation time, name): the first is served first.
     waiting: BTreeSet<(Timestamp, String)>,
     first_seen: HashMap<String, Timestamp>,
-    /// Server → claim, for servers whose bind write is under way or not yet in the store.
+    /// Server → claim, for servers whose bind write is under way or whose pod the store does
+    /// not show stamped yet.
     handed_out: BTreeMap<String, String>,
+    /// Idle servers the cluster reconcile is changing (relabelling or removing): never handed
+    /// out until the store shows them changed or the change is given up.
+    withheld: BTreeSet<String>,
     /// Since when new servers have been held back for a burst of binds.
     refill_held_since: Option<Instant>,
     /// When a server was last handed out.
@@ -220,8 +224,11 @@ impl Allocator {
     ) -> Vec<Assignment> {
         self.with(key, |q| {
             q.handed_out.retain(|server, _| still_idle(server));
+            q.withheld.retain(|server| still_idle(server));
             let reserved = q.terms.as_ref().map_or(0, |t| t.reserved_for_shared);
-            let pairs = pick(&q.waiting, candidates, &q.handed_out, reserved);
+            let taken =
+                |server: &str| q.handed_out.contains_key(server) || q.withheld.contains(server);
+            let pairs = pick(&q.waiting, candidates, taken, reserved);
             if !pairs.is_empty() {
                 q.last_handed_out = Some(Instant::now());
             }
@@ -240,6 +247,24 @@ impl Allocator {
                 })
                 .collect()
         })
+    }
+
+    /// Keeps `server` from being handed out while the cluster reconcile changes it; `false`
+    /// (and nothing kept) when it is handed out already: then it is a claim's and must be left
+    /// alone.
+    pub fn withhold(&self, key: &str, server: &str) -> bool {
+        self.with(key, |q| {
+            if q.handed_out.contains_key(server) {
+                return false;
+            }
+            q.withheld.insert(server.to_string());
+            true
+        })
+    }
+
+    /// Gives up a change of `server` that did not happen: it may be handed out again.
+    pub fn release(&self, key: &str, server: &str) {
+        self.with(key, |q| q.withheld.remove(server));
     }
 
     /// Undoes an assignment whose write did not happen: the server is free again and, when
@@ -265,13 +290,10 @@ impl Allocator {
 fn pick(
     waiting: &BTreeSet<(Timestamp, String)>,
     candidates: &[Candidate],
-    handed_out: &BTreeMap<String, String>,
+    taken: impl Fn(&str) -> bool,
     reserved: usize,
 ) -> Vec<((Timestamp, String), Candidate)> {
-    let mut free: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| !handed_out.contains_key(&c.name))
-        .collect();
+    let mut free: Vec<&Candidate> = candidates.iter().filter(|c| !taken(&c.name)).collect();
     free.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     waiting
         .iter()
@@ -290,7 +312,7 @@ mod tests {
     fn server(name: &str, age: i64) -> Candidate {
         Candidate {
             name: name.into(),
-            resource_version: "1".into(),
+            uid: format!("uid-{name}"),
             created: at(-age),
         }
     }
@@ -338,6 +360,30 @@ mod tests {
         // Once the store shows s1 claimed, it is no longer a candidate at all.
         assert!(a.assign("ns/c", &[], |_| false).is_empty());
         assert!(a.handed_out("ns/c").is_empty());
+    }
+
+    #[test]
+    fn a_server_the_cluster_is_changing_is_not_handed_out_and_a_handed_out_one_is_not_changed() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        assert!(
+            a.withhold("ns/c", "s1"),
+            "s1 is free: the cluster may change it"
+        );
+        assert!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty(),
+            "s1 is being scaled down"
+        );
+        a.release("ns/c", "s1");
+        let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
+        assert_eq!(got[0].server.name, "s1", "the change was given up");
+        assert!(!a.withhold("ns/c", "s1"), "s1 is a claim's now");
+        // A withheld server the store no longer shows idle (it was changed) is forgotten.
+        assert!(a.withhold("ns/c", "s2"));
+        a.assign("ns/c", &[], |s| s != "s2");
+        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s2", 1)], |_| true).len(), 1);
     }
 
     #[test]

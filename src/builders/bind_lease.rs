@@ -1,0 +1,135 @@
+//! The bind Lease: the small object whose creation hands a server to a claim. Creating it is
+//! the fence (the apiserver creates one object of a name only once, so two leaders, or a bind
+//! racing a scale-down, can never take one server twice); the server pod is stamped with the
+//! claim later, off the claim's path. Owned by the pod, it goes when the server goes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use super::labels::{SERVER_LABEL, USER_ANNOTATION, cluster_labels};
+
+/// `app.kubernetes.io/component` of bind Leases (what the Lease watch selects).
+pub const BIND_COMPONENT: &str = "server-bind";
+
+/// Name of the bind Lease of server `server`.
+pub fn bind_lease_name(server: &str) -> String {
+    format!("{server}-bind")
+}
+
+/// The Lease that hands server `pod` of cluster `cluster` to claim `holder`; `user` is the
+/// claim's user, if any. `None` for a pod without a name or uid (never one from the apiserver).
+pub fn bind_lease(cluster: &str, pod: &Pod, holder: &str, user: Option<&str>) -> Option<Lease> {
+    let server = pod.metadata.name.as_deref()?;
+    let mut labels = cluster_labels(cluster);
+    labels.insert("app.kubernetes.io/component".into(), BIND_COMPONENT.into());
+    labels.insert(SERVER_LABEL.into(), server.into());
+    let annotations = user.map(|u| BTreeMap::from([(USER_ANNOTATION.to_string(), u.to_string())]));
+    Some(Lease {
+        metadata: ObjectMeta {
+            name: Some(bind_lease_name(server)),
+            namespace: pod.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations,
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Pod".into(),
+                name: server.into(),
+                uid: pod.metadata.uid.clone()?,
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            ..LeaseSpec::default()
+        }),
+    })
+}
+
+/// Who a bind Lease hands its server to, if it is the Lease of `pod` (named after it and owned
+/// by it: anything else is not the operator's fence and hands out nothing).
+pub fn holder_of<'a>(lease: &'a Lease, pod: &Pod) -> Option<&'a str> {
+    let server = pod.metadata.name.as_deref()?;
+    let uid = pod.metadata.uid.as_deref()?;
+    let owned = lease
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && r.kind == "Pod" && r.uid == uid);
+    let named = lease.metadata.name.as_deref() == Some(bind_lease_name(server).as_str());
+    let labelled = lease
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVER_LABEL))
+        .is_some_and(|s| s == server);
+    if !(owned && named && labelled) {
+        return None;
+    }
+    lease.spec.as_ref()?.holder_identity.as_deref()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, uid: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("team".into()),
+                uid: Some(uid.into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn the_lease_is_named_after_its_server_owned_by_it_and_names_the_claim() {
+        let lease = bind_lease("c", &pod("c-abc", "u1"), "claim-1", Some("ana")).unwrap();
+        assert_eq!(lease.metadata.name.as_deref(), Some("c-abc-bind"));
+        assert_eq!(lease.metadata.namespace.as_deref(), Some("team"));
+        let labels = lease.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["sparkconnect.dev/cluster"], "c");
+        assert_eq!(labels["sparkconnect.dev/server"], "c-abc");
+        assert_eq!(labels["app.kubernetes.io/component"], BIND_COMPONENT);
+        let owner = &lease.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Pod", "u1"));
+        assert_eq!(
+            lease.metadata.annotations.as_ref().unwrap()[USER_ANNOTATION],
+            "ana"
+        );
+        assert_eq!(holder_of(&lease, &pod("c-abc", "u1")), Some("claim-1"));
+    }
+
+    #[test]
+    fn a_lease_hands_out_nothing_unless_it_is_the_fence_of_that_very_pod() {
+        let lease = bind_lease("c", &pod("c-abc", "u1"), "claim-1", None).unwrap();
+        assert_eq!(
+            holder_of(&lease, &pod("c-abc", "u2")),
+            None,
+            "a pod of the same name later"
+        );
+        assert_eq!(holder_of(&lease, &pod("c-xyz", "u1")), None);
+        let mut copied = lease.clone();
+        copied.metadata.owner_references = None;
+        assert_eq!(
+            holder_of(&copied, &pod("c-abc", "u1")),
+            None,
+            "not owned by the pod"
+        );
+    }
+
+    #[test]
+    fn a_pod_without_a_uid_gets_no_lease() {
+        let mut p = pod("c-abc", "u1");
+        p.metadata.uid = None;
+        assert!(bind_lease("c", &p, "claim-1", None).is_none());
+    }
+}
