@@ -126,7 +126,7 @@ async fn end_claims(
     Ok(())
 }
 
-/// Bind writes of one cluster's stamps in flight at once.
+/// Stamps of one cluster's servers in flight at once.
 const STAMPS_IN_FLIGHT: usize = 32;
 
 /// Stamps the servers that bind Leases hand to claims with their claim (state label and

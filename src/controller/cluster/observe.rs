@@ -343,6 +343,45 @@ mod tests {
         }
     }
 
+    fn store_of(leases: Vec<Lease>) -> Store<Lease> {
+        let (reader, mut writer) = kube::runtime::reflector::store();
+        for lease in leases {
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(lease));
+        }
+        reader
+    }
+
+    #[test]
+    fn a_server_its_lease_hands_to_a_claim_is_unstamped_until_its_pod_says_claimed() {
+        let mut pod = starting_pod();
+        pod.metadata.namespace = Some("ns".into());
+        let lease = crate::builders::bind_lease::bind_lease("c", &pod, "claim-1", Some("ana"))
+            .expect("a lease");
+        let leases = store_of(vec![lease]);
+        let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
+        let taken = unstamped(&servers, &leases);
+        assert_eq!(
+            taken.get("s-1"),
+            Some(&Taken {
+                claim: "claim-1".into(),
+                user: Some("ana".into())
+            })
+        );
+        // Stamped: the pod says so itself.
+        let mut stamped = pod.clone();
+        stamped.metadata.labels = Some(BTreeMap::from([(
+            STATE_LABEL.to_string(),
+            ServerState::Claimed.as_str().to_string(),
+        )]));
+        servers.insert("s-1".into(), Arc::new(stamped));
+        assert!(unstamped(&servers, &leases).is_empty());
+        // A later pod of the same name is not handed out by the earlier pod's Lease.
+        let mut later = pod;
+        later.metadata.uid = Some("uid-2".into());
+        servers.insert("s-1".into(), Arc::new(later));
+        assert!(unstamped(&servers, &leases).is_empty());
+    }
+
     #[test]
     fn a_server_of_an_earlier_cluster_of_the_same_name_on_its_way_out_is_not_reported() {
         let mut pod = starting_pod();
