@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Pod;
+
 use crate::crd::SparkConnectCluster;
 
 /// Field manager of every server-side apply.
@@ -59,6 +61,17 @@ impl ServerState {
             Self::Unhealthy => "unhealthy",
             Self::Retiring => "retiring",
         }
+    }
+
+    /// The state a pod's `sparkconnect.dev/state` label gives.
+    pub fn of(pod: &Pod) -> Self {
+        Self::from_label(
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(STATE_LABEL))
+                .map(String::as_str),
+        )
     }
 
     /// Parses a label value; unknown values read as Starting.

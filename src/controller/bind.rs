@@ -23,8 +23,8 @@ use super::context::Context;
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
 use crate::builders::bind_lease::{bind_lease, bind_lease_name, holder_of};
 use crate::builders::labels::{
-    CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL, ServerRole, ServerState,
-    endpoint, server_token_secret_name,
+    CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
+    server_token_secret_name,
 };
 use crate::crd::{ClaimPhase, SparkConnectClaim};
 use crate::error::Error;
@@ -40,7 +40,8 @@ const ROUNDS: usize = 4;
 enum Outcome {
     /// Both writes made.
     Bound,
-    /// The server changed since it was read (bound elsewhere, relabelled, deleted).
+    /// The server is not free: its bind Lease exists (another claim, another leader), or its
+    /// pod is gone or was replaced since it was read.
     ServerTaken,
     /// The claim was deleted meanwhile; `server_taken` says whether its bind Lease was made.
     ClaimGone { server_taken: bool },
@@ -122,7 +123,7 @@ async fn settle(
             true
         }
         Outcome::ClaimGone { server_taken } => {
-            // A stamped server now names a claim that is gone: the cluster retires it.
+            // A taken server now names a claim that is gone: the cluster retires it.
             if !server_taken {
                 ctx.allocator.undo(key, assignment, false);
             }
@@ -179,14 +180,10 @@ fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnec
 /// the servers the store shows idle.
 fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
     let book = ctx.prober.book();
-    let leased: BTreeSet<String> = ctx
-        .stores
-        .leases
-        .state()
-        .iter()
-        .filter(|l| l.namespace().as_deref() == Some(terms.namespace.as_str()))
-        .map(|l| l.name_any())
-        .collect();
+    let leased = |server: &str| {
+        let lease = ObjectRef::new(&bind_lease_name(server)).within(&terms.namespace);
+        ctx.stores.leases.get(&lease).is_some()
+    };
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
     for pod in ctx.stores.pods.state() {
@@ -197,13 +194,11 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
             && labels.get(SERVER_LABEL) == Some(&name)
             && controlled_by(pod.as_ref(), &terms.cluster_uid)
             && pod.metadata.deletion_timestamp.is_none();
-        let is_idle =
-            labels.get(STATE_LABEL).map(String::as_str) == Some(ServerState::Idle.as_str());
-        if !ours || !is_idle {
+        if !ours || ServerState::of(&pod) != ServerState::Idle {
             continue;
         }
         idle.insert(name.clone());
-        if leased.contains(&bind_lease_name(&name)) {
+        if leased(&name) {
             continue;
         }
         let current = labels.get(SPEC_HASH_LABEL) == Some(&terms.server_hash);
@@ -348,6 +343,7 @@ pub async fn write_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builders::labels::STATE_LABEL;
     use crate::controller::pool::allocator::Candidate;
     use crate::controller::stores::{Held, Stores};
     use crate::metrics::Metrics;

@@ -20,9 +20,7 @@ use super::conditions::set_condition;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use crate::builders::bind_lease::holder_of;
-use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, STATE_LABEL, ServerState,
-};
+use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState};
 use crate::controller::apply::write_status_if_changed;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
@@ -136,13 +134,17 @@ async fn finish_interrupted_bind(
     };
     let stamped = ctx.stores.pods.state().into_iter().find(|p| {
         live_server(p)
-            && p.labels().get(STATE_LABEL).map(String::as_str)
-                == Some(ServerState::Claimed.as_str())
+            && ServerState::of(p) == ServerState::Claimed
             && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
     });
     // Or a bind Lease names the claim while its server is not stamped yet.
     let stamped = stamped.or_else(|| {
         ctx.stores.leases.state().into_iter().find_map(|lease| {
+            if lease.namespace() != claim.namespace()
+                || lease.labels().get(CLUSTER_LABEL) != Some(&claim.spec.cluster)
+            {
+                return None;
+            }
             let server = lease.labels().get(SERVER_LABEL)?;
             let pod = ctx
                 .stores

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::cache::TtlCache;
 use super::route::ClusterRef;
-use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL, ServerState, TOKEN_KEY};
+use crate::builders::labels::{CLUSTER_LABEL, ServerState, TOKEN_KEY};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 
 /// Label on every claim the gateway makes: a hash of the user it is for.
@@ -177,8 +177,7 @@ impl Directory {
             .filter(|pod| {
                 // Without token auth the operator may hand a pool server to the endpoint: the
                 // state says who serves the shared Service, whatever the role.
-                ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
-                    == ServerState::Shared
+                ServerState::of(pod) == ServerState::Shared
                     && pod.metadata.deletion_timestamp.is_none()
             })
             .filter_map(|pod| {

@@ -197,8 +197,7 @@ async fn change_servers(
     let key = super::observe::key(valid);
     // Only an idle server can be handed out; the others need no holding back.
     let withhold = |pod: &Pod| {
-        let idle = ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
-            == ServerState::Idle;
+        let idle = ServerState::of(pod) == ServerState::Idle;
         !idle || ctx.allocator.withhold(&key, &pod.name_any())
     };
     for (name, state) in &plan.relabel {

@@ -134,9 +134,7 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let (last_warmup, failed_warmups) = warmups(&servers, book);
     let claimed_servers = servers
         .iter()
-        .filter(|(_, p)| {
-            p.labels().get(STATE_LABEL).map(String::as_str) == Some(ServerState::Claimed.as_str())
-        })
+        .filter(|(_, p)| ServerState::of(p) == ServerState::Claimed)
         .map(|(name, p)| {
             let claim = p.annotations().get(CLAIM_ANNOTATION).cloned();
             (name.clone(), claim.unwrap_or_default())
@@ -187,10 +185,7 @@ fn unstamped(
 ) -> BTreeMap<String, Taken> {
     servers
         .iter()
-        .filter(|(_, pod)| {
-            ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str))
-                != ServerState::Claimed
-        })
+        .filter(|(_, pod)| ServerState::of(pod) != ServerState::Claimed)
         .filter_map(|(name, pod)| {
             let namespace = pod.namespace()?;
             let lease = leases.get(&ObjectRef::new(&bind_lease_name(name)).within(&namespace))?;
@@ -266,7 +261,7 @@ pub fn hashes(spec_hash: &str, token: &ClusterToken) -> Hashes {
 /// healthy until this process's own probes say otherwise.
 fn seed_from_labels<'a>(book: &HealthBook, servers: impl Iterator<Item = &'a Arc<Pod>>) {
     for pod in servers {
-        let state = ServerState::from_label(pod.labels().get(STATE_LABEL).map(String::as_str));
+        let state = ServerState::of(pod);
         if matches!(state, ServerState::Idle | ServerState::Shared)
             && let Some(uid) = pod.uid()
         {
