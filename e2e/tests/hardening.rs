@@ -561,7 +561,15 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let real = support::live_pods(&world.client, &ns.name, "sparkconnect.dev/state=idle").await;
+    // An idle server of the pool (not the shared endpoint's standby): the next claim's.
+    let idle = "sparkconnect.dev/state=idle,sparkconnect.dev/role=pool";
+    wait_until(Duration::from_secs(120), "an idle pool server", || async {
+        !support::live_pods(&world.client, &ns.name, idle)
+            .await
+            .is_empty()
+    })
+    .await;
+    let real = support::live_pods(&world.client, &ns.name, idle).await;
     let real = real.first().expect("an idle server").name_any();
     let out = world.kubectl(
         &[
@@ -596,6 +604,16 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An unlabelled Lease of that name is outside the policy: it cannot hand the server to
+    // anyone, but it would keep it from ever being handed out. The first claim that meets it
+    // gets another server; the blocked one is removed, replaced and reported.
+    let forged = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": format!("{real}-bind")}, "spec": {"holderIdentity": "mine"}});
+    let out = world.kubectl(
+        &["--as", &tenant, "create", "-n", &ns.name, "-f", "-"],
+        Some(&forged.to_string()),
+    );
+    assert!(support::succeeded(&out), "an unlabelled Lease is allowed");
 
     // An admin (allowed to manage servers) can make such a pod; the operator ignores it
     // because it does not own it.
@@ -646,7 +664,38 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
             .server
             .unwrap();
         assert_ne!(server, "impostor");
+        assert_ne!(
+            server, real,
+            "the server the forged Lease blocks is never handed out"
+        );
     }
+    wait_until(
+        Duration::from_secs(60),
+        "the blocked server removed",
+        || async {
+            pods.get_opt(&real)
+                .await
+                .ok()
+                .is_some_and(|p| p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
+        },
+    )
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &ns.name);
+    wait_until(
+        Duration::from_secs(30),
+        "a BindLeaseForged Event",
+        || async {
+            events.list(&Default::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("BindLeaseForged")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.contains(&real))
+                })
+            })
+        },
+    )
+    .await;
     // Never behind the shared Service, never probed (its call log stays empty).
     let slices: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &ns.name);
     let shared = slices.get("pool").await.unwrap();

@@ -1,7 +1,9 @@
-//! The bind Lease: the small object whose creation hands a server to a claim. Creating it is
-//! the fence (the apiserver creates one object of a name only once, so two leaders, or a bind
-//! racing a scale-down, can never take one server twice); the server pod is stamped with the
-//! claim later, off the claim's path. Owned by the pod, it goes when the server goes.
+//! The bind Lease: the small object whose creation takes an idle server, for a claim or for the
+//! cluster itself (to promote it to the shared Service or to remove it). Creating it is the
+//! fence: the apiserver creates one object of a name only once, so two leaders, or a bind
+//! racing a scale-down in another process, can never take one server twice. The server pod is
+//! stamped with its claim later, off the claim's path. Owned by the pod, it goes when the
+//! server goes.
 
 use std::collections::BTreeMap;
 
@@ -14,14 +16,63 @@ use super::labels::{SERVER_LABEL, USER_ANNOTATION, cluster_labels};
 /// `app.kubernetes.io/component` of bind Leases (what the Lease watch selects).
 pub const BIND_COMPONENT: &str = "server-bind";
 
+/// Holder of a Lease by which the cluster takes a server to remove it (a claim's name cannot
+/// contain a `/`, so no claim is ever mistaken for it).
+const RETIRING_HOLDER: &str = "sparkconnect.dev/retiring";
+/// Holder of a Lease by which the cluster takes a server for its shared Service.
+const SHARED_HOLDER: &str = "sparkconnect.dev/shared";
+
+/// Who a bind Lease hands its server to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindHolder<'a> {
+    /// A claim, by name.
+    Claim(&'a str),
+    /// The cluster, to remove the server.
+    Retiring,
+    /// The cluster, for its shared Service.
+    Shared,
+}
+
+impl<'a> BindHolder<'a> {
+    /// The Lease's `holderIdentity`.
+    pub fn identity(self) -> &'a str {
+        match self {
+            Self::Claim(claim) => claim,
+            Self::Retiring => RETIRING_HOLDER,
+            Self::Shared => SHARED_HOLDER,
+        }
+    }
+
+    fn parse(identity: &'a str) -> Self {
+        match identity {
+            RETIRING_HOLDER => Self::Retiring,
+            SHARED_HOLDER => Self::Shared,
+            claim => Self::Claim(claim),
+        }
+    }
+
+    /// The claim it names, if it is one.
+    pub fn claim(self) -> Option<&'a str> {
+        match self {
+            Self::Claim(claim) => Some(claim),
+            Self::Retiring | Self::Shared => None,
+        }
+    }
+}
+
 /// Name of the bind Lease of server `server`.
 pub fn bind_lease_name(server: &str) -> String {
     format!("{server}-bind")
 }
 
-/// The Lease that hands server `pod` of cluster `cluster` to claim `holder`; `user` is the
-/// claim's user, if any. `None` for a pod without a name or uid (never one from the apiserver).
-pub fn bind_lease(cluster: &str, pod: &Pod, holder: &str, user: Option<&str>) -> Option<Lease> {
+/// The Lease that hands server `pod` of cluster `cluster` to `holder`; `user` is the claim's
+/// user, if any. `None` for a pod without a name or uid (never one from the apiserver).
+pub fn bind_lease(
+    cluster: &str,
+    pod: &Pod,
+    holder: BindHolder<'_>,
+    user: Option<&str>,
+) -> Option<Lease> {
     let server = pod.metadata.name.as_deref()?;
     let mut labels = cluster_labels(cluster);
     labels.insert("app.kubernetes.io/component".into(), BIND_COMPONENT.into());
@@ -44,7 +95,7 @@ pub fn bind_lease(cluster: &str, pod: &Pod, holder: &str, user: Option<&str>) ->
             ..ObjectMeta::default()
         },
         spec: Some(LeaseSpec {
-            holder_identity: Some(holder.into()),
+            holder_identity: Some(holder.identity().into()),
             ..LeaseSpec::default()
         }),
     })
@@ -52,7 +103,7 @@ pub fn bind_lease(cluster: &str, pod: &Pod, holder: &str, user: Option<&str>) ->
 
 /// Who a bind Lease hands its server to, if it is the Lease of `pod` (named after it and owned
 /// by it: anything else is not the operator's fence and hands out nothing).
-pub fn holder_of<'a>(lease: &'a Lease, pod: &Pod) -> Option<&'a str> {
+pub fn holder_of<'a>(lease: &'a Lease, pod: &Pod) -> Option<BindHolder<'a>> {
     let server = pod.metadata.name.as_deref()?;
     let uid = pod.metadata.uid.as_deref()?;
     let owned = lease
@@ -71,7 +122,12 @@ pub fn holder_of<'a>(lease: &'a Lease, pod: &Pod) -> Option<&'a str> {
     if !(owned && named && labelled) {
         return None;
     }
-    lease.spec.as_ref()?.holder_identity.as_deref()
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_deref()
+        .map(BindHolder::parse)
 }
 
 #[cfg(test)]
@@ -92,7 +148,13 @@ mod tests {
 
     #[test]
     fn the_lease_is_named_after_its_server_owned_by_it_and_names_the_claim() {
-        let lease = bind_lease("c", &pod("c-abc", "u1"), "claim-1", Some("ana")).unwrap();
+        let lease = bind_lease(
+            "c",
+            &pod("c-abc", "u1"),
+            BindHolder::Claim("claim-1"),
+            Some("ana"),
+        )
+        .unwrap();
         assert_eq!(lease.metadata.name.as_deref(), Some("c-abc-bind"));
         assert_eq!(lease.metadata.namespace.as_deref(), Some("team"));
         let labels = lease.metadata.labels.as_ref().unwrap();
@@ -105,12 +167,16 @@ mod tests {
             lease.metadata.annotations.as_ref().unwrap()[USER_ANNOTATION],
             "ana"
         );
-        assert_eq!(holder_of(&lease, &pod("c-abc", "u1")), Some("claim-1"));
+        assert_eq!(
+            holder_of(&lease, &pod("c-abc", "u1")),
+            Some(BindHolder::Claim("claim-1"))
+        );
     }
 
     #[test]
     fn a_lease_hands_out_nothing_unless_it_is_the_fence_of_that_very_pod() {
-        let lease = bind_lease("c", &pod("c-abc", "u1"), "claim-1", None).unwrap();
+        let lease =
+            bind_lease("c", &pod("c-abc", "u1"), BindHolder::Claim("claim-1"), None).unwrap();
         assert_eq!(
             holder_of(&lease, &pod("c-abc", "u2")),
             None,
@@ -130,6 +196,25 @@ mod tests {
     fn a_pod_without_a_uid_gets_no_lease() {
         let mut p = pod("c-abc", "u1");
         p.metadata.uid = None;
-        assert!(bind_lease("c", &p, "claim-1", None).is_none());
+        assert!(bind_lease("c", &p, BindHolder::Claim("claim-1"), None).is_none());
+    }
+
+    #[test]
+    fn the_cluster_takes_a_server_under_a_holder_no_claim_can_have() {
+        let p = pod("c-abc", "u1");
+        for holder in [BindHolder::Retiring, BindHolder::Shared] {
+            let lease = bind_lease("c", &p, holder, None).unwrap();
+            let identity = lease
+                .spec
+                .as_ref()
+                .unwrap()
+                .holder_identity
+                .clone()
+                .unwrap();
+            assert!(identity.contains('/'), "{identity} is not a claim name");
+            assert_eq!(holder_of(&lease, &p), Some(holder));
+            assert_eq!(holder.claim(), None);
+        }
+        assert_eq!(BindHolder::Claim("x").claim(), Some("x"));
     }
 }

@@ -11,17 +11,17 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{controlled_by, status_patch};
 use super::claim_status::{bound_status, finish_claim};
 use super::context::Context;
+use super::fence::{self, Take};
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
-use crate::builders::bind_lease::{bind_lease, bind_lease_name, holder_of};
+use crate::builders::bind_lease::{BindHolder, bind_lease_name};
 use crate::builders::labels::{
     CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
     server_token_secret_name,
@@ -257,7 +257,7 @@ async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
 
 /// Creates the server's bind Lease naming the claim: the one write that decides the server is
 /// the claim's. A Lease already there is someone else's (the server is taken) unless it names
-/// this very claim (an earlier try that got no further).
+/// this very claim (an earlier try that got no further); a forged one gets its server removed.
 async fn take_server(
     ctx: &Context,
     terms: &PoolTerms,
@@ -273,30 +273,20 @@ async fn take_server(
                 && p.metadata.uid.as_deref() == Some(a.server.uid.as_str())
         })
         .ok_or(Outcome::ServerTaken)?;
-    let lease = bind_lease(&terms.cluster, &pod, &a.claim, user).ok_or(Outcome::ServerTaken)?;
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &terms.namespace);
-    match leases.create(&PostParams::default(), &lease).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            let name = bind_lease_name(&a.server.name);
-            let ours = ctx
-                .stores
-                .leases
-                .get(&ObjectRef::new(&name).within(&terms.namespace))
-                .is_some_and(|l| holder_of(&l, &pod) == Some(a.claim.as_str()));
-            if ours {
-                Ok(())
-            } else {
-                Err(Outcome::ServerTaken)
+    let holder = BindHolder::Claim(&a.claim);
+    match fence::take(ctx, &terms.cluster, &pod, holder, user).await {
+        Ok(Take::Won) => Ok(()),
+        Ok(Take::Lost) => Err(Outcome::ServerTaken),
+        Ok(Take::Forged) => {
+            if let Err(e) = fence::remove_blocked(ctx, &terms.cluster, &pod).await {
+                tracing::warn!(server = %a.server.name, error = %e, "removing a server a forged bind Lease blocks failed");
             }
+            Err(Outcome::ServerTaken)
         }
-        Err(e) => {
-            let error = Error::kube(format!("take server {}", a.server.name), e);
-            Err(match error.refusal() {
-                Some(_) => Outcome::Refused(error.to_string()),
-                None => Outcome::Failed(error),
-            })
-        }
+        Err(error) => Err(match error.refusal() {
+            Some(_) => Outcome::Refused(error.to_string()),
+            None => Outcome::Failed(error),
+        }),
     }
 }
 
@@ -343,6 +333,7 @@ pub async fn write_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builders::bind_lease::bind_lease;
     use crate::builders::labels::STATE_LABEL;
     use crate::controller::pool::allocator::Candidate;
     use crate::controller::stores::{Held, Stores};
@@ -350,6 +341,7 @@ mod tests {
     use crate::probe::health::HealthBook;
     use crate::probe::prober::Prober;
     use http::{Request, Response};
+    use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
     use kube::client::Body;
     use serde_json::json;
@@ -455,17 +447,16 @@ mod tests {
             .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_server_already_taken_leaves_the_claim_first_in_line_and_others_still_bind() {
+    /// Serves claims `first` and `second` with two servers, where the oldest one's bind Lease
+    /// already exists (every time it is tried) and reads back as `found`; the other bind goes
+    /// through. Returns the requests seen and the context after serving.
+    async fn serve_with_the_oldest_server_taken(found: Lease) -> (Vec<String>, Arc<Context>) {
         let held = Held {
             pods: vec![server("s-old", 60), server("s-new", 10)],
             claims: vec![claim("first", 1), claim("second", 2)],
             ..Held::default()
         };
         let (ctx, mut handle) = serving(held, &[("first", 1), ("second", 2)]);
-        let (key, now) = (KEY, Timestamp::from_second(1_800_000_100).unwrap());
-        // The apiserver: the oldest server was taken by someone else (its bind Lease exists,
-        // every time it is tried); the other bind goes through.
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
@@ -478,24 +469,44 @@ mod tests {
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                         "message": "leases \"s-old-bind\" already exists", "reason": "AlreadyExists", "code": 409}),
                     )
+                } else if method == http::Method::GET && path.ends_with("/leases/s-old-bind") {
+                    respond(200, serde_json::to_value(&found).unwrap())
+                } else if method == http::Method::DELETE {
+                    respond(
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    )
                 } else if path.ends_with("/sparkconnectclaims/second/status") {
                     respond(200, serde_json::to_value(claim("second", 2)).unwrap())
                 } else {
                     respond(201, body)
                 };
                 send.send_response(reply);
-                if seen.iter().any(|s| s.ends_with(":s-old-bind"))
-                    && seen.iter().any(|s| s.ends_with("/second/status"))
-                {
+                let read_back = seen
+                    .iter()
+                    .any(|s| s.starts_with("GET") && s.ends_with("s-old-bind"));
+                let forged = found.metadata.owner_references.is_none();
+                let answered = !forged || seen.iter().any(|s| s.starts_with("DELETE"));
+                if read_back && answered && seen.iter().any(|s| s.ends_with("/second/status")) {
                     break;
                 }
             }
             seen
         });
-        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, key))
+        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, KEY))
             .await
             .expect("serving ends");
-        let seen = apiserver.await.unwrap();
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), apiserver)
+            .await
+            .expect("the apiserver saw it all")
+            .unwrap();
+        (seen, ctx)
+    }
+
+    /// Asserts that the claim `first`, whose server was taken, still waits first in line and
+    /// that the taken server is not tried again.
+    fn first_still_first_and_the_taken_server_not_tried(ctx: &Context, seen: &[String]) {
+        let (key, now) = (KEY, Timestamp::from_second(1_800_000_100).unwrap());
         assert!(
             seen.iter().any(|s| s == "PATCH /apis/sparkconnect.dev/v1alpha1/namespaces/ns/sparkconnectclaims/second/status"),
             "{seen:?}"
@@ -525,6 +536,33 @@ mod tests {
         };
         let next = ctx.allocator.assign(key, &[fresh], |_| true);
         assert_eq!(next[0].claim, "first", "it is still first in line");
+    }
+
+    #[tokio::test]
+    async fn a_server_already_taken_leaves_the_claim_first_in_line_and_others_still_bind() {
+        // Another leader's bind Lease, naming another claim, is not in this process's store.
+        let theirs = bind_lease("c", &server("s-old", 60), BindHolder::Claim("other"), None);
+        let (seen, ctx) = serve_with_the_oldest_server_taken(theirs.unwrap()).await;
+        first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
+        assert!(
+            !seen.iter().any(|s| s.starts_with("DELETE")),
+            "a server another claim holds is left alone: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_a_forged_bind_lease_blocks_is_removed_and_the_claim_stays_first() {
+        let mut forged =
+            bind_lease("c", &server("s-old", 60), BindHolder::Claim("mine"), None).unwrap();
+        forged.metadata.owner_references = None;
+        forged.metadata.labels = None;
+        let (seen, ctx) = serve_with_the_oldest_server_taken(forged).await;
+        first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
+        assert!(
+            seen.iter()
+                .any(|s| s == "DELETE /api/v1/namespaces/ns/pods/s-old"),
+            "the blocked server is removed: {seen:?}"
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use super::claim_status::{BOUND, finish_claim, ignore_gone};
 use super::conditions::set_condition;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
-use crate::builders::bind_lease::holder_of;
+use crate::builders::bind_lease::{BindHolder, holder_of};
 use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState};
 use crate::controller::apply::write_status_if_changed;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
@@ -150,7 +150,8 @@ async fn finish_interrupted_bind(
                 .stores
                 .pods
                 .get(&ObjectRef::new(server).within(&lease.namespace()?))?;
-            (live_server(&pod) && holder_of(&lease, &pod) == Some(name.as_str())).then_some(pod)
+            (live_server(&pod) && holder_of(&lease, &pod) == Some(BindHolder::Claim(name.as_str())))
+                .then_some(pod)
         })
     });
     let Some(server) = stamped else {

@@ -10,6 +10,7 @@ pub mod claim_status;
 pub mod cluster;
 pub mod conditions;
 pub mod context;
+pub mod fence;
 pub mod guard;
 pub mod known_tokens;
 pub mod pool;

@@ -20,6 +20,7 @@ use super::children::ClusterToken;
 use super::observe::{Observed, Taken};
 use super::report::Problems;
 use super::tokens::Tokens;
+use crate::builders::bind_lease::BindHolder;
 use crate::builders::labels::{
     CLAIM_ANNOTATION, FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState, USER_ANNOTATION,
     new_server_name,
@@ -30,6 +31,7 @@ use crate::builders::service::{Backend, MUST_STAY_ABSENT, endpoint_slice, server
 use crate::controller::apply::{apply_owned, apply_owned_without};
 use crate::controller::claim_status::{finish_claim, ignore_gone};
 use crate::controller::context::{BINDS_QUIET, Context};
+use crate::controller::fence::{self, Take};
 use crate::controller::pool::Decision;
 use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
@@ -186,7 +188,9 @@ async fn stamp(api: Api<Pod>, pod: Arc<Pod>, taken: Taken) -> Result<(), Error> 
 }
 
 /// Relabels and removes the plan's servers. An idle server is changed only if this process
-/// has not handed it to a claim meanwhile (the allocator holds it back while it changes).
+/// has not handed it to a claim meanwhile (the allocator holds it back while it changes), and a
+/// change that must never meet a bind by another process (removal, promotion to the shared
+/// Service) first takes the server by its bind Lease.
 async fn change_servers(
     valid: &ValidCluster<'_>,
     ctx: &Context,
@@ -201,15 +205,25 @@ async fn change_servers(
         !idle || ctx.allocator.withhold(&key, &pod.name_any())
     };
     for (name, state) in &plan.relabel {
-        if let Some(pod) = observed.servers.get(name) {
-            if !withhold(pod) {
-                continue;
+        let Some(pod) = observed.servers.get(name) else {
+            continue;
+        };
+        if !withhold(pod) {
+            continue;
+        }
+        let changed = match *state {
+            ServerState::Shared => {
+                match take(valid, ctx, observed, pod, BindHolder::Shared).await {
+                    Ok(true) => relabel(pods, pod, *state).await,
+                    other => other,
+                }
             }
-            let changed = relabel(pods, pod, *state).await;
-            if !matches!(changed, Ok(true)) {
-                ctx.allocator.release(&key, name);
-            }
-            changed?;
+            _ => relabel(pods, pod, *state).await,
+        };
+        if !matches!(changed, Ok(true)) {
+            ctx.allocator.release(&key, name);
+        }
+        if changed? {
             ctx.event(
                 valid.cluster,
                 EventType::Normal,
@@ -219,15 +233,20 @@ async fn change_servers(
         }
     }
     for (name, reason) in &plan.remove {
-        if let Some(pod) = observed.servers.get(name) {
-            if !withhold(pod) {
-                continue;
-            }
-            let removed = remove_server(ctx, pods, pod).await;
-            if !matches!(removed, Ok(true)) {
-                ctx.allocator.release(&key, name);
-            }
-            removed?;
+        let Some(pod) = observed.servers.get(name) else {
+            continue;
+        };
+        if !withhold(pod) {
+            continue;
+        }
+        let removed = match take(valid, ctx, observed, pod, BindHolder::Retiring).await {
+            Ok(true) => remove_server(ctx, pods, pod).await,
+            other => other,
+        };
+        if !matches!(removed, Ok(true)) {
+            ctx.allocator.release(&key, name);
+        }
+        if removed? {
             let kind = if reason.is_warning() {
                 EventType::Warning
             } else {
@@ -242,6 +261,30 @@ async fn change_servers(
         }
     }
     Ok(())
+}
+
+/// Takes server `pod` for the cluster (`holder`: Shared or Retiring) by its bind Lease, unless
+/// it is already a claim's (its end decided the change). Says whether the change may go ahead;
+/// a server a forged Lease blocks is removed and reported instead.
+async fn take(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    pod: &Pod,
+    holder: BindHolder<'_>,
+) -> Result<bool, Error> {
+    let claims = ServerState::of(pod) == ServerState::Claimed
+        || observed.handed_out.contains_key(&pod.name_any());
+    if claims {
+        return Ok(true);
+    }
+    match fence::take(ctx, valid.name, pod, holder, None).await? {
+        Take::Won => Ok(true),
+        Take::Lost => Ok(false),
+        Take::Forged => fence::remove_blocked(ctx, valid.name, pod)
+            .await
+            .map(|_| false),
+    }
 }
 
 /// Changes a server's state label, only if the pod is still as it was read; a conflict waits
@@ -626,5 +669,103 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(seen.is_empty(), "a steady state sent {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_scale_down_takes_each_server_first_and_leaves_one_another_leader_handed_out() {
+        let mut c = cluster();
+        c.spec.shared = 0;
+        let valid = validate(&c).unwrap();
+        let (free, taken) = ("analytics-free1", "analytics-took1");
+        let (free_pod, taken_pod) = (idle_server(&valid, free), idle_server(&valid, taken));
+        // Another leader bound `taken` a moment ago: its Lease is not in this process's store.
+        let theirs = crate::builders::bind_lease::bind_lease(
+            valid.name,
+            &taken_pod,
+            BindHolder::Claim("someone"),
+            None,
+        )
+        .unwrap();
+        let held = Held {
+            pods: vec![free_pod, taken_pod],
+            ..Held::default()
+        };
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (method, path) = (request.method().clone(), request.uri().path().to_string());
+                let body = http_body_util::BodyExt::collect(request.into_body())
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let lease = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                seen.push(format!("{method} {path} {lease}").trim_end().to_string());
+                let reply = |status: u16, body: serde_json::Value| {
+                    Response::builder()
+                        .status(status)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap()
+                };
+                let response = match (method.as_str(), lease.as_str()) {
+                    ("POST", "analytics-took1-bind") => reply(
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "AlreadyExists", "code": 409}),
+                    ),
+                    ("GET", _) => reply(200, serde_json::to_value(&theirs).unwrap()),
+                    ("DELETE", _) => reply(200, json!({"kind": "Status", "status": "Success"})),
+                    _ => reply(201, body),
+                };
+                send.send_response(response);
+            }
+            seen
+        });
+        let metrics = Metrics::new().unwrap();
+        let (tx, _rx) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
+        let ctx = Context::new(
+            kube::Client::new(service, "data"),
+            metrics,
+            prober,
+            Stores::holding(held),
+        );
+        let observed = observe(&valid, &ctx, &ClusterToken::NotUsed);
+        let plan = PoolPlan {
+            remove: [free, taken]
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        crate::controller::pool::plan::RemoveReason::ScaledDown,
+                    )
+                })
+                .collect(),
+            ..PoolPlan::default()
+        };
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
+        change_servers(&valid, &ctx, &observed, &pods, &plan)
+            .await
+            .unwrap();
+        drop((ctx, pods));
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), apiserver)
+            .await
+            .unwrap()
+            .unwrap();
+        // Events go out in the background, in no fixed order with the rest.
+        let seen: Vec<&String> = seen.iter().filter(|s| !s.contains("/events")).collect();
+        assert_eq!(
+            seen,
+            vec![
+                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-free1-bind",
+                "DELETE /api/v1/namespaces/data/pods/analytics-free1",
+                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-took1-bind",
+                "GET /apis/coordination.k8s.io/v1/namespaces/data/leases/analytics-took1-bind",
+            ]
+        );
     }
 }

@@ -15,7 +15,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
-use crate::builders::bind_lease::{bind_lease_name, holder_of};
+use crate::builders::bind_lease::{BindHolder, bind_lease_name, holder_of};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
     ServerRole, ServerState, USER_ANNOTATION,
@@ -127,9 +127,14 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
     let warmup_on = valid.warmup.is_some();
+    let fenced = fenced(&servers, &stores.leases);
     let views = servers
         .values()
         .filter_map(|p| server_view(p, book, warmup_on))
+        .map(|mut v| {
+            v.taken_for = fenced.by_cluster.get(&v.name).copied();
+            v
+        })
         .collect();
     let (last_warmup, failed_warmups) = warmups(&servers, book);
     let claimed_servers = servers
@@ -140,7 +145,7 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
             (name.clone(), claim.unwrap_or_default())
         })
         .collect();
-    let unstamped = unstamped(&servers, &stores.leases);
+    let unstamped = fenced.unstamped;
     let mut handed_out = ctx.allocator.handed_out(&key(valid));
     handed_out.extend(unstamped.iter().map(|(s, t)| (s.clone(), t.claim.clone())));
 
@@ -178,22 +183,50 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     }
 }
 
-/// Servers whose bind Lease hands them to a claim while their pod is not stamped claimed.
-fn unstamped(
-    servers: &BTreeMap<String, Arc<Pod>>,
-    leases: &Store<Lease>,
-) -> BTreeMap<String, Taken> {
-    servers
-        .iter()
-        .filter(|(_, pod)| ServerState::of(pod) != ServerState::Claimed)
-        .filter_map(|(name, pod)| {
-            let namespace = pod.namespace()?;
-            let lease = leases.get(&ObjectRef::new(&bind_lease_name(name)).within(&namespace))?;
-            let claim = holder_of(&lease, pod)?.to_string();
-            let user = lease.annotations().get(USER_ANNOTATION).cloned();
-            Some((name.clone(), Taken { claim, user }))
-        })
-        .collect()
+/// What the servers' bind Leases say.
+#[derive(Debug, Default, PartialEq)]
+struct Fenced {
+    /// Servers a bind Lease hands to a claim while their pod is not stamped claimed.
+    unstamped: BTreeMap<String, Taken>,
+    /// Servers the cluster took for itself, with what for (Shared or Retiring), while their
+    /// pod's label does not say so.
+    by_cluster: BTreeMap<String, ServerState>,
+}
+
+/// Reads the bind Lease of each server (only the operator's own count: named after the very
+/// pod and owned by it).
+fn fenced(servers: &BTreeMap<String, Arc<Pod>>, leases: &Store<Lease>) -> Fenced {
+    let mut fenced = Fenced::default();
+    for (name, pod) in servers {
+        let Some(namespace) = pod.namespace() else {
+            continue;
+        };
+        let Some(lease) = leases.get(&ObjectRef::new(&bind_lease_name(name)).within(&namespace))
+        else {
+            continue;
+        };
+        let label = ServerState::of(pod);
+        match holder_of(&lease, pod) {
+            Some(BindHolder::Claim(claim)) if label != ServerState::Claimed => {
+                let user = lease.annotations().get(USER_ANNOTATION).cloned();
+                let taken = Taken {
+                    claim: claim.to_string(),
+                    user,
+                };
+                fenced.unstamped.insert(name.clone(), taken);
+            }
+            Some(BindHolder::Shared) if label != ServerState::Shared => {
+                fenced.by_cluster.insert(name.clone(), ServerState::Shared);
+            }
+            Some(BindHolder::Retiring) if label != ServerState::Retiring => {
+                fenced
+                    .by_cluster
+                    .insert(name.clone(), ServerState::Retiring);
+            }
+            _ => {}
+        }
+    }
+    fenced
 }
 
 /// The warm-up time of the newest server that finished one, and the failing warm-ups.
@@ -294,6 +327,7 @@ fn server_view(pod: &Pod, book: &HealthBook, warmup_on: bool) -> Option<ServerVi
         exited,
         spec_hash: labels.get(SPEC_HASH_LABEL).cloned().unwrap_or_default(),
         created: pod.metadata.creation_timestamp.as_ref()?.0,
+        taken_for: None,
     })
 }
 
@@ -320,6 +354,7 @@ fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builders::bind_lease::bind_lease;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn starting_pod() -> Pod {
@@ -350,10 +385,10 @@ mod tests {
     fn a_server_its_lease_hands_to_a_claim_is_unstamped_until_its_pod_says_claimed() {
         let mut pod = starting_pod();
         pod.metadata.namespace = Some("ns".into());
-        let lease = crate::builders::bind_lease::bind_lease("c", &pod, "claim-1", Some("ana"))
-            .expect("a lease");
-        let leases = store_of(vec![lease]);
+        let lease = bind_lease("c", &pod, BindHolder::Claim("claim-1"), Some("ana"));
+        let leases = store_of(vec![lease.expect("a lease")]);
         let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
+        let unstamped = |servers: &BTreeMap<_, _>, leases: &_| fenced(servers, leases).unstamped;
         let taken = unstamped(&servers, &leases);
         assert_eq!(
             taken.get("s-1"),
@@ -375,6 +410,34 @@ mod tests {
         later.metadata.uid = Some("uid-2".into());
         servers.insert("s-1".into(), Arc::new(later));
         assert!(unstamped(&servers, &leases).is_empty());
+    }
+
+    #[test]
+    fn a_server_the_cluster_took_is_planned_by_what_for_until_its_label_says_so() {
+        let mut pod = starting_pod();
+        pod.metadata.namespace = Some("ns".into());
+        let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
+        for (holder, state) in [
+            (BindHolder::Shared, ServerState::Shared),
+            (BindHolder::Retiring, ServerState::Retiring),
+        ] {
+            let leases = store_of(vec![bind_lease("c", &pod, holder, None).unwrap()]);
+            let seen = fenced(&servers, &leases);
+            assert_eq!(seen.by_cluster.get("s-1"), Some(&state));
+            assert!(seen.unstamped.is_empty());
+            let mut labelled = pod.clone();
+            labelled.metadata.labels = Some(BTreeMap::from([(
+                STATE_LABEL.into(),
+                state.as_str().into(),
+            )]));
+            servers.insert("s-1".into(), Arc::new(labelled));
+            assert_eq!(
+                fenced(&servers, &leases),
+                Fenced::default(),
+                "the label caught up"
+            );
+            servers.insert("s-1".into(), Arc::new(pod.clone()));
+        }
     }
 
     #[test]

@@ -111,6 +111,7 @@ pub fn decide(inputs: Inputs, now: Timestamp) -> Decision {
         .map(|mut v| {
             if inputs.handed_out.contains_key(&v.name) {
                 v.state = ServerState::Claimed;
+                v.taken_for = None;
             }
             v
         })
@@ -193,6 +194,7 @@ mod tests {
             exited: false,
             spec_hash: "h".into(),
             created: now() - jiff::SignedDuration::from_secs(60),
+            taken_for: None,
         }
     }
     fn hashes() -> Hashes {

@@ -27,6 +27,16 @@ pub struct ServerView {
     pub spec_hash: String,
     /// Pod creation time.
     pub created: Timestamp,
+    /// What the cluster took it for by its bind Lease (Shared or Retiring) when its label does
+    /// not say so yet: the change the Lease began is carried through.
+    pub taken_for: Option<ServerState>,
+}
+
+impl ServerView {
+    /// The state the plan goes by: what the cluster took it for, else its label.
+    fn planned_state(&self) -> ServerState {
+        self.taken_for.unwrap_or(self.state)
+    }
 }
 
 /// Why a server is removed.
@@ -172,7 +182,7 @@ fn sort_servers<'a>(
     };
     for s in oldest_first {
         let current = s.spec_hash == targets.spec_hash;
-        match s.state {
+        match s.planned_state() {
             _ if s.exited => plan.remove_server(s, RemoveReason::Exited),
             ServerState::Retiring => plan.remove_server(s, RemoveReason::Retired),
             ServerState::Claimed => {
@@ -343,6 +353,7 @@ mod tests {
             exited: false,
             spec_hash: HASH.into(),
             created: now() - jiff::SignedDuration::from_secs(age_secs),
+            taken_for: None,
         }
     }
     fn targets(shared: usize, idle: usize) -> PoolTargets<'static> {
@@ -528,5 +539,28 @@ mod tests {
             BTreeMap::from([("a".into(), RemoveReason::Recycled)])
         );
         assert_eq!(p.create, 0);
+    }
+
+    #[test]
+    fn a_server_the_cluster_took_for_the_shared_service_is_labelled_shared_though_its_label_lags() {
+        let mut promoted = server("a", Idle, true, 60);
+        promoted.taken_for = Some(Shared);
+        let servers = [promoted, server("b", Idle, true, 50)];
+        let p = plan(&servers, targets(1, 1), now());
+        assert_eq!(p.relabel, BTreeMap::from([("a".into(), Shared)]));
+        assert!(p.remove.is_empty());
+        assert_eq!((p.count(Shared), p.count(Idle)), (1, 1));
+    }
+
+    #[test]
+    fn a_server_the_cluster_took_to_remove_is_removed_and_replaced() {
+        let mut leaving = server("a", Idle, true, 60);
+        leaving.taken_for = Some(Retiring);
+        let p = plan(&[leaving], targets(0, 1), now());
+        assert_eq!(
+            p.remove,
+            BTreeMap::from([("a".into(), RemoveReason::Retired)])
+        );
+        assert_eq!(p.create, 1);
     }
 }
