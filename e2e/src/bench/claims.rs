@@ -16,7 +16,8 @@ use spark_connect_operator::crd::{
     ClaimPhase, SparkConnectClaim, SparkConnectClaimStatus, SparkConnectCluster,
 };
 
-use super::report::{self, Spread, median};
+use super::floor::{self, spread};
+use super::report;
 use super::{cpu, first_result};
 
 /// The bench, and the first part of its namespace's name.
@@ -239,86 +240,6 @@ struct Phases {
     in_operator: Duration,
 }
 
-/// The apiserver's own write latency and throughput here: `n` parallel patches of ConfigMaps
-/// on warm connections (one unmeasured round first), so claim figures read as a ratio to it.
-async fn write_floor(
-    client: &Client,
-    namespace: &str,
-    n: usize,
-    rounds: usize,
-) -> anyhow::Result<serde_json::Value> {
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    let names: Vec<String> = (0..n).map(|i| format!("floor-{i:03}")).collect();
-    for name in &names {
-        if maps.get_opt(name).await?.is_none() {
-            let map: ConfigMap =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
-            maps.create(&PostParams::default(), &map).await?;
-        }
-    }
-    let mut per_round = Vec::new();
-    let mut all = Vec::new();
-    let mut cpu_before = cpu::by_process();
-    for round in 0..=rounds {
-        if round == 1 {
-            cpu_before = cpu::by_process();
-        }
-        let started = Instant::now();
-        let patches = names.iter().map(|name| {
-            let maps = maps.clone();
-            async move {
-                let patch = serde_json::json!({"metadata": {"annotations": {"bench/round": round.to_string()}}});
-                let t = Instant::now();
-                maps.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-                    .await?;
-                anyhow::Ok(t.elapsed())
-            }
-        });
-        let samples = futures::future::try_join_all(patches).await?;
-        let wall = started.elapsed();
-        if round == 0 {
-            continue; // warms the connections
-        }
-        per_round.push((samples.clone(), wall));
-        all.extend(samples);
-    }
-    let apiserver_cpu_ms_per_write = cpu::spent(&cpu_before, &cpu::by_process())
-        .into_iter()
-        .find(|(process, _)| process == "kube-apiserver")
-        .map_or(f64::NAN, |(_, s)| s * 1000.0 / (n * rounds) as f64);
-    maps.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    let rates: Vec<f64> = per_round
-        .iter()
-        .map(|(_, wall)| n as f64 / wall.as_secs_f64())
-        .collect();
-    let (p50s, p99s) = spread(&per_round.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>());
-    println!(
-        "write floor: {n} parallel patches, p50 {:.1} ms, p99 {:.1} ms, {:.0} writes/s (median of {rounds} rounds), apiserver CPU {apiserver_cpu_ms_per_write:.2} ms per write",
-        p50s.median,
-        p99s.median,
-        median(&rates)
-    );
-    Ok(serde_json::json!({
-        "scenario": "apiserver_write_floor", "concurrency": n, "rounds": rounds, "samples": all.len(),
-        "p50_ms": p50s.median, "p99_ms": p99s.median,
-        "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
-        "writes_per_second": median(&rates),
-        "apiserver_cpu_ms_per_write": apiserver_cpu_ms_per_write,
-        "p50_ms_all": report::percentile(&all, 0.5), "p99_ms_all": report::percentile(&all, 0.99),
-    }))
-}
-
-/// p50 and p99 of each round, summarized across rounds.
-fn spread(rounds: &[Vec<Duration>]) -> (Spread, Spread) {
-    let of = |p: f64| {
-        let values: Vec<f64> = rounds.iter().map(|r| report::percentile(r, p)).collect();
-        Spread::of(&values)
-    };
-    (of(0.5), of(0.99))
-}
-
 fn fake_spec(idle: i32) -> serde_json::Value {
     serde_json::json!({
         "image": "sco-fake-connect:latest",
@@ -364,8 +285,19 @@ pub async fn run(
     });
 
     let mut rows = Vec::new();
+    // The floors' p99, to read each claim p99 against.
+    let mut floors: Vec<(String, f64)> = Vec::new();
     if !only_spark {
-        rows.push(write_floor(&bench.client, &bench.namespace, 300, 10).await?);
+        for row in [
+            floor::configmaps(&bench.client, &bench.namespace, 300, 10).await?,
+            floor::custom_status(&bench.client, &bench.namespace, 300, 10).await?,
+        ] {
+            if let (Some(scenario), Some(p99)) = (row["scenario"].as_str(), row["p99_ms"].as_f64())
+            {
+                floors.push((scenario.to_string(), p99));
+            }
+            rows.push(row);
+        }
     }
     let fake_scenarios: Vec<(usize, usize)> = if only_spark {
         Vec::new()
@@ -430,6 +362,11 @@ pub async fn run(
             "claim-to-Bound, warm pool, {concurrency} concurrent, {rounds} rounds: p50 {:.1} ms ({:.1}..{:.1}), p99 {:.1} ms ({:.1}..{:.1})",
             p50s.median, p50s.min, p50s.max, p99s.median, p99s.min, p99s.max
         );
+        let p99_vs_floors: BTreeMap<&str, f64> = floors
+            .iter()
+            .map(|(floor, p99)| (floor.as_str(), p99s.median / p99))
+            .collect();
+        println!("  p99 over the floors' p99: {p99_vs_floors:?}");
         rows.push(serde_json::json!({
             "scenario": "claim_to_bound_warm_pool", "concurrency": concurrency, "rounds": rounds,
             "samples": samples.len(),
@@ -437,7 +374,7 @@ pub async fn run(
             "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
             "p50_ms_all": report::percentile(&samples, 0.5), "p99_ms_all": report::percentile(&samples, 0.99),
             "breakdown": breakdown, "apiserver_requests_per_burst": requests,
-            "cpu_ms_per_burst_by_process": cpu_ms,
+            "cpu_ms_per_burst_by_process": cpu_ms, "p99_vs_floor_p99": p99_vs_floors,
         }));
     }
     if spark {

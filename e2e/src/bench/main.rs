@@ -5,6 +5,7 @@ mod claims;
 mod cpu;
 mod economics;
 mod first_result;
+mod floor;
 mod gateway;
 mod probe;
 mod report;

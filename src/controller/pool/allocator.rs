@@ -81,6 +81,9 @@ struct ClusterQueue {
     refill_held_since: Option<Instant>,
     /// When a server was last handed out.
     last_handed_out: Option<Instant>,
+    /// When the oldest handout whose replacement may not start yet happened (the claimant's
+    /// grace runs from it, so a stream of claims never keeps pushing the refill back).
+    unreplaced_since: Option<Instant>,
 }
 
 /// The allocators of every cluster.
@@ -136,8 +139,9 @@ impl Allocator {
     }
 
     /// Whether new servers wait to spare a claimant's first queries: while `idle_left` servers
-    /// remain idle (none: no wait), no claim waits in line, and a server was handed out less
-    /// than `delay` ago. Returns how long is left of the wait.
+    /// remain idle (none: no wait), no claim waits in line, and the oldest handout not yet
+    /// replaced was less than `delay` ago. Returns how long is left of the wait; once there is
+    /// none, the replacements may start and the next handout begins a new grace.
     pub fn claimant_grace(
         &self,
         key: &str,
@@ -145,15 +149,15 @@ impl Allocator {
         delay: Duration,
         now: Instant,
     ) -> Option<Duration> {
-        if idle_left == 0 {
-            return None;
-        }
         self.with(key, |q| {
-            if !q.waiting.is_empty() {
-                return None;
+            let since = now.saturating_duration_since(q.unreplaced_since?);
+            let left = delay
+                .checked_sub(since)
+                .filter(|left| !left.is_zero() && idle_left > 0 && q.waiting.is_empty());
+            if left.is_none() {
+                q.unreplaced_since = None;
             }
-            let since = now.saturating_duration_since(q.last_handed_out?);
-            delay.checked_sub(since).filter(|left| !left.is_zero())
+            left
         })
     }
 
@@ -230,7 +234,9 @@ impl Allocator {
                 |server: &str| q.handed_out.contains_key(server) || q.withheld.contains(server);
             let pairs = pick(&q.waiting, candidates, taken, reserved);
             if !pairs.is_empty() {
-                q.last_handed_out = Some(Instant::now());
+                let now = Instant::now();
+                q.last_handed_out = Some(now);
+                q.unreplaced_since.get_or_insert(now);
             }
             pairs
                 .into_iter()
@@ -497,6 +503,30 @@ mod tests {
             None,
             "0s: off"
         );
+    }
+
+    #[test]
+    fn a_stream_of_claims_does_not_keep_pushing_the_replacements_back() {
+        let a = Allocator::default();
+        let delay = Duration::from_secs(2);
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        let first = Instant::now();
+        // The next claim comes later, within the grace of the first.
+        std::thread::sleep(Duration::from_millis(20));
+        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s2", 4)], |_| true).len(), 1);
+        assert!(a.claimant_grace("ns/c", 1, delay, first).is_some());
+        assert_eq!(
+            a.claimant_grace("ns/c", 1, delay, first + delay),
+            None,
+            "the grace runs from the first handout not yet replaced"
+        );
+        // Over: the replacements start, and the next handout begins a new grace.
+        a.enqueue("ns/c", "three", at(3), at(3)).unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s3", 3)], |_| true).len(), 1);
+        assert!(a.claimant_grace("ns/c", 1, delay, Instant::now()).is_some());
     }
 
     #[test]
