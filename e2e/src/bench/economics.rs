@@ -133,6 +133,8 @@ struct Replay {
     claims: usize,
     hits: usize,
     waits: Vec<Duration>,
+    /// Claims not Bound within [`HIT`]: arrival (seconds into the trace) and wait in seconds.
+    misses: Vec<(f64, f64)>,
     idle_server_seconds: f64,
     /// Of those, the ready idle ones' (starting ones left out).
     ready_idle_server_seconds: f64,
@@ -193,6 +195,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "wait_p50_ms": report::percentile(&r.waits, 0.5), "wait_p99_ms": report::percentile(&r.waits, 0.99),
             "idle_server_seconds": r.idle_server_seconds, "ideal_idle_server_seconds": ideal,
             "ready_idle_server_seconds": r.ready_idle_server_seconds,
+            "misses_arrival_and_wait_s": r.misses,
             "idle_vs_ideal": ratio,
         }));
     }
@@ -272,6 +275,16 @@ async fn replay(
         })
         .collect();
     let hits = waits.iter().filter(|w| **w <= HIT).count();
+    let mut misses: Vec<(f64, f64)> = created
+        .iter()
+        .filter_map(|(claim, at)| {
+            let wait = bound
+                .get(claim)
+                .map_or(f64::INFINITY, |b| b.duration_since(*at).as_secs_f64());
+            (wait > HIT.as_secs_f64()).then(|| (at.duration_since(t0).as_secs_f64(), wait))
+        })
+        .collect();
+    misses.sort_by(|a, b| a.0.total_cmp(&b.0));
     let start_times = started_servers
         .0
         .lock()
@@ -290,6 +303,7 @@ async fn replay(
         claims: created.len(),
         hits,
         waits,
+        misses,
         idle_server_seconds: unclaimed.up,
         ready_idle_server_seconds: unclaimed.ready,
         start_times,
