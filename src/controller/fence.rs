@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::probe::health::Verdict;
 
 /// Event reason on the cluster when a server is removed because of a forged bind Lease.
-pub const FORGED_REASON: &str = "BindLeaseForged";
+const FORGED_REASON: &str = "BindLeaseForged";
 
 /// What trying to take a server came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
