@@ -13,6 +13,7 @@ source e2e/world.sh
 world_start
 operator_start
 ./target/release/sco-bench claims --world "$SCO_WORLD" --spark
+./target/release/sco-bench claims --world "$SCO_WORLD" --concurrency 500 --rounds 10 --output claims-500
 ./target/release/sco-bench economics --world "$SCO_WORLD"
 ./target/release/sco-bench gateway --world "$SCO_WORLD"
 ./target/release/sco-bench scale --world "$SCO_WORLD" --clusters 1000 --with-servers 10

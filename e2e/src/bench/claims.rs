@@ -260,6 +260,7 @@ pub async fn run(
     spark_rounds: usize,
     concurrency: &[usize],
     rounds: Option<usize>,
+    output: &str,
 ) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let namespace = sco_e2e::fresh_namespace(&client, BENCH).await?;
@@ -387,5 +388,5 @@ pub async fn run(
         rows.extend(spark_rows);
     }
     sco_e2e::remove_namespace(&bench.client, &bench.namespace).await?;
-    report::write("claims", &serde_json::Value::Array(rows))
+    report::write(output, &serde_json::Value::Array(rows))
 }

@@ -57,6 +57,9 @@ enum Command {
         /// Rounds of each claim-to-Bound scenario instead of 20 (1 claim) and 10 (the others).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Name of the results file under target/bench (without `.json`).
+        #[arg(long, default_value = "claims")]
+        output: String,
     },
     /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
     Economics {
@@ -117,7 +120,19 @@ async fn main() -> anyhow::Result<()> {
             spark_rounds,
             concurrency,
             rounds,
-        } => claims::run(world, spark, only_spark, spark_rounds, &concurrency, rounds).await,
+            output,
+        } => {
+            claims::run(
+                world,
+                spark,
+                only_spark,
+                spark_rounds,
+                &concurrency,
+                rounds,
+                &output,
+            )
+            .await
+        }
         Command::Economics { world } => economics::run(world).await,
         Command::Scale {
             world,
