@@ -15,3 +15,28 @@ pub fn cluster() -> SparkConnectCluster {
     cluster.metadata.generation = Some(1);
     cluster
 }
+
+/// The apiserver side of a mock: each request the context's client sends, to answer.
+pub type MockApiserver =
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+/// A controller context over stores holding `held`, whose client talks to a mock apiserver in
+/// `namespace`.
+pub fn context_over(
+    held: crate::controller::stores::Held,
+    namespace: &str,
+) -> (std::sync::Arc<crate::controller::Context>, MockApiserver) {
+    use crate::metrics::Metrics;
+    use crate::probe::prober::Prober;
+    let (service, handle) = tower_test::mock::pair();
+    let metrics = Metrics::new().expect("metrics register");
+    let (tx, _rx) = futures::channel::mpsc::unbounded();
+    let prober = Prober::new(std::sync::Arc::default(), metrics.clone(), tx, 1, 1);
+    let ctx = crate::controller::Context::new(
+        kube::Client::new(service, namespace),
+        metrics,
+        prober,
+        crate::controller::stores::Stores::holding(held),
+    );
+    (ctx, handle)
+}

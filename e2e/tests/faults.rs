@@ -253,17 +253,9 @@ async fn a_claimed_server_killed_or_hung() {
     ])));
     wait_phase(&claims, "killed", ClaimPhase::Lost, Duration::from_secs(90)).await;
     let pods: Api<Pod> = Api::namespaced(world.client.clone(), &ns.name);
-    wait_until(
-        Duration::from_secs(90),
-        "the lost server retired",
-        || async {
-            pods.get_opt(&killed)
-                .await
-                .ok()
-                .flatten()
-                .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
-        },
-    )
+    wait_until(Duration::from_secs(90), "the lost server retired", || {
+        support::pod_gone_or_leaving(&pods, &killed)
+    })
     .await;
     // A hung claimed server stays its claim's: the user's session may come back.
     assert_eq!(phase(&claims, "hung").await, Some(ClaimPhase::Bound));

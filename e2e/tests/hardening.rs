@@ -672,12 +672,7 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
     wait_until(
         Duration::from_secs(60),
         "the blocked server removed",
-        || async {
-            pods.get_opt(&real)
-                .await
-                .ok()
-                .is_some_and(|p| p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
-        },
+        || support::pod_gone_or_leaving(&pods, &real),
     )
     .await;
     let events: Api<k8s_openapi::api::events::v1::Event> =

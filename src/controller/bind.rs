@@ -336,10 +336,8 @@ mod tests {
     use crate::builders::bind_lease::bind_lease;
     use crate::builders::labels::STATE_LABEL;
     use crate::controller::pool::allocator::Candidate;
-    use crate::controller::stores::{Held, Stores};
-    use crate::metrics::Metrics;
-    use crate::probe::health::HealthBook;
-    use crate::probe::prober::Prober;
+    use crate::controller::stores::Held;
+    use crate::test_support::{MockApiserver, context_over};
     use http::{Request, Response};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
@@ -379,24 +377,9 @@ mod tests {
 
     /// A context over `held`, reading a mock apiserver, with every server healthy and the
     /// claims (name, seconds after the epoch) in line for cluster `ns/c`.
-    fn serving(
-        held: Held,
-        line: &[(&str, i64)],
-    ) -> (
-        Arc<Context>,
-        tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    ) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let metrics = Metrics::new().unwrap();
-        let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
+    fn serving(held: Held, line: &[(&str, i64)]) -> (Arc<Context>, MockApiserver) {
         let uids: Vec<String> = held.pods.iter().filter_map(|p| p.uid()).collect();
-        let ctx = Context::new(
-            kube::Client::new(service, NS),
-            metrics,
-            prober,
-            Stores::holding(held),
-        );
+        let (ctx, handle) = context_over(held, NS);
         for uid in uids {
             ctx.prober.book().seed(&uid, Verdict::Healthy);
         }

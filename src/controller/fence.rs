@@ -2,7 +2,8 @@
 //! when that name is already taken, finds out who holds it. A Lease of that name that the
 //! operator did not make (anyone who may create Leases in a namespace can make an unlabelled
 //! one) can never be taken back, so the server it blocks is removed and reported, and a fresh
-//! one of another name takes its place.
+//! one of another name takes its place. Removing a server is here too: every path that ends a
+//! server (scale-down, retirement, a forged Lease) deletes it the same way.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -80,24 +81,12 @@ fn verdict(found: Option<BindHolder<'_>>, wanted: BindHolder<'_>) -> Take {
     }
 }
 
-/// Removes server `pod`, blocked by a forged bind Lease, and says so on its cluster (found in
-/// the store by `cluster`'s name) with a Warning Event. Says whether it deleted the pod.
-pub async fn remove_blocked(ctx: &Context, cluster: &str, pod: &Pod) -> Result<bool, Error> {
+/// Deletes a server pod as it was read (its Service and slice follow by pruning, its token
+/// Secret, bind Lease and executors by garbage collection); releases its probe session first.
+/// Says whether it deleted the pod.
+pub async fn remove_server(ctx: &Context, pod: &Pod) -> Result<bool, Error> {
     let (name, Some(namespace)) = (pod.name_any(), pod.namespace()) else {
         return Ok(false);
-    };
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    let deleted = match pods.delete(&name, &params).await {
-        Ok(_) => true,
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => false,
-        Err(e) => return Err(Error::kube(format!("delete server {name}"), e)),
     };
     if let Some(uid) = pod.uid() {
         if ctx.prober.book().get(&uid).verdict == Verdict::Healthy {
@@ -105,6 +94,29 @@ pub async fn remove_blocked(ctx: &Context, cluster: &str, pod: &Pod) -> Result<b
         }
         ctx.tokens.forget(&uid);
     }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: pod.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    match pods.delete(&name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("delete server {name}"), e)),
+    }
+}
+
+/// Removes server `pod`, blocked by a forged bind Lease, and says so on its cluster (found in
+/// the store by `cluster`'s name) with a Warning Event. Says whether it deleted the pod.
+pub async fn remove_blocked(ctx: &Context, cluster: &str, pod: &Pod) -> Result<bool, Error> {
+    // Whatever changed on the pod since it was read, nobody can ever take it: only its uid counts.
+    let mut any_version = pod.clone();
+    any_version.metadata.resource_version = None;
+    let deleted = remove_server(ctx, &any_version).await?;
+    let (name, namespace) = (pod.name_any(), pod.namespace().unwrap_or_default());
     let owner = ctx
         .stores
         .clusters

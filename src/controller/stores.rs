@@ -45,7 +45,7 @@ pub struct Stores {
     pub roles: Store<Role>,
     /// The operator's RoleBindings.
     pub bindings: Store<RoleBinding>,
-    /// Bind Leases (each hands one server to a claim).
+    /// Bind Leases (each hands one server to a claim, or to its cluster).
     pub leases: Store<Lease>,
     health: Arc<BTreeMap<&'static str, WatchHealth>>,
 }

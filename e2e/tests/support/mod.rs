@@ -292,6 +292,13 @@ where
     }
 }
 
+/// Whether pod `name` is gone or being deleted (a failed read says neither).
+pub async fn pod_gone_or_leaving(pods: &Api<Pod>, name: &str) -> bool {
+    pods.get_opt(name)
+        .await
+        .is_ok_and(|p| p.is_none_or(|p| p.metadata.deletion_timestamp.is_some()))
+}
+
 /// Pods in `ns` matching `selector`, not being deleted.
 pub async fn live_pods(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);

@@ -37,7 +37,6 @@ use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
 use crate::crd::AuthMode;
 use crate::error::Error;
-use crate::probe::health::Verdict;
 use crate::probe::prober::{ProbeSettings, ProbeTarget};
 use crate::validate::ValidCluster;
 
@@ -55,7 +54,7 @@ pub async fn execute(
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
     for server in &decision.claims.retire {
         if let Some(pod) = observed.servers.get(server) {
-            remove_server(ctx, &pods, pod).await?;
+            fence::remove_server(ctx, pod).await?;
             ctx.event(
                 valid.cluster,
                 EventType::Normal,
@@ -240,7 +239,7 @@ async fn change_servers(
             continue;
         }
         let removed = match take(valid, ctx, observed, pod, BindHolder::Retiring).await {
-            Ok(true) => remove_server(ctx, pods, pod).await,
+            Ok(true) => fence::remove_server(ctx, pod).await,
             other => other,
         };
         if !matches!(removed, Ok(true)) {
@@ -304,31 +303,6 @@ async fn relabel(api: &Api<Pod>, pod: &Pod, state: ServerState) -> Result<bool, 
             format!("label server {name} {}", state.as_str()),
             e,
         )),
-    }
-}
-
-/// Deletes a server pod as it was read (its Service and slice follow by pruning, its token
-/// Secret, bind Lease and executors by garbage collection); releases its probe session first.
-/// Says whether it deleted the pod.
-async fn remove_server(ctx: &Context, api: &Api<Pod>, pod: &Pod) -> Result<bool, Error> {
-    let name = pod.name_any();
-    if let Some(uid) = pod.uid() {
-        if ctx.prober.book().get(&uid).verdict == Verdict::Healthy {
-            ctx.prober.release(&uid).await;
-        }
-        ctx.tokens.forget(&uid);
-    }
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: pod.uid(),
-            resource_version: pod.resource_version(),
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&name, &params).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
-        Err(e) => Err(Error::kube(format!("delete server {name}"), e)),
     }
 }
 
@@ -403,7 +377,7 @@ async fn create_server(
         if let Err(e) = created {
             // Without its own Secret (or with one someone else made first) the server must
             // not run: it would start with a token the operator did not choose.
-            remove_server(ctx, pods, &pod).await?;
+            fence::remove_server(ctx, &pod).await?;
             return Err(Error::kube(
                 format!("create token secret of {}", id.name),
                 e,
@@ -556,16 +530,13 @@ mod tests {
     use crate::controller::cluster::inputs;
     use crate::controller::cluster::observe::{hashes, observe};
     use crate::controller::pool::decide;
-    use crate::controller::stores::{Held, Stores};
-    use crate::metrics::Metrics;
-    use crate::probe::health::HealthBook;
-    use crate::probe::prober::Prober;
-    use crate::test_support::cluster;
+    use crate::controller::stores::Held;
+    use crate::probe::health::Verdict;
+    use crate::test_support::{cluster, context_over};
     use crate::validate::validate;
-    use http::{Request, Response};
+    use http::Response;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::client::Body;
-    use std::sync::Arc;
 
     /// An idle server as the apiserver would hold it, built by the operator's own builders.
     fn idle_server(valid: &ValidCluster, name: &str) -> Pod {
@@ -620,7 +591,7 @@ mod tests {
             bindings: vec![rbac::driver_role_binding(&valid).unwrap()],
             ..Held::default()
         };
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (ctx, mut handle) = context_over(held, "data");
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
@@ -629,15 +600,6 @@ mod tests {
             }
             seen
         });
-        let metrics = Metrics::new().unwrap();
-        let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
-        let ctx = Context::new(
-            kube::Client::new(service, "data"),
-            metrics,
-            prober,
-            Stores::holding(held),
-        );
         ctx.prober
             .book()
             .seed(&format!("uid-{name}"), Verdict::Healthy);
@@ -690,7 +652,7 @@ mod tests {
             pods: vec![free_pod, taken_pod],
             ..Held::default()
         };
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (ctx, mut handle) = context_over(held, "data");
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
@@ -725,15 +687,6 @@ mod tests {
             }
             seen
         });
-        let metrics = Metrics::new().unwrap();
-        let (tx, _rx) = futures::channel::mpsc::unbounded();
-        let prober = Prober::new(Arc::new(HealthBook::default()), metrics.clone(), tx, 1, 1);
-        let ctx = Context::new(
-            kube::Client::new(service, "data"),
-            metrics,
-            prober,
-            Stores::holding(held),
-        );
         let observed = observe(&valid, &ctx, &ClusterToken::NotUsed);
         let plan = PoolPlan {
             remove: [free, taken]
