@@ -57,6 +57,12 @@ pub const REFILL_DELAY: Bounds = Bounds {
     min: "0s",
     max: "10m",
 };
+/// How long a window of scheduled pool capacity stays open.
+pub const SCHEDULE_DURATION: Bounds = Bounds {
+    field: "hotPool.schedule[].duration",
+    min: "1s",
+    max: "8760h",
+};
 /// Deadline of a new server's whole warm-up.
 pub const WARMUP_TIMEOUT: Bounds = Bounds {
     field: "warmup.timeout",

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod probe;
 pub mod quantity;
+pub mod schedule;
 pub mod telemetry;
 pub mod validate;
 

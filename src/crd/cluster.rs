@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{DNS_1035_LABEL, list_map_by_type, pod_template_schema, spark_conf_schema};
 use crate::duration::{
     CLAIM_TIMEOUT, GATEWAY_IDLE_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, REFILL_DELAY,
-    SCALE_DOWN_DELAY, STARTUP_DEADLINE, WARMUP_TIMEOUT,
+    SCALE_DOWN_DELAY, SCHEDULE_DURATION, STARTUP_DEADLINE, WARMUP_TIMEOUT,
 };
 
 /// Spark Connect servers for one team: a shared endpoint plus a pool of pre-warmed servers.
@@ -43,6 +43,9 @@ use crate::duration::{
     ),
     validation = Rule::new("self.spec.hotPool.maxServers >= self.spec.shared + self.spec.hotPool.idle").message(
         "hotPool.maxServers must be at least shared + hotPool.idle"
+    ),
+    validation = Rule::new("!has(self.spec.hotPool.schedule) || self.spec.hotPool.schedule.all(w, self.spec.hotPool.maxServers >= self.spec.shared + w.idle)").message(
+        "hotPool.maxServers must be at least shared + the idle servers of every hotPool.schedule window"
     ),
 )]
 #[serde(rename_all = "camelCase")]
@@ -248,6 +251,8 @@ fn default_max_executors() -> i32 {
 #[x_kube(
     validation = Rule::new("self.min <= self.idle && self.idle <= self.max")
         .message("hotPool must satisfy min <= idle <= max"),
+    validation = Rule::new("!has(self.schedule) || self.schedule.all(w, w.idle <= self.max)")
+        .message("every hotPool.schedule window's idle must be at most hotPool.max"),
 )]
 pub struct HotPoolSpec {
     /// Idle, ready servers to keep (the scale subresource drives this).
@@ -293,7 +298,48 @@ pub struct HotPoolSpec {
     #[x_kube(validation = Rule::new(REFILL_DELAY.cel_rule()).message(REFILL_DELAY.cel_message().as_str()))]
     #[schemars(length(max = 28))]
     pub refill_delay: String,
+    /// Windows of time in which the pool keeps at least a given number of idle servers, for
+    /// demand known in advance (business hours, a workshop, a nightly batch). The servers are
+    /// started early by the measured start-up time, so they are idle when a window opens; the
+    /// autoscaler may keep more. A window the operator cannot read is reported and skipped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub schedule: Vec<ScheduleWindow>,
 }
+
+/// A window of scheduled capacity.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleWindow {
+    /// When the window opens: a cron expression, `minute hour day-of-month month day-of-week`
+    /// (or with a seconds field first), days of the week by name, e.g. `0 9 * * Mon-Fri`.
+    #[x_kube(
+        validation = Rule::new(format!("self.matches('{CRON_FIELDS}')")).message(
+            "hotPool.schedule[].start must be a cron expression of 5 fields (minute hour day-of-month month day-of-week), or 6 with seconds first, e.g. '0 9 * * Mon-Fri'"
+        ),
+        validation = Rule::new(format!("!self.matches('{CRON_NUMERIC_WEEKDAY}')")).message(
+            "hotPool.schedule[].start must name days of the week (Mon-Fri, Sun), not number them: cron dialects disagree on whether 0, 1 or 7 is Sunday"
+        )
+    )]
+    #[schemars(length(max = 100))]
+    pub start: String,
+    /// How long the window stays open (Go duration, e.g. 8h).
+    #[x_kube(validation = Rule::new(SCHEDULE_DURATION.cel_rule()).message(SCHEDULE_DURATION.cel_message().as_str()))]
+    #[schemars(length(max = 28))]
+    pub duration: String,
+    /// Idle servers to keep, at least, while the window is open.
+    #[schemars(range(min = 0, max = 1000))]
+    pub idle: i32,
+    /// IANA time zone of `start`, e.g. Europe/Berlin (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), regex(pattern = "^[A-Za-z][A-Za-z0-9_+/-]*$"))]
+    pub time_zone: Option<String>,
+}
+
+/// Five or six cron fields of the characters cron uses.
+pub const CRON_FIELDS: &str = "^[0-9A-Za-z*?,/-]+( +[0-9A-Za-z*?,/-]+){4,5}$";
+/// A day-of-week field (the last one) written with digits.
+pub const CRON_NUMERIC_WEEKDAY: &str = "[0-9][^ ]*$";
 
 fn default_refill_delay() -> String {
     "2s".into()
@@ -328,6 +374,7 @@ impl Default for HotPoolSpec {
             max_servers: default_max_servers(),
             claim_timeout: default_claim_timeout(),
             refill_delay: default_refill_delay(),
+            schedule: Vec::new(),
         }
     }
 }
@@ -563,6 +610,10 @@ pub struct SparkConnectClusterStatus {
     /// The idle target the autoscaler chose (when autoscaling is on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_target: Option<i32>,
+    /// The idle servers an open `hotPool.schedule` window asks for (while one is open, from
+    /// the moment its servers start ahead of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_idle: Option<i32>,
     /// Name of the Secret holding the client token (auth mode Token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_secret: Option<String>,

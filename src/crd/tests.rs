@@ -224,3 +224,29 @@ fn claim_ttl_cluster_and_user_are_bounded() {
         .validate_cel()
         .unwrap();
 }
+
+#[test]
+fn schedule_windows_are_cron_with_named_weekdays_and_fit_the_pool() {
+    let window = |start: &str, idle: i32| {
+        with(json!({"spec": {"hotPool": {"schedule": [
+            {"start": start, "duration": "8h", "idle": idle, "timeZone": "Europe/Berlin"}
+        ]}}}))
+    };
+    window("0 9 * * Mon-Fri", 3).validate_cel().unwrap();
+    window("30 0 14 26 11 *", 3).validate_cel().unwrap();
+    assert!(refused(&window("0 9 * * 1-5", 3)).contains("name days of the week"));
+    assert!(refused(&window("every morning", 3)).contains("cron expression of 5 fields"));
+    assert!(refused(&window("0 9 * *", 3)).contains("cron expression of 5 fields"));
+    let too_many = refused(&window("0 9 * * Mon-Fri", 50));
+    assert!(too_many.contains("at most hotPool.max"), "{too_many}");
+    let over_cap = with(
+        json!({"spec": {"hotPool": {"max": 200, "maxServers": 10, "schedule": [
+            {"start": "0 9 * * *", "duration": "1h", "idle": 50}
+        ]}}}),
+    );
+    assert!(refused(&over_cap).contains("every hotPool.schedule window"));
+    let endless = with(json!({"spec": {"hotPool": {"schedule": [
+        {"start": "0 9 * * *", "duration": "9000h", "idle": 1}
+    ]}}}));
+    assert!(refused(&endless).contains("hotPool.schedule[].duration"));
+}

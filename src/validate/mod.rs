@@ -19,6 +19,7 @@ use crate::duration::{
 use crate::error::Error;
 use crate::probe::warmup::WarmupPlan;
 use crate::quantity;
+use crate::schedule::Schedule;
 
 /// Spark settings the operator owns; a user setting them would break the server.
 pub const MANAGED_SPARK_CONF: &[&str] = &[
@@ -82,6 +83,10 @@ pub struct ValidCluster<'a> {
     pub spec_hash: String,
     /// What new servers run before they become idle (None when warm-up is off).
     pub warmup: Option<Arc<WarmupPlan>>,
+    /// Windows of scheduled pool capacity that parsed.
+    pub schedule: Schedule,
+    /// Why the other windows were left out (reported, never fatal: the pool runs on).
+    pub schedule_refused: Vec<String>,
 }
 
 /// The pool's sizes, read once from the spec (the schema bounds them; negative values read as
@@ -127,10 +132,15 @@ impl PoolSize {
         }
     }
 
-    /// The idle target: the autoscaler's when it runs, else `hotPool.idle`; waiting claims grow
-    /// it at once, up to `hotPool.max`.
-    pub fn idle_target(&self, autoscaled: Option<usize>, waiting: usize) -> usize {
-        (autoscaled.unwrap_or(self.idle) + waiting).min(self.idle.max(self.max))
+    /// The idle target: the autoscaler's when it runs, else `hotPool.idle`, at least what an
+    /// open schedule window asks for; waiting claims grow it at once, up to `hotPool.max`.
+    pub fn idle_target(
+        &self,
+        autoscaled: Option<usize>,
+        scheduled: usize,
+        waiting: usize,
+    ) -> usize {
+        (autoscaled.unwrap_or(self.idle).max(scheduled) + waiting).min(self.idle.max(self.max))
     }
 }
 
@@ -268,6 +278,7 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         )));
     }
 
+    let (schedule, schedule_refused) = Schedule::parse(&spec.hot_pool.schedule);
     Ok(ValidCluster {
         cluster,
         name,
@@ -281,6 +292,8 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
         timings,
         spec_hash: server_spec_hash(cluster)?,
         warmup: warmup_plan(spec)?,
+        schedule,
+        schedule_refused,
     })
 }
 

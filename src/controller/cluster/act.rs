@@ -529,7 +529,7 @@ mod tests {
     use crate::builders::rbac;
     use crate::controller::cluster::inputs;
     use crate::controller::cluster::observe::{hashes, observe};
-    use crate::controller::pool::decide;
+    use crate::controller::pool::{Wanted, decide};
     use crate::controller::stores::Held;
     use crate::probe::health::Verdict;
     use crate::test_support::{cluster, context_over};
@@ -611,7 +611,7 @@ mod tests {
         let observed = observe(&valid, &ctx, &token);
         assert_eq!(observed.hashes, hashes(&valid.spec_hash, &token));
         let now = Timestamp::from_second(1_800_000_060).unwrap();
-        let decision = decide(inputs(&valid, &observed, None, false), now);
+        let decision = decide(inputs(&valid, &observed, Wanted::default(), false), now);
         let tokens = Tokens::from([(name.to_string(), None)]);
         execute(
             &valid,

@@ -23,7 +23,7 @@ use super::claim_status;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::PoolTerms;
-use super::pool::{Decision, Inputs, decide};
+use super::pool::{Decision, Inputs, Wanted, decide};
 use crate::builders::labels::{ServerState, token_secret_name};
 use crate::crd::{AuthMode, ClaimPhase, SparkConnectCluster};
 use crate::error::Error;
@@ -110,10 +110,13 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     let tokens = tokens::resolve(&valid, ctx, &observed, &token).await;
     let token_mode = cluster.spec.auth.mode == AuthMode::Token;
     tokens::mark_unknown_tokens(&mut observed.views, &tokens, token_mode);
-    let autoscaled = pace::autoscaled_target(&valid, ctx, &key, &observed, now);
+    let wanted = pace::wanted(&valid, ctx, &key, &observed, now);
 
-    let mut decision = decide(inputs(&valid, &observed, autoscaled, token_mode), now);
+    let mut decision = decide(inputs(&valid, &observed, wanted, token_mode), now);
     note_observations(&observed, &decision, &token, &mut problems);
+    for refused in &valid.schedule_refused {
+        problems.note("ScheduleInvalid", refused.clone());
+    }
     pace::gate_starts(ctx, &key, &observed, &mut decision, &mut problems);
     let refill_held = pace::hold_refill(
         ctx,
@@ -138,8 +141,8 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
 
     let summary = Summary {
         counts: report::server_counts(&decision),
-        idle_target: autoscaled.unwrap_or(valid.size.idle),
-        autoscaled,
+        idle_target: wanted.idle_target(valid.size, 0),
+        wanted,
         problems: &problems,
         token_secret: token_mode.then(|| token_secret_name(cluster)),
         spark_version: observed.servers.values().find_map(|p| {
@@ -149,7 +152,11 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
                 .spark_version
         }),
         last_warmup: observed.last_warmup,
-        look_again_within: refill_held.into_iter().chain(stamps_wait).min(),
+        look_again_within: refill_held
+            .into_iter()
+            .chain(stamps_wait)
+            .chain(wanted.scheduled.next_change)
+            .min(),
     };
     report::report(&valid, ctx, &decision, summary, &key).await
 }
@@ -158,7 +165,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
 pub(crate) fn inputs<'a>(
     valid: &ValidCluster<'_>,
     observed: &'a Observed,
-    autoscaled: Option<usize>,
+    wanted: Wanted,
     token_mode: bool,
 ) -> Inputs<'a> {
     Inputs {
@@ -167,7 +174,7 @@ pub(crate) fn inputs<'a>(
         claimed_servers: observed.claimed_servers.clone(),
         handed_out: &observed.handed_out,
         size: valid.size,
-        autoscaled,
+        wanted,
         hashes: &observed.hashes,
         split_roles: token_mode,
         timings: valid.timings,

@@ -10,24 +10,22 @@ use super::observe::Observed;
 use super::report::Problems;
 use crate::builders::labels::ServerState;
 use crate::controller::context::{BINDS_QUIET, Context};
-use crate::controller::pool::Decision;
+use crate::controller::pool::autoscale::DEFAULT_START_TIME;
 use crate::controller::pool::plan::RemoveReason;
+use crate::controller::pool::{Decision, Wanted};
 use crate::validate::ValidCluster;
 
-/// The autoscaler's idle target for this round (when autoscaling is on); its changes become
-/// Events and a metric.
-pub fn autoscaled_target(
+/// The autoscaler's idle target (when autoscaling is on) and the schedule's for this round;
+/// the autoscaler's changes become Events and a metric. Servers' start-up times are measured
+/// either way: a schedule window starts its servers that long before it opens.
+pub fn wanted(
     valid: &ValidCluster<'_>,
     ctx: &Context,
     key: &str,
     observed: &Observed,
     now: Timestamp,
-) -> Option<usize> {
+) -> Wanted {
     let size = valid.size;
-    if !size.autoscale {
-        ctx.autoscaler.forget(key);
-        return None;
-    }
     let warmups: Vec<Duration> = observed
         .views
         .iter()
@@ -36,20 +34,35 @@ pub fn autoscaled_target(
         .collect();
     let claims: Vec<String> = observed.claims.keys().cloned().collect();
     let instant = Instant::now();
-    let (target, decision) = ctx
+    let hit_rate = f64::from(size.hit_rate_percent) / 100.0;
+    let (start_time, target) = ctx
         .autoscaler
         .with(key, |demand| {
             demand.observe(&claims, &warmups, instant);
-            demand.target(
-                size.min,
-                size.max,
-                size.idle,
-                f64::from(size.hit_rate_percent) / 100.0,
-                valid.timings.scale_down_delay,
-                instant,
-            )
+            let target = if size.autoscale {
+                Some(demand.target(
+                    size.min,
+                    size.max,
+                    size.idle,
+                    hit_rate,
+                    valid.timings.scale_down_delay,
+                    instant,
+                ))
+            } else {
+                demand.stop_targeting();
+                None
+            };
+            (demand.start_time(), target)
         })
-        .unwrap_or((size.idle, None));
+        .unwrap_or((DEFAULT_START_TIME, None));
+    let lead = start_time + observed.last_warmup.unwrap_or_default() + valid.timings.probe_period;
+    let scheduled = valid.schedule.at(now, lead);
+    let Some((target, decision)) = target else {
+        return Wanted {
+            autoscaled: None,
+            scheduled,
+        };
+    };
     ctx.metrics
         .autoscaler_target
         .with_label_values(&[valid.namespace, valid.name])
@@ -63,7 +76,10 @@ pub fn autoscaled_target(
         let note = format!("idle target {} -> {}: {}", d.previous, d.target, d.reason);
         ctx.event(valid.cluster, EventType::Normal, reason, &note);
     }
-    Some(target)
+    Wanted {
+        autoscaled: Some(target),
+        scheduled,
+    }
 }
 
 /// Longest time new servers wait for a burst of binds.

@@ -11,9 +11,10 @@ use crate::builders::labels::{ServerRole, ServerState, endpoint, server_selector
 use crate::controller::apply::write_status_if_changed;
 use crate::controller::conditions::set_condition;
 use crate::controller::context::Context;
-use crate::controller::pool::Decision;
+use crate::controller::pool::{Decision, Wanted};
 use crate::crd::{ClusterPhase, ServerCounts, SparkConnectCluster, SparkConnectClusterStatus};
 use crate::error::Error;
+use crate::schedule::Scheduled;
 use crate::validate::ValidCluster;
 
 /// Condition: the cluster's endpoint serves (or, for a pool-only cluster, the pool has a server).
@@ -96,10 +97,10 @@ pub fn server_counts(decision: &Decision) -> ServerCounts {
 pub struct Summary<'a> {
     /// Servers by state.
     pub counts: ServerCounts,
-    /// The idle target the pool holds (autoscaled, or `hotPool.idle`).
+    /// The idle target the pool holds (autoscaled or `hotPool.idle`, at least the schedule's).
     pub idle_target: usize,
-    /// The autoscaler's target, when it runs.
-    pub autoscaled: Option<usize>,
+    /// The autoscaler's target (when it runs) and the schedule's.
+    pub wanted: Wanted,
     /// What needs a person.
     pub problems: &'a Problems,
     /// The cluster token's Secret (token mode).
@@ -170,8 +171,13 @@ pub fn healthy_status(
     status.endpoint = (spec.shared > 0).then(|| endpoint(name, namespace, spec.server.port));
     status.servers = counts;
     status.idle_target = summary
+        .wanted
         .autoscaled
         .map(|t| i32::try_from(t).unwrap_or(i32::MAX));
+    let scheduled = summary.wanted.scheduled;
+    status.scheduled_idle = scheduled
+        .window
+        .map(|_| i32::try_from(scheduled.idle).unwrap_or(i32::MAX));
     status.token_secret = summary.token_secret;
     if summary.spark_version.is_some() {
         status.spark_version = summary.spark_version;
@@ -303,10 +309,17 @@ pub async fn report(
     }
     let problems = summary.problems.clone();
     let look_again_within = summary.look_again_within;
+    let scheduled = summary.wanted.scheduled;
+    let idle_target = summary.idle_target;
     let status = healthy_status(cluster, cluster.status.as_ref(), summary, Timestamp::now());
     let before = degraded_message(cluster.status.as_ref());
     let after = degraded_message(Some(&status));
     write_status_if_changed(&ctx.client, cluster, cluster.status.as_ref(), &status).await?;
+    let scheduled_before = cluster.status.as_ref().and_then(|s| s.scheduled_idle);
+    if status.scheduled_idle != scheduled_before {
+        let note = schedule_note(&scheduled, idle_target);
+        ctx.event(cluster, EventType::Normal, "ScheduledCapacity", &note);
+    }
     if after.is_some() && after != before {
         for problem in problems.list() {
             ctx.event(
@@ -333,6 +346,17 @@ pub async fn report(
         busy,
         look_again_within,
     )))
+}
+
+/// The Event of a schedule window opening (its servers starting ahead of it) or closing.
+fn schedule_note(scheduled: &Scheduled, idle_target: usize) -> String {
+    match scheduled.window {
+        Some(index) => format!(
+            "hotPool.schedule[{index}] opens: at least {} idle servers (started ahead of the window by the servers' start-up time); idle target {idle_target}",
+            scheduled.idle
+        ),
+        None => format!("no hotPool.schedule window is open: idle target {idle_target}"),
+    }
 }
 
 /// When the cluster is looked at again: after the retry delay while problems last, else soon
@@ -380,7 +404,7 @@ mod tests {
         Summary {
             counts,
             idle_target: 1,
-            autoscaled: None,
+            wanted: Wanted::default(),
             problems,
             token_secret: None,
             spark_version: None,
@@ -441,10 +465,40 @@ mod tests {
         let t: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let mut s = summary(counts(1, 1, 2), &none);
         s.idle_target = 3;
-        s.autoscaled = Some(3);
+        s.wanted.autoscaled = Some(3);
         let status = healthy_status(&c, None, s, t);
         assert!(!is_true(&status.conditions, POOL_READY));
         assert_eq!(status.idle_target, Some(3));
+    }
+
+    #[test]
+    fn an_open_schedule_window_is_in_the_status_and_its_event_names_it() {
+        let c = cluster();
+        let none = Problems::default();
+        let t: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let mut s = summary(counts(1, 1, 2), &none);
+        s.idle_target = 4;
+        s.wanted.scheduled = Scheduled {
+            idle: 4,
+            window: Some(1),
+            next_change: Some(Duration::from_secs(60)),
+        };
+        let status = healthy_status(&c, None, s.clone(), t);
+        assert_eq!(status.scheduled_idle, Some(4));
+        assert!(!is_true(&status.conditions, POOL_READY), "1 of 4 idle");
+        assert_eq!(status.idle_target, None, "the autoscaler is off");
+        let note = schedule_note(&s.wanted.scheduled, 4);
+        assert!(
+            note.contains("hotPool.schedule[1] opens: at least 4"),
+            "{note}"
+        );
+        s.wanted.scheduled = Scheduled::default();
+        s.idle_target = 1;
+        assert_eq!(
+            healthy_status(&c, Some(&status), s.clone(), t).scheduled_idle,
+            None
+        );
+        assert!(schedule_note(&s.wanted.scheduled, 1).contains("idle target 1"));
     }
 
     #[test]

@@ -16,8 +16,8 @@ const AT_LEAST: usize = 1;
 const HALF_LIFE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
 /// Demand below this many servers counts as none (the moving average only approaches zero).
 const NEGLIGIBLE: f64 = 0.05;
-/// Warm-up assumed before one is measured.
-const DEFAULT_WARMUP: Duration = Duration::from_secs(30);
+/// Start-up time assumed before one is measured.
+pub const DEFAULT_START_TIME: Duration = Duration::from_secs(30);
 
 /// Autoscaler state of one cluster.
 #[derive(Clone, Debug)]
@@ -57,7 +57,7 @@ pub struct Decision {
 impl Demand {
     /// The warm-up time: measured, or assumed until one is.
     fn warmup_secs(&self) -> f64 {
-        self.warmup_secs.unwrap_or(DEFAULT_WARMUP.as_secs_f64())
+        self.warmup_secs.unwrap_or(DEFAULT_START_TIME.as_secs_f64())
     }
 
     /// Half-life of the rate's moving average in seconds: one warm-up.
@@ -89,6 +89,18 @@ impl Demand {
             let w = w.as_secs_f64();
             self.warmup_secs = Some(self.warmup_secs.map_or(w, |avg| 0.7 * avg + 0.3 * w));
         }
+    }
+
+    /// How long a new server takes to become healthy: measured, or assumed until one is.
+    pub fn start_time(&self) -> Duration {
+        Duration::try_from_secs_f64(self.warmup_secs()).unwrap_or(DEFAULT_START_TIME)
+    }
+
+    /// Autoscaling was turned off: forget the target, so turning it on again starts afresh
+    /// (arrivals and start-up times are kept).
+    pub fn stop_targeting(&mut self) {
+        self.target = None;
+        self.high_since = None;
     }
 
     /// Claims per minute (moving average).

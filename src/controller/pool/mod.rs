@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use jiff::Timestamp;
 
 use crate::builders::labels::{ServerRole, ServerState};
+use crate::schedule::Scheduled;
 pub use crate::validate::PoolSize;
 use crate::validate::Timings;
 use claims::{ClaimLimits, ClaimPlan, ClaimView, plan_claims};
@@ -31,14 +32,30 @@ pub struct Inputs<'a> {
     pub handed_out: &'a BTreeMap<String, String>,
     /// Pool sizes.
     pub size: PoolSize,
-    /// The autoscaler's idle target, when it runs.
-    pub autoscaled: Option<usize>,
+    /// What asks for idle servers besides `hotPool.idle`.
+    pub wanted: Wanted,
     /// Hashes current servers are built from.
     pub hashes: &'a Hashes,
     /// Token mode: endpoint and pool servers hold different tokens and are planned apart.
     pub split_roles: bool,
     /// Durations of the spec.
     pub timings: Timings,
+}
+
+/// What asks for idle servers besides `hotPool.idle`: the autoscaler and the schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// The autoscaler's idle target (when autoscaling is on).
+    pub autoscaled: Option<usize>,
+    /// What the open schedule windows ask for, and when that changes.
+    pub scheduled: Scheduled,
+}
+
+impl Wanted {
+    /// The idle target these make of the pool's sizes, with `waiting` claims.
+    pub fn idle_target(&self, size: PoolSize, waiting: usize) -> usize {
+        size.idle_target(self.autoscaled, self.scheduled.idle, waiting)
+    }
 }
 
 /// Hashes of what current servers are built from, by role.
@@ -117,7 +134,7 @@ pub fn decide(inputs: Inputs, now: Timestamp) -> Decision {
         })
         .collect();
     let size = inputs.size;
-    let idle_target = size.idle_target(inputs.autoscaled, claims.waiting.len());
+    let idle_target = inputs.wanted.idle_target(size, claims.waiting.len());
     let targets = |shared, idle, role, max_servers| PoolTargets {
         shared,
         idle,
@@ -234,6 +251,8 @@ mod tests {
         size: PoolSize,
         hashes: &'a Hashes,
         split_roles: bool,
+        autoscaled: Option<usize>,
+        scheduled: usize,
     }
 
     fn run(case: Case) -> Decision {
@@ -244,7 +263,14 @@ mod tests {
                 claimed_servers: BTreeMap::new(),
                 handed_out: case.handed_out,
                 size: case.size,
-                autoscaled: None,
+                wanted: Wanted {
+                    autoscaled: case.autoscaled,
+                    scheduled: Scheduled {
+                        idle: case.scheduled,
+                        window: (case.scheduled > 0).then_some(0),
+                        next_change: None,
+                    },
+                },
                 hashes: case.hashes,
                 split_roles: case.split_roles,
                 timings: timings(),
@@ -263,6 +289,8 @@ mod tests {
             size: size(1),
             hashes: &hashes(),
             split_roles: false,
+            autoscaled: None,
+            scheduled: 0,
         });
         assert_eq!(d.idle_target, 3);
         assert_eq!(d.pool.create, 2);
@@ -282,6 +310,8 @@ mod tests {
             size: size(0),
             hashes: &hashes(),
             split_roles: false,
+            autoscaled: None,
+            scheduled: 0,
         });
         assert!(d.pool.remove.is_empty(), "{:?}", d.pool.remove);
         assert!(d.claims.retire.is_empty());
@@ -302,6 +332,8 @@ mod tests {
             },
             hashes: &hashes(),
             split_roles: true,
+            autoscaled: None,
+            scheduled: 0,
         });
         let endpoint = d.endpoint.unwrap();
         assert_eq!(endpoint.create, 1, "a standby with the cluster token");
@@ -331,11 +363,35 @@ mod tests {
             },
             hashes: &rotated,
             split_roles: true,
+            autoscaled: None,
+            scheduled: 0,
         });
         let endpoint = d.endpoint.unwrap();
         assert_eq!(endpoint.remove["e1"], plan::RemoveReason::Outdated);
         assert_eq!(endpoint.create, 2);
         assert!(d.pool.remove.is_empty());
+    }
+
+    #[test]
+    fn an_open_schedule_window_raises_the_idle_target_above_the_autoscalers() {
+        let idle = |autoscaled, scheduled| {
+            let d = run(Case {
+                servers: vec![],
+                claims: &[],
+                handed_out: &BTreeMap::new(),
+                size: size(1),
+                hashes: &hashes(),
+                split_roles: false,
+                autoscaled,
+                scheduled,
+            });
+            d.pool.create
+        };
+        assert_eq!(idle(None, 0), 1, "hotPool.idle alone");
+        assert_eq!(idle(None, 6), 6, "the window's idle servers");
+        assert_eq!(idle(Some(3), 6), 6, "the window, above the autoscaler");
+        assert_eq!(idle(Some(8), 6), 8, "the autoscaler, above the window");
+        assert_eq!(idle(None, 50), 10, "capped by hotPool.max");
     }
 
     #[test]
@@ -345,6 +401,6 @@ mod tests {
         spec.hot_pool.idle = -5;
         let s = PoolSize::of(&spec);
         assert_eq!(s.idle, 0);
-        assert_eq!(s.idle_target(Some(4), 30), 20, "capped by hotPool.max");
+        assert_eq!(s.idle_target(Some(4), 0, 30), 20, "capped by hotPool.max");
     }
 }
