@@ -523,3 +523,101 @@ async fn cluster_lifecycle_with_real_spark() {
     })
     .await;
 }
+
+/// A cron expression (with seconds) for one instant in UTC.
+fn cron_at(at: jiff::Timestamp) -> String {
+    let t = at.to_zoned(jiff::tz::TimeZone::UTC);
+    format!(
+        "{} {} {} {} {} *",
+        t.second(),
+        t.minute(),
+        t.hour(),
+        t.day(),
+        t.month()
+    )
+}
+
+#[tokio::test]
+async fn a_schedule_window_fills_the_pool_ahead_of_it_and_releases_it_after() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-schedule").await;
+    let api: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let opens = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(45);
+    let mut spec = fake_spec(0, 10, 100);
+    spec["hotPool"]["schedule"] = serde_json::json!([
+        {"start": cron_at(opens), "duration": "20s", "idle": 3},
+        // Passes admission, but no such zone exists: reported, and the pool runs on.
+        {"start": "0 9 * * Mon-Fri", "duration": "8h", "idle": 2, "timeZone": "Mars/Olympus"}
+    ]);
+    api.create(&PostParams::default(), &cluster("workshop", spec))
+        .await
+        .unwrap();
+
+    wait_until(
+        Duration::from_secs(30),
+        "the unreadable window reported",
+        || async {
+            api.get("workshop").await.ok().is_some_and(|c| {
+                condition(&c, "Degraded") == Some(("True".into(), "ScheduleInvalid".into()))
+            })
+        },
+    )
+    .await;
+    let status = api.get("workshop").await.unwrap().status.unwrap();
+    assert_eq!(status.scheduled_idle, None, "no window is open yet");
+    assert_eq!(status.servers.total, 0, "hotPool.idle is 0");
+
+    // The window's servers start ahead of it (by the assumed start-up time until one is
+    // measured), so the pool holds three idle servers while it is open.
+    wait_until(
+        Duration::from_secs(60),
+        "three idle servers for the window",
+        || async {
+            api.get("workshop")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.scheduled_idle == Some(3) && s.servers.idle == 3)
+        },
+    )
+    .await;
+    // After it closes, the pool goes back to hotPool.idle.
+    wait_until(
+        Duration::from_secs(90),
+        "the pool back to no idle server",
+        || async {
+            api.get("workshop")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.scheduled_idle.is_none() && s.servers.total == 0)
+        },
+    )
+    .await;
+    assert!(
+        jiff::Timestamp::now() >= opens + jiff::SignedDuration::from_secs(20),
+        "the window closed no earlier than its end"
+    );
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &ns.name);
+    let notes: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ScheduledCapacity"))
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("hotPool.schedule[0] opens: at least 3")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("no hotPool.schedule window is open")),
+        "{notes:?}"
+    );
+}

@@ -18,13 +18,19 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use sco_e2e::poll::until;
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 
+use spark_connect_operator::controller::pool::autoscale::poisson_quantile;
+
+use super::pool_model;
 use super::report::{self, Spread};
+use super::trace::{
+    Arrival, WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY, peak_within, phase_starts, trace,
+};
 
 /// The bench, and the first part of its namespace's name.
 const BENCH: &str = "bench-economics";
@@ -32,85 +38,6 @@ const BENCH: &str = "bench-economics";
 const HIT: Duration = Duration::from_secs(1);
 /// How long a fake server takes to start (Spark's 20–60 s start and warm-up, compressed).
 const START_MILLIS: u64 = 3000;
-
-/// One claim of the trace.
-#[derive(Clone, Copy, Debug)]
-struct Arrival {
-    /// Offset from the start of the replay.
-    at: Duration,
-    /// How long the user keeps the server.
-    hold: Duration,
-}
-
-/// A small deterministic generator (xorshift64*), so every run replays the same trace.
-struct Rng(u64);
-
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// An exponential variate with the given mean.
-    fn exponential(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.next_f64()).max(f64::MIN_POSITIVE).ln()
-    }
-}
-
-/// The trace: Poisson arrivals whose rate changes by phase (claims per second, compressed
-/// time), one burst of claims within a few seconds, sessions of 15–60 s.
-fn trace() -> Vec<Arrival> {
-    let phases: [(f64, f64); 6] = [
-        (60.0, 0.25), // morning
-        (60.0, 0.6),  // busy
-        (60.0, 0.05), // lunch
-        (60.0, 0.4),  // afternoon
-        (30.0, 0.02), // evening
-        (30.0, 0.0),  // night
-    ];
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
-    let mut arrivals = Vec::new();
-    let mut start = 0.0;
-    for (length, rate) in phases {
-        let mut t = start;
-        if rate > 0.0 {
-            loop {
-                t += rng.exponential(1.0 / rate);
-                if t >= start + length {
-                    break;
-                }
-                arrivals.push(t);
-            }
-        }
-        start += length;
-    }
-    // A team starts a workshop: 8 claims within 4 s in the afternoon.
-    arrivals.extend((0..8).map(|i| 200.0 + f64::from(i) * 0.5));
-    arrivals.sort_by(f64::total_cmp);
-    arrivals
-        .into_iter()
-        .map(|at| Arrival {
-            at: Duration::from_secs_f64(at),
-            hold: Duration::from_secs_f64(15.0 + rng.next_f64() * 45.0),
-        })
-        .collect()
-}
-
-/// The most claims that arrive within any window of `d`: the smallest static pool that serves
-/// the trace at once when each claimed server is replaced in `d`.
-fn peak_within(trace: &[Arrival], d: Duration) -> usize {
-    (0..trace.len())
-        .map(|i| {
-            trace[i..]
-                .iter()
-                .take_while(|a| a.at < trace[i].at + d)
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
 
 fn spec(autoscale: bool, idle: i32) -> serde_json::Value {
     serde_json::json!({
@@ -154,8 +81,8 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         length.as_secs_f64()
     );
     // The static pool is sized for the peak within a start-up time measured by a first replay
-    // of the autoscaler, so both pools face the same servers.
-    let autoscaled = replay(&client, &ns, "autoscaled", spec(true, 1), &trace).await?;
+    // of the autoscaler, so every pool faces the same servers.
+    let autoscaled = replay(&client, &ns, "autoscaled", spec(true, 1), &trace, &[]).await?;
     let start = Duration::from_secs_f64(
         Spread::of(
             &autoscaled
@@ -173,11 +100,18 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         "static",
         spec(false, i32::try_from(static_size)?),
         &trace,
+        &[],
     )
     .await?;
+    let calendar = calendar(start);
+    let scheduled = replay(&client, &ns, "scheduled", spec(true, 1), &trace, &calendar).await?;
     let ideal = trace.len() as f64 * start.as_secs_f64();
     let mut rows = Vec::new();
-    for (name, r) in [("static", &fixed), ("autoscaler", &autoscaled)] {
+    for (name, r) in [
+        ("static", &fixed),
+        ("autoscaler", &autoscaled),
+        ("autoscaler+schedule", &scheduled),
+    ] {
         let hit_rate = r.hits as f64 / r.claims.max(1) as f64;
         let ratio = r.idle_server_seconds / ideal;
         println!(
@@ -199,16 +133,113 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "idle_vs_ideal": ratio,
         }));
     }
+    let model: Vec<serde_json::Value> = pool_model::frontier(&trace, start, &MODEL_QUANTILES)
+        .into_iter()
+        .map(|m| {
+            let hit_rate = m.hits as f64 / m.claims.max(1) as f64;
+            let ratio = m.unclaimed_server_seconds / ideal;
+            println!(
+                "model (told every rate ahead, covers {:.2} % of a start-up time's arrivals): {}/{} claims served at once ({:.1} %) at {ratio:.2}x the ideal",
+                m.quantile * 100.0,
+                m.hits,
+                m.claims,
+                hit_rate * 100.0
+            );
+            serde_json::json!({
+                "quantile": m.quantile, "hits_at_once": m.hits, "claims": m.claims, "hit_rate": hit_rate,
+                "idle_server_seconds": m.unclaimed_server_seconds, "idle_vs_ideal": ratio,
+            })
+        })
+        .collect();
     sco_e2e::remove_namespace(&client, &ns).await?;
     report::write(
         "economics",
         &serde_json::json!({
             "trace_claims": trace.len(), "trace_seconds": length.as_secs_f64(),
             "server_start_median_s": start.as_secs_f64(), "static_pool_idle": static_size,
+            "schedule": calendar.iter().map(|w| serde_json::json!({
+                "at_s": w.at, "for_s": w.length, "idle": w.idle, "what": w.what,
+            })).collect::<Vec<_>>(),
             "pools": rows,
+            "model_told_the_rates": model,
         }),
     )
 }
+
+/// Shares of a start-up time's arrivals the model pool covers.
+const MODEL_QUANTILES: [f64; 4] = [0.9, 0.99, 0.999, 0.9999];
+
+/// A window of the team's calendar, in seconds into the day.
+#[derive(Clone, Debug)]
+struct CalendarWindow {
+    what: &'static str,
+    at: f64,
+    length: f64,
+    idle: usize,
+}
+
+/// How long the calendar's phase windows stay open, while the autoscaler catches up.
+const PHASE_WINDOW: f64 = 20.0;
+
+/// The schedule a team writes from what it knows in advance: the start of each phase whose
+/// demand rises (the working day, the busy hour, after lunch), at the idle servers that phase's
+/// rate needs (99 % of the arrivals within a start-up time `start`, as the autoscaler reckons),
+/// and the workshop, at its size on top of the afternoon's.
+fn calendar(start: Duration) -> Vec<CalendarWindow> {
+    let need = |rate: f64| poisson_quantile(rate * start.as_secs_f64(), 0.99);
+    let mut windows = Vec::new();
+    let mut previous = 0.0;
+    let mut at_workshop = 0.0;
+    for (at, phase) in phase_starts() {
+        if phase.rate > previous {
+            windows.push(CalendarWindow {
+                what: phase.name,
+                at,
+                length: PHASE_WINDOW,
+                idle: need(phase.rate),
+            });
+        }
+        if (at..at + phase.length).contains(&WORKSHOP_AT) {
+            at_workshop = phase.rate;
+        }
+        previous = phase.rate;
+    }
+    windows.push(CalendarWindow {
+        what: "workshop",
+        at: WORKSHOP_AT,
+        length: f64::from(WORKSHOP_CLAIMS) * WORKSHOP_EVERY + 2.0,
+        idle: WORKSHOP_CLAIMS as usize + need(at_workshop),
+    });
+    windows
+}
+
+/// The calendar as `hotPool.schedule`, for a day that starts at `t0` (whole seconds, UTC).
+fn schedule_spec(calendar: &[CalendarWindow], t0: jiff::Timestamp) -> serde_json::Value {
+    let windows: Vec<serde_json::Value> = calendar
+        .iter()
+        .map(|w| {
+            let opens =
+                (t0 + jiff::SignedDuration::from_secs_f64(w.at)).to_zoned(jiff::tz::TimeZone::UTC);
+            serde_json::json!({
+                "start": format!(
+                    "{} {} {} {} {} *",
+                    opens.second(),
+                    opens.minute(),
+                    opens.hour(),
+                    opens.day(),
+                    opens.month()
+                ),
+                "duration": format!("{}ms", (w.length * 1000.0).round() as u64),
+                "idle": w.idle,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(windows)
+}
+
+/// Time between writing the schedule and the start of the day: more than a server's start-up
+/// time, so the day's first window can fill ahead of it.
+const SCHEDULE_AHEAD: Duration = Duration::from_secs(15);
 
 /// Replays `trace` against a new cluster `name` in namespace `ns`; deletes it after.
 async fn replay(
@@ -217,6 +248,7 @@ async fn replay(
     name: &str,
     spec: serde_json::Value,
     trace: &[Arrival],
+    calendar: &[CalendarWindow],
 ) -> anyhow::Result<Replay> {
     let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
     let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
@@ -238,7 +270,20 @@ async fn replay(
     let idle_seconds: Shared<UnclaimedSeconds> = Arc::default();
     let sampling = sample_idle(clusters.clone(), name.to_string(), idle_seconds.clone());
 
-    let t0 = Instant::now();
+    let t0 = if calendar.is_empty() {
+        Instant::now()
+    } else {
+        // The day starts on a whole second, the schedule's windows are written against it,
+        // and its servers (counted from now) start ahead of it.
+        let now = jiff::Timestamp::now();
+        let day = jiff::Timestamp::from_second(now.as_second() + 1)? + SCHEDULE_AHEAD;
+        let patch =
+            serde_json::json!({"spec": {"hotPool": {"schedule": schedule_spec(calendar, day)}}});
+        clusters
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Instant::now() + Duration::try_from(jiff::Timestamp::now().duration_until(day))?
+    };
     let mut created = HashMap::new();
     let mut releases: Vec<(Instant, String)> = Vec::new();
     for (i, arrival) in trace.iter().enumerate() {
@@ -416,23 +461,4 @@ fn sample_idle(
             last = now;
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_trace_is_the_same_every_run_and_has_its_burst() {
-        let a = trace();
-        let b = trace();
-        assert_eq!(a.len(), b.len());
-        assert!(
-            a.iter()
-                .zip(&b)
-                .all(|(x, y)| x.at == y.at && x.hold == y.hold)
-        );
-        assert!(a.len() > 50, "{} claims", a.len());
-        assert!(peak_within(&a, Duration::from_secs(4)) >= 8, "the burst");
-    }
 }

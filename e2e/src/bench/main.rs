@@ -7,9 +7,11 @@ mod economics;
 mod first_result;
 mod floor;
 mod gateway;
+mod pool_model;
 mod probe;
 mod report;
 mod scale;
+mod trace;
 
 use std::path::PathBuf;
 use std::time::Duration;

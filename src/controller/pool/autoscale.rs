@@ -164,7 +164,7 @@ impl Demand {
 
 /// The smallest `n` with P(N ≤ n) ≥ `p` for N ~ Poisson(`mean`); bounded, so a huge mean
 /// cannot loop long (the caller clamps to `hotPool.max` anyway).
-fn poisson_quantile(mean: f64, p: f64) -> usize {
+pub fn poisson_quantile(mean: f64, p: f64) -> usize {
     const LIMIT: usize = 10_000;
     if mean <= 0.0 || !mean.is_finite() {
         return 0;

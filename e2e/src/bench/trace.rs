@@ -1,0 +1,182 @@
+//! The pool-economics trace: a working day of claims compressed into about five minutes (steady
+//! phases of Poisson arrivals, a lunch lull, a night, and one workshop burst), from a fixed seed
+//! so that every run replays the same claims.
+
+use std::time::Duration;
+
+/// One claim of the trace.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Offset from the start of the replay.
+    pub at: Duration,
+    /// How long the user keeps the server.
+    pub hold: Duration,
+}
+
+/// A phase of the day: its length and its arrival rate (seconds and claims per second,
+/// compressed).
+#[derive(Clone, Copy, Debug)]
+pub struct Phase {
+    /// What it is.
+    pub name: &'static str,
+    /// Its length in seconds.
+    pub length: f64,
+    /// Claims per second.
+    pub rate: f64,
+}
+
+/// The day.
+pub const PHASES: [Phase; 6] = [
+    Phase {
+        name: "morning",
+        length: 60.0,
+        rate: 0.25,
+    },
+    Phase {
+        name: "busy",
+        length: 60.0,
+        rate: 0.6,
+    },
+    Phase {
+        name: "lunch",
+        length: 60.0,
+        rate: 0.05,
+    },
+    Phase {
+        name: "afternoon",
+        length: 60.0,
+        rate: 0.4,
+    },
+    Phase {
+        name: "evening",
+        length: 30.0,
+        rate: 0.02,
+    },
+    Phase {
+        name: "night",
+        length: 30.0,
+        rate: 0.0,
+    },
+];
+
+/// A team's workshop: this many claims, one every [`WORKSHOP_EVERY`] seconds from
+/// [`WORKSHOP_AT`].
+pub const WORKSHOP_CLAIMS: u32 = 8;
+/// When the workshop starts (seconds into the day).
+pub const WORKSHOP_AT: f64 = 200.0;
+/// Seconds between the workshop's claims.
+pub const WORKSHOP_EVERY: f64 = 0.5;
+
+/// A small deterministic generator (xorshift64*), so every run replays the same trace.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// An exponential variate with the given mean.
+    fn exponential(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.next_f64()).max(f64::MIN_POSITIVE).ln()
+    }
+}
+
+/// The trace: Poisson arrivals at each phase's rate, the workshop, sessions of 15–60 s.
+pub fn trace() -> Vec<Arrival> {
+    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    let mut arrivals = Vec::new();
+    let mut start = 0.0;
+    for phase in PHASES {
+        let mut t = start;
+        if phase.rate > 0.0 {
+            loop {
+                t += rng.exponential(1.0 / phase.rate);
+                if t >= start + phase.length {
+                    break;
+                }
+                arrivals.push(t);
+            }
+        }
+        start += phase.length;
+    }
+    arrivals.extend((0..WORKSHOP_CLAIMS).map(|i| WORKSHOP_AT + f64::from(i) * WORKSHOP_EVERY));
+    arrivals.sort_by(f64::total_cmp);
+    arrivals
+        .into_iter()
+        .map(|at| Arrival {
+            at: Duration::from_secs_f64(at),
+            hold: Duration::from_secs_f64(15.0 + rng.next_f64() * 45.0),
+        })
+        .collect()
+}
+
+/// Where each phase starts (seconds into the day), with the phase.
+pub fn phase_starts() -> impl Iterator<Item = (f64, Phase)> {
+    PHASES.iter().scan(0.0, |start, phase| {
+        let at = *start;
+        *start += phase.length;
+        Some((at, *phase))
+    })
+}
+
+/// The arrival rate at `t` seconds into the day, the workshop included (its claims spread
+/// over its span).
+pub fn rate_at(t: f64) -> f64 {
+    let phase = phase_starts()
+        .filter(|(start, phase)| *start <= t && t < start + phase.length)
+        .map(|(_, phase)| phase.rate)
+        .next()
+        .unwrap_or(0.0);
+    let workshop_span = f64::from(WORKSHOP_CLAIMS) * WORKSHOP_EVERY;
+    let workshop = if (WORKSHOP_AT..WORKSHOP_AT + workshop_span).contains(&t) {
+        1.0 / WORKSHOP_EVERY
+    } else {
+        0.0
+    };
+    phase + workshop
+}
+
+/// The most claims that arrive within any window of `d`: the smallest static pool that serves
+/// the trace at once when each claimed server is replaced in `d`.
+pub fn peak_within(trace: &[Arrival], d: Duration) -> usize {
+    (0..trace.len())
+        .map(|i| {
+            trace[i..]
+                .iter()
+                .take_while(|a| a.at < trace[i].at + d)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trace_is_the_same_every_run_and_has_its_burst() {
+        let a = trace();
+        let b = trace();
+        assert_eq!(a.len(), b.len());
+        assert!(
+            a.iter()
+                .zip(&b)
+                .all(|(x, y)| x.at == y.at && x.hold == y.hold)
+        );
+        assert!(a.len() > 50, "{} claims", a.len());
+        assert!(peak_within(&a, Duration::from_secs(4)) >= 8, "the burst");
+    }
+
+    #[test]
+    fn the_rate_follows_the_phases_and_the_workshop() {
+        assert_eq!(rate_at(10.0), 0.25);
+        assert_eq!(rate_at(61.0), 0.6);
+        assert_eq!(rate_at(201.0), 0.4 + 2.0);
+        assert_eq!(rate_at(280.0), 0.0);
+        assert_eq!(rate_at(1000.0), 0.0);
+    }
+}
