@@ -542,7 +542,8 @@ async fn a_schedule_window_fills_the_pool_ahead_of_it_and_releases_it_after() {
     let world = World::connect().await;
     let ns = world.namespace("e2e-schedule").await;
     let api: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
-    let opens = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(45);
+    // Cron counts whole seconds.
+    let opens = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + 45).unwrap();
     let mut spec = fake_spec(0, 10, 100);
     spec["hotPool"]["schedule"] = serde_json::json!([
         {"start": cron_at(opens), "duration": "20s", "idle": 3},
@@ -594,9 +595,10 @@ async fn a_schedule_window_fills_the_pool_ahead_of_it_and_releases_it_after() {
         },
     )
     .await;
+    let closed = jiff::Timestamp::now();
     assert!(
-        jiff::Timestamp::now() >= opens + jiff::SignedDuration::from_secs(20),
-        "the window closed no earlier than its end"
+        closed >= opens + jiff::SignedDuration::from_secs(20),
+        "the window closed at {closed}, before its end {opens} + 20s"
     );
     let events: Api<Event> = Api::namespaced(world.client.clone(), &ns.name);
     let notes: Vec<String> = events
@@ -605,7 +607,11 @@ async fn a_schedule_window_fills_the_pool_ahead_of_it_and_releases_it_after() {
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("ScheduledCapacity"))
+        .filter(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("ScheduleWindow"))
+        })
         .filter_map(|e| e.message)
         .collect();
     assert!(

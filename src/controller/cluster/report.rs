@@ -317,8 +317,8 @@ pub async fn report(
     write_status_if_changed(&ctx.client, cluster, cluster.status.as_ref(), &status).await?;
     let scheduled_before = cluster.status.as_ref().and_then(|s| s.scheduled_idle);
     if status.scheduled_idle != scheduled_before {
-        let note = schedule_note(&scheduled, idle_target);
-        ctx.event(cluster, EventType::Normal, "ScheduledCapacity", &note);
+        let (reason, note) = schedule_note(&scheduled, idle_target);
+        ctx.event(cluster, EventType::Normal, reason, &note);
     }
     if after.is_some() && after != before {
         for problem in problems.list() {
@@ -348,14 +348,21 @@ pub async fn report(
     )))
 }
 
-/// The Event of a schedule window opening (its servers starting ahead of it) or closing.
-fn schedule_note(scheduled: &Scheduled, idle_target: usize) -> String {
+/// The Event of a schedule window opening (its servers starting ahead of it) or closing: its
+/// reason and note (one reason each, since Events of one reason are counted as a series).
+fn schedule_note(scheduled: &Scheduled, idle_target: usize) -> (&'static str, String) {
     match scheduled.window {
-        Some(index) => format!(
-            "hotPool.schedule[{index}] opens: at least {} idle servers (started ahead of the window by the servers' start-up time); idle target {idle_target}",
-            scheduled.idle
+        Some(index) => (
+            "ScheduleWindowOpen",
+            format!(
+                "hotPool.schedule[{index}] opens: at least {} idle servers (started ahead of the window by the servers' start-up time); idle target {idle_target}",
+                scheduled.idle
+            ),
         ),
-        None => format!("no hotPool.schedule window is open: idle target {idle_target}"),
+        None => (
+            "ScheduleWindowClosed",
+            format!("no hotPool.schedule window is open: idle target {idle_target}"),
+        ),
     }
 }
 
@@ -487,7 +494,8 @@ mod tests {
         assert_eq!(status.scheduled_idle, Some(4));
         assert!(!is_true(&status.conditions, POOL_READY), "1 of 4 idle");
         assert_eq!(status.idle_target, None, "the autoscaler is off");
-        let note = schedule_note(&s.wanted.scheduled, 4);
+        let (reason, note) = schedule_note(&s.wanted.scheduled, 4);
+        assert_eq!(reason, "ScheduleWindowOpen");
         assert!(
             note.contains("hotPool.schedule[1] opens: at least 4"),
             "{note}"
@@ -498,7 +506,9 @@ mod tests {
             healthy_status(&c, Some(&status), s.clone(), t).scheduled_idle,
             None
         );
-        assert!(schedule_note(&s.wanted.scheduled, 1).contains("idle target 1"));
+        let (reason, note) = schedule_note(&s.wanted.scheduled, 1);
+        assert_eq!(reason, "ScheduleWindowClosed");
+        assert!(note.contains("idle target 1"), "{note}");
     }
 
     #[test]
