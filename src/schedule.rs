@@ -115,6 +115,10 @@ impl Window {
                 .to_string();
             format!("start {start:?} is not a cron expression: {first_line}")
         })?;
+        let epoch = Timestamp::UNIX_EPOCH.to_zoned(TimeZone::UTC);
+        if opens.after(epoch).next().is_none() {
+            return Err(format!("start {start:?} names a date that never comes"));
+        }
         let time_zone = match spec.time_zone.as_deref() {
             None => TimeZone::UTC,
             Some(name) => TimeZone::get(name)
@@ -248,10 +252,12 @@ mod tests {
             window("61 9 * * *", "8h", 5, None),
             window("0 9 * * *", "8h", 5, Some("Mars/Olympus")),
             window("0 9 * * *", "forever", 5, None),
+            window("0 9 30 Feb *", "1h", 2, None),
             window("0 9 * * *", "1h", 2, None),
         ]);
         assert_eq!(schedule.windows.len(), 1, "only the last one parses");
-        assert_eq!(refused.len(), 5);
+        assert_eq!(refused.len(), 6);
+        assert!(refused[5].contains("never comes"), "{}", refused[5]);
         assert!(refused[0].contains("name them"), "{}", refused[0]);
         assert!(refused[1].contains("4 fields"), "{}", refused[1]);
         assert!(
