@@ -316,6 +316,7 @@ pub async fn run(
         let mut samples = Vec::new();
         let mut per_round = Vec::new();
         let mut phases = Vec::new();
+        let mut slowest = Vec::new();
         let mut requests: BTreeMap<String, f64> = BTreeMap::new();
         let mut cpu_seconds: BTreeMap<String, f64> = BTreeMap::new();
         for round in 0..rounds {
@@ -333,6 +334,13 @@ pub async fn run(
             }
             samples.extend(burst.iter().map(|p| p.total));
             per_round.push(burst.iter().map(|p| p.total).collect());
+            if let Some(p) = burst.iter().max_by_key(|p| p.total) {
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                slowest.push(serde_json::json!({
+                    "round": round, "total_ms": ms(p.total), "create_returned_ms": ms(p.create),
+                    "operator_first_sight_to_bind_ms": ms(p.in_operator),
+                }));
+            }
             phases.extend(burst);
             bench
                 .release_all(&cluster, concurrency as i32, &held)
@@ -376,6 +384,7 @@ pub async fn run(
             "p50_ms_all": report::percentile(&samples, 0.5), "p99_ms_all": report::percentile(&samples, 0.99),
             "breakdown": breakdown, "apiserver_requests_per_burst": requests,
             "cpu_ms_per_burst_by_process": cpu_ms, "p99_vs_floor_p99": p99_vs_floors,
+            "slowest_claim_per_round": slowest,
         }));
     }
     if spark {

@@ -84,7 +84,8 @@ impl Demand {
             .count();
         // Each arrival adds to an exponentially weighted rate (events per second).
         self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / self.half_life_secs();
-        self.seen_claims.retain(|c| claims.contains(c));
+        let current: HashSet<&str> = claims.iter().map(String::as_str).collect();
+        self.seen_claims.retain(|c| current.contains(c.as_str()));
         for w in warmups {
             let w = w.as_secs_f64();
             self.warmup_secs = Some(self.warmup_secs.map_or(w, |avg| 0.7 * avg + 0.3 * w));
