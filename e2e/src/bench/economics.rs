@@ -26,7 +26,7 @@ use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectClu
 
 use spark_connect_operator::controller::pool::autoscale::poisson_quantile;
 
-use super::pool_model;
+use super::least_idle;
 use super::report::{self, Spread};
 use super::trace::{
     Arrival, WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY, peak_within, phase_starts, trace,
@@ -133,22 +133,16 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "idle_vs_ideal": ratio,
         }));
     }
-    let model: Vec<serde_json::Value> = pool_model::frontier(&trace, start, &MODEL_QUANTILES)
-        .into_iter()
-        .map(|m| {
-            let hit_rate = m.hits as f64 / m.claims.max(1) as f64;
-            let ratio = m.unclaimed_server_seconds / ideal;
+    let least: Vec<serde_json::Value> = LEAST_IDLE_SHARES
+        .iter()
+        .map(|&share| {
+            let seconds = least_idle::least_unclaimed_seconds(start, HIT, share, trace.len());
             println!(
-                "model (told every rate ahead, covers {:.2} % of a start-up time's arrivals): {}/{} claims served at once ({:.1} %) at {ratio:.2}x the ideal",
-                m.quantile * 100.0,
-                m.hits,
-                m.claims,
-                hit_rate * 100.0
+                "least idle capacity for {:.0} % of claims within 1 s, had a pool known every phase's rate (an estimate): {seconds:.0} server-seconds = {:.2}x the ideal",
+                share * 100.0,
+                seconds / ideal
             );
-            serde_json::json!({
-                "quantile": m.quantile, "hits_at_once": m.hits, "claims": m.claims, "hit_rate": hit_rate,
-                "idle_server_seconds": m.unclaimed_server_seconds, "idle_vs_ideal": ratio,
-            })
+            serde_json::json!({"share": share, "idle_server_seconds": seconds, "idle_vs_ideal": seconds / ideal})
         })
         .collect();
     sco_e2e::remove_namespace(&client, &ns).await?;
@@ -161,13 +155,13 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
                 "at_s": w.at, "for_s": w.length, "idle": w.idle, "what": w.what,
             })).collect::<Vec<_>>(),
             "pools": rows,
-            "model_told_the_rates": model,
+            "least_idle_knowing_the_rates": least,
         }),
     )
 }
 
-/// Shares of a start-up time's arrivals the model pool covers.
-const MODEL_QUANTILES: [f64; 4] = [0.9, 0.99, 0.999, 0.9999];
+/// Shares of claims served within [`HIT`] whose least idle capacity is estimated.
+const LEAST_IDLE_SHARES: [f64; 3] = [0.9, 0.95, 0.99];
 
 /// A window of the team's calendar, in seconds into the day.
 #[derive(Clone, Debug)]

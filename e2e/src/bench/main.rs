@@ -7,7 +7,7 @@ mod economics;
 mod first_result;
 mod floor;
 mod gateway;
-mod pool_model;
+mod least_idle;
 mod probe;
 mod report;
 mod scale;
