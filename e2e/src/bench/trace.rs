@@ -122,23 +122,6 @@ pub fn phase_starts() -> impl Iterator<Item = (f64, Phase)> {
     })
 }
 
-/// The arrival rate at `t` seconds into the day, the workshop included (its claims spread
-/// over its span).
-pub fn rate_at(t: f64) -> f64 {
-    let phase = phase_starts()
-        .filter(|(start, phase)| *start <= t && t < start + phase.length)
-        .map(|(_, phase)| phase.rate)
-        .next()
-        .unwrap_or(0.0);
-    let workshop_span = f64::from(WORKSHOP_CLAIMS) * WORKSHOP_EVERY;
-    let workshop = if (WORKSHOP_AT..WORKSHOP_AT + workshop_span).contains(&t) {
-        1.0 / WORKSHOP_EVERY
-    } else {
-        0.0
-    };
-    phase + workshop
-}
-
 /// The most claims that arrive within any window of `d`: the smallest static pool that serves
 /// the trace at once when each claimed server is replaced in `d`.
 pub fn peak_within(trace: &[Arrival], d: Duration) -> usize {
@@ -169,14 +152,5 @@ mod tests {
         );
         assert!(a.len() > 50, "{} claims", a.len());
         assert!(peak_within(&a, Duration::from_secs(4)) >= 8, "the burst");
-    }
-
-    #[test]
-    fn the_rate_follows_the_phases_and_the_workshop() {
-        assert_eq!(rate_at(10.0), 0.25);
-        assert_eq!(rate_at(61.0), 0.6);
-        assert_eq!(rate_at(201.0), 0.4 + 2.0);
-        assert_eq!(rate_at(280.0), 0.0);
-        assert_eq!(rate_at(1000.0), 0.0);
     }
 }
