@@ -1,5 +1,6 @@
-//! Pace: how many idle servers demand needs (the autoscaler, with its Events and metric) and
-//! whether new servers may start yet (the start backoff after failed starts).
+//! Pace: how many idle servers demand needs (the autoscaler, with its Events and metric, and the
+//! schedule's open windows) and whether new servers may start yet (the start backoff after
+//! failed starts).
 
 use std::time::{Duration, Instant};
 
@@ -10,14 +11,14 @@ use super::observe::Observed;
 use super::report::Problems;
 use crate::builders::labels::ServerState;
 use crate::controller::context::{BINDS_QUIET, Context};
-use crate::controller::pool::autoscale::DEFAULT_START_TIME;
+use crate::controller::pool::autoscale::{DEFAULT_START_TIME, Decision as AutoscaleDecision};
 use crate::controller::pool::plan::RemoveReason;
 use crate::controller::pool::{Decision, Wanted};
 use crate::validate::ValidCluster;
 
 /// The autoscaler's idle target (when autoscaling is on) and the schedule's for this round;
-/// the autoscaler's changes become Events and a metric. Servers' start-up times are measured
-/// either way: a schedule window starts its servers that long before it opens.
+/// the autoscaler's changes become Events and a metric. A schedule window starts its servers
+/// ahead of it by their measured start-up time, the last warm-up and one probe period.
 pub fn wanted(
     valid: &ValidCluster<'_>,
     ctx: &Context,
@@ -25,6 +26,23 @@ pub fn wanted(
     observed: &Observed,
     now: Timestamp,
 ) -> Wanted {
+    let (start_time, autoscaled) = track_demand(valid, ctx, key, observed, now);
+    let lead = start_time + observed.last_warmup.unwrap_or_default() + valid.timings.probe_period;
+    Wanted {
+        autoscaled: autoscaled.map(|(target, decision)| announce(valid, ctx, target, decision)),
+        scheduled: valid.schedule.at(now, lead),
+    }
+}
+
+/// Feeds the cluster's demand with this round's claims and start-up times (measured whether or
+/// not it autoscales); returns the start-up time and, when autoscaling, its target.
+fn track_demand(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    key: &str,
+    observed: &Observed,
+    now: Timestamp,
+) -> (Duration, Option<(usize, Option<AutoscaleDecision>)>) {
     let size = valid.size;
     let warmups: Vec<Duration> = observed
         .views
@@ -35,8 +53,7 @@ pub fn wanted(
     let claims: Vec<String> = observed.claims.keys().cloned().collect();
     let instant = Instant::now();
     let hit_rate = f64::from(size.hit_rate_percent) / 100.0;
-    let (start_time, target) = ctx
-        .autoscaler
+    ctx.autoscaler
         .with(key, |demand| {
             demand.observe(&claims, &warmups, instant);
             let target = if size.autoscale {
@@ -54,15 +71,16 @@ pub fn wanted(
             };
             (demand.start_time(), target)
         })
-        .unwrap_or((DEFAULT_START_TIME, None));
-    let lead = start_time + observed.last_warmup.unwrap_or_default() + valid.timings.probe_period;
-    let scheduled = valid.schedule.at(now, lead);
-    let Some((target, decision)) = target else {
-        return Wanted {
-            autoscaled: None,
-            scheduled,
-        };
-    };
+        .unwrap_or((DEFAULT_START_TIME, None))
+}
+
+/// Sets the autoscaler's metric and makes a change of its target an Event; returns the target.
+fn announce(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    target: usize,
+    decision: Option<AutoscaleDecision>,
+) -> usize {
     ctx.metrics
         .autoscaler_target
         .with_label_values(&[valid.namespace, valid.name])
@@ -76,10 +94,7 @@ pub fn wanted(
         let note = format!("idle target {} -> {}: {}", d.previous, d.target, d.reason);
         ctx.event(valid.cluster, EventType::Normal, reason, &note);
     }
-    Wanted {
-        autoscaled: Some(target),
-        scheduled,
-    }
+    target
 }
 
 /// Longest time new servers wait for a burst of binds.
