@@ -35,6 +35,7 @@ use crate::controller::fence::{self, Take};
 use crate::controller::pool::Decision;
 use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
+use crate::controller::pool::plan::RemoveReason;
 use crate::crd::AuthMode;
 use crate::error::Error;
 use crate::probe::prober::{ProbeSettings, ProbeTarget};
@@ -52,17 +53,23 @@ pub async fn execute(
 ) -> Result<(), Error> {
     end_claims(valid, ctx, observed, decision, problems).await?;
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
-    for server in &decision.claims.retire {
-        if let Some(pod) = observed.servers.get(server) {
-            fence::remove_server(ctx, pod).await?;
-            ctx.event(
-                valid.cluster,
-                EventType::Normal,
-                "ServerRetired",
-                &format!("claimed server {server} retired"),
-            );
-        }
-    }
+    let retiring: Vec<(&String, &Arc<Pod>)> = decision
+        .claims
+        .retire
+        .iter()
+        .filter_map(|server| Some((server, observed.servers.get(server)?)))
+        .collect();
+    in_batches(&retiring, |(server, pod)| async move {
+        fence::remove_server(ctx, pod).await?;
+        ctx.event(
+            valid.cluster,
+            EventType::Normal,
+            "ServerRetired",
+            &format!("claimed server {server} retired"),
+        );
+        Ok(())
+    })
+    .await?;
     for (role, plan) in decision.plans() {
         change_servers(valid, ctx, observed, &pods, plan).await?;
         create_servers(valid, ctx, &pods, role, plan, observed, token, problems).await?;
@@ -127,8 +134,8 @@ async fn end_claims(
     Ok(())
 }
 
-/// Stamps of one cluster's servers in flight at once.
-const STAMPS_IN_FLIGHT: usize = 32;
+/// Writes of one kind (creates, relabels, removals, stamps) one reconcile keeps in flight.
+const WRITES_IN_FLIGHT: usize = 32;
 
 /// Stamps the servers that bind Leases hand to claims with their claim (state label and
 /// annotations), once the burst of binds is over so the stamps never compete with a claim's
@@ -156,7 +163,7 @@ pub async fn stamp_taken_servers(
         })
         .collect();
     let results: Vec<Result<(), Error>> = futures::stream::iter(stamps)
-        .buffer_unordered(STAMPS_IN_FLIGHT)
+        .buffer_unordered(WRITES_IN_FLIGHT)
         .collect()
         .await;
     for result in results {
@@ -197,30 +204,32 @@ async fn change_servers(
     pods: &Api<Pod>,
     plan: &PoolPlan,
 ) -> Result<(), Error> {
-    let key = super::observe::key(valid);
+    let key = &super::observe::key(valid);
     // Only an idle server can be handed out; the others need no holding back.
-    let withhold = |pod: &Pod| {
+    let withhold = &|pod: &Pod| {
         let idle = ServerState::of(pod) == ServerState::Idle;
-        !idle || ctx.allocator.withhold(&key, &pod.name_any())
+        !idle || ctx.allocator.withhold(key, &pod.name_any())
     };
-    for (name, state) in &plan.relabel {
+    let relabels: Vec<(&String, &ServerState)> = plan.relabel.iter().collect();
+    in_batches(&relabels, |(name, state)| async move {
+        let state = *state;
         let Some(pod) = observed.servers.get(name) else {
-            continue;
+            return Ok(());
         };
         if !withhold(pod) {
-            continue;
+            return Ok(());
         }
-        let changed = match *state {
+        let changed = match state {
             ServerState::Shared => {
                 match take(valid, ctx, observed, pod, BindHolder::Shared).await {
-                    Ok(true) => relabel(pods, pod, *state).await,
+                    Ok(true) => relabel(pods, pod, state).await,
                     other => other,
                 }
             }
-            _ => relabel(pods, pod, *state).await,
+            _ => relabel(pods, pod, state).await,
         };
         if !matches!(changed, Ok(true)) {
-            ctx.allocator.release(&key, name);
+            ctx.allocator.release(key, name);
         }
         if changed? {
             ctx.event(
@@ -230,20 +239,24 @@ async fn change_servers(
                 &format!("server {name} is now {}", state.as_str()),
             );
         }
-    }
-    for (name, reason) in &plan.remove {
+        Ok(())
+    })
+    .await?;
+    let removals: Vec<(&String, &RemoveReason)> = plan.remove.iter().collect();
+    in_batches(&removals, |(name, reason)| async move {
+        let reason = *reason;
         let Some(pod) = observed.servers.get(name) else {
-            continue;
+            return Ok(());
         };
         if !withhold(pod) {
-            continue;
+            return Ok(());
         }
         let removed = match take(valid, ctx, observed, pod, BindHolder::Retiring).await {
             Ok(true) => fence::remove_server(ctx, pod).await,
             other => other,
         };
         if !matches!(removed, Ok(true)) {
-            ctx.allocator.release(&key, name);
+            ctx.allocator.release(key, name);
         }
         if removed? {
             let kind = if reason.is_warning() {
@@ -258,6 +271,23 @@ async fn change_servers(
                 &format!("server {name} removed"),
             );
         }
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `write` on every item, [`WRITES_IN_FLIGHT`] at a time (a burst of hundreds of servers
+/// changes in seconds, not one request after another); the first error ends it after its
+/// batch.
+async fn in_batches<T, F, Fut>(items: &[T], write: F) -> Result<(), Error>
+where
+    T: Copy,
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    for batch in items.chunks(WRITES_IN_FLIGHT) {
+        let results = futures::future::join_all(batch.iter().copied().map(&write)).await;
+        results.into_iter().collect::<Result<Vec<()>, Error>>()?;
     }
     Ok(())
 }
@@ -323,26 +353,35 @@ async fn create_servers(
         return Ok(());
     }
     let id_hash = observed.hashes.of(role);
-    for _ in 0..plan.create {
-        let name = new_server_name(valid.name);
-        let id = ServerIdentity {
-            name: &name,
-            role,
-            hash: id_hash,
-        };
-        match create_server(valid, ctx, pods, id, token_mode).await {
-            Ok(()) => ctx.event(
-                valid.cluster,
-                EventType::Normal,
-                "ServerCreated",
-                &format!("server {name} created"),
-            ),
-            Err(e) if e.refusal().is_some() => {
-                // A quota or admission refusal will refuse the next one too: report, back off.
-                problems.absorb(Err(e))?;
-                break;
+    let names: Vec<String> = (0..plan.create)
+        .map(|_| new_server_name(valid.name))
+        .collect();
+    for batch in names.chunks(WRITES_IN_FLIGHT) {
+        let results = futures::future::join_all(batch.iter().map(|name| {
+            let id = ServerIdentity {
+                name,
+                role,
+                hash: id_hash,
+            };
+            create_server(valid, ctx, pods, id, token_mode)
+        }))
+        .await;
+        let mut refused = None;
+        for (name, result) in batch.iter().zip(results) {
+            match result {
+                Ok(()) => ctx.event(
+                    valid.cluster,
+                    EventType::Normal,
+                    "ServerCreated",
+                    &format!("server {name} created"),
+                ),
+                Err(e) if e.refusal().is_some() => refused = refused.or(Some(e)),
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+        }
+        if let Some(e) = refused {
+            // A quota or admission refusal will refuse the next ones too: report, back off.
+            return problems.absorb(Err(e));
         }
     }
     Ok(())
@@ -709,16 +748,34 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        // Events go out in the background, in no fixed order with the rest.
-        let seen: Vec<&String> = seen.iter().filter(|s| !s.contains("/events")).collect();
+        // Events go out in the background, and the two servers are changed at once: each
+        // server's requests are in order, the two servers' interleaved.
+        let seen: Vec<&str> = seen
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.contains("/events"))
+            .collect();
+        let of = |server: &str| -> Vec<&str> {
+            seen.iter()
+                .copied()
+                .filter(|s| s.contains(server))
+                .collect()
+        };
         assert_eq!(
-            seen,
+            of("analytics-free1"),
             vec![
                 "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-free1-bind",
                 "DELETE /api/v1/namespaces/data/pods/analytics-free1",
-                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-took1-bind",
-                "GET /apis/coordination.k8s.io/v1/namespaces/data/leases/analytics-took1-bind",
             ]
         );
+        assert_eq!(
+            of("analytics-took1"),
+            vec![
+                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-took1-bind",
+                "GET /apis/coordination.k8s.io/v1/namespaces/data/leases/analytics-took1-bind",
+            ],
+            "the server another leader handed out is not deleted"
+        );
+        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 }
