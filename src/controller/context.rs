@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -101,14 +102,47 @@ impl Context {
         reason: &str,
         note: &str,
     ) {
-        let reference = object.object_ref(&());
+        self.publish(object.object_ref(&()), None, type_, reason, note);
+    }
+
+    /// Publishes an Event on `cluster` about its server pod `server`, which the Event names as
+    /// its related object: Events of one reason about different servers are kept apart (the
+    /// recorder counts Events of one reason, object and related object as a series, keeping
+    /// the first note).
+    pub fn server_event<K: Resource<DynamicType = ()>>(
+        &self,
+        cluster: &K,
+        server: &str,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let regarding = cluster.object_ref(&());
+        let related = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(server.into()),
+            namespace: regarding.namespace.clone(),
+            ..ObjectReference::default()
+        };
+        self.publish(regarding, Some(related), type_, reason, note);
+    }
+
+    fn publish(
+        &self,
+        reference: ObjectReference,
+        secondary: Option<ObjectReference>,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
         let recorder = self.recorder.clone();
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note.chars().take(1024).collect()),
             action: reason.into(),
-            secondary: None,
+            secondary,
         };
         let reason = reason.to_string();
         let in_flight = self.events_in_flight.clone();

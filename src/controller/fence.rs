@@ -123,8 +123,9 @@ pub async fn remove_blocked(ctx: &Context, cluster: &str, pod: &Pod) -> Result<b
         .get(&ObjectRef::new(cluster).within(&namespace));
     if let (true, Some(owner)) = (deleted, owner) {
         tracing::warn!(server = %name, namespace, "a forged bind Lease blocked a server; removed");
-        ctx.event(
+        ctx.server_event(
             owner.as_ref(),
+            &name,
             EventType::Warning,
             FORGED_REASON,
             &format!(

@@ -61,8 +61,9 @@ pub async fn execute(
         .collect();
     in_batches(&retiring, |(server, pod)| async move {
         fence::remove_server(ctx, pod).await?;
-        ctx.event(
+        ctx.server_event(
             valid.cluster,
+            server,
             EventType::Normal,
             "ServerRetired",
             &format!("claimed server {server} retired"),
@@ -232,8 +233,9 @@ async fn change_servers(
             ctx.allocator.release(key, name);
         }
         if changed? {
-            ctx.event(
+            ctx.server_event(
                 valid.cluster,
+                name,
                 EventType::Normal,
                 "ServerStateChanged",
                 &format!("server {name} is now {}", state.as_str()),
@@ -264,8 +266,9 @@ async fn change_servers(
             } else {
                 EventType::Normal
             };
-            ctx.event(
+            ctx.server_event(
                 valid.cluster,
+                name,
                 kind,
                 reason.event_reason(),
                 &format!("server {name} removed"),
@@ -369,8 +372,9 @@ async fn create_servers(
         let mut refused = None;
         for (name, result) in batch.iter().zip(results) {
             match result {
-                Ok(()) => ctx.event(
+                Ok(()) => ctx.server_event(
                     valid.cluster,
+                    name,
                     EventType::Normal,
                     "ServerCreated",
                     &format!("server {name} created"),
@@ -705,7 +709,13 @@ mod tests {
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                seen.push(format!("{method} {path} {lease}").trim_end().to_string());
+                if path.contains("/events") {
+                    let related = body["related"]["name"].as_str().unwrap_or_default();
+                    let reason = body["reason"].as_str().unwrap_or_default();
+                    seen.push(format!("EVENT {reason} about {related}"));
+                } else {
+                    seen.push(format!("{method} {path} {lease}").trim_end().to_string());
+                }
                 let reply = |status: u16, body: serde_json::Value| {
                     Response::builder()
                         .status(status)
@@ -750,10 +760,15 @@ mod tests {
             .unwrap();
         // Events go out in the background, and the two servers are changed at once: each
         // server's requests are in order, the two servers' interleaved.
+        assert!(
+            seen.iter()
+                .any(|s| s == "EVENT ServerScaledDown about analytics-free1"),
+            "the removal's Event names its server as the related object: {seen:?}"
+        );
         let seen: Vec<&str> = seen
             .iter()
             .map(String::as_str)
-            .filter(|s| !s.contains("/events"))
+            .filter(|s| !s.starts_with("EVENT"))
             .collect();
         let of = |server: &str| -> Vec<&str> {
             seen.iter()
