@@ -161,7 +161,9 @@ impl Allocator {
         })
     }
 
-    /// Puts a claim in line (idempotent). Refused when the line is full.
+    /// Puts a claim in line (idempotent; a claim this process is binding already stays out:
+    /// a store that does not show its bind yet must not get it a second server). Refused when
+    /// the line is full.
     pub fn enqueue(
         &self,
         key: &str,
@@ -171,7 +173,7 @@ impl Allocator {
     ) -> Result<(), QueueFull> {
         self.with(key, |q| {
             let entry = (created, claim.to_string());
-            if q.waiting.contains(&entry) {
+            if q.waiting.contains(&entry) || q.handed_out.values().any(|c| c == claim) {
                 return Ok(());
             }
             let max_waiting = q.terms.as_ref().map_or(usize::MAX, |t| t.max_waiting);
@@ -366,6 +368,23 @@ mod tests {
         // Once the store shows s1 claimed, it is no longer a candidate at all.
         assert!(a.assign("ns/c", &[], |_| false).is_empty());
         assert!(a.handed_out("ns/c").is_empty());
+    }
+
+    #[test]
+    fn a_claim_being_bound_is_not_put_in_line_again_for_a_second_server() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        let pool = [server("s1", 5), server("s2", 4)];
+        let got = a.assign("ns/c", &pool, |_| true);
+        assert_eq!(got.len(), 1);
+        // The claim's own reconcile runs before its bind shows in the store.
+        a.enqueue("ns/c", "one", at(1), at(2)).unwrap();
+        assert_eq!(a.waiting("ns/c"), 0);
+        assert!(a.assign("ns/c", &pool, |_| true).is_empty(), "no second server");
+        // A bind that did not happen puts the claim back: then it is in line again.
+        a.undo("ns/c", &got[0], true);
+        assert_eq!(a.waiting("ns/c"), 1);
     }
 
     #[test]
