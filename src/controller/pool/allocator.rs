@@ -381,7 +381,10 @@ mod tests {
         // The claim's own reconcile runs before its bind shows in the store.
         a.enqueue("ns/c", "one", at(1), at(2)).unwrap();
         assert_eq!(a.waiting("ns/c"), 0);
-        assert!(a.assign("ns/c", &pool, |_| true).is_empty(), "no second server");
+        assert!(
+            a.assign("ns/c", &pool, |_| true).is_empty(),
+            "no second server"
+        );
         // A bind that did not happen puts the claim back: then it is in line again.
         a.undo("ns/c", &got[0], true);
         assert_eq!(a.waiting("ns/c"), 1);
