@@ -106,14 +106,10 @@ impl Window {
             ));
         }
         let opens = jiff_cron::Schedule::from_str(&expression).map_err(|e| {
-            let first_line = e.to_string();
-            let first_line = first_line
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            format!("start {start:?} is not a cron expression: {first_line}")
+            // The parser's message points at the field with a caret; its last line says why.
+            let message = e.to_string();
+            let why = message.lines().last().unwrap_or_default().trim();
+            format!("start {start:?} is not a cron expression: {why}")
         })?;
         let epoch = Timestamp::UNIX_EPOCH.to_zoned(TimeZone::UTC);
         if opens.after(epoch).next().is_none() {

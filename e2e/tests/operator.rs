@@ -570,31 +570,25 @@ async fn a_schedule_window_fills_the_pool_ahead_of_it_and_releases_it_after() {
 
     // The window's servers start ahead of it (by the assumed start-up time until one is
     // measured), so the pool holds three idle servers while it is open.
-    wait_until(
-        Duration::from_secs(60),
+    sco_e2e::cluster_status_until(
+        &api,
+        "workshop",
         "three idle servers for the window",
-        || async {
-            api.get("workshop")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| s.scheduled_idle == Some(3) && s.servers.idle == 3)
-        },
+        Duration::from_secs(60),
+        |s| s.scheduled_idle == Some(3) && s.servers.idle == 3,
     )
-    .await;
+    .await
+    .unwrap();
     // After it closes, the pool goes back to hotPool.idle.
-    wait_until(
-        Duration::from_secs(90),
+    sco_e2e::cluster_status_until(
+        &api,
+        "workshop",
         "the pool back to no idle server",
-        || async {
-            api.get("workshop")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| s.scheduled_idle.is_none() && s.servers.total == 0)
-        },
+        Duration::from_secs(90),
+        |s| s.scheduled_idle.is_none() && s.servers.total == 0,
     )
-    .await;
+    .await
+    .unwrap();
     let closed = jiff::Timestamp::now();
     assert!(
         closed >= opens + jiff::SignedDuration::from_secs(20),
