@@ -24,110 +24,179 @@ pub const SPARK_CONF_DEFAULTS: &[(&str, &str)] = &[("spark.log.level", "WARN")];
 
 /// The Spark configuration of one server: the user's `sparkConf` under the keys the operator owns.
 pub fn spark_conf(v: &ValidCluster, server: &str) -> BTreeMap<String, String> {
-    let spec = &v.cluster.spec;
+    let mut conf = user_spark_conf(v);
+    let managed = [placement(v, server), network(v, server), resources(v)];
+    conf.extend(
+        managed
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.to_string(), value)),
+    );
+    let executor_labels = [
+        ("sparkconnect.dev/cluster", v.name),
+        ("sparkconnect.dev/server", server),
+        ("app.kubernetes.io/component", "executor"),
+    ];
+    conf.extend(executor_labels.map(|(key, value)| {
+        (
+            format!("spark.kubernetes.executor.label.{key}"),
+            value.to_string(),
+        )
+    }));
+    conf
+}
+
+/// The user's settings, `$` escaped, over the defaults a user may override.
+fn user_spark_conf(v: &ValidCluster) -> BTreeMap<String, String> {
     // The kubelet expands `$(VAR)` in args: user values are escaped so that they stay literal
     // (a value must never read the token or other env of the server into its command line).
-    let mut conf: BTreeMap<String, String> = spec
+    let mut conf: BTreeMap<String, String> = v
+        .cluster
+        .spec
         .spark_conf
         .iter()
         .map(|(k, v)| (k.clone(), v.replace('$', "$$")))
         .collect();
-    // Defaults a user may override: Spark's INFO log writes several lines per task and per
-    // probe, which costs a busy server (and a user's first query) real CPU time.
+    // Spark's INFO log writes several lines per task and per probe, which costs a busy server
+    // (and a user's first query) real CPU time.
     for (key, value) in SPARK_CONF_DEFAULTS {
         conf.entry((*key).to_string())
             .or_insert_with(|| (*value).to_string());
     }
-    let dynamic = &spec.executors.dynamic_allocation;
-    let mut set = |key: &str, value: String| {
-        conf.insert(key.to_string(), value);
-    };
-    set(
-        "spark.master",
-        "k8s://https://kubernetes.default.svc:443".into(),
-    );
-    set("spark.submit.deployMode", "client".into());
-    set("spark.app.name", server.into());
-    set("spark.kubernetes.namespace", v.namespace.into());
-    set("spark.kubernetes.container.image", spec.image.clone());
+    conf
+}
+
+/// Where the driver and its executors run, and as whom.
+fn placement(v: &ValidCluster, server: &str) -> Vec<(&'static str, String)> {
+    let spec = &v.cluster.spec;
+    let mut conf = vec![
+        (
+            "spark.master",
+            "k8s://https://kubernetes.default.svc:443".into(),
+        ),
+        ("spark.submit.deployMode", "client".into()),
+        ("spark.app.name", server.into()),
+        ("spark.kubernetes.namespace", v.namespace.into()),
+        ("spark.kubernetes.container.image", spec.image.clone()),
+        ("spark.kubernetes.driver.pod.name", server.into()),
+        ("spark.kubernetes.executor.podNamePrefix", server.into()),
+        (
+            "spark.kubernetes.authenticate.driver.serviceAccountName",
+            driver_account_name(v.name),
+        ),
+        // Executors run user code: their account has no API rights and no token is mounted.
+        (
+            "spark.kubernetes.authenticate.executor.serviceAccountName",
+            executor_account_name(v.name),
+        ),
+    ];
     if let Some(policy) = &spec.image_pull_policy {
-        set(
+        conf.push((
             "spark.kubernetes.container.image.pullPolicy",
             policy.clone(),
-        );
-    }
-    set("spark.kubernetes.driver.pod.name", server.into());
-    set(
-        "spark.kubernetes.authenticate.driver.serviceAccountName",
-        driver_account_name(v.name),
-    );
-    // Executors run user code: their account has no API rights and no token is mounted.
-    set(
-        "spark.kubernetes.authenticate.executor.serviceAccountName",
-        executor_account_name(v.name),
-    );
-    set("spark.kubernetes.executor.podNamePrefix", server.into());
-    for (key, value) in [
-        ("sparkconnect.dev/cluster", v.name),
-        ("sparkconnect.dev/server", server),
-        ("app.kubernetes.io/component", "executor"),
-    ] {
-        set(
-            &format!("spark.kubernetes.executor.label.{key}"),
-            value.into(),
-        );
-    }
-    // Spark 4.x advertises the bind address to executors: it must be the pod IP, not 0.0.0.0.
-    set(
-        "spark.driver.bindAddress",
-        "$(SPARK_DRIVER_BIND_ADDRESS)".into(),
-    );
-    set("spark.driver.host", format!("{server}.{}.svc", v.namespace));
-    set("spark.driver.port", DRIVER_PORT.to_string());
-    set(
-        "spark.driver.blockManager.port",
-        BLOCK_MANAGER_PORT.to_string(),
-    );
-    set("spark.ui.port", UI_PORT.to_string());
-    set(
-        "spark.connect.grpc.binding.port",
-        spec.server.port.to_string(),
-    );
-    set(
-        "spark.driver.cores",
-        spec.server.resources.cores.to_string(),
-    );
-    set("spark.driver.memory", format!("{}m", v.driver_memory_mib));
-    set(
-        "spark.executor.cores",
-        spec.executors.resources.cores.to_string(),
-    );
-    set(
-        "spark.executor.memory",
-        format!("{}m", v.executor_memory_mib),
-    );
-    if dynamic.enabled {
-        set("spark.dynamicAllocation.enabled", "true".into());
-        set(
-            "spark.dynamicAllocation.shuffleTracking.enabled",
-            "true".into(),
-        );
-        set(
-            "spark.dynamicAllocation.minExecutors",
-            dynamic.min_executors.to_string(),
-        );
-        set(
-            "spark.dynamicAllocation.maxExecutors",
-            dynamic.max_executors.to_string(),
-        );
-    } else {
-        set("spark.dynamicAllocation.enabled", "false".into());
-        set(
-            "spark.executor.instances",
-            spec.executors.instances.to_string(),
-        );
+        ));
     }
     conf
+}
+
+/// The driver's addresses and ports.
+fn network(v: &ValidCluster, server: &str) -> Vec<(&'static str, String)> {
+    vec![
+        // Spark 4.x advertises the bind address to executors: it must be the pod IP, not 0.0.0.0.
+        (
+            "spark.driver.bindAddress",
+            "$(SPARK_DRIVER_BIND_ADDRESS)".into(),
+        ),
+        ("spark.driver.host", format!("{server}.{}.svc", v.namespace)),
+        ("spark.driver.port", DRIVER_PORT.to_string()),
+        (
+            "spark.driver.blockManager.port",
+            BLOCK_MANAGER_PORT.to_string(),
+        ),
+        ("spark.ui.port", UI_PORT.to_string()),
+        (
+            "spark.connect.grpc.binding.port",
+            v.cluster.spec.server.port.to_string(),
+        ),
+    ]
+}
+
+/// Cores and memory of the driver and executors, and how many executors.
+fn resources(v: &ValidCluster) -> Vec<(&'static str, String)> {
+    let spec = &v.cluster.spec;
+    let dynamic = &spec.executors.dynamic_allocation;
+    let mut conf = vec![
+        (
+            "spark.driver.cores",
+            spec.server.resources.cores.to_string(),
+        ),
+        ("spark.driver.memory", format!("{}m", v.driver_memory_mib)),
+        (
+            "spark.executor.cores",
+            spec.executors.resources.cores.to_string(),
+        ),
+        (
+            "spark.executor.memory",
+            format!("{}m", v.executor_memory_mib),
+        ),
+        (
+            "spark.dynamicAllocation.enabled",
+            dynamic.enabled.to_string(),
+        ),
+    ];
+    if dynamic.enabled {
+        conf.extend([
+            (
+                "spark.dynamicAllocation.shuffleTracking.enabled",
+                "true".into(),
+            ),
+            (
+                "spark.dynamicAllocation.minExecutors",
+                dynamic.min_executors.to_string(),
+            ),
+            (
+                "spark.dynamicAllocation.maxExecutors",
+                dynamic.max_executors.to_string(),
+            ),
+        ]);
+    } else {
+        conf.push((
+            "spark.executor.instances",
+            spec.executors.instances.to_string(),
+        ));
+    }
+    conf
+}
+
+/// spark-submit's arguments: the Connect server's class in client mode, and its settings.
+fn submit_args(v: &ValidCluster, server: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--deploy-mode".into(),
+        "client".into(),
+        "--class".into(),
+        CONNECT_SERVER_CLASS.into(),
+    ];
+    for (key, value) in spark_conf(v, server) {
+        args.push("--conf".into());
+        args.push(format!("{key}={value}"));
+    }
+    args
+}
+
+/// The server's environment: its pod IP to bind to and, in token mode, its token from the
+/// Secret.
+fn server_env(v: &ValidCluster, id: ServerIdentity) -> Vec<serde_json::Value> {
+    let mut env = vec![
+        json!({"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": "SPARK_USER", "value": "spark"}),
+    ];
+    if v.cluster.spec.auth.mode == AuthMode::Token {
+        env.push(json!({
+            "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": token_source(v, id.name, id.role), "key": TOKEN_KEY}}
+        }));
+    }
+    env
 }
 
 /// Which server a pod is, and what it is built from.
@@ -158,27 +227,8 @@ pub fn server_pod(v: &ValidCluster, id: ServerIdentity) -> Result<Pod, Error> {
     labels.insert(SPEC_HASH_LABEL.into(), id.hash.into());
     labels.insert(ROLE_LABEL.into(), id.role.as_str().into());
 
-    let mut args: Vec<String> = vec![
-        "--deploy-mode".into(),
-        "client".into(),
-        "--class".into(),
-        CONNECT_SERVER_CLASS.into(),
-    ];
-    for (key, value) in spark_conf(v, server) {
-        args.push("--conf".into());
-        args.push(format!("{key}={value}"));
-    }
-
-    let mut env = vec![
-        json!({"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "SPARK_USER", "value": "spark"}),
-    ];
-    if spec.auth.mode == AuthMode::Token {
-        env.push(json!({
-            "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": token_source(v, server, id.role), "key": TOKEN_KEY}}
-        }));
-    }
+    let args = submit_args(v, server);
+    let env = server_env(v, id);
     let memory_mib = v.driver_memory_mib + overhead_mib(v.driver_memory_mib);
     let mut pod = json!({
         "apiVersion": "v1",

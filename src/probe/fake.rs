@@ -162,6 +162,22 @@ impl FakeState {
             })
             .clone())
     }
+
+    /// Keeps the operation of a reattachable execution until the client releases it.
+    fn remember_if_reattachable(&self, request: &ExecutePlanRequest) {
+        let reattachable = request.request_options.iter().any(|o| {
+            matches!(
+                &o.request_option,
+                Some(execute_plan_request::request_option::RequestOption::ReattachOptions(r)) if r.reattachable
+            )
+        });
+        if let (true, Some(id), Ok(mut unreleased)) =
+            (reattachable, &request.operation_id, self.unreleased.lock())
+            && unreleased.len() < UNRELEASED_KEPT
+        {
+            unreleased.insert(id.clone());
+        }
+    }
 }
 
 /// The gRPC service over a [`FakeState`].
@@ -169,6 +185,78 @@ pub struct FakeConnect(pub Arc<FakeState>);
 
 /// The stream of an `ExecutePlan` answer.
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ExecutePlanResponse, Status>> + Send>>;
+
+/// The SQL text of a plan; other relations read as empty text, a missing plan is refused.
+fn sql_of(plan: Option<crate::proto::Plan>) -> Result<String, Status> {
+    match plan.and_then(|p| p.op_type) {
+        Some(plan::OpType::Root(root)) => match root.rel_type {
+            Some(relation::RelType::Sql(sql)) => Ok(sql.query),
+            Some(_) => Ok(String::new()),
+            None => Err(Status::invalid_argument("an empty relation")),
+        },
+        None => Err(Status::invalid_argument("no plan")),
+    }
+}
+
+/// What every message of one execution's answer carries.
+#[derive(Clone)]
+struct Reply {
+    session_id: String,
+    server_side_session_id: String,
+    operation_id: String,
+}
+
+impl Reply {
+    fn message(&self, response_type: execute_plan_response::ResponseType) -> ExecutePlanResponse {
+        ExecutePlanResponse {
+            session_id: self.session_id.clone(),
+            response_type: Some(response_type),
+            operation_id: self.operation_id.clone(),
+            response_id: uuid::Uuid::new_v4().to_string(),
+            server_side_session_id: self.server_side_session_id.clone(),
+        }
+    }
+
+    fn complete(&self) -> ExecutePlanResponse {
+        self.message(execute_plan_response::ResponseType::ResultComplete(
+            execute_plan_response::ResultComplete {},
+        ))
+    }
+
+    fn batch(&self, data: Vec<u8>) -> ExecutePlanResponse {
+        self.message(execute_plan_response::ResponseType::ArrowBatch(
+            execute_plan_response::ArrowBatch {
+                row_count: 1,
+                data,
+                start_offset: Some(0),
+            },
+        ))
+    }
+
+    /// One row and the completion.
+    fn one_row(self) -> ResponseStream {
+        let answers = vec![Ok(self.batch(Vec::new())), Ok(self.complete())];
+        Box::pin(futures::stream::iter(answers))
+    }
+
+    /// `total` bytes in batches of [`STREAM_BATCH`], then the completion.
+    fn streamed(self, total: u64) -> ResponseStream {
+        let batches = futures::stream::unfold(0u64, move |sent| {
+            let reply = self.clone();
+            async move {
+                if sent > total {
+                    return None;
+                }
+                if sent == total {
+                    return Some((Ok(reply.complete()), total + 1));
+                }
+                let n = (total - sent).min(STREAM_BATCH as u64) as usize;
+                Some((Ok(reply.batch(vec![0u8; n])), sent + n as u64))
+            }
+        });
+        Box::pin(batches)
+    }
+}
 
 #[tonic::async_trait]
 impl SparkConnectService for FakeConnect {
@@ -183,28 +271,8 @@ impl SparkConnectService for FakeConnect {
         let session_id = request.get_ref().session_id.clone();
         let server_side = self.0.admit(&request, &session_id).await?;
         let request = request.into_inner();
-        let reattachable = request.request_options.iter().any(|o| {
-            matches!(
-                &o.request_option,
-                Some(execute_plan_request::request_option::RequestOption::ReattachOptions(r)) if r.reattachable
-            )
-        });
-        if let (true, Some(id), Ok(mut unreleased)) = (
-            reattachable,
-            &request.operation_id,
-            self.0.unreleased.lock(),
-        ) && unreleased.len() < UNRELEASED_KEPT
-        {
-            unreleased.insert(id.clone());
-        }
-        let query = match request.plan.and_then(|p| p.op_type) {
-            Some(plan::OpType::Root(root)) => match root.rel_type {
-                Some(relation::RelType::Sql(sql)) => sql.query,
-                Some(_) => String::new(),
-                None => return Err(Status::invalid_argument("an empty relation")),
-            },
-            None => return Err(Status::invalid_argument("no plan")),
-        };
+        self.0.remember_if_reattachable(&request);
+        let query = sql_of(request.plan)?;
         tokio::time::sleep(self.0.query_delay).await;
         if query.contains(FAILING_QUERY_MARK) {
             return Err(Status::internal(format!(
@@ -212,65 +280,19 @@ impl SparkConnectService for FakeConnect {
             )));
         }
         self.0.queries.fetch_add(1, Ordering::SeqCst);
-        let operation_id = uuid::Uuid::new_v4().to_string();
-        let message = move |response_type| ExecutePlanResponse {
-            session_id: session_id.clone(),
-            response_type: Some(response_type),
-            operation_id: operation_id.clone(),
-            response_id: uuid::Uuid::new_v4().to_string(),
-            server_side_session_id: server_side.clone(),
+        let reply = Reply {
+            session_id,
+            server_side_session_id: server_side,
+            operation_id: uuid::Uuid::new_v4().to_string(),
         };
-        if let Some(total) = query
+        let stream = match query
             .strip_prefix(STREAM_QUERY_MARK)
             .and_then(|n| n.trim().parse::<u64>().ok())
         {
-            let total = total.min(64 << 30);
-            let batch = vec![0u8; STREAM_BATCH];
-            let batches = futures::stream::unfold(0u64, move |sent| {
-                let message = message.clone();
-                let batch = batch.clone();
-                async move {
-                    if sent > total {
-                        return None;
-                    }
-                    if sent == total {
-                        let done = execute_plan_response::ResponseType::ResultComplete(
-                            execute_plan_response::ResultComplete {},
-                        );
-                        return Some((Ok(message(done)), total + 1));
-                    }
-                    let n = (total - sent).min(STREAM_BATCH as u64) as usize;
-                    let arrow = execute_plan_response::ArrowBatch {
-                        row_count: 1,
-                        data: batch[..n].to_vec(),
-                        start_offset: Some(0),
-                    };
-                    let next = sent + n as u64;
-                    Some((
-                        Ok(message(execute_plan_response::ResponseType::ArrowBatch(
-                            arrow,
-                        ))),
-                        next,
-                    ))
-                }
-            });
-            return Ok(Response::new(Box::pin(batches)));
-        }
-        let answers = vec![
-            Ok(message(execute_plan_response::ResponseType::ArrowBatch(
-                execute_plan_response::ArrowBatch {
-                    row_count: 1,
-                    data: Vec::new(),
-                    start_offset: Some(0),
-                },
-            ))),
-            Ok(message(
-                execute_plan_response::ResponseType::ResultComplete(
-                    execute_plan_response::ResultComplete {},
-                ),
-            )),
-        ];
-        Ok(Response::new(Box::pin(futures::stream::iter(answers))))
+            Some(total) => reply.streamed(total.min(64 << 30)),
+            None => reply.one_row(),
+        };
+        Ok(Response::new(stream))
     }
 
     async fn config(

@@ -177,26 +177,55 @@ pub fn parse_cli_duration(flag: &str, value: &str) -> Result<Duration, String> {
 
 /// Validates a cluster and parses its values.
 pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error> {
-    let name = cluster
-        .metadata
-        .name
-        .as_deref()
-        .ok_or(Error::MissingObjectKey("metadata.name"))?;
-    let namespace = cluster
-        .metadata
-        .namespace
-        .as_deref()
-        .ok_or(Error::MissingObjectKey("metadata.namespace"))?;
+    let spec = &cluster.spec;
+    let (name, namespace, uid) = object_key(cluster)?;
     let owner = cluster
         .controller_owner_ref(&())
         .ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let uid = cluster
-        .metadata
-        .uid
-        .as_deref()
-        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
-    let spec = &cluster.spec;
+    refuse_managed_spark_conf(spec)?;
+    if !spec.security.allow_privileged {
+        privilege::refuse_executor_escapes(&spec.spark_conf)?;
+    }
+    let (schedule, schedule_refused) = Schedule::parse(&spec.hot_pool.schedule);
+    Ok(ValidCluster {
+        cluster,
+        name,
+        namespace,
+        uid,
+        size: PoolSize::of(spec),
+        owner,
+        driver_memory_mib: memory_mib("server.resources.memory", &spec.server.resources.memory)?,
+        executor_memory_mib: memory_mib(
+            "executors.resources.memory",
+            &spec.executors.resources.memory,
+        )?,
+        pod_template: pod_template(spec)?,
+        timings: Timings::of(spec)?,
+        spec_hash: server_spec_hash(cluster)?,
+        warmup: warmup_plan(spec)?,
+        schedule,
+        schedule_refused,
+    })
+}
 
+/// Name, namespace and uid: every object the apiserver returns has them.
+fn object_key(cluster: &SparkConnectCluster) -> Result<(&str, &str, &str), Error> {
+    let meta = &cluster.metadata;
+    Ok((
+        meta.name
+            .as_deref()
+            .ok_or(Error::MissingObjectKey("metadata.name"))?,
+        meta.namespace
+            .as_deref()
+            .ok_or(Error::MissingObjectKey("metadata.namespace"))?,
+        meta.uid
+            .as_deref()
+            .ok_or(Error::MissingObjectKey("metadata.uid"))?,
+    ))
+}
+
+/// Spark settings the operator owns are refused, all named in one message.
+fn refuse_managed_spark_conf(spec: &SparkConnectClusterSpec) -> Result<(), Error> {
     let managed: Vec<&str> = spec
         .spark_conf
         .keys()
@@ -208,93 +237,76 @@ pub fn validate(cluster: &SparkConnectCluster) -> Result<ValidCluster<'_>, Error
                     .any(|p| key.starts_with(p))
         })
         .collect();
-    if !managed.is_empty() {
-        return Err(Error::InvalidSpec(format!(
-            "sparkConf sets {} which the operator manages; use the matching spec field instead",
-            managed.join(", ")
-        )));
+    if managed.is_empty() {
+        return Ok(());
     }
-    let memory = |field: &str, value: &str| {
-        quantity::mebibytes(value).ok_or_else(|| {
-            Error::InvalidSpec(format!(
-                "{field} {value:?} is not a memory quantity such as 2Gi"
-            ))
-        })
-    };
-    let driver_memory_mib = memory("server.resources.memory", &spec.server.resources.memory)?;
-    let executor_memory_mib = memory(
-        "executors.resources.memory",
-        &spec.executors.resources.memory,
-    )?;
+    Err(Error::InvalidSpec(format!(
+        "sparkConf sets {} which the operator manages; use the matching spec field instead",
+        managed.join(", ")
+    )))
+}
 
-    let pod_template = match &spec.server.pod_template {
-        Some(template) => {
-            let parsed =
-                serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| {
-                    Error::InvalidSpec(format!(
-                        "server.podTemplate is not a valid pod template: {e}"
-                    ))
-                })?;
-            let meta = parsed.metadata.as_ref();
-            if meta.is_some_and(|m| {
-                m.name.is_some() || m.namespace.is_some() || m.owner_references.is_some()
-            }) {
-                return Err(Error::InvalidSpec(
-                    "server.podTemplate must not set metadata.name, metadata.namespace or metadata.ownerReferences".into(),
-                ));
-            }
-            if !spec.security.allow_privileged {
-                privilege::refuse_privileged_template(&parsed)?;
-            }
-            Some(template.clone())
-        }
-        None => None,
-    };
-    if !spec.security.allow_privileged {
-        privilege::refuse_executor_escapes(&spec.spark_conf)?;
-    }
-
-    let timings = Timings {
-        probe_period: parse_duration(PROBE_PERIOD, &spec.probe.period)?,
-        probe_timeout: parse_duration(PROBE_TIMEOUT, &spec.probe.timeout)?,
-        startup_deadline: parse_duration(STARTUP_DEADLINE, &spec.probe.startup_deadline)?,
-        max_idle_age: spec
-            .hot_pool
-            .max_idle_age
-            .as_deref()
-            .map(|v| parse_duration(MAX_IDLE_AGE, v))
-            .transpose()?,
-        claim_timeout: parse_duration(CLAIM_TIMEOUT, &spec.hot_pool.claim_timeout)?,
-        refill_delay: parse_duration(REFILL_DELAY, &spec.hot_pool.refill_delay)?,
-        scale_down_delay: parse_duration(
-            SCALE_DOWN_DELAY,
-            &spec.hot_pool.autoscale.scale_down_delay,
-        )?,
-    };
-    if timings.probe_timeout >= timings.probe_period {
-        return Err(Error::InvalidSpec(format!(
-            "probe.timeout ({}) must be shorter than probe.period ({})",
-            spec.probe.timeout, spec.probe.period
-        )));
-    }
-
-    let (schedule, schedule_refused) = Schedule::parse(&spec.hot_pool.schedule);
-    Ok(ValidCluster {
-        cluster,
-        name,
-        namespace,
-        uid,
-        size: PoolSize::of(spec),
-        owner,
-        driver_memory_mib,
-        executor_memory_mib,
-        pod_template,
-        timings,
-        spec_hash: server_spec_hash(cluster)?,
-        warmup: warmup_plan(spec)?,
-        schedule,
-        schedule_refused,
+/// A memory quantity of `field` in MiB.
+fn memory_mib(field: &str, value: &str) -> Result<u64, Error> {
+    quantity::mebibytes(value).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "{field} {value:?} is not a memory quantity such as 2Gi"
+        ))
     })
+}
+
+/// The server pod template, checked: a valid template that names no object of its own and,
+/// unless the cluster allows it, asks for no privilege.
+fn pod_template(spec: &SparkConnectClusterSpec) -> Result<Option<serde_json::Value>, Error> {
+    let Some(template) = &spec.server.pod_template else {
+        return Ok(None);
+    };
+    let parsed = serde_json::from_value::<PodTemplateSpec>(template.clone()).map_err(|e| {
+        Error::InvalidSpec(format!(
+            "server.podTemplate is not a valid pod template: {e}"
+        ))
+    })?;
+    if parsed
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.is_some() || m.namespace.is_some() || m.owner_references.is_some())
+    {
+        return Err(Error::InvalidSpec(
+            "server.podTemplate must not set metadata.name, metadata.namespace or metadata.ownerReferences".into(),
+        ));
+    }
+    if !spec.security.allow_privileged {
+        privilege::refuse_privileged_template(&parsed)?;
+    }
+    Ok(Some(template.clone()))
+}
+
+impl Timings {
+    /// Every duration of the spec, parsed within its bounds; the probe must time out within
+    /// its period.
+    fn of(spec: &SparkConnectClusterSpec) -> Result<Self, Error> {
+        let pool = &spec.hot_pool;
+        let timings = Timings {
+            probe_period: parse_duration(PROBE_PERIOD, &spec.probe.period)?,
+            probe_timeout: parse_duration(PROBE_TIMEOUT, &spec.probe.timeout)?,
+            startup_deadline: parse_duration(STARTUP_DEADLINE, &spec.probe.startup_deadline)?,
+            max_idle_age: pool
+                .max_idle_age
+                .as_deref()
+                .map(|v| parse_duration(MAX_IDLE_AGE, v))
+                .transpose()?,
+            claim_timeout: parse_duration(CLAIM_TIMEOUT, &pool.claim_timeout)?,
+            refill_delay: parse_duration(REFILL_DELAY, &pool.refill_delay)?,
+            scale_down_delay: parse_duration(SCALE_DOWN_DELAY, &pool.autoscale.scale_down_delay)?,
+        };
+        if timings.probe_timeout >= timings.probe_period {
+            return Err(Error::InvalidSpec(format!(
+                "probe.timeout ({}) must be shorter than probe.period ({})",
+                spec.probe.timeout, spec.probe.period
+            )));
+        }
+        Ok(timings)
+    }
 }
 
 /// The warm-up of new servers, its timeout parsed once.
