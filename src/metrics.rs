@@ -1,8 +1,27 @@
 //! Prometheus metrics of the operator.
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
+
+use crate::builders::labels::ServerState;
+
+/// Buckets of reconcile durations (seconds).
+const RECONCILE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Buckets of probe latencies (seconds): a Config call answers in about a millisecond.
+const PROBE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 2.5,
+];
+/// Buckets of claim waits (seconds): from a bind at once to a cold start.
+const WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Buckets of warm-up durations (seconds).
+const WARMUP_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// Every metric the operator exports, registered in one registry.
 #[derive(Clone)]
@@ -43,123 +62,94 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("spark_connect_operator".into()), None)?;
-        let reconciles = IntCounterVec::new(
-            Opts::new("reconciles_total", "Reconciles run"),
-            &["controller"],
-        )?;
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new("reconcile_errors_total", "Reconciles that failed"),
-            &["controller", "error"],
-        )?;
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration").buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["controller"],
-        )?;
-        let servers = IntGaugeVec::new(
-            Opts::new("servers", "Servers by cluster and state"),
-            &["namespace", "cluster", "state"],
-        )?;
-        let api_writes = IntCounterVec::new(
-            Opts::new(
+        let r = &registry;
+        Ok(Self {
+            reconciles: counters(r, "reconciles_total", "Reconciles run", &["controller"])?,
+            reconcile_errors: counters(
+                r,
+                "reconcile_errors_total",
+                "Reconciles that failed",
+                &["controller", "error"],
+            )?,
+            reconcile_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                        .buckets(RECONCILE_BUCKETS.to_vec()),
+                    &["controller"],
+                )?,
+            )?,
+            servers: gauges(
+                r,
+                "servers",
+                "Servers by cluster and state",
+                &["namespace", "cluster", "state"],
+            )?,
+            api_writes: counters(
+                r,
                 "api_write_requests_total",
                 "Write requests sent to the apiserver",
-            ),
-            &["verb"],
-        )?;
-        let api_requests = IntCounterVec::new(
-            Opts::new(
+                &["verb"],
+            )?,
+            api_requests: counters(
+                r,
                 "api_requests_total",
                 "Requests sent to the apiserver (GET includes lists; WATCH is counted apart)",
-            ),
-            &["verb"],
-        )?;
-        let probe_latency = Histogram::with_opts(
-            HistogramOpts::new(
+                &["verb"],
+            )?,
+            probe_latency: histogram(
+                r,
                 "probe_latency_seconds",
                 "Latency of passed Spark Connect Config probes",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-                0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-        )?;
-        let probe_results = IntCounterVec::new(
-            Opts::new("probe_results_total", "Probe results by outcome"),
-            &["outcome"],
-        )?;
-        let claims =
-            IntCounterVec::new(Opts::new("claims_total", "Claims by outcome"), &["outcome"])?;
-        let claim_wait = Histogram::with_opts(
-            HistogramOpts::new("claim_wait_seconds", "Time from claim creation to binding")
-                .buckets(vec![
-                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-                ]),
-        )?;
-        let autoscaler_target = IntGaugeVec::new(
-            Opts::new(
+                PROBE_BUCKETS,
+            )?,
+            probe_results: counters(
+                r,
+                "probe_results_total",
+                "Probe results by outcome",
+                &["outcome"],
+            )?,
+            claims: counters(r, "claims_total", "Claims by outcome", &["outcome"])?,
+            claim_wait: histogram(
+                r,
+                "claim_wait_seconds",
+                "Time from claim creation to binding",
+                WAIT_BUCKETS,
+            )?,
+            autoscaler_target: gauges(
+                r,
                 "autoscaler_idle_target",
                 "Idle target chosen by the autoscaler",
-            ),
-            &["namespace", "cluster"],
-        )?;
-        let probe_targets = IntGaugeVec::new(
-            Opts::new("probe_targets", "Servers the prober probes, by cluster"),
-            &["namespace", "cluster"],
-        )?;
-        let warmup_seconds = Histogram::with_opts(
-            HistogramOpts::new(
+                &["namespace", "cluster"],
+            )?,
+            probe_targets: gauges(
+                r,
+                "probe_targets",
+                "Servers the prober probes, by cluster",
+                &["namespace", "cluster"],
+            )?,
+            warmup_seconds: histogram(
+                r,
                 "warmup_seconds",
                 "Duration of passed warm-ups of new servers (ExecutePlan queries)",
-            )
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-            ]),
-        )?;
-        let warmups = IntCounterVec::new(
-            Opts::new("warmups_total", "Warm-ups of new servers by outcome"),
-            &["outcome"],
-        )?;
-        registry.register(Box::new(warmup_seconds.clone()))?;
-        registry.register(Box::new(warmups.clone()))?;
-        registry.register(Box::new(probe_targets.clone()))?;
-        registry.register(Box::new(autoscaler_target.clone()))?;
-        registry.register(Box::new(claims.clone()))?;
-        registry.register(Box::new(claim_wait.clone()))?;
-        registry.register(Box::new(probe_latency.clone()))?;
-        registry.register(Box::new(probe_results.clone()))?;
-        registry.register(Box::new(reconciles.clone()))?;
-        registry.register(Box::new(reconcile_errors.clone()))?;
-        registry.register(Box::new(reconcile_duration.clone()))?;
-        registry.register(Box::new(servers.clone()))?;
-        registry.register(Box::new(api_writes.clone()))?;
-        registry.register(Box::new(api_requests.clone()))?;
-        Ok(Self {
+                WARMUP_BUCKETS,
+            )?,
+            warmups: counters(
+                r,
+                "warmups_total",
+                "Warm-ups of new servers by outcome",
+                &["outcome"],
+            )?,
             registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-            servers,
-            api_writes,
-            api_requests,
-            probe_latency,
-            probe_results,
-            claims,
-            claim_wait,
-            autoscaler_target,
-            probe_targets,
-            warmup_seconds,
-            warmups,
         })
     }
 
     /// Removes every series of a deleted cluster.
     pub fn forget_cluster(&self, namespace: &str, cluster: &str) {
-        for state in ["starting", "idle", "shared", "claimed", "unhealthy"] {
+        for state in ServerState::ALL {
             let _ = self
                 .servers
-                .remove_label_values(&[namespace, cluster, state]);
+                .remove_label_values(&[namespace, cluster, state.as_str()]);
         }
         let _ = self
             .autoscaler_target
@@ -177,5 +167,78 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+}
+
+/// Registers `metric` in `registry` and hands it back.
+fn register<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
+/// A registered counter family.
+fn counters(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+/// A registered gauge family.
+fn gauges(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+}
+
+/// A registered histogram.
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+) -> Result<Histogram, prometheus::Error> {
+    register(
+        registry,
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_clusters_series_are_all_removed_and_others_stay() {
+        let metrics = Metrics::new().expect("metrics");
+        for cluster in ["gone", "kept"] {
+            for state in ServerState::ALL {
+                metrics
+                    .servers
+                    .with_label_values(&["ns", cluster, state.as_str()])
+                    .set(1);
+            }
+            metrics
+                .autoscaler_target
+                .with_label_values(&["ns", cluster])
+                .set(2);
+            metrics
+                .probe_targets
+                .with_label_values(&["ns", cluster])
+                .set(3);
+        }
+        metrics.forget_cluster("ns", "gone");
+        let text = metrics.render();
+        assert!(!text.contains("cluster=\"gone\""), "{text}");
+        assert_eq!(text.matches("cluster=\"kept\"").count(), 8, "{text}");
+        assert!(text.contains("spark_connect_operator_claim_wait_seconds_bucket"));
     }
 }

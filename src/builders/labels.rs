@@ -51,6 +51,16 @@ pub enum ServerState {
 }
 
 impl ServerState {
+    /// Every state.
+    pub const ALL: [Self; 6] = [
+        Self::Starting,
+        Self::Idle,
+        Self::Shared,
+        Self::Claimed,
+        Self::Unhealthy,
+        Self::Retiring,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
