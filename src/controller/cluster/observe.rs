@@ -25,6 +25,7 @@ use crate::controller::context::{Context, cluster_key};
 use crate::controller::pool::Hashes;
 use crate::controller::pool::claims::ClaimView;
 use crate::controller::pool::plan::ServerView;
+use crate::controller::stores::Stores;
 use crate::crd::{ClaimPhase, SparkConnectClaim};
 use crate::duration::CLAIM_TTL;
 use crate::probe::health::{HealthBook, Verdict, WarmupState};
@@ -98,31 +99,11 @@ fn kin(pod: &Pod, cluster_uid: &str) -> Kin {
 /// Reads the stores for `valid`.
 pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) -> Observed {
     let stores = &ctx.stores;
-    let in_cluster = |labels: &BTreeMap<String, String>| {
-        labels.get(CLUSTER_LABEL).map(String::as_str) == Some(valid.name)
-    };
-    let mut servers = BTreeMap::new();
-    let mut all_servers = Vec::new();
-    let mut foreign = Vec::new();
-    for pod in stores.pods.state() {
-        if pod.namespace().as_deref() != Some(valid.namespace) || !in_cluster(pod.labels()) {
-            continue;
-        }
-        let name = pod.name_any();
-        match kin(&pod, valid.uid) {
-            Kin::Server => {}
-            Kin::Stranger => {
-                foreign.push(name);
-                continue;
-            }
-            Kin::LeavingStranger => continue,
-        }
-        all_servers.push(name.clone());
-        if pod.metadata.deletion_timestamp.is_none() {
-            servers.insert(name, pod);
-        }
-    }
-    foreign.sort();
+    let Pods {
+        servers,
+        all_servers,
+        foreign,
+    } = pods_of(valid, stores);
 
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
@@ -137,29 +118,12 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         })
         .collect();
     let (last_warmup, failed_warmups) = warmups(&servers, book);
-    let claimed_servers = servers
-        .iter()
-        .filter(|(_, p)| ServerState::of(p) == ServerState::Claimed)
-        .map(|(name, p)| {
-            let claim = p.annotations().get(CLAIM_ANNOTATION).cloned();
-            (name.clone(), claim.unwrap_or_default())
-        })
-        .collect();
+    let claimed_servers = claimed_servers(&servers);
     let unstamped = fenced.unstamped;
     let mut handed_out = ctx.allocator.handed_out(&key(valid));
     handed_out.extend(unstamped.iter().map(|(s, t)| (s.clone(), t.claim.clone())));
 
-    let claims: BTreeMap<String, Arc<SparkConnectClaim>> = stores
-        .claims
-        .state()
-        .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(valid.namespace)
-                && c.spec.cluster == valid.name
-                && c.metadata.deletion_timestamp.is_none()
-        })
-        .map(|c| (c.name_any(), c))
-        .collect();
+    let claims = claims_of(valid, stores);
     let claim_views = claims.values().filter_map(|c| claim_view(c)).collect();
 
     let services = owned_by(&stores.services, valid);
@@ -181,6 +145,77 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         last_warmup,
         failed_warmups,
     }
+}
+
+/// The cluster's pods, sorted out.
+struct Pods {
+    /// Live servers by name.
+    servers: BTreeMap<String, Arc<Pod>>,
+    /// Every server's name, those being deleted too.
+    all_servers: Vec<String>,
+    /// Pods with the cluster's label that the cluster does not control, sorted.
+    foreign: Vec<String>,
+}
+
+/// The pods in the cluster's namespace that carry its label: its servers, and strangers.
+fn pods_of(valid: &ValidCluster<'_>, stores: &Stores) -> Pods {
+    let mut pods = Pods {
+        servers: BTreeMap::new(),
+        all_servers: Vec::new(),
+        foreign: Vec::new(),
+    };
+    for pod in stores.pods.state() {
+        if pod.namespace().as_deref() != Some(valid.namespace)
+            || pod.labels().get(CLUSTER_LABEL).map(String::as_str) != Some(valid.name)
+        {
+            continue;
+        }
+        let name = pod.name_any();
+        match kin(&pod, valid.uid) {
+            Kin::Server => {}
+            Kin::Stranger => {
+                pods.foreign.push(name);
+                continue;
+            }
+            Kin::LeavingStranger => continue,
+        }
+        pods.all_servers.push(name.clone());
+        if pod.metadata.deletion_timestamp.is_none() {
+            pods.servers.insert(name, pod);
+        }
+    }
+    pods.foreign.sort();
+    pods
+}
+
+/// Servers stamped claimed, with the claim each names.
+fn claimed_servers(servers: &BTreeMap<String, Arc<Pod>>) -> BTreeMap<String, String> {
+    servers
+        .iter()
+        .filter(|(_, p)| ServerState::of(p) == ServerState::Claimed)
+        .map(|(name, p)| {
+            let claim = p.annotations().get(CLAIM_ANNOTATION).cloned();
+            (name.clone(), claim.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// The cluster's claims that are not being deleted, by name.
+fn claims_of(
+    valid: &ValidCluster<'_>,
+    stores: &Stores,
+) -> BTreeMap<String, Arc<SparkConnectClaim>> {
+    stores
+        .claims
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(valid.namespace)
+                && c.spec.cluster == valid.name
+                && c.metadata.deletion_timestamp.is_none()
+        })
+        .map(|c| (c.name_any(), c))
+        .collect()
 }
 
 /// What the servers' bind Leases say.
