@@ -224,41 +224,296 @@ fn gateway_usage(world_bin: &Path, state: &Path, pods: &[(String, String)]) -> (
 
 /// Runs every gateway measurement and writes `target/bench/gateway.json`.
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
-    let world_bin = std::env::current_exe()?
-        .parent()
-        .map(|d| d.join("sco-world"))
-        .context("the sco-world binary next to sco-bench")?;
-    let client = sco_e2e::world_client(&world).await?;
-    let pki = sco_e2e::gateway::prepare(&client, &world).await?;
-    let ca = pki.ca.to_string_lossy().into_owned();
-    let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
-    kubectl(
-        &world,
-        &[
-            "-n",
-            &ns,
-            "create",
-            "rolebinding",
-            "everyone-connects",
-            "--clusterrole",
-            "sparkconnect-user",
-            &format!("--group=system:serviceaccounts:{ns}"),
-        ],
+    let bench = Bench::prepare(world).await?;
+    let unary = bench.unary_latency()?;
+    let stream = bench.stream_throughput().await?;
+    let dedicated = bench.dedicated_first_answer()?;
+    let spark = bench.dedicated_first_result_on_spark().await?;
+    let idle = bench.idle_connections().await?;
+    report::write(
+        "gateway",
+        &json!({
+            "unary_config_ms": unary,
+            "stream_1gib_mb_per_s": stream,
+            "dedicated_new_user_first_answer_ms": dedicated,
+            "dedicated_new_user_first_result_real_spark_ms": spark,
+            "idle_connections": idle,
+        }),
     )?;
-    let shared = fake(json!({"shared": 1, "hotPool": {"idle": 0}}));
-    let dedicated = fake(
-        json!({"shared": 0, "hotPool": {"idle": 10, "max": 40, "maxServers": 40},
-        "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": 30}}),
-    );
-    let ten_idle =
-        |s: &spark_connect_operator::crd::SparkConnectClusterStatus| s.servers.idle >= 10;
-    tokio::try_join!(
-        cluster(&client, &ns, "shared", shared, |s| s.servers.shared >= 1),
-        cluster(&client, &ns, "dedicated", dedicated, ten_idle),
-    )?;
+    // The next benchmark starts on a quiet world: no pool of this one left probing.
+    sco_e2e::remove_namespace(&bench.client, &bench.ns).await
+}
 
-    // The direct path: the shared server's own address and token.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+/// The world, the two clusters and the ways to reach the shared one.
+struct Bench {
+    world: PathBuf,
+    world_bin: PathBuf,
+    client: Client,
+    ns: String,
+    /// The gateway's CA certificate.
+    ca_path: PathBuf,
+    ca: String,
+    /// The shared server's own address and token (the direct path).
+    direct: String,
+    server_token: String,
+    /// The gateway's address inside the world.
+    through: String,
+    /// A user's token, and the shared cluster as the gateway names it.
+    user: String,
+    shared_cluster: String,
+}
+
+impl Bench {
+    /// A namespace whose service accounts may connect, a shared cluster of one fake server and
+    /// a Dedicated cluster with 10 idle fake servers.
+    async fn prepare(world: PathBuf) -> anyhow::Result<Self> {
+        let world_bin = std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("sco-world"))
+            .context("the sco-world binary next to sco-bench")?;
+        let client = sco_e2e::world_client(&world).await?;
+        let pki = sco_e2e::gateway::prepare(&client, &world).await?;
+        let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
+        kubectl(
+            &world,
+            &[
+                "-n",
+                &ns,
+                "create",
+                "rolebinding",
+                "everyone-connects",
+                "--clusterrole",
+                "sparkconnect-user",
+                &format!("--group=system:serviceaccounts:{ns}"),
+            ],
+        )?;
+        let shared = fake(json!({"shared": 1, "hotPool": {"idle": 0}}));
+        let dedicated = fake(
+            json!({"shared": 0, "hotPool": {"idle": 10, "max": 40, "maxServers": 40},
+            "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": 30}}),
+        );
+        let ten_idle =
+            |s: &spark_connect_operator::crd::SparkConnectClusterStatus| s.servers.idle >= 10;
+        tokio::try_join!(
+            cluster(&client, &ns, "shared", shared, |s| s.servers.shared >= 1),
+            cluster(&client, &ns, "dedicated", dedicated, ten_idle),
+        )?;
+        let (server, server_token) = shared_server(&client, &ns).await?;
+        Ok(Self {
+            user: token(&world, &ns, "bench")?,
+            shared_cluster: format!("shared.{ns}"),
+            direct: format!("{server}:15002"),
+            server_token,
+            through: format!("{}:443", sco_e2e::gateway::HOST),
+            ca: pki.ca.to_string_lossy().into_owned(),
+            ca_path: pki.ca,
+            world,
+            world_bin,
+            client,
+            ns,
+        })
+    }
+
+    /// Runs the measuring client inside the world; its one JSON line.
+    fn measure(&self, args: &[&str]) -> anyhow::Result<Value> {
+        client_line(&self.world_bin, &self.world, args)
+    }
+
+    /// CPU seconds, RSS MB and peak RSS MB of the gateway's replicas.
+    fn gateway_usage(&self, replicas: &[(String, String)]) -> (f64, f64, f64) {
+        gateway_usage(&self.world_bin, &self.world, replicas)
+    }
+
+    /// A unary Config call, 2,000 times each way.
+    fn unary_latency(&self) -> anyhow::Result<Value> {
+        println!("gateway: unary Config latency, 2,000 calls each way ...");
+        let direct = ms_samples(&self.measure(&[
+            "unary",
+            &self.direct,
+            "-",
+            &self.server_token,
+            "-",
+            "2000",
+        ])?);
+        let gateway = ms_samples(&self.measure(&[
+            "unary",
+            &self.through,
+            &self.ca,
+            &self.user,
+            &self.shared_cluster,
+            "2000",
+        ])?);
+        let (d50, d99) = (
+            report::percentile(&direct, 0.5),
+            report::percentile(&direct, 0.99),
+        );
+        let (g50, g99) = (
+            report::percentile(&gateway, 0.5),
+            report::percentile(&gateway, 0.99),
+        );
+        println!(
+            "  direct p50 {d50:.2} ms p99 {d99:.2} ms; through the gateway p50 {g50:.2} ms p99 {g99:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
+            g50 - d50,
+            g99 - d99
+        );
+        Ok(json!({
+            "calls": 2000,
+            "direct": {"p50": d50, "p99": d99},
+            "gateway": {"p50": g50, "p99": g99},
+            "added": {"p50": g50 - d50, "p99": g99 - d99},
+            "goal": "added p50 <= 0.5 ms, p99 <= 2 ms",
+        }))
+    }
+
+    /// 1 GiB of Arrow batches, 3 runs each way, with the gateway's CPU and peak RSS.
+    async fn stream_throughput(&self) -> anyhow::Result<Value> {
+        println!("gateway: streaming 1 GiB of Arrow batches, 3 runs each way ...");
+        let replicas = sco_e2e::gateway::replicas(&self.client).await?;
+        let (cpu_before, _, _) = self.gateway_usage(&replicas);
+        let bytes = (1u64 << 30).to_string();
+        let direct = throughput(&self.measure(&[
+            "stream",
+            &self.direct,
+            "-",
+            &self.server_token,
+            "-",
+            &bytes,
+            "3",
+        ])?);
+        let gateway = throughput(&self.measure(&[
+            "stream",
+            &self.through,
+            &self.ca,
+            &self.user,
+            &self.shared_cluster,
+            &bytes,
+            "3",
+        ])?);
+        let (cpu_after, _, peak_rss) = self.gateway_usage(&replicas);
+        let (ds, gs) = (report::median(&direct), report::median(&gateway));
+        println!(
+            "  direct {ds:.0} MB/s, through the gateway {gs:.0} MB/s ({:.0} % of direct); gateway peak RSS {peak_rss:.0} MB (all replicas)",
+            gs / ds * 100.0
+        );
+        Ok(json!({
+            "direct": direct, "gateway": gateway,
+            "median_direct": ds, "median_gateway": gs, "percent_of_direct": gs / ds * 100.0,
+            "gateway_cpu_seconds": cpu_after - cpu_before,
+            "gateway_peak_rss_mb_all_replicas": peak_rss,
+            "note": "direct is plaintext HTTP/2 to the server; the gateway path adds TLS to the client; client, gateway and server share the world's cores",
+            "goal": ">= 90 % of direct",
+        }))
+    }
+
+    /// Connect-to-first-answer of 10 new users of the Dedicated cluster (fake servers).
+    fn dedicated_first_answer(&self) -> anyhow::Result<Value> {
+        println!("gateway: connect-to-first-answer for 10 new users of a Dedicated cluster ...");
+        let users = (0..10)
+            .map(|i| token(&self.world, &self.ns, &format!("new-user-{i}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let dedicated_cluster = format!("dedicated.{}", self.ns);
+        let mut args = vec![
+            "connect",
+            self.through.as_str(),
+            self.ca.as_str(),
+            dedicated_cluster.as_str(),
+        ];
+        args.extend(users.iter().map(String::as_str));
+        let connect_ms: Vec<f64> = ms_samples(&self.measure(&args)?)
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        let spread = Spread::of(&connect_ms);
+        println!(
+            "  new user to first answer: median {:.0} ms (min {:.0}, max {:.0})",
+            spread.median, spread.min, spread.max
+        );
+        Ok(
+            json!({"servers": "fake", "rounds": connect_ms.len(), "spread": spread, "goal": "< 1000 ms"}),
+        )
+    }
+
+    /// New users of a Dedicated cluster of real Spark servers: connect and first query.
+    async fn dedicated_first_result_on_spark(&self) -> anyhow::Result<Value> {
+        println!(
+            "gateway: new users of a Dedicated cluster of real Spark servers, connect to first result ..."
+        );
+        let spark = spark_first_results(&self.client, &self.ns, &self.world, &self.ca_path).await?;
+        let first: Vec<f64> = spark.iter().map(|(c, f)| c + f).collect();
+        let spread = Spread::of(&first);
+        println!(
+            "  {} new users: connect + first query median {:.0} ms (min {:.0}, max {:.0})",
+            spark.len(),
+            spread.median,
+            spread.min,
+            spread.max
+        );
+        Ok(json!({
+            "rounds": spark.len(),
+            "connect_plus_first_query": spread,
+            "connect_ms": spark.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            "first_query_ms": spark.iter().map(|(_, f)| *f).collect::<Vec<_>>(),
+            "query": "range(0, 100000, 1, 4) grouped by id % 7, collected (a shuffle on the server's executor)",
+            "goal": "< 1000 ms",
+        }))
+    }
+
+    /// The gateway's RSS and CPU while 1,000 client connections stay open and idle for 30 s.
+    async fn idle_connections(&self) -> anyhow::Result<Value> {
+        println!("gateway: 1,000 idle client connections ...");
+        let replicas = sco_e2e::gateway::replicas(&self.client).await?;
+        let (cpu_before, rss_before, _) = self.gateway_usage(&replicas);
+        let python = python()?;
+        let mut idle = tokio::process::Command::new(&self.world_bin)
+            .arg("--state")
+            .arg(&self.world)
+            .args([
+                "exec",
+                "--",
+                &python,
+                "-c",
+                CLIENT,
+                "idle",
+                &self.through,
+                &self.ca,
+                &self.user,
+                &self.shared_cluster,
+                "1000",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = idle.stdout.take().context("stdout")?;
+        let opened = tokio::time::timeout(
+            Duration::from_secs(300),
+            BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .context("opening 1,000 connections timed out")??
+        .unwrap_or_default();
+        let (cpu_open, rss_open, _) = self.gateway_usage(&replicas);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let (cpu_idle, rss_idle, _) = self.gateway_usage(&replicas);
+        drop(idle.stdin.take());
+        let _ = idle.wait().await;
+        println!(
+            "  {opened}; gateway RSS {rss_before:.1} MB before, {rss_idle:.1} MB with 1,000 idle connections (all replicas); CPU {:.2} s to open them, {:.3} s over 30 s idle",
+            cpu_open - cpu_before,
+            cpu_idle - cpu_open
+        );
+        Ok(json!({
+            "connections": 1000, "replicas": replicas.len(),
+            "rss_mb_before": rss_before, "rss_mb_open": rss_open, "rss_mb_after_30s": rss_idle,
+            "cpu_seconds_to_open": cpu_open - cpu_before, "cpu_seconds_idle_30s": cpu_idle - cpu_open,
+        }))
+    }
+}
+
+/// The shared cluster's server address and its token.
+async fn shared_server(client: &Client, ns: &str) -> anyhow::Result<(String, String)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let server = pods
         .list(
             &kube::api::ListParams::default()
@@ -269,8 +524,8 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         .into_iter()
         .find_map(|p| p.status?.pod_ip)
         .context("the shared server's address")?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let server_token = secrets
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let token = secrets
         .get("shared-connect-token")
         .await?
         .data
@@ -279,174 +534,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
                 .map(|t| String::from_utf8_lossy(&t.0).into_owned())
         })
         .context("the shared cluster's token")?;
-    let direct = format!("{server}:15002");
-    let through = format!("{}:443", sco_e2e::gateway::HOST);
-    let user = token(&world, &ns, "bench")?;
-    let shared_cluster = format!("shared.{ns}");
-
-    println!("gateway: unary Config latency, 2,000 calls each way ...");
-    let direct_unary = ms_samples(&client_line(
-        &world_bin,
-        &world,
-        &["unary", &direct, "-", &server_token, "-", "2000"],
-    )?);
-    let gateway_unary = ms_samples(&client_line(
-        &world_bin,
-        &world,
-        &["unary", &through, &ca, &user, &shared_cluster, "2000"],
-    )?);
-    let (d50, d99) = (
-        report::percentile(&direct_unary, 0.5),
-        report::percentile(&direct_unary, 0.99),
-    );
-    let (g50, g99) = (
-        report::percentile(&gateway_unary, 0.5),
-        report::percentile(&gateway_unary, 0.99),
-    );
-    println!(
-        "  direct p50 {d50:.2} ms p99 {d99:.2} ms; through the gateway p50 {g50:.2} ms p99 {g99:.2} ms; added p50 {:.2} ms p99 {:.2} ms",
-        g50 - d50,
-        g99 - d99
-    );
-
-    println!("gateway: streaming 1 GiB of Arrow batches, 3 runs each way ...");
-    let replicas = sco_e2e::gateway::replicas(&client).await?;
-    let (stream_cpu_before, _, _) = gateway_usage(&world_bin, &world, &replicas);
-    let bytes = (1u64 << 30).to_string();
-    let direct_stream = throughput(&client_line(
-        &world_bin,
-        &world,
-        &["stream", &direct, "-", &server_token, "-", &bytes, "3"],
-    )?);
-    let gateway_stream = throughput(&client_line(
-        &world_bin,
-        &world,
-        &["stream", &through, &ca, &user, &shared_cluster, &bytes, "3"],
-    )?);
-    let (stream_cpu_after, _, stream_peak_rss) = gateway_usage(&world_bin, &world, &replicas);
-    let (ds, gs) = (
-        report::median(&direct_stream),
-        report::median(&gateway_stream),
-    );
-    println!(
-        "  direct {ds:.0} MB/s, through the gateway {gs:.0} MB/s ({:.0} % of direct); gateway peak RSS {stream_peak_rss:.0} MB (all replicas)",
-        gs / ds * 100.0
-    );
-
-    println!("gateway: connect-to-first-answer for 10 new users of a Dedicated cluster ...");
-    let mut users = Vec::new();
-    for i in 0..10 {
-        users.push(token(&world, &ns, &format!("new-user-{i}"))?);
-    }
-    let dedicated_cluster = format!("dedicated.{ns}");
-    let mut args = vec![
-        "connect",
-        through.as_str(),
-        ca.as_str(),
-        dedicated_cluster.as_str(),
-    ];
-    args.extend(users.iter().map(String::as_str));
-    let connect = ms_samples(&client_line(&world_bin, &world, &args)?);
-    let connect_ms: Vec<f64> = connect.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    let connect_spread = Spread::of(&connect_ms);
-    println!(
-        "  new user to first answer: median {:.0} ms (min {:.0}, max {:.0})",
-        connect_spread.median, connect_spread.min, connect_spread.max
-    );
-
-    println!(
-        "gateway: new users of a Dedicated cluster of real Spark servers, connect to first result ..."
-    );
-    let spark = spark_first_results(&client, &ns, &world, &pki.ca).await?;
-    let spark_first: Vec<f64> = spark.iter().map(|(c, f)| c + f).collect();
-    let spark_spread = Spread::of(&spark_first);
-    println!(
-        "  {} new users: connect + first query median {:.0} ms (min {:.0}, max {:.0})",
-        spark.len(),
-        spark_spread.median,
-        spark_spread.min,
-        spark_spread.max
-    );
-
-    println!("gateway: 1,000 idle client connections ...");
-    let (cpu_before, rss_before, _) = gateway_usage(&world_bin, &world, &replicas);
-    let python = python()?;
-    let mut idle = tokio::process::Command::new(&world_bin)
-        .arg("--state")
-        .arg(&world)
-        .args([
-            "exec",
-            "--",
-            &python,
-            "-c",
-            CLIENT,
-            "idle",
-            &through,
-            &ca,
-            &user,
-            &shared_cluster,
-            "1000",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = idle.stdout.take().context("stdout")?;
-    let opened = tokio::time::timeout(
-        Duration::from_secs(300),
-        BufReader::new(stdout).lines().next_line(),
-    )
-    .await
-    .context("opening 1,000 connections timed out")??
-    .unwrap_or_default();
-    let (cpu_open, rss_open, _) = gateway_usage(&world_bin, &world, &replicas);
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    let (cpu_idle, rss_idle, _) = gateway_usage(&world_bin, &world, &replicas);
-    drop(idle.stdin.take());
-    let _ = idle.wait().await;
-    println!(
-        "  {opened}; gateway RSS {rss_before:.1} MB before, {rss_idle:.1} MB with 1,000 idle connections (all replicas); CPU {:.2} s to open them, {:.3} s over 30 s idle",
-        cpu_open - cpu_before,
-        cpu_idle - cpu_open
-    );
-
-    report::write(
-        "gateway",
-        &json!({
-            "unary_config_ms": {
-                "calls": 2000,
-                "direct": {"p50": d50, "p99": d99},
-                "gateway": {"p50": g50, "p99": g99},
-                "added": {"p50": g50 - d50, "p99": g99 - d99},
-                "goal": "added p50 <= 0.5 ms, p99 <= 2 ms",
-            },
-            "stream_1gib_mb_per_s": {
-                "direct": direct_stream, "gateway": gateway_stream,
-                "median_direct": ds, "median_gateway": gs, "percent_of_direct": gs / ds * 100.0,
-                "gateway_cpu_seconds": stream_cpu_after - stream_cpu_before,
-                "gateway_peak_rss_mb_all_replicas": stream_peak_rss,
-                "note": "direct is plaintext HTTP/2 to the server; the gateway path adds TLS to the client; client, gateway and server share the world's cores",
-                "goal": ">= 90 % of direct",
-            },
-            "dedicated_new_user_first_answer_ms": {"servers": "fake", "rounds": connect_ms.len(), "spread": connect_spread, "goal": "< 1000 ms"},
-            "dedicated_new_user_first_result_real_spark_ms": {
-                "rounds": spark.len(),
-                "connect_plus_first_query": spark_spread,
-                "connect_ms": spark.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-                "first_query_ms": spark.iter().map(|(_, f)| *f).collect::<Vec<_>>(),
-                "query": "range(0, 100000, 1, 4) grouped by id % 7, collected (a shuffle on the server's executor)",
-                "goal": "< 1000 ms",
-            },
-            "idle_connections": {
-                "connections": 1000, "replicas": replicas.len(),
-                "rss_mb_before": rss_before, "rss_mb_open": rss_open, "rss_mb_after_30s": rss_idle,
-                "cpu_seconds_to_open": cpu_open - cpu_before, "cpu_seconds_idle_30s": cpu_idle - cpu_open,
-            },
-        }),
-    )?;
-    // The next benchmark starts on a quiet world: no pool of this one left probing.
-    sco_e2e::remove_namespace(&client, &ns).await
+    Ok((server, token))
 }
 
 /// New users of a Dedicated cluster of real (warmed-up) Spark servers, each from a Python
