@@ -48,6 +48,57 @@ struct Bench {
 }
 
 impl Bench {
+    /// A fresh namespace, and a watch that notes when each claim is first seen Bound.
+    async fn start(world: PathBuf) -> anyhow::Result<Self> {
+        let client = sco_e2e::world_client(&world).await?;
+        let namespace = sco_e2e::fresh_namespace(&client, BENCH).await?;
+        let bench = Bench {
+            clusters: Api::namespaced(client.clone(), &namespace),
+            claims: Api::namespaced(client.clone(), &namespace),
+            client,
+            bound_at: Arc::default(),
+            world,
+            namespace,
+        };
+        let seen = bench.bound_at.clone();
+        let watch = watcher(bench.claims.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut watch = std::pin::pin!(watch);
+            while let Some(Ok(claim)) = watch.next().await {
+                if phase(&claim) == ClaimPhase::Bound
+                    && let Ok(mut seen) = seen.lock()
+                {
+                    seen.entry(claim.name_any()).or_insert_with(Instant::now);
+                }
+            }
+        });
+        Ok(bench)
+    }
+
+    /// `rounds` bursts of `concurrency` claims on a pool of as many idle fake servers.
+    async fn warm_pool(
+        &self,
+        concurrency: usize,
+        rounds: usize,
+        floors: &[(String, f64)],
+    ) -> anyhow::Result<serde_json::Value> {
+        let cluster = format!("fake-{concurrency}");
+        self.pool(&cluster, fake_spec(concurrency as i32), concurrency as i32)
+            .await?;
+        let mut added = Rounds::default();
+        for round in 0..rounds {
+            let burst = self.burst(&cluster, concurrency, round).await?;
+            let held = burst.held.clone();
+            added.add(round, rounds, burst);
+            self.release_all(&cluster, concurrency as i32, &held)
+                .await?;
+        }
+        self.clusters
+            .delete(&cluster, &DeleteParams::default())
+            .await?;
+        Ok(added.row(concurrency, floors))
+    }
+
     async fn pool(&self, name: &str, spec: serde_json::Value, idle: i32) -> anyhow::Result<()> {
         let cluster: SparkConnectCluster =
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
@@ -262,29 +313,7 @@ pub async fn run(
     rounds: Option<usize>,
     output: &str,
 ) -> anyhow::Result<()> {
-    let client = sco_e2e::world_client(&world).await?;
-    let namespace = sco_e2e::fresh_namespace(&client, BENCH).await?;
-    let bench = Bench {
-        clusters: Api::namespaced(client.clone(), &namespace),
-        claims: Api::namespaced(client.clone(), &namespace),
-        client,
-        bound_at: Arc::default(),
-        world,
-        namespace,
-    };
-    let seen = bench.bound_at.clone();
-    let watch = watcher(bench.claims.clone(), watcher::Config::default()).applied_objects();
-    tokio::spawn(async move {
-        let mut watch = std::pin::pin!(watch);
-        while let Some(Ok(claim)) = watch.next().await {
-            if phase(&claim) == ClaimPhase::Bound
-                && let Ok(mut seen) = seen.lock()
-            {
-                seen.entry(claim.name_any()).or_insert_with(Instant::now);
-            }
-        }
-    });
-
+    let bench = Bench::start(world).await?;
     let mut rows = Vec::new();
     // The floors' p99, to read each claim p99 against.
     let mut floors: Vec<(String, f64)> = Vec::new();
@@ -299,93 +328,10 @@ pub async fn run(
             }
             rows.push(row);
         }
-    }
-    let fake_scenarios: Vec<(usize, usize)> = if only_spark {
-        Vec::new()
-    } else {
-        concurrency
-            .iter()
-            .map(|&c| (c, rounds.unwrap_or(if c == 1 { 20 } else { 10 })))
-            .collect()
-    };
-    for (concurrency, rounds) in fake_scenarios {
-        let cluster = format!("fake-{concurrency}");
-        bench
-            .pool(&cluster, fake_spec(concurrency as i32), concurrency as i32)
-            .await?;
-        let mut samples = Vec::new();
-        let mut per_round = Vec::new();
-        let mut phases = Vec::new();
-        let mut slowest = Vec::new();
-        let mut requests: BTreeMap<String, f64> = BTreeMap::new();
-        let mut cpu_seconds: BTreeMap<String, f64> = BTreeMap::new();
-        for round in 0..rounds {
-            let Burst {
-                phases: burst,
-                requests: during,
-                held,
-                cpu,
-            } = bench.burst(&cluster, concurrency, round).await?;
-            for (request, n) in during {
-                *requests.entry(request).or_default() += n / rounds as f64;
-            }
-            for (process, seconds) in cpu {
-                *cpu_seconds.entry(process).or_default() += seconds / rounds as f64;
-            }
-            samples.extend(burst.iter().map(|p| p.total));
-            per_round.push(burst.iter().map(|p| p.total).collect());
-            if let Some(p) = burst.iter().max_by_key(|p| p.total) {
-                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                slowest.push(serde_json::json!({
-                    "round": round, "total_ms": ms(p.total), "create_returned_ms": ms(p.create),
-                    "operator_first_sight_to_bind_ms": ms(p.in_operator),
-                }));
-            }
-            phases.extend(burst);
-            bench
-                .release_all(&cluster, concurrency as i32, &held)
-                .await?;
+        for &concurrency in concurrency {
+            let rounds = rounds.unwrap_or(if concurrency == 1 { 20 } else { 10 });
+            rows.push(bench.warm_pool(concurrency, rounds, &floors).await?);
         }
-        let (p50s, p99s) = spread(&per_round);
-        let phase = |f: fn(&Phases) -> Duration| {
-            let values: Vec<Duration> = phases.iter().map(f).collect();
-            serde_json::json!({"p50_ms": report::percentile(&values, 0.5), "p99_ms": report::percentile(&values, 0.99)})
-        };
-        let breakdown = serde_json::json!({
-            "create_returned": phase(|p| p.create),
-            "operator_first_sight_to_bind": phase(|p| p.in_operator),
-            "client_saw_bound": phase(|p| p.total),
-        });
-        println!("  where the time went (p50/p99 over all rounds): {breakdown}");
-        println!("  apiserver requests per burst (mean): {requests:?}");
-        let cpu_ms: BTreeMap<String, u64> = cpu_seconds
-            .iter()
-            .map(|(process, s)| (process.clone(), (s * 1000.0).round() as u64))
-            .collect();
-        println!("  CPU ms per burst by process (mean): {cpu_ms:?}");
-        bench
-            .clusters
-            .delete(&cluster, &DeleteParams::default())
-            .await?;
-        println!(
-            "claim-to-Bound, warm pool, {concurrency} concurrent, {rounds} rounds: p50 {:.1} ms ({:.1}..{:.1}), p99 {:.1} ms ({:.1}..{:.1})",
-            p50s.median, p50s.min, p50s.max, p99s.median, p99s.min, p99s.max
-        );
-        let p99_vs_floors: BTreeMap<&str, f64> = floors
-            .iter()
-            .map(|(floor, p99)| (floor.as_str(), p99s.median / p99))
-            .collect();
-        println!("  p99 over the floors' p99: {p99_vs_floors:?}");
-        rows.push(serde_json::json!({
-            "scenario": "claim_to_bound_warm_pool", "concurrency": concurrency, "rounds": rounds,
-            "samples": samples.len(),
-            "p50_ms": p50s.median, "p99_ms": p99s.median,
-            "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
-            "p50_ms_all": report::percentile(&samples, 0.5), "p99_ms_all": report::percentile(&samples, 0.99),
-            "breakdown": breakdown, "apiserver_requests_per_burst": requests,
-            "cpu_ms_per_burst_by_process": cpu_ms, "p99_vs_floor_p99": p99_vs_floors,
-            "slowest_claim_per_round": slowest,
-        }));
     }
     if spark {
         let spark_rows =
@@ -398,4 +344,86 @@ pub async fn run(
     }
     sco_e2e::remove_namespace(&bench.client, &bench.namespace).await?;
     report::write(output, &serde_json::Value::Array(rows))
+}
+
+/// The rounds of one warm-pool scenario, added up.
+#[derive(Default)]
+struct Rounds {
+    /// Every claim's create-to-Bound time.
+    samples: Vec<Duration>,
+    /// The same, a list per round.
+    per_round: Vec<Vec<Duration>>,
+    /// Where each claim's time went.
+    phases: Vec<Phases>,
+    /// Each round's slowest claim.
+    slowest: Vec<serde_json::Value>,
+    /// Mean apiserver requests per burst, by verb and resource.
+    requests: BTreeMap<String, f64>,
+    /// Mean CPU seconds per burst, by process.
+    cpu_seconds: BTreeMap<String, f64>,
+}
+
+impl Rounds {
+    /// Adds one of `rounds` bursts.
+    fn add(&mut self, round: usize, rounds: usize, burst: Burst) {
+        for (request, n) in burst.requests {
+            *self.requests.entry(request).or_default() += n / rounds as f64;
+        }
+        for (process, seconds) in burst.cpu {
+            *self.cpu_seconds.entry(process).or_default() += seconds / rounds as f64;
+        }
+        let totals: Vec<Duration> = burst.phases.iter().map(|p| p.total).collect();
+        self.samples.extend(&totals);
+        self.per_round.push(totals);
+        if let Some(p) = burst.phases.iter().max_by_key(|p| p.total) {
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            self.slowest.push(serde_json::json!({
+                "round": round, "total_ms": ms(p.total), "create_returned_ms": ms(p.create),
+                "operator_first_sight_to_bind_ms": ms(p.in_operator),
+            }));
+        }
+        self.phases.extend(burst.phases);
+    }
+
+    /// The scenario's row, printed as it is made.
+    fn row(self, concurrency: usize, floors: &[(String, f64)]) -> serde_json::Value {
+        let rounds = self.per_round.len();
+        let (p50s, p99s) = spread(&self.per_round);
+        let phase = |f: fn(&Phases) -> Duration| {
+            let values: Vec<Duration> = self.phases.iter().map(f).collect();
+            serde_json::json!({"p50_ms": report::percentile(&values, 0.5), "p99_ms": report::percentile(&values, 0.99)})
+        };
+        let breakdown = serde_json::json!({
+            "create_returned": phase(|p| p.create),
+            "operator_first_sight_to_bind": phase(|p| p.in_operator),
+            "client_saw_bound": phase(|p| p.total),
+        });
+        println!("  where the time went (p50/p99 over all rounds): {breakdown}");
+        println!("  apiserver requests per burst (mean): {:?}", self.requests);
+        let cpu_ms: BTreeMap<String, u64> = self
+            .cpu_seconds
+            .iter()
+            .map(|(process, s)| (process.clone(), (s * 1000.0).round() as u64))
+            .collect();
+        println!("  CPU ms per burst by process (mean): {cpu_ms:?}");
+        println!(
+            "claim-to-Bound, warm pool, {concurrency} concurrent, {rounds} rounds: p50 {:.1} ms ({:.1}..{:.1}), p99 {:.1} ms ({:.1}..{:.1})",
+            p50s.median, p50s.min, p50s.max, p99s.median, p99s.min, p99s.max
+        );
+        let p99_vs_floors: BTreeMap<&str, f64> = floors
+            .iter()
+            .map(|(floor, p99)| (floor.as_str(), p99s.median / p99))
+            .collect();
+        println!("  p99 over the floors' p99: {p99_vs_floors:?}");
+        serde_json::json!({
+            "scenario": "claim_to_bound_warm_pool", "concurrency": concurrency, "rounds": rounds,
+            "samples": self.samples.len(),
+            "p50_ms": p50s.median, "p99_ms": p99s.median,
+            "p50_ms_spread": [p50s.min, p50s.max], "p99_ms_spread": [p99s.min, p99s.max],
+            "p50_ms_all": report::percentile(&self.samples, 0.5), "p99_ms_all": report::percentile(&self.samples, 0.99),
+            "breakdown": breakdown, "apiserver_requests_per_burst": self.requests,
+            "cpu_ms_per_burst_by_process": cpu_ms, "p99_vs_floor_p99": p99_vs_floors,
+            "slowest_claim_per_round": self.slowest,
+        })
+    }
 }
