@@ -183,182 +183,214 @@ async fn run_inner(
     std::fs::create_dir_all(&dir)?;
     let ip_index = node.take_ip()?;
     let ip = sco_e2e::net::pod_ip(ip_index);
-    let result = supervise(
-        node, pod, api, stop, &container, &layout, &dir, ip_index, &ip,
-    )
-    .await;
+    let run = ContainerRun {
+        node,
+        pod,
+        api,
+        container: &container,
+        layout: &layout,
+        dir: &dir,
+        ip_index,
+        ip: &ip,
+    };
+    let result = run.supervise(stop).await;
     node.give_ip(ip_index);
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
-    node: &Node,
-    pod: &Pod,
-    api: &Api<Pod>,
-    stop: &mut watch::Receiver<bool>,
-    container: &Container,
-    layout: &images::ImageLayout,
-    dir: &std::path::Path,
+/// One pod's container as this node runs it: what it runs and where.
+struct ContainerRun<'a> {
+    node: &'a Node,
+    pod: &'a Pod,
+    api: &'a Api<Pod>,
+    container: &'a Container,
+    layout: &'a images::ImageLayout,
+    /// The pod's directory on the node.
+    dir: &'a std::path::Path,
     ip_index: u32,
-    ip: &str,
-) -> anyhow::Result<()> {
-    let name = pod.name_any();
-    let ns = pod.namespace().unwrap_or_default();
-    // Configuration the kubelet would wait for (a Secret or ConfigMap that is not there yet).
-    let (env, volume_mounts) = loop {
-        let prepared = async {
-            let env = volumes::environment(&node.client, pod, container, ip, &layout.env).await?;
-            let mounts = volumes::prepare(&node.client, pod, container, dir, ip).await?;
-            anyhow::Ok((env, mounts))
-        }
-        .await;
-        match prepared {
-            Ok(ready) => break ready,
-            Err(e) => {
-                let status =
-                    container_waiting(container, "CreateContainerConfigError", &format!("{e:#}"));
-                patch_status(
-                    api,
-                    &name,
-                    json!({"phase": "Pending", "containerStatuses": [status]}),
-                )
-                .await?;
-                tokio::select! {
-                    _ = stopped(stop) => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
-        }
-    };
-    let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
-    let mut argv: Vec<String> = match &container.command {
-        Some(command) if !command.is_empty() => {
-            command.iter().map(|c| expand(c, &env_map)).collect()
-        }
-        _ => layout.default_argv.clone(),
-    };
-    argv.extend(container.args.iter().flatten().map(|a| expand(a, &env_map)));
-    let hostname = name.clone();
-    std::fs::write(
-        dir.join("hosts"),
-        format!("127.0.0.1 localhost\n{ip} {hostname}.{ns}.pod.cluster.local {hostname}\n"),
-    )?;
-    std::fs::write(
-        dir.join("resolv.conf"),
-        format!(
-            "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
-            sco_e2e::net::DNS_SERVICE_IP
-        ),
-    )?;
-    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let mut mounts = base_mounts(dir);
-    mounts.extend(layout.mounts.iter().cloned());
-    mounts.extend(volume_mounts);
-    let sandbox = SandboxSpec {
-        ip: ip.into(),
-        hostname,
-        root: dir.join("root"),
-        mounts,
-        argv,
-        env,
-        workdir: container
-            .working_dir
-            .clone()
-            .unwrap_or_else(|| layout.workdir.clone()),
-    };
-    std::fs::write(
-        dir.join("sandbox.json"),
-        serde_json::to_vec_pretty(&sandbox)?,
-    )?;
+    ip: &'a str,
+}
 
-    let policy = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".into());
-    let grace = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
-        .unwrap_or(30);
-    let started_at = Timestamp::now();
-    let mut restarts = 0;
-    loop {
-        let mut running = start(dir, ip_index, ip).await?;
-        // The container's PID inside the world, for tests that signal it (`sco-world exec -- kill`).
-        std::fs::write(
-            dir.join("pid"),
-            running
-                .child
-                .id()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-        )?;
-        let container_started = Timestamp::now();
-        let mut ready = container.readiness_probe.is_none();
-        report(
-            api,
-            &name,
-            container,
-            ip,
-            started_at,
-            container_started,
-            ready,
-            restarts,
-            None,
-        )
-        .await?;
-        let mut probe = Prober::new(container.readiness_probe.as_ref(), container);
-        let exit = loop {
-            tokio::select! {
-                status = running.child.wait() => break status?,
-                _ = stopped(stop) => {
-                    terminate(&mut running.child, grace).await;
-                    return Ok(());
-                }
-                _ = tokio::time::sleep(probe.next_delay()) => {
-                    if let Some(now_ready) = probe.check(ip, running.child.id()).await
-                        && now_ready != ready
-                    {
-                        ready = now_ready;
-                        report(api, &name, container, ip, started_at, container_started, ready, restarts, None).await?;
+impl ContainerRun<'_> {
+    /// Runs the container until the pod is stopped, restarting it as its policy says.
+    async fn supervise(&self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+        let Some((env, volume_mounts)) = self.await_config(stop).await? else {
+            return Ok(());
+        };
+        self.write_sandbox(env, volume_mounts)?;
+        let spec = self.pod.spec.as_ref();
+        let policy = spec
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
+        let grace = spec
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let mut status = ContainerStatus {
+            started_at: Timestamp::now(),
+            container_started: Timestamp::now(),
+            ready: false,
+            restarts: 0,
+        };
+        loop {
+            let mut running = start(self.dir, self.ip_index, self.ip).await?;
+            // The container's PID inside the world, for tests that signal it (`sco-world exec -- kill`).
+            std::fs::write(
+                self.dir.join("pid"),
+                running
+                    .child
+                    .id()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+            )?;
+            status.container_started = Timestamp::now();
+            status.ready = self.container.readiness_probe.is_none();
+            self.report(&status, None).await?;
+            let mut probe = Prober::new(self.container.readiness_probe.as_ref(), self.container);
+            let exit = loop {
+                tokio::select! {
+                    exit = running.child.wait() => break exit?,
+                    _ = stopped(stop) => {
+                        terminate(&mut running.child, grace).await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(probe.next_delay()) => {
+                        if let Some(now_ready) = probe.check(self.ip, running.child.id()).await
+                            && now_ready != status.ready
+                        {
+                            status.ready = now_ready;
+                            self.report(&status, None).await?;
+                        }
                     }
                 }
+            };
+            let code = exit.code().unwrap_or(128 + exit.signal_number());
+            let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
+            if !restart {
+                status.ready = false;
+                self.report(&status, Some(code)).await?;
+                stopped(stop).await;
+                return Ok(());
             }
-        };
-        let code = exit.code().unwrap_or(128 + exit.signal_number());
-        let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
-        if !restart {
-            report(
-                api,
-                &name,
-                container,
-                ip,
-                started_at,
-                container_started,
-                false,
-                restarts,
-                Some(code),
-            )
-            .await?;
-            stopped(stop).await;
-            return Ok(());
-        }
-        restarts += 1;
-        node.event(
-            pod,
-            EventType::Warning,
-            "BackOff",
-            format!("container exited with code {code}; restarting"),
-        )
-        .await;
-        let backoff = Duration::from_secs((1u64 << restarts.min(5)).min(30));
-        tokio::select! {
-            _ = stopped(stop) => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            status.restarts += 1;
+            self.node
+                .event(
+                    self.pod,
+                    EventType::Warning,
+                    "BackOff",
+                    format!("container exited with code {code}; restarting"),
+                )
+                .await;
+            let backoff = Duration::from_secs((1u64 << status.restarts.min(5)).min(30));
+            tokio::select! {
+                _ = stopped(stop) => return Ok(()),
+                _ = tokio::time::sleep(backoff) => {}
+            }
         }
     }
+
+    /// The container's environment and volumes, once the Secrets and ConfigMaps they name
+    /// exist (until then the pod says CreateContainerConfigError, as the kubelet's would);
+    /// `None` when the pod is stopped meanwhile.
+    async fn await_config(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> anyhow::Result<Option<(Vec<(String, String)>, Vec<Mount>)>> {
+        let (client, pod, container) = (&self.node.client, self.pod, self.container);
+        loop {
+            let prepared = async {
+                let env =
+                    volumes::environment(client, pod, container, self.ip, &self.layout.env).await?;
+                let mounts = volumes::prepare(client, pod, container, self.dir, self.ip).await?;
+                anyhow::Ok((env, mounts))
+            }
+            .await;
+            let e = match prepared {
+                Ok(ready) => return Ok(Some(ready)),
+                Err(e) => e,
+            };
+            let status =
+                container_waiting(container, "CreateContainerConfigError", &format!("{e:#}"));
+            patch_status(
+                self.api,
+                &pod.name_any(),
+                json!({"phase": "Pending", "containerStatuses": [status]}),
+            )
+            .await?;
+            tokio::select! {
+                _ = stopped(stop) => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+
+    /// Writes the pod's hosts, resolv.conf and hostname, and the sandbox its container runs
+    /// in: the command with `$(VAR)` expanded, the mounts and the environment.
+    fn write_sandbox(
+        &self,
+        env: Vec<(String, String)>,
+        volume_mounts: Vec<Mount>,
+    ) -> anyhow::Result<()> {
+        let (dir, ip, container, layout) = (self.dir, self.ip, self.container, self.layout);
+        let hostname = self.pod.name_any();
+        let ns = self.pod.namespace().unwrap_or_default();
+        let env_map: BTreeMap<String, String> = env.iter().cloned().collect();
+        let mut argv: Vec<String> = match &container.command {
+            Some(command) if !command.is_empty() => {
+                command.iter().map(|c| expand(c, &env_map)).collect()
+            }
+            _ => layout.default_argv.clone(),
+        };
+        argv.extend(container.args.iter().flatten().map(|a| expand(a, &env_map)));
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1 localhost\n{ip} {hostname}.{ns}.pod.cluster.local {hostname}\n"),
+        )?;
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!(
+                "search {ns}.svc.cluster.local svc.cluster.local cluster.local\nnameserver {}\noptions ndots:5\n",
+                sco_e2e::net::DNS_SERVICE_IP
+            ),
+        )?;
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        let mut mounts = base_mounts(dir);
+        mounts.extend(layout.mounts.iter().cloned());
+        mounts.extend(volume_mounts);
+        let sandbox = SandboxSpec {
+            ip: ip.into(),
+            hostname,
+            root: dir.join("root"),
+            mounts,
+            argv,
+            env,
+            workdir: container
+                .working_dir
+                .clone()
+                .unwrap_or_else(|| layout.workdir.clone()),
+        };
+        std::fs::write(
+            dir.join("sandbox.json"),
+            serde_json::to_vec_pretty(&sandbox)?,
+        )?;
+        Ok(())
+    }
+
+    /// Writes the pod's status: running (ready or not), or exited with `exit_code`.
+    async fn report(&self, status: &ContainerStatus, exit_code: Option<i32>) -> anyhow::Result<()> {
+        let name = self.pod.name_any();
+        report(self.api, &name, self.container, self.ip, status, exit_code).await
+    }
+}
+
+/// What the pod's status says of its container.
+#[derive(Clone, Copy)]
+struct ContainerStatus {
+    /// When the pod's container first started.
+    started_at: Timestamp,
+    /// When the current run of it started.
+    container_started: Timestamp,
+    ready: bool,
+    restarts: i32,
 }
 
 /// Resolves once the agent asks the pod to stop.
@@ -602,18 +634,20 @@ fn container_waiting(container: &Container, reason: &str, message: &str) -> serd
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn report(
     api: &Api<Pod>,
     name: &str,
     container: &Container,
     ip: &str,
-    started: Timestamp,
-    container_started: Timestamp,
-    ready: bool,
-    restarts: i32,
+    status: &ContainerStatus,
     exit_code: Option<i32>,
 ) -> anyhow::Result<()> {
+    let ContainerStatus {
+        started_at: started,
+        container_started,
+        ready,
+        restarts,
+    } = *status;
     let now = Timestamp::now().to_string();
     let state = match exit_code {
         None => json!({"running": {"startedAt": container_started.to_string()}}),
