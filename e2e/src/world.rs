@@ -3,6 +3,7 @@
 //! and the node agent, and serves the dial relay. When it dies, the PID namespace takes every
 //! process of the world with it.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -86,49 +87,21 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
         state.inner_kubeconfig(),
         crate::pki::kubeconfig(&pki, &format!("https://{GATEWAY}:{APISERVER_PORT}"))?,
     )?;
-    let p = |name: &str| pki.join(name).to_string_lossy().into_owned();
-    let s = |v: &str| v.to_string();
-    let kubeconfig = state.inner_kubeconfig().to_string_lossy().into_owned();
-
-    let mut children = Vec::new();
-    children.push(spawn(
-        &state,
-        "etcd",
-        &paths::k8s_bin("etcd"),
-        &[
-            s("--name=world"),
-            format!("--data-dir={}", state.path("etcd").display()),
-            s("--listen-client-urls=http://127.0.0.1:2379"),
-            s("--advertise-client-urls=http://127.0.0.1:2379"),
-            s("--listen-peer-urls=http://127.0.0.1:2380"),
-            s("--initial-advertise-peer-urls=http://127.0.0.1:2380"),
-            s("--initial-cluster=world=http://127.0.0.1:2380"),
-            s("--unsafe-no-fsync"),
-            s("--log-level=warn"),
-        ],
-    )?);
-    children.push(spawn(
-        &state,
-        "kube-apiserver",
-        &paths::k8s_bin("kube-apiserver"),
-        &[
-            s("--etcd-servers=http://127.0.0.1:2379"),
-            format!("--bind-address={GATEWAY}"),
-            format!("--advertise-address={GATEWAY}"),
-            format!("--secure-port={APISERVER_PORT}"),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            format!("--tls-cert-file={}", p("apiserver.crt")),
-            format!("--tls-private-key-file={}", p("apiserver.key")),
-            format!("--client-ca-file={}", p("ca.crt")),
-            s("--service-account-issuer=https://kubernetes.default.svc.cluster.local"),
-            format!("--service-account-key-file={}", p("sa.pub")),
-            format!("--service-account-signing-key-file={}", p("sa.key")),
-            s("--authorization-mode=Node,RBAC"),
-            s("--allow-privileged=true"),
-            s("--profiling=false"),
-            s("--v=1"),
-        ],
-    )?);
+    let files = ControlPlaneFiles {
+        pki,
+        kubeconfig: state.inner_kubeconfig().to_string_lossy().into_owned(),
+        etcd_data: state.path("etcd"),
+        corefile: state.path("Corefile"),
+    };
+    let mut children = vec![
+        spawn(&state, "etcd", &paths::k8s_bin("etcd"), &files.etcd())?,
+        spawn(
+            &state,
+            "kube-apiserver",
+            &paths::k8s_bin("kube-apiserver"),
+            &files.apiserver(),
+        )?,
+    ];
     let client = client_from(&state.inner_kubeconfig()).await?;
     until("the apiserver", Duration::from_secs(120), EVERY, || {
         let client = client.clone();
@@ -139,50 +112,23 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
         &state,
         "kube-controller-manager",
         &paths::k8s_bin("kube-controller-manager"),
-        &[
-            format!("--kubeconfig={kubeconfig}"),
-            s("--leader-elect=false"),
-            format!("--root-ca-file={}", p("ca.crt")),
-            format!("--service-account-private-key-file={}", p("sa.key")),
-            s("--use-service-account-credentials=true"),
-            s("--secure-port=0"),
-            format!("--cluster-signing-cert-file={}", p("ca.crt")),
-            format!("--cluster-signing-key-file={}", p("ca.key")),
-            s("--v=1"),
-        ],
+        &files.controller_manager(),
     )?);
     children.push(spawn(
         &state,
         "kube-proxy",
         &paths::k8s_bin("kube-proxy"),
-        &[
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--hostname-override={NODE_NAME}"),
-            s("--proxy-mode=nftables"),
-            format!("--cluster-cidr={POD_CIDR}"),
-            s("--conntrack-max-per-core=0"),
-            s("--conntrack-min=0"),
-            s("--conntrack-tcp-timeout-established=0"),
-            s("--conntrack-tcp-timeout-close-wait=0"),
-            s("--conntrack-udp-timeout=0"),
-            s("--conntrack-udp-timeout-stream=0"),
-            s("--metrics-bind-address=127.0.0.1:10249"),
-            s("--healthz-bind-address=127.0.0.1:10256"),
-        ],
+        &files.kube_proxy(),
     )?);
-    let corefile = state.path("Corefile");
-    std::fs::write(
-        &corefile,
-        format!(
-            "cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{\n  bind {GATEWAY}\n  errors\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n    kubeconfig {kubeconfig} world\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n  }}\n}}\n\
-             .:53 {{\n  bind {GATEWAY}\n  template ANY ANY {{\n    rcode NXDOMAIN\n  }}\n}}\n"
-        ),
-    )?;
+    std::fs::write(&files.corefile, files.corefile_text())?;
     children.push(spawn(
         &state,
         "coredns",
         &paths::coredns_bin(),
-        &[s("-conf"), corefile.to_string_lossy().into_owned()],
+        &[
+            "-conf".into(),
+            files.corefile.to_string_lossy().into_owned(),
+        ],
     )?);
     create_dns_service(&client).await?;
     setup_resolver(&state)?;
@@ -192,8 +138,113 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
     let agent = tokio::spawn(async move { agent::run(agent_client, agent_state).await });
     let dial_socket = state.dial_socket();
     let dialer = tokio::spawn(async move { relay::serve_dialer(&dial_socket).await });
+    wait_for_default_account(&client).await?;
+    std::fs::write(state.path("ready"), "ready\n")?;
+    tracing::info!("world ready");
 
-    // Ready: the default ServiceAccount exists (pods need it) and the node is registered.
+    tokio::select! {
+        r = agent => bail!("node agent ended: {r:?}"),
+        r = dialer => bail!("dial relay ended: {r:?}"),
+        _ = first_exit(&mut children) => {
+            bail!("a control-plane process exited; see {}", state.path("logs").display())
+        }
+    }
+}
+
+/// Where the control plane's processes find their certificates, kubeconfig and data.
+struct ControlPlaneFiles {
+    pki: PathBuf,
+    kubeconfig: String,
+    etcd_data: PathBuf,
+    corefile: PathBuf,
+}
+
+impl ControlPlaneFiles {
+    fn pki(&self, name: &str) -> String {
+        self.pki.join(name).to_string_lossy().into_owned()
+    }
+
+    /// etcd on loopback, without fsync (a test world's data need not survive a crash).
+    fn etcd(&self) -> Vec<String> {
+        vec![
+            "--name=world".into(),
+            format!("--data-dir={}", self.etcd_data.display()),
+            "--listen-client-urls=http://127.0.0.1:2379".into(),
+            "--advertise-client-urls=http://127.0.0.1:2379".into(),
+            "--listen-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
+            "--initial-cluster=world=http://127.0.0.1:2380".into(),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ]
+    }
+
+    /// The apiserver on the world's gateway address, with RBAC and service-account tokens.
+    fn apiserver(&self) -> Vec<String> {
+        vec![
+            "--etcd-servers=http://127.0.0.1:2379".into(),
+            format!("--bind-address={GATEWAY}"),
+            format!("--advertise-address={GATEWAY}"),
+            format!("--secure-port={APISERVER_PORT}"),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--tls-cert-file={}", self.pki("apiserver.crt")),
+            format!("--tls-private-key-file={}", self.pki("apiserver.key")),
+            format!("--client-ca-file={}", self.pki("ca.crt")),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", self.pki("sa.pub")),
+            format!("--service-account-signing-key-file={}", self.pki("sa.key")),
+            "--authorization-mode=Node,RBAC".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ]
+    }
+
+    /// The controller manager (garbage collector, namespaces, tokens, endpoints).
+    fn controller_manager(&self) -> Vec<String> {
+        vec![
+            format!("--kubeconfig={}", self.kubeconfig),
+            "--leader-elect=false".into(),
+            format!("--root-ca-file={}", self.pki("ca.crt")),
+            format!("--service-account-private-key-file={}", self.pki("sa.key")),
+            "--use-service-account-credentials=true".into(),
+            "--secure-port=0".into(),
+            format!("--cluster-signing-cert-file={}", self.pki("ca.crt")),
+            format!("--cluster-signing-key-file={}", self.pki("ca.key")),
+            "--v=1".into(),
+        ]
+    }
+
+    /// kube-proxy in nftables mode, leaving the host's conntrack settings alone.
+    fn kube_proxy(&self) -> Vec<String> {
+        vec![
+            format!("--kubeconfig={}", self.kubeconfig),
+            format!("--hostname-override={NODE_NAME}"),
+            "--proxy-mode=nftables".into(),
+            format!("--cluster-cidr={POD_CIDR}"),
+            "--conntrack-max-per-core=0".into(),
+            "--conntrack-min=0".into(),
+            "--conntrack-tcp-timeout-established=0".into(),
+            "--conntrack-tcp-timeout-close-wait=0".into(),
+            "--conntrack-udp-timeout=0".into(),
+            "--conntrack-udp-timeout-stream=0".into(),
+            "--metrics-bind-address=127.0.0.1:10249".into(),
+            "--healthz-bind-address=127.0.0.1:10256".into(),
+        ]
+    }
+
+    /// CoreDNS: the cluster's names from the apiserver, every other name refused.
+    fn corefile_text(&self) -> String {
+        let kubeconfig = &self.kubeconfig;
+        format!(
+            "cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{\n  bind {GATEWAY}\n  errors\n  kubernetes cluster.local in-addr.arpa ip6.arpa {{\n    kubeconfig {kubeconfig} world\n    pods insecure\n    fallthrough in-addr.arpa ip6.arpa\n  }}\n}}\n\
+             .:53 {{\n  bind {GATEWAY}\n  template ANY ANY {{\n    rcode NXDOMAIN\n  }}\n}}\n"
+        )
+    }
+}
+
+/// Ready: the default ServiceAccount exists (pods need it).
+async fn wait_for_default_account(client: &Client) -> anyhow::Result<()> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
     until(
         "the default ServiceAccount",
@@ -205,22 +256,19 @@ pub async fn inside(state: State) -> anyhow::Result<()> {
         },
     )
     .await?;
-    std::fs::write(state.path("ready"), "ready\n")?;
-    tracing::info!("world ready");
+    Ok(())
+}
 
-    tokio::select! {
-        r = agent => bail!("node agent ended: {r:?}"),
-        r = dialer => bail!("dial relay ended: {r:?}"),
-        _ = async {
-            loop {
-                for (i, child) in children.iter_mut().enumerate() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        return (i, status);
-                    }
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        } => bail!("a control-plane process exited; see {}", state.path("logs").display()),
+/// Resolves when the first of `children` exits.
+async fn first_exit(children: &mut [Child]) {
+    loop {
+        if children
+            .iter_mut()
+            .any(|child| matches!(child.try_wait(), Ok(Some(_))))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
