@@ -42,16 +42,43 @@ pub fn init_pid(state: &State) -> anyhow::Result<u32> {
 
 /// Starts the world and blocks until SIGINT/SIGTERM or the world's end.
 pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::Result<()> {
-    let dir = state.dir();
     if let Ok(pid) = init_pid(&state)
         && Path::new(&format!("/proc/{pid}")).exists()
     {
         bail!(
             "a world already runs from {} (pid {pid}); stop it first",
-            dir.display()
+            state.dir().display()
         );
     }
     state.reset()?;
+    let started = std::time::Instant::now();
+    let mut unshare = spawn_world(&state)?;
+    wait_until_ready(&state, &mut unshare).await?;
+    let mut relays = forward_ports(&state, api_port, &forwards).await?;
+    println!(
+        "world ready in {:.1}s: KUBECONFIG={}",
+        started.elapsed().as_secs_f64(),
+        state.host_kubeconfig().display()
+    );
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        status = unshare.wait() => eprintln!("the world ended: {status:?}; see {}", state.path("logs").display()),
+        r = relays.join_next() => eprintln!("a relay ended: {r:?}"),
+    }
+    let _ = unshare.start_kill();
+    let _ = unshare.wait().await;
+    let _ = std::fs::remove_file(state.path("pid"));
+    let _ = std::fs::remove_file(state.dial_socket());
+    println!("world stopped");
+    Ok(())
+}
+
+/// Starts the world's init (`sco-world inside`) in new user, network, mount and PID namespaces.
+fn spawn_world(state: &State) -> anyhow::Result<tokio::process::Child> {
+    let dir = state.dir();
     // The world runs from its own copy of this program, so rebuilding target/ while it runs
     // cannot pull the binary from under its pods.
     let me = dir.join("sco-world");
@@ -87,12 +114,18 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
             Ok(())
         });
     }
-    let mut unshare = tokio::process::Command::from(command)
+    tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
-        .context("starting unshare")?;
-    let unshare_pid = unshare.id().context("unshare has no pid")?;
+        .context("starting unshare")
+}
 
+/// Notes the world's init PID and waits (10 minutes at most) until the world says it is ready.
+async fn wait_until_ready(
+    state: &State,
+    unshare: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    let unshare_pid = unshare.id().context("unshare has no pid")?;
     let started = std::time::Instant::now();
     let mut init = None;
     while started.elapsed() < Duration::from_secs(600) {
@@ -112,17 +145,23 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
             }
         }
         if state.path("ready").exists() {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    if !state.path("ready").exists() {
-        bail!(
-            "the world did not become ready; see {}",
-            state.path("logs").display()
-        );
-    }
+    bail!(
+        "the world did not become ready; see {}",
+        state.path("logs").display()
+    )
+}
 
+/// Relays the apiserver to `api_port` on loopback (written into the host kubeconfig) and each
+/// forward to its port.
+async fn forward_ports(
+    state: &State,
+    api_port: u16,
+    forwards: &[Forward],
+) -> anyhow::Result<tokio::task::JoinSet<anyhow::Result<()>>> {
     let api = TcpListener::bind(("127.0.0.1", api_port))
         .await
         .with_context(|| format!("binding 127.0.0.1:{api_port}"))?;
@@ -138,7 +177,7 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
         socket.clone(),
         format!("{}:{}", sco_e2e::net::GATEWAY, sco_e2e::net::APISERVER_PORT),
     ));
-    for f in &forwards {
+    for f in forwards {
         let listener = TcpListener::bind(("127.0.0.1", f.port))
             .await
             .with_context(|| format!("binding 127.0.0.1:{}", f.port))?;
@@ -148,25 +187,7 @@ pub async fn up(state: State, api_port: u16, forwards: Vec<Forward>) -> anyhow::
             f.port, f.target
         );
     }
-    println!(
-        "world ready in {:.1}s: KUBECONFIG={}",
-        started.elapsed().as_secs_f64(),
-        state.host_kubeconfig().display()
-    );
-
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-        status = unshare.wait() => eprintln!("the world ended: {status:?}; see {}", state.path("logs").display()),
-        r = relays.join_next() => eprintln!("a relay ended: {r:?}"),
-    }
-    let _ = unshare.start_kill();
-    let _ = unshare.wait().await;
-    let _ = std::fs::remove_file(state.path("pid"));
-    let _ = std::fs::remove_file(state.dial_socket());
-    println!("world stopped");
-    Ok(())
+    Ok(relays)
 }
 
 /// Runs a command inside the world (like `kubectl exec` into the world's own namespaces).
