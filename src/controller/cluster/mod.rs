@@ -315,7 +315,8 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
     ctx.allocator.forget_cluster(&key);
     ctx.autoscaler.forget(&key);
     ctx.retries.succeeded(&key);
-    ctx.metrics.forget_cluster(namespace, name);
+    ctx.metrics
+        .forget_cluster(namespace, name, ServerState::ALL.map(ServerState::as_str));
     Ok(Action::await_change())
 }
 
