@@ -44,8 +44,9 @@ pub struct Metrics {
     pub probe_results: IntCounterVec,
     /// Claims by outcome (bound, lost, expired, failed).
     pub claims: IntCounterVec,
-    /// Time from claim creation to binding.
-    pub claim_wait: Histogram,
+    /// Time from the operator first seeing a claim to binding it, by cluster: a pool's hit
+    /// rate is the share of its claims in the bucket of the wait its users accept.
+    pub claim_wait: HistogramVec,
     /// The autoscaler's idle target by cluster.
     pub autoscaler_target: IntGaugeVec,
     /// Servers the prober probes, by cluster.
@@ -108,11 +109,16 @@ impl Metrics {
                 &["outcome"],
             )?,
             claims: counters(r, "claims_total", "Claims by outcome", &["outcome"])?,
-            claim_wait: histogram(
+            claim_wait: register(
                 r,
-                "claim_wait_seconds",
-                "Time from claim creation to binding",
-                WAIT_BUCKETS,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "claim_wait_seconds",
+                        "Time from the operator first seeing a claim to binding it, by cluster",
+                    )
+                    .buckets(WAIT_BUCKETS.to_vec()),
+                    &["namespace", "cluster"],
+                )?,
             )?,
             autoscaler_target: gauges(
                 r,
@@ -157,6 +163,7 @@ impl Metrics {
         let _ = self
             .autoscaler_target
             .remove_label_values(&[namespace, cluster]);
+        let _ = self.claim_wait.remove_label_values(&[namespace, cluster]);
         let _ = self
             .probe_targets
             .remove_label_values(&[namespace, cluster]);
@@ -238,11 +245,16 @@ mod tests {
                 .probe_targets
                 .with_label_values(&["ns", cluster])
                 .set(3);
+            metrics
+                .claim_wait
+                .with_label_values(&["ns", cluster])
+                .observe(0.02);
         }
         metrics.forget_cluster("ns", "gone", states);
         let text = metrics.render();
         assert!(!text.contains("cluster=\"gone\""), "{text}");
-        assert_eq!(text.matches("cluster=\"kept\"").count(), 5, "{text}");
+        // 3 states, the target, the probe targets, and the wait's 13 buckets, +Inf, sum and count.
+        assert_eq!(text.matches("cluster=\"kept\"").count(), 5 + 16, "{text}");
         assert!(text.contains("spark_connect_operator_claim_wait_seconds_bucket"));
     }
 }

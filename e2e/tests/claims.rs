@@ -72,6 +72,19 @@ async fn a_claim_on_a_warm_pool_is_bound_at_once_and_serves_queries() {
     let endpoint = bound.endpoint.unwrap();
     let server = bound.server.unwrap();
     assert!(bound.wait_millis.unwrap() < 30_000);
+    // The wait is in the operator's metrics under the cluster, so a pool's hit rate can be read.
+    let series = format!("cluster=\"pool\",namespace=\"{}\"", ns.name);
+    wait_until(
+        Duration::from_secs(30),
+        "the claim's wait in the metrics of its cluster",
+        || async {
+            world
+                .metric("spark_connect_operator_claim_wait_seconds_count", &series)
+                .await
+                == 1.0
+        },
+    )
+    .await;
     let out = world.python(&format!(
         "from pyspark.sql import SparkSession\n\
          s = SparkSession.builder.remote('{endpoint}').getOrCreate()\n\

@@ -320,7 +320,10 @@ pub async fn write_bound(
     .map_err(|e| Error::kube(format!("update status of claim {name}"), e))?;
     ctx.metrics.claims.with_label_values(&["bound"]).inc();
     #[allow(clippy::cast_precision_loss)]
-    ctx.metrics.claim_wait.observe(waited as f64 / 1000.0);
+    ctx.metrics
+        .claim_wait
+        .with_label_values(&[terms.namespace.as_str(), terms.cluster.as_str()])
+        .observe(waited as f64 / 1000.0);
     ctx.event(
         claim,
         EventType::Normal,
