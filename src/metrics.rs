@@ -1,10 +1,14 @@
 //! Prometheus metrics of the operator.
 
+use std::cell::RefCell;
+
 use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+/// What every metric's name starts with.
+const PREFIX: &str = "spark_connect_operator";
 /// Buckets of reconcile durations (seconds).
 const RECONCILE_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// Buckets of probe latencies (seconds): a Config call answers in about a millisecond.
@@ -26,6 +30,8 @@ const WARMUP_BUCKETS: &[f64] = &[
 pub struct Metrics {
     /// The registry `/metrics` serves.
     pub registry: Registry,
+    /// Every metric family's exported name.
+    names: Vec<String>,
     /// Reconciles by controller.
     pub reconciles: IntCounterVec,
     /// Failed reconciles by controller and error kind.
@@ -47,6 +53,8 @@ pub struct Metrics {
     /// Time from the operator first seeing a claim to binding it, by cluster: a pool's hit
     /// rate is the share of its claims in the bucket of the wait its users accept.
     pub claim_wait: HistogramVec,
+    /// Claims waiting for a server, by cluster.
+    pub claims_waiting: IntGaugeVec,
     /// The autoscaler's idle target by cluster.
     pub autoscaler_target: IntGaugeVec,
     /// Servers the prober probes, by cluster.
@@ -60,91 +68,83 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("spark_connect_operator".into()), None)?;
-        let r = &registry;
+        let r = Registrar {
+            registry: Registry::new_custom(Some(PREFIX.into()), None)?,
+            names: RefCell::new(Vec::new()),
+        };
         Ok(Self {
-            reconciles: counters(r, "reconciles_total", "Reconciles run", &["controller"])?,
-            reconcile_errors: counters(
-                r,
+            reconciles: r.counters("reconciles_total", "Reconciles run", &["controller"])?,
+            reconcile_errors: r.counters(
                 "reconcile_errors_total",
                 "Reconciles that failed",
                 &["controller", "error"],
             )?,
-            reconcile_duration: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
-                        .buckets(RECONCILE_BUCKETS.to_vec()),
-                    &["controller"],
-                )?,
-            )?,
-            servers: gauges(
-                r,
+            reconcile_duration: r.add(HistogramVec::new(
+                HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                    .buckets(RECONCILE_BUCKETS.to_vec()),
+                &["controller"],
+            )?)?,
+            servers: r.gauges(
                 "servers",
                 "Servers by cluster and state",
                 &["namespace", "cluster", "state"],
             )?,
-            api_writes: counters(
-                r,
+            api_writes: r.counters(
                 "api_write_requests_total",
                 "Write requests sent to the apiserver",
                 &["verb"],
             )?,
-            api_requests: counters(
-                r,
+            api_requests: r.counters(
                 "api_requests_total",
                 "Requests sent to the apiserver (GET includes lists; WATCH is counted apart)",
                 &["verb"],
             )?,
-            probe_latency: histogram(
-                r,
+            probe_latency: r.histogram(
                 "probe_latency_seconds",
                 "Latency of passed Spark Connect Config probes",
                 PROBE_BUCKETS,
             )?,
-            probe_results: counters(
-                r,
+            probe_results: r.counters(
                 "probe_results_total",
                 "Probe results by outcome",
                 &["outcome"],
             )?,
-            claims: counters(r, "claims_total", "Claims by outcome", &["outcome"])?,
-            claim_wait: register(
-                r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "claim_wait_seconds",
-                        "Time from the operator first seeing a claim to binding it, by cluster",
-                    )
-                    .buckets(WAIT_BUCKETS.to_vec()),
-                    &["namespace", "cluster"],
-                )?,
+            claims: r.counters("claims_total", "Claims by outcome", &["outcome"])?,
+            claim_wait: r.add(HistogramVec::new(
+                HistogramOpts::new(
+                    "claim_wait_seconds",
+                    "Time from the operator first seeing a claim to binding it, by cluster",
+                )
+                .buckets(WAIT_BUCKETS.to_vec()),
+                &["namespace", "cluster"],
+            )?)?,
+            claims_waiting: r.gauges(
+                "claims_waiting",
+                "Claims waiting for a server, by cluster",
+                &["namespace", "cluster"],
             )?,
-            autoscaler_target: gauges(
-                r,
+            autoscaler_target: r.gauges(
                 "autoscaler_idle_target",
                 "Idle target chosen by the autoscaler",
                 &["namespace", "cluster"],
             )?,
-            probe_targets: gauges(
-                r,
+            probe_targets: r.gauges(
                 "probe_targets",
                 "Servers the prober probes, by cluster",
                 &["namespace", "cluster"],
             )?,
-            warmup_seconds: histogram(
-                r,
+            warmup_seconds: r.histogram(
                 "warmup_seconds",
                 "Duration of passed warm-ups of new servers (ExecutePlan queries)",
                 WARMUP_BUCKETS,
             )?,
-            warmups: counters(
-                r,
+            warmups: r.counters(
                 "warmups_total",
                 "Warm-ups of new servers by outcome",
                 &["outcome"],
             )?,
-            registry,
+            names: r.names.take(),
+            registry: r.registry,
         })
     }
 
@@ -165,8 +165,17 @@ impl Metrics {
             .remove_label_values(&[namespace, cluster]);
         let _ = self.claim_wait.remove_label_values(&[namespace, cluster]);
         let _ = self
+            .claims_waiting
+            .remove_label_values(&[namespace, cluster]);
+        let _ = self
             .probe_targets
             .remove_label_values(&[namespace, cluster]);
+    }
+
+    /// The name of every metric family exported, as a scrape shows it (dashboards and alerts
+    /// are checked against these).
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The registry in the Prometheus text format.
@@ -180,46 +189,56 @@ impl Metrics {
     }
 }
 
-/// Registers `metric` in `registry` and hands it back.
-fn register<M: Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> Result<M, prometheus::Error> {
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
+/// Registers metrics, noting the name each is exported under.
+struct Registrar {
+    registry: Registry,
+    names: RefCell<Vec<String>>,
 }
 
-/// A registered counter family.
-fn counters(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, prometheus::Error> {
-    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
-}
+impl Registrar {
+    /// Registers `metric` and hands it back.
+    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> Result<M, prometheus::Error> {
+        self.names.borrow_mut().extend(
+            metric
+                .desc()
+                .iter()
+                .map(|d| format!("{PREFIX}_{}", d.fq_name)),
+        );
+        self.registry.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
 
-/// A registered gauge family.
-fn gauges(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, prometheus::Error> {
-    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
-}
+    /// A registered counter family.
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
 
-/// A registered histogram.
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    buckets: &[f64],
-) -> Result<Histogram, prometheus::Error> {
-    register(
-        registry,
-        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
-    )
+    /// A registered gauge family.
+    fn gauges(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A registered histogram.
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        )?)
+    }
 }
 
 #[cfg(test)]
@@ -256,5 +275,33 @@ mod tests {
         // 3 states, the target, the probe targets, and the wait's 13 buckets, +Inf, sum and count.
         assert_eq!(text.matches("cluster=\"kept\"").count(), 5 + 16, "{text}");
         assert!(text.contains("spark_connect_operator_claim_wait_seconds_bucket"));
+    }
+
+    #[test]
+    fn every_family_a_scrape_shows_is_named() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.claims.with_label_values(&["bound"]).inc();
+        metrics
+            .claim_wait
+            .with_label_values(&["ns", "pool"])
+            .observe(0.1);
+        metrics.probe_latency.observe(0.001);
+        let text = metrics.render();
+        let shown: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        assert!(
+            shown.contains(&"spark_connect_operator_claims_total"),
+            "{text}"
+        );
+        for name in shown {
+            assert!(
+                metrics.names().iter().any(|n| n == name),
+                "{name} not in {:?}",
+                metrics.names()
+            );
+        }
+        assert_eq!(metrics.names().len(), 15);
     }
 }

@@ -307,6 +307,10 @@ pub async fn report(
             .with_label_values(&[valid.namespace, valid.name, state.as_str()])
             .set(i64::from(value));
     }
+    ctx.metrics
+        .claims_waiting
+        .with_label_values(&[valid.namespace, valid.name])
+        .set(i64::try_from(decision.claims.waiting.len()).unwrap_or(i64::MAX));
     let problems = summary.problems.clone();
     let look_again_within = summary.look_again_within;
     let scheduled = summary.wanted.scheduled;
