@@ -20,7 +20,7 @@ phase "fmt" cargo fmt --all --check
 phase "build" cargo build --workspace --all-targets
 phase "clippy" cargo clippy --workspace --all-targets -- -D warnings
 # Every cargo call selects the whole workspace: the same feature set, so one build serves all.
-phase "unit tests" cargo test --workspace --lib --bins --test crds
+phase "unit tests" cargo test --workspace --lib --bins --test crds --test alerts
 start=$(date +%s)
 echo "==== phase: binaries (kubernetes, etcd, coredns, helm, pyspark; cached)"
 if ! wait "$binaries"; then cat "$binaries_log"; echo "building the binaries failed" >&2; exit 1; fi
