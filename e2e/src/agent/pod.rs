@@ -377,8 +377,47 @@ impl ContainerRun<'_> {
 
     /// Writes the pod's status: running (ready or not), or exited with `exit_code`.
     async fn report(&self, status: &ContainerStatus, exit_code: Option<i32>) -> anyhow::Result<()> {
-        let name = self.pod.name_any();
-        report(self.api, &name, self.container, self.ip, status, exit_code).await
+        let ContainerStatus {
+            started_at: started,
+            container_started,
+            ready,
+            restarts,
+        } = *status;
+        let (name, container, ip) = (self.pod.name_any(), self.container, self.ip);
+        let now = Timestamp::now().to_string();
+        let state = match exit_code {
+            None => json!({"running": {"startedAt": container_started.to_string()}}),
+            Some(code) => {
+                json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": container_started.to_string(), "finishedAt": now}})
+            }
+        };
+        let phase = match exit_code {
+            None => "Running",
+            Some(0) => "Succeeded",
+            Some(_) => "Failed",
+        };
+        let ready_s = if ready { "True" } else { "False" };
+        let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": now});
+        patch_status(
+            self.api,
+            &name,
+            json!({
+                "phase": phase,
+                "hostIP": GATEWAY, "hostIPs": [{"ip": GATEWAY}],
+                "podIP": ip, "podIPs": [{"ip": ip}],
+                "startTime": started.to_string(),
+                "conditions": [
+                    condition("PodScheduled", "True"), condition("Initialized", "True"),
+                    condition("ContainersReady", ready_s), condition("Ready", ready_s)
+                ],
+                "containerStatuses": [{
+                    "name": container.name, "image": container.image, "imageID": "", "containerID": format!("world://{name}"),
+                    "ready": ready, "started": exit_code.is_none(), "restartCount": restarts, "state": state
+                }]
+            }),
+        )
+        .await
     }
 }
 
@@ -632,56 +671,6 @@ fn container_waiting(container: &Container, reason: &str, message: &str) -> serd
         "name": container.name, "image": container.image, "imageID": "", "ready": false, "restartCount": 0,
         "state": {"waiting": {"reason": reason, "message": message}}
     })
-}
-
-async fn report(
-    api: &Api<Pod>,
-    name: &str,
-    container: &Container,
-    ip: &str,
-    status: &ContainerStatus,
-    exit_code: Option<i32>,
-) -> anyhow::Result<()> {
-    let ContainerStatus {
-        started_at: started,
-        container_started,
-        ready,
-        restarts,
-    } = *status;
-    let now = Timestamp::now().to_string();
-    let state = match exit_code {
-        None => json!({"running": {"startedAt": container_started.to_string()}}),
-        Some(code) => {
-            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
-            "startedAt": container_started.to_string(), "finishedAt": now}})
-        }
-    };
-    let phase = match exit_code {
-        None => "Running",
-        Some(0) => "Succeeded",
-        Some(_) => "Failed",
-    };
-    let ready_s = if ready { "True" } else { "False" };
-    let condition = |type_: &str, status: &str| json!({"type": type_, "status": status, "lastTransitionTime": now});
-    patch_status(
-        api,
-        name,
-        json!({
-            "phase": phase,
-            "hostIP": GATEWAY, "hostIPs": [{"ip": GATEWAY}],
-            "podIP": ip, "podIPs": [{"ip": ip}],
-            "startTime": started.to_string(),
-            "conditions": [
-                condition("PodScheduled", "True"), condition("Initialized", "True"),
-                condition("ContainersReady", ready_s), condition("Ready", ready_s)
-            ],
-            "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "", "containerID": format!("world://{name}"),
-                "ready": ready, "started": exit_code.is_none(), "restartCount": restarts, "state": state
-            }]
-        }),
-    )
-    .await
 }
 
 async fn patch_status(api: &Api<Pod>, name: &str, status: serde_json::Value) -> anyhow::Result<()> {
