@@ -17,6 +17,12 @@ use spark_connect_operator::probe::prober::Prober;
 use spark_connect_operator::{client, crd, gateway, leader, telemetry, validate};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc in every build, the static (musl) image included, so what the benches measure is
+/// what ships. With glibc's malloc, an operator that had converged a thousand clusters held a
+/// 47 MB heap for 18 MB of live data: peak RSS 76 MB in `sco-bench scale`, 50 MB with jemalloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     version,

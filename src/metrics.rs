@@ -38,7 +38,8 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile duration by controller.
     pub reconcile_duration: HistogramVec,
-    /// Servers by cluster and state.
+    /// Servers by cluster and state; a state with none has no series (see
+    /// [`Metrics::set_servers`]).
     pub servers: IntGaugeVec,
     /// Write requests (anything but GET/HEAD) sent to the apiserver, by verb.
     pub api_writes: IntCounterVec,
@@ -146,6 +147,20 @@ impl Metrics {
             names: r.names.take(),
             registry: r.registry,
         })
+    }
+
+    /// Sets a cluster's count of servers in `state`. A count of zero removes the series: a
+    /// thousand pools kept at zero would otherwise export (and this process hold) five thousand
+    /// zeros. Sums and `> 0` alerts read an absent series as none.
+    pub fn set_servers(&self, namespace: &str, cluster: &str, state: &str, count: i32) {
+        let labels = [namespace, cluster, state];
+        if count == 0 {
+            let _ = self.servers.remove_label_values(&labels);
+        } else {
+            self.servers
+                .with_label_values(&labels)
+                .set(i64::from(count));
+        }
     }
 
     /// Removes every series of a deleted cluster; `states` are the server states' label values.
@@ -275,6 +290,18 @@ mod tests {
         // 3 states, the target, the probe targets, and the wait's 13 buckets, +Inf, sum and count.
         assert_eq!(text.matches("cluster=\"kept\"").count(), 5 + 16, "{text}");
         assert!(text.contains("spark_connect_operator_claim_wait_seconds_bucket"));
+    }
+
+    #[test]
+    fn a_state_with_no_servers_has_no_series_and_one_that_empties_loses_its_series() {
+        let metrics = Metrics::new().expect("metrics");
+        metrics.set_servers("ns", "pool", "idle", 2);
+        metrics.set_servers("ns", "pool", "claimed", 0);
+        let text = metrics.render();
+        assert!(text.contains("state=\"idle\"} 2"), "{text}");
+        assert!(!text.contains("state=\"claimed\""), "{text}");
+        metrics.set_servers("ns", "pool", "idle", 0);
+        assert!(!metrics.render().contains("cluster=\"pool\""));
     }
 
     #[test]

@@ -303,9 +303,7 @@ pub async fn report(
         (ServerState::Unhealthy, summary.counts.unhealthy),
     ] {
         ctx.metrics
-            .servers
-            .with_label_values(&[valid.namespace, valid.name, state.as_str()])
-            .set(i64::from(value));
+            .set_servers(valid.namespace, valid.name, state.as_str(), value);
     }
     ctx.metrics
         .claims_waiting
