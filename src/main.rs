@@ -17,11 +17,9 @@ use spark_connect_operator::probe::prober::Prober;
 use spark_connect_operator::{client, crd, gateway, leader, telemetry, validate};
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc in every build, the static (musl) image included, so what the benches measure is
-/// what ships. With glibc's malloc, an operator that had converged a thousand clusters held a
-/// 47 MB heap for 18 MB of live data: peak RSS 76 MB in `sco-bench scale`, 50 MB with jemalloc.
+/// jemalloc, in every build (the static musl image too).
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: spark_connect_operator::Allocator = spark_connect_operator::Allocator;
 
 #[derive(Parser)]
 #[command(

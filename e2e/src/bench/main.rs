@@ -98,6 +98,10 @@ enum Command {
     },
 }
 
+/// The operator's allocator: the prober measured here allocates as it does in the operator.
+#[global_allocator]
+static ALLOCATOR: spark_connect_operator::Allocator = spark_connect_operator::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
