@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
-use support::{World, create_pool, fake_spec, live_pods, succeeded, wait_until};
+use support::{World, bound, create_pool, fake_spec, live_pods, succeeded, wait_until};
 
 fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
     serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))
@@ -196,6 +196,69 @@ async fn fifty_claims_at_once_never_share_a_server() {
         bound.len() >= 35,
         "the 5 idle and the 30 allowed to wait are all bound"
     );
+}
+
+#[tokio::test]
+async fn a_claim_deleted_and_applied_again_gets_a_fresh_server_of_its_own() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-reapply").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    create_pool(
+        &clusters,
+        "again",
+        fake_spec(2, 4, 10),
+        2,
+        Duration::from_secs(120),
+    )
+    .await;
+    // The same claim, deleted and applied again at once, three times; each time by another
+    // user, as when a name is reused.
+    let mut earlier: Vec<String> = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let mut notebook = claim("notebook", "again");
+        notebook.spec.user = Some(user.into());
+        wait_until(Duration::from_secs(30), "the claim created", || async {
+            claims
+                .create(&PostParams::default(), &notebook)
+                .await
+                .is_ok()
+        })
+        .await;
+        let got = bound(&claims, "notebook").await;
+        let server = got.status.and_then(|s| s.server).expect("a server");
+        assert!(
+            !earlier.contains(&server),
+            "{user} got {server}, a server of an earlier claim of the name: {earlier:?}"
+        );
+        // The server records which claim of the name it serves.
+        let uid = got.metadata.uid.expect("uid");
+        wait_until(Duration::from_secs(30), "the server stamped", || async {
+            let pods = live_pods(&world.client, &ns.name, "sparkconnect.dev/state=claimed").await;
+            pods.iter().any(|p| {
+                p.name_any() == server
+                    && p.annotations().get("sparkconnect.dev/claim-uid") == Some(&uid)
+            })
+        })
+        .await;
+        earlier.push(server);
+        claims
+            .delete("notebook", &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    // Every earlier claim's server is retired, never handed on.
+    wait_until(
+        Duration::from_secs(60),
+        "the earlier servers gone",
+        || async {
+            let pods = live_pods(&world.client, &ns.name, "sparkconnect.dev/cluster=again").await;
+            earlier
+                .iter()
+                .all(|server| pods.iter().all(|p| p.name_any() != *server))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

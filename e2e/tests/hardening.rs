@@ -15,7 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
-use support::{World, condition, create_pool, fake_spec, operator_restarts, wait_until};
+use support::{World, bound, condition, create_pool, fake_spec, operator_restarts, wait_until};
 
 /// What must become of a manifest.
 enum Expect {
@@ -468,19 +468,7 @@ async fn hostile_manifests_are_refused_or_reported_and_no_tenant_is_stopped() {
             .create(&PostParams::default(), &claim)
             .await
             .unwrap();
-        wait_until(
-            Duration::from_secs(60),
-            &format!("claim {name} bound"),
-            || async {
-                good_claims
-                    .get(name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .is_some_and(|s| s.phase == ClaimPhase::Bound)
-            },
-        )
-        .await;
+        bound(&good_claims, name).await;
     }
     assert_eq!(
         operator_restarts(&world).await,

@@ -11,7 +11,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::labels::{SERVER_LABEL, USER_ANNOTATION, cluster_labels};
+use super::labels::{CLAIM_UID_ANNOTATION, SERVER_LABEL, USER_ANNOTATION, cluster_labels};
 
 /// `app.kubernetes.io/component` of bind Leases (what the Lease watch selects).
 pub const BIND_COMPONENT: &str = "server-bind";
@@ -25,8 +25,14 @@ const SHARED_HOLDER: &str = "sparkconnect.dev/shared";
 /// Who a bind Lease hands its server to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BindHolder<'a> {
-    /// A claim, by name.
-    Claim(&'a str),
+    /// A claim: its name, the Lease's holder, and its uid, kept beside it (a claim created
+    /// again under a name is another claim; empty on Leases that predate the uid).
+    Claim {
+        /// The claim's name.
+        name: &'a str,
+        /// The claim's uid.
+        uid: &'a str,
+    },
     /// The cluster, to remove the server.
     Retiring,
     /// The cluster, for its shared Service.
@@ -37,24 +43,27 @@ impl<'a> BindHolder<'a> {
     /// The Lease's `holderIdentity`.
     pub fn identity(self) -> &'a str {
         match self {
-            Self::Claim(claim) => claim,
+            Self::Claim { name, .. } => name,
             Self::Retiring => RETIRING_HOLDER,
             Self::Shared => SHARED_HOLDER,
         }
     }
 
-    fn parse(identity: &'a str) -> Self {
+    fn parse(identity: &'a str, claim_uid: &'a str) -> Self {
         match identity {
             RETIRING_HOLDER => Self::Retiring,
             SHARED_HOLDER => Self::Shared,
-            claim => Self::Claim(claim),
+            name => Self::Claim {
+                name,
+                uid: claim_uid,
+            },
         }
     }
 
     /// The claim it names, if it is one.
     pub fn claim(self) -> Option<&'a str> {
         match self {
-            Self::Claim(claim) => Some(claim),
+            Self::Claim { name, .. } => Some(name),
             Self::Retiring | Self::Shared => None,
         }
     }
@@ -77,7 +86,14 @@ pub fn bind_lease(
     let mut labels = cluster_labels(cluster);
     labels.insert("app.kubernetes.io/component".into(), BIND_COMPONENT.into());
     labels.insert(SERVER_LABEL.into(), server.into());
-    let annotations = user.map(|u| BTreeMap::from([(USER_ANNOTATION.to_string(), u.to_string())]));
+    let mut annotations = BTreeMap::new();
+    if let Some(user) = user {
+        annotations.insert(USER_ANNOTATION.to_string(), user.to_string());
+    }
+    if let BindHolder::Claim { uid, .. } = holder {
+        annotations.insert(CLAIM_UID_ANNOTATION.to_string(), uid.to_string());
+    }
+    let annotations = (!annotations.is_empty()).then_some(annotations);
     Some(Lease {
         metadata: ObjectMeta {
             name: Some(bind_lease_name(server)),
@@ -122,12 +138,18 @@ pub fn holder_of<'a>(lease: &'a Lease, pod: &Pod) -> Option<BindHolder<'a>> {
     if !(owned && named && labelled) {
         return None;
     }
+    let claim_uid = lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CLAIM_UID_ANNOTATION))
+        .map_or("", String::as_str);
     lease
         .spec
         .as_ref()?
         .holder_identity
         .as_deref()
-        .map(BindHolder::parse)
+        .map(|identity| BindHolder::parse(identity, claim_uid))
 }
 
 #[cfg(test)]
@@ -146,12 +168,20 @@ mod tests {
         }
     }
 
+    const CLAIM_1: BindHolder<'static> = BindHolder::Claim {
+        name: "claim-1",
+        uid: "cu1",
+    };
+
     #[test]
     fn the_lease_is_named_after_its_server_owned_by_it_and_names_the_claim() {
         let lease = bind_lease(
             "c",
             &pod("c-abc", "u1"),
-            BindHolder::Claim("claim-1"),
+            BindHolder::Claim {
+                name: "claim-1",
+                uid: "cu1",
+            },
             Some("ana"),
         )
         .unwrap();
@@ -169,14 +199,17 @@ mod tests {
         );
         assert_eq!(
             holder_of(&lease, &pod("c-abc", "u1")),
-            Some(BindHolder::Claim("claim-1"))
+            Some(BindHolder::Claim {
+                name: "claim-1",
+                uid: "cu1"
+            }),
+            "the claim, told from a later namesake by its uid"
         );
     }
 
     #[test]
     fn a_lease_hands_out_nothing_unless_it_is_the_fence_of_that_very_pod() {
-        let lease =
-            bind_lease("c", &pod("c-abc", "u1"), BindHolder::Claim("claim-1"), None).unwrap();
+        let lease = bind_lease("c", &pod("c-abc", "u1"), CLAIM_1, None).unwrap();
         assert_eq!(
             holder_of(&lease, &pod("c-abc", "u2")),
             None,
@@ -196,7 +229,7 @@ mod tests {
     fn a_pod_without_a_uid_gets_no_lease() {
         let mut p = pod("c-abc", "u1");
         p.metadata.uid = None;
-        assert!(bind_lease("c", &p, BindHolder::Claim("claim-1"), None).is_none());
+        assert!(bind_lease("c", &p, CLAIM_1, None).is_none());
     }
 
     #[test]
@@ -215,6 +248,6 @@ mod tests {
             assert_eq!(holder_of(&lease, &p), Some(holder));
             assert_eq!(holder.claim(), None);
         }
-        assert_eq!(BindHolder::Claim("x").claim(), Some("x"));
+        assert_eq!(CLAIM_1.claim(), Some("claim-1"));
     }
 }

@@ -20,6 +20,9 @@ pub const SPEC_HASH_LABEL: &str = "sparkconnect.dev/spec-hash";
 pub const ROLE_LABEL: &str = "sparkconnect.dev/role";
 /// Annotation with the claim a server is bound to.
 pub const CLAIM_ANNOTATION: &str = "sparkconnect.dev/claim";
+/// Annotation with the uid of the claim a server is bound to (a claim deleted and created
+/// again under its name is another claim, and never gets its namesake's server).
+pub const CLAIM_UID_ANNOTATION: &str = "sparkconnect.dev/claim-uid";
 /// Annotation with the user of the claim a server is bound to.
 pub const USER_ANNOTATION: &str = "sparkconnect.dev/user";
 /// Name of the server container in every server pod.

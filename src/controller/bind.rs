@@ -229,7 +229,9 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
 /// server pod is stamped with the claim later, when the burst of binds is over.
 async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
     let _under_way = ctx.binds.begin();
-    let Some(claim) = claim(ctx, terms, &a.claim) else {
+    let claim = claim(ctx, terms, &a.claim)
+        .filter(|c| c.metadata.uid.as_deref() == Some(a.claim_uid.as_str()));
+    let Some(claim) = claim else {
         return Outcome::ClaimGone {
             server_taken: false,
         };
@@ -273,7 +275,10 @@ async fn take_server(
                 && p.metadata.uid.as_deref() == Some(a.server.uid.as_str())
         })
         .ok_or(Outcome::ServerTaken)?;
-    let holder = BindHolder::Claim(&a.claim);
+    let holder = BindHolder::Claim {
+        name: &a.claim,
+        uid: &a.claim_uid,
+    };
     match fence::take(ctx, &terms.cluster, &pod, holder, user).await {
         Ok(Take::Won) => Ok(()),
         Ok(Take::Lost) => Err(Outcome::ServerTaken),
@@ -372,7 +377,7 @@ mod tests {
     fn claim(name: &str, created: i64) -> SparkConnectClaim {
         serde_json::from_value(
             json!({"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
-            "metadata": {"name": name, "namespace": NS, "creationTimestamp": at(created)},
+            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "creationTimestamp": at(created)},
             "spec": {"cluster": "c"}}),
         )
         .unwrap()
@@ -402,7 +407,9 @@ mod tests {
         let now = Timestamp::from_second(1_800_000_100).unwrap();
         for (name, created) in line {
             let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
-            ctx.allocator.enqueue(KEY, name, created, now).unwrap();
+            ctx.allocator
+                .enqueue(KEY, name, &format!("uid-{name}"), created, now)
+                .unwrap();
         }
         (ctx, handle)
     }
@@ -527,7 +534,15 @@ mod tests {
     #[tokio::test]
     async fn a_server_already_taken_leaves_the_claim_first_in_line_and_others_still_bind() {
         // Another leader's bind Lease, naming another claim, is not in this process's store.
-        let theirs = bind_lease("c", &server("s-old", 60), BindHolder::Claim("other"), None);
+        let theirs = bind_lease(
+            "c",
+            &server("s-old", 60),
+            BindHolder::Claim {
+                name: "other",
+                uid: "uid-other",
+            },
+            None,
+        );
         let (seen, ctx) = serve_with_the_oldest_server_taken(theirs.unwrap()).await;
         first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
         assert!(
@@ -538,8 +553,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_a_forged_bind_lease_blocks_is_removed_and_the_claim_stays_first() {
-        let mut forged =
-            bind_lease("c", &server("s-old", 60), BindHolder::Claim("mine"), None).unwrap();
+        let mut forged = bind_lease(
+            "c",
+            &server("s-old", 60),
+            BindHolder::Claim {
+                name: "mine",
+                uid: "uid-mine",
+            },
+            None,
+        )
+        .unwrap();
         forged.metadata.owner_references = None;
         forged.metadata.labels = None;
         let (seen, ctx) = serve_with_the_oldest_server_taken(forged).await;

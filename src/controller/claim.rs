@@ -20,7 +20,9 @@ use super::conditions::set_condition;
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use crate::builders::bind_lease::{BindHolder, holder_of};
-use crate::builders::labels::{CLAIM_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState};
+use crate::builders::labels::{
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState,
+};
 use crate::controller::apply::write_status_if_changed;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
@@ -78,10 +80,15 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         .creation_timestamp
         .as_ref()
         .map_or_else(Timestamp::now, |t| t.0);
+    let uid = claim
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     tracing::debug!(claim = %name, "claim joins the line");
     if let Err(full) = ctx
         .allocator
-        .enqueue(&cluster_key, &name, created, Timestamp::now())
+        .enqueue(&cluster_key, &name, uid, created, Timestamp::now())
     {
         let message = format!(
             "{} claims already wait for this cluster (hotPool.maxWaitingClaims)",
@@ -112,20 +119,26 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
 
 /// A server already stamped with this claim, or whose bind Lease names it (the operator
 /// stopped between the two bind writes, or the status write failed), is the claim's: only the
-/// claim's status is written.
+/// claim's status is written. The claim is this very one, by uid: a namesake deleted before
+/// it never hands on its server.
 async fn finish_interrupted_bind(
     claim: &SparkConnectClaim,
     cluster: &SparkConnectCluster,
     ctx: &Context,
     cluster_key: &str,
 ) -> Result<bool, Error> {
-    let (Some(uid), Some(terms)) = (
+    let (Some(uid), Some(claim_uid), Some(terms)) = (
         cluster.metadata.uid.as_deref(),
+        claim.metadata.uid.as_deref(),
         ctx.allocator.terms(cluster_key),
     ) else {
         return Ok(false);
     };
     let name = claim.name_any();
+    let this_claim = BindHolder::Claim {
+        name: &name,
+        uid: claim_uid,
+    };
     let live_server = |p: &Pod| {
         p.namespace() == claim.namespace()
             && p.labels().get(CLUSTER_LABEL) == Some(&claim.spec.cluster)
@@ -136,6 +149,10 @@ async fn finish_interrupted_bind(
         live_server(p)
             && ServerState::of(p) == ServerState::Claimed
             && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
+            && p.annotations()
+                .get(CLAIM_UID_ANNOTATION)
+                .map(String::as_str)
+                == Some(claim_uid)
     });
     // Or a bind Lease names the claim while its server is not stamped yet.
     let stamped = stamped.or_else(|| {
@@ -150,8 +167,7 @@ async fn finish_interrupted_bind(
                 .stores
                 .pods
                 .get(&ObjectRef::new(server).within(&lease.namespace()?))?;
-            (live_server(&pod) && holder_of(&lease, &pod) == Some(BindHolder::Claim(name.as_str())))
-                .then_some(pod)
+            (live_server(&pod) && holder_of(&lease, &pod) == Some(this_claim)).then_some(pod)
         })
     });
     let Some(server) = stamped else {

@@ -146,13 +146,30 @@ mod tests {
     #[test]
     fn a_lease_gives_its_server_to_its_own_holder_and_a_shared_server_to_its_removal() {
         use BindHolder::*;
-        assert_eq!(verdict(Some(Claim("a")), Claim("a")), Take::Won);
-        assert_eq!(verdict(Some(Claim("a")), Claim("b")), Take::Lost);
-        assert_eq!(verdict(Some(Claim("a")), Retiring), Take::Lost);
-        assert_eq!(verdict(Some(Claim("a")), Shared), Take::Lost);
+        let a = Claim {
+            name: "a",
+            uid: "1",
+        };
+        let b = Claim {
+            name: "b",
+            uid: "2",
+        };
+        let a_again = Claim {
+            name: "a",
+            uid: "3",
+        };
+        assert_eq!(verdict(Some(a), a), Take::Won);
+        assert_eq!(verdict(Some(a), b), Take::Lost);
+        assert_eq!(
+            verdict(Some(a), a_again),
+            Take::Lost,
+            "a claim created again under the name is another claim"
+        );
+        assert_eq!(verdict(Some(a), Retiring), Take::Lost);
+        assert_eq!(verdict(Some(a), Shared), Take::Lost);
         assert_eq!(verdict(Some(Shared), Retiring), Take::Won);
         assert_eq!(verdict(Some(Retiring), Shared), Take::Lost);
-        assert_eq!(verdict(Some(Retiring), Claim("a")), Take::Lost);
+        assert_eq!(verdict(Some(Retiring), a), Take::Lost);
         assert_eq!(verdict(None, Retiring), Take::Lost);
     }
 }

@@ -280,6 +280,28 @@ pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
     })
 }
 
+/// The claim `name`, once it is Bound (failing the test after a minute).
+pub async fn bound(
+    claims: &Api<spark_connect_operator::crd::SparkConnectClaim>,
+    name: &str,
+) -> spark_connect_operator::crd::SparkConnectClaim {
+    use spark_connect_operator::crd::ClaimPhase;
+    wait_until(
+        Duration::from_secs(60),
+        &format!("claim {name} Bound"),
+        || async {
+            claims
+                .get(name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.phase == ClaimPhase::Bound)
+        },
+    )
+    .await;
+    claims.get(name).await.expect("claim")
+}
+
 /// Polls `check` until it holds, failing the test after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, check: F) -> Duration
 where

@@ -22,8 +22,8 @@ use super::report::Problems;
 use super::tokens::Tokens;
 use crate::builders::bind_lease::BindHolder;
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState, USER_ANNOTATION,
-    new_server_name,
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState,
+    USER_ANNOTATION, new_server_name,
 };
 use crate::builders::pod::{ServerIdentity, server_pod};
 use crate::builders::secret::{new_token, server_token_secret};
@@ -179,7 +179,11 @@ async fn stamp(api: Api<Pod>, pod: Arc<Pod>, taken: Taken) -> Result<(), Error> 
     let patch = json!({"metadata": {
         "resourceVersion": pod.resource_version(),
         "labels": {STATE_LABEL: ServerState::Claimed.as_str()},
-        "annotations": {CLAIM_ANNOTATION: taken.claim, USER_ANNOTATION: taken.user.clone().unwrap_or_default()}
+        "annotations": {
+            CLAIM_ANNOTATION: taken.claim,
+            CLAIM_UID_ANNOTATION: taken.claim_uid,
+            USER_ANNOTATION: taken.user.clone().unwrap_or_default()
+        }
     }});
     match api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -687,7 +691,10 @@ mod tests {
         let theirs = crate::builders::bind_lease::bind_lease(
             valid.name,
             &taken_pod,
-            BindHolder::Claim("someone"),
+            BindHolder::Claim {
+                name: "someone",
+                uid: "uid-someone",
+            },
             None,
         )
         .unwrap();

@@ -262,14 +262,15 @@ fn publish_terms(
     );
     // Drop from the line only claims the store shows gone, bound or ended now: claims queued
     // while this reconcile ran are not in its observation, and must stay.
-    ctx.allocator.retain_waiting(key, |name| {
+    ctx.allocator.retain_waiting(key, |name, uid| {
         let claim = ctx
             .stores
             .claims
             .get(&ObjectRef::new(name).within(valid.namespace));
         claim.is_some_and(|c| {
             let status = c.status.as_ref();
-            c.metadata.deletion_timestamp.is_none()
+            c.metadata.uid.as_deref() == Some(uid)
+                && c.metadata.deletion_timestamp.is_none()
                 && status.is_none_or(|s| s.server.is_none() && s.phase == ClaimPhase::Pending)
         })
     });

@@ -17,13 +17,13 @@ use sha2::{Digest, Sha256};
 use super::children::ClusterToken;
 use crate::builders::bind_lease::{BindHolder, bind_lease_name, holder_of};
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
-    ServerRole, ServerState, USER_ANNOTATION,
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL,
+    SPEC_HASH_LABEL, STATE_LABEL, ServerRole, ServerState, USER_ANNOTATION,
 };
 use crate::controller::apply::controlled_by;
 use crate::controller::context::{Context, cluster_key};
 use crate::controller::pool::Hashes;
-use crate::controller::pool::claims::ClaimView;
+use crate::controller::pool::claims::{ClaimView, ClaimedBy};
 use crate::controller::pool::plan::ServerView;
 use crate::controller::stores::Stores;
 use crate::crd::{ClaimPhase, SparkConnectClaim};
@@ -46,7 +46,7 @@ pub struct Observed {
     /// What the claim plan needs to know of each.
     pub claim_views: Vec<ClaimView>,
     /// Claimed server → the claim named on it.
-    pub claimed_servers: BTreeMap<String, String>,
+    pub claimed_servers: BTreeMap<String, ClaimedBy>,
     /// Servers handed to a claim whose pod the store does not show stamped yet (by this
     /// process, or by a bind Lease): server → claim.
     pub handed_out: BTreeMap<String, String>,
@@ -69,6 +69,8 @@ pub struct Observed {
 pub struct Taken {
     /// The claim the server is handed to.
     pub claim: String,
+    /// Its uid (empty on Leases that predate it).
+    pub claim_uid: String,
     /// The claim's user, if it names one.
     pub user: Option<String>,
 }
@@ -188,14 +190,18 @@ fn pods_of(valid: &ValidCluster<'_>, stores: &Stores) -> Pods {
     pods
 }
 
-/// Servers stamped claimed, with the claim each names.
-fn claimed_servers(servers: &BTreeMap<String, Arc<Pod>>) -> BTreeMap<String, String> {
+/// Servers stamped claimed, with the claim each records.
+fn claimed_servers(servers: &BTreeMap<String, Arc<Pod>>) -> BTreeMap<String, ClaimedBy> {
     servers
         .iter()
         .filter(|(_, p)| ServerState::of(p) == ServerState::Claimed)
         .map(|(name, p)| {
-            let claim = p.annotations().get(CLAIM_ANNOTATION).cloned();
-            (name.clone(), claim.unwrap_or_default())
+            let recorded = |key: &str| p.annotations().get(key).cloned().unwrap_or_default();
+            let by = ClaimedBy {
+                name: recorded(CLAIM_ANNOTATION),
+                uid: recorded(CLAIM_UID_ANNOTATION),
+            };
+            (name.clone(), by)
         })
         .collect()
 }
@@ -242,10 +248,11 @@ fn fenced(servers: &BTreeMap<String, Arc<Pod>>, leases: &Store<Lease>) -> Fenced
         };
         let label = ServerState::of(pod);
         match holder_of(&lease, pod) {
-            Some(BindHolder::Claim(claim)) if label != ServerState::Claimed => {
+            Some(BindHolder::Claim { name: claim, uid }) if label != ServerState::Claimed => {
                 let user = lease.annotations().get(USER_ANNOTATION).cloned();
                 let taken = Taken {
                     claim: claim.to_string(),
+                    claim_uid: uid.to_string(),
                     user,
                 };
                 fenced.unstamped.insert(name.clone(), taken);
@@ -370,6 +377,7 @@ fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {
     let status = claim.status.clone().unwrap_or_default();
     Some(ClaimView {
         name: claim.metadata.name.clone()?,
+        uid: claim.metadata.uid.clone().unwrap_or_default(),
         created: claim.metadata.creation_timestamp.as_ref()?.0,
         phase: if status.phase == ClaimPhase::Pending && status.server.is_some() {
             ClaimPhase::Bound
@@ -420,7 +428,11 @@ mod tests {
     fn a_server_its_lease_hands_to_a_claim_is_unstamped_until_its_pod_says_claimed() {
         let mut pod = starting_pod();
         pod.metadata.namespace = Some("ns".into());
-        let lease = bind_lease("c", &pod, BindHolder::Claim("claim-1"), Some("ana"));
+        let holder = BindHolder::Claim {
+            name: "claim-1",
+            uid: "cu1",
+        };
+        let lease = bind_lease("c", &pod, holder, Some("ana"));
         let leases = store_of(vec![lease.expect("a lease")]);
         let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
         let unstamped = |servers: &BTreeMap<_, _>, leases: &_| fenced(servers, leases).unstamped;
@@ -429,6 +441,7 @@ mod tests {
             taken.get("s-1"),
             Some(&Taken {
                 claim: "claim-1".into(),
+                claim_uid: "cu1".into(),
                 user: Some("ana".into())
             })
         );

@@ -50,6 +50,8 @@ pub struct Candidate {
 pub struct Assignment {
     /// The claim.
     pub claim: String,
+    /// The claim's uid: a claim deleted and created again under its name is another claim.
+    pub claim_uid: String,
     /// When the claim was created (its place in line).
     pub created: Timestamp,
     /// The server.
@@ -65,15 +67,31 @@ pub struct QueueFull {
     pub max_waiting: usize,
 }
 
+/// A claim in line, ordered by creation time, then name: the first is served first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct InLine {
+    created: Timestamp,
+    name: String,
+    uid: String,
+}
+
+/// The claim a server was handed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HandedTo {
+    name: String,
+    uid: String,
+}
+
 #[derive(Default)]
 struct ClusterQueue {
     terms: Option<PoolTerms>,
-    /// Waiting claims by (creation time, name): the first is served first.
-    waiting: BTreeSet<(Timestamp, String)>,
-    first_seen: HashMap<String, Timestamp>,
+    /// Waiting claims, the first served first.
+    waiting: BTreeSet<InLine>,
+    /// Claim name → its uid and when this process first saw it.
+    first_seen: HashMap<String, (String, Timestamp)>,
     /// Server → claim, for servers whose bind write is under way or whose pod the store does
     /// not show stamped yet.
-    handed_out: BTreeMap<String, String>,
+    handed_out: BTreeMap<String, HandedTo>,
     /// Idle servers the cluster reconcile is changing (relabelling or removing): never handed
     /// out until the store shows them changed or the change is given up.
     withheld: BTreeSet<String>,
@@ -161,49 +179,68 @@ impl Allocator {
         })
     }
 
-    /// Puts a claim in line (idempotent; a claim this process is binding already stays out:
-    /// a store that does not show its bind yet must not get it a second server). Refused when
-    /// the line is full.
+    /// Puts claim `claim` (uid `uid`) in line (idempotent; a claim this process is binding
+    /// already stays out: a store that does not show its bind yet must not get it a second
+    /// server). A claim of the same name and another uid is a new claim: an earlier namesake
+    /// in line or being bound is forgotten. Refused when the line is full.
     pub fn enqueue(
         &self,
         key: &str,
         claim: &str,
+        uid: &str,
         created: Timestamp,
         now: Timestamp,
     ) -> Result<(), QueueFull> {
         self.with(key, |q| {
-            let entry = (created, claim.to_string());
-            if q.waiting.contains(&entry) || q.handed_out.values().any(|c| c == claim) {
+            let this = |name: &str, u: &str| name == claim && u == uid;
+            if q.waiting.iter().any(|c| this(&c.name, &c.uid))
+                || q.handed_out.values().any(|c| this(&c.name, &c.uid))
+            {
                 return Ok(());
             }
+            let namesake = |name: &str, u: &str| name == claim && u != uid;
+            q.waiting.retain(|c| !namesake(&c.name, &c.uid));
             let max_waiting = q.terms.as_ref().map_or(usize::MAX, |t| t.max_waiting);
             if q.waiting.len() >= max_waiting {
                 return Err(QueueFull { max_waiting });
             }
-            q.first_seen.entry(claim.to_string()).or_insert(now);
-            q.waiting.insert(entry);
+            let seen = q
+                .first_seen
+                .entry(claim.to_string())
+                .or_insert_with(|| (uid.to_string(), now));
+            if seen.0 != uid {
+                *seen = (uid.to_string(), now);
+            }
+            q.waiting.insert(InLine {
+                created,
+                name: claim.to_string(),
+                uid: uid.to_string(),
+            });
             Ok(())
         })
     }
 
     /// When this process first saw the claim.
     pub fn first_seen(&self, key: &str, claim: &str) -> Option<Timestamp> {
-        self.with(key, |q| q.first_seen.get(claim).copied())
+        self.with(key, |q| q.first_seen.get(claim).map(|(_, at)| *at))
     }
 
     /// Forgets a claim (bound, final or deleted).
     pub fn forget_claim(&self, key: &str, claim: &str) {
         self.with(key, |q| {
-            q.waiting.retain(|(_, name)| name != claim);
+            q.waiting.retain(|c| c.name != claim);
             q.first_seen.remove(claim);
         });
     }
 
-    /// Drops waiting claims that `keep` no longer lists (deleted, bound or ended elsewhere).
-    pub fn retain_waiting(&self, key: &str, keep: impl Fn(&str) -> bool) {
+    /// Drops waiting claims that `keep` (given name and uid) no longer lists (deleted, bound
+    /// or ended elsewhere).
+    pub fn retain_waiting(&self, key: &str, keep: impl Fn(&str, &str) -> bool) {
         self.with(key, |q| {
-            q.waiting.retain(|(_, name)| keep(name));
-            q.first_seen.retain(|name, _| keep(name));
+            q.waiting.retain(|c| keep(&c.name, &c.uid));
+            let waiting: BTreeSet<&str> = q.waiting.iter().map(|c| c.name.as_str()).collect();
+            q.first_seen
+                .retain(|name, _| waiting.contains(name.as_str()));
         });
     }
 
@@ -214,9 +251,15 @@ impl Allocator {
         }
     }
 
-    /// Servers handed out by this process whose claim is not yet visible on the pod.
+    /// Servers handed out by this process whose claim is not yet visible on the pod, with the
+    /// claim's name.
     pub fn handed_out(&self, key: &str) -> BTreeMap<String, String> {
-        self.with(key, |q| q.handed_out.clone())
+        self.with(key, |q| {
+            q.handed_out
+                .iter()
+                .map(|(server, claim)| (server.clone(), claim.name.clone()))
+                .collect()
+        })
     }
 
     /// Pairs waiting claims with `candidates` (idle, healthy, current servers as the store
@@ -242,13 +285,24 @@ impl Allocator {
             }
             pairs
                 .into_iter()
-                .map(|((created, claim), server)| {
-                    q.waiting.remove(&(created, claim.clone()));
-                    q.handed_out.insert(server.name.clone(), claim.clone());
-                    let first_seen = q.first_seen.get(&claim).copied().unwrap_or(created);
+                .map(|(claim, server)| {
+                    q.waiting.remove(&claim);
+                    q.handed_out.insert(
+                        server.name.clone(),
+                        HandedTo {
+                            name: claim.name.clone(),
+                            uid: claim.uid.clone(),
+                        },
+                    );
+                    let first_seen = q
+                        .first_seen
+                        .get(&claim.name)
+                        .filter(|(uid, _)| *uid == claim.uid)
+                        .map_or(claim.created, |(_, at)| *at);
                     Assignment {
-                        claim,
-                        created,
+                        claim: claim.name,
+                        claim_uid: claim.uid,
+                        created: claim.created,
                         server,
                         first_seen,
                     }
@@ -281,8 +335,11 @@ impl Allocator {
         self.with(key, |q| {
             q.handed_out.remove(&assignment.server.name);
             if requeue {
-                q.waiting
-                    .insert((assignment.created, assignment.claim.clone()));
+                q.waiting.insert(InLine {
+                    created: assignment.created,
+                    name: assignment.claim.clone(),
+                    uid: assignment.claim_uid.clone(),
+                });
             }
         });
     }
@@ -296,11 +353,11 @@ impl Allocator {
 /// The picker: the oldest waiting claims get the oldest free servers, after `reserved` servers
 /// are kept back for the shared endpoint. Pure.
 fn pick(
-    waiting: &BTreeSet<(Timestamp, String)>,
+    waiting: &BTreeSet<InLine>,
     candidates: &[Candidate],
     taken: impl Fn(&str) -> bool,
     reserved: usize,
-) -> Vec<((Timestamp, String), Candidate)> {
+) -> Vec<(InLine, Candidate)> {
     let mut free: Vec<&Candidate> = candidates.iter().filter(|c| !taken(&c.name)).collect();
     free.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
     waiting
@@ -342,7 +399,8 @@ mod tests {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
         for (name, created) in [("late", 3), ("first", 1), ("second", 2)] {
-            a.enqueue("ns/c", name, at(created), at(10)).unwrap();
+            a.enqueue("ns/c", name, &format!("uid-{name}"), at(created), at(10))
+                .unwrap();
         }
         let got = a.assign("ns/c", &[server("young", 1), server("old", 50)], |_| true);
         let pairs: Vec<(&str, &str)> = got
@@ -357,8 +415,8 @@ mod tests {
     fn no_server_is_handed_out_twice_while_the_store_still_shows_it_idle() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         let pool = [server("s1", 5)];
         assert_eq!(a.assign("ns/c", &pool, |_| true).len(), 1);
         assert!(
@@ -374,12 +432,12 @@ mod tests {
     fn a_claim_being_bound_is_not_put_in_line_again_for_a_second_server() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         let pool = [server("s1", 5), server("s2", 4)];
         let got = a.assign("ns/c", &pool, |_| true);
         assert_eq!(got.len(), 1);
         // The claim's own reconcile runs before its bind shows in the store.
-        a.enqueue("ns/c", "one", at(1), at(2)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(2)).unwrap();
         assert_eq!(a.waiting("ns/c"), 0);
         assert!(
             a.assign("ns/c", &pool, |_| true).is_empty(),
@@ -391,10 +449,47 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_created_again_under_the_name_of_one_just_bound_is_served() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "notebook", "uid-1", at(1), at(1))
+            .unwrap();
+        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        // Bound; the claim is deleted and applied again before anything else is served, so
+        // s1 (gone by now) is still recorded as handed to the name.
+        a.enqueue("ns/c", "notebook", "uid-2", at(30), at(30))
+            .unwrap();
+        assert_eq!(a.waiting("ns/c"), 1, "the new claim is in line");
+        let got = a.assign("ns/c", &[server("s2", 1)], |_| true);
+        assert_eq!(
+            (got[0].claim_uid.as_str(), got[0].server.name.as_str()),
+            ("uid-2", "s2")
+        );
+        assert_eq!(got[0].first_seen, at(30), "its wait is its own");
+    }
+
+    #[test]
+    fn a_namesake_still_in_line_gives_way_to_the_claim_created_again() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "notebook", "uid-1", at(1), at(1))
+            .unwrap();
+        a.enqueue("ns/c", "notebook", "uid-2", at(5), at(5))
+            .unwrap();
+        assert_eq!(a.waiting("ns/c"), 1, "one claim of that name waits");
+        let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].claim_uid.as_str(), got[0].first_seen),
+            ("uid-2", at(5))
+        );
+    }
+
+    #[test]
     fn a_server_the_cluster_is_changing_is_not_handed_out_and_a_handed_out_one_is_not_changed() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         assert!(
             a.withhold("ns/c", "s1"),
             "s1 is free: the cluster may change it"
@@ -410,7 +505,7 @@ mod tests {
         // A withheld server the store no longer shows idle (it was changed) is forgotten.
         assert!(a.withhold("ns/c", "s2"));
         a.assign("ns/c", &[], |s| s != "s2");
-        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s2", 1)], |_| true).len(), 1);
     }
 
@@ -418,9 +513,11 @@ mod tests {
     fn a_conflict_puts_the_claim_back_at_the_head_of_the_line() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "first", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "first", "uid-first", at(1), at(1))
+            .unwrap();
         let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
-        a.enqueue("ns/c", "later", at(9), at(9)).unwrap();
+        a.enqueue("ns/c", "later", "uid-later", at(9), at(9))
+            .unwrap();
         a.undo("ns/c", &got[0], true);
         let again = a.assign("ns/c", &[server("s2", 1)], |_| true);
         assert_eq!(again[0].claim, "first");
@@ -435,7 +532,7 @@ mod tests {
     fn servers_reserved_for_the_shared_endpoint_are_not_handed_out() {
         let a = Allocator::default();
         a.publish("ns/c", terms(1, 10));
-        a.enqueue("ns/c", "x", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "x", "uid-x", at(1), at(1)).unwrap();
         assert!(a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty());
         let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
         assert_eq!(got[0].server.name, "s2");
@@ -477,7 +574,7 @@ mod tests {
         let a = Allocator::default();
         let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
         let now = Instant::now();
         let wait = a.refill_hold("ns/c", false, quiet, max, now);
@@ -496,7 +593,7 @@ mod tests {
             None,
             "nothing handed out yet"
         );
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
         let now = Instant::now();
         let wait = a.claimant_grace("ns/c", 1, delay, now);
@@ -514,7 +611,7 @@ mod tests {
             None,
             "grace over"
         );
-        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         assert_eq!(
             a.claimant_grace("ns/c", 1, delay, now),
             None,
@@ -532,12 +629,12 @@ mod tests {
         let a = Allocator::default();
         let delay = Duration::from_secs(2);
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
         let first = Instant::now();
         // The next claim comes later, within the grace of the first.
         std::thread::sleep(Duration::from_millis(20));
-        a.enqueue("ns/c", "two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s2", 4)], |_| true).len(), 1);
         assert!(a.claimant_grace("ns/c", 1, delay, first).is_some());
         assert_eq!(
@@ -546,7 +643,8 @@ mod tests {
             "the grace runs from the first handout not yet replaced"
         );
         // Over: the replacements start, and the next handout begins a new grace.
-        a.enqueue("ns/c", "three", at(3), at(3)).unwrap();
+        a.enqueue("ns/c", "three", "uid-three", at(3), at(3))
+            .unwrap();
         assert_eq!(a.assign("ns/c", &[server("s3", 3)], |_| true).len(), 1);
         assert!(a.claimant_grace("ns/c", 1, delay, Instant::now()).is_some());
     }
@@ -555,11 +653,11 @@ mod tests {
     fn the_line_is_bounded() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 2));
-        a.enqueue("ns/c", "a", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "b", at(2), at(2)).unwrap();
-        a.enqueue("ns/c", "b", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "a", "uid-a", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "b", "uid-b", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", "b", "uid-b", at(2), at(2)).unwrap();
         assert_eq!(
-            a.enqueue("ns/c", "c", at(3), at(3)),
+            a.enqueue("ns/c", "c", "uid-c", at(3), at(3)),
             Err(QueueFull { max_waiting: 2 })
         );
     }

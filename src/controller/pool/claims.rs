@@ -15,6 +15,8 @@ use crate::crd::ClaimPhase;
 pub struct ClaimView {
     /// Claim name.
     pub name: String,
+    /// Claim uid.
+    pub uid: String,
     /// Created at.
     pub created: Timestamp,
     /// Current phase.
@@ -66,6 +68,23 @@ impl ClaimEnd {
     }
 }
 
+/// The claim a claimed server is bound to, as the server records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimedBy {
+    /// The claim's name.
+    pub name: String,
+    /// The claim's uid; empty where it is not known (a server stamped before uids were
+    /// recorded, or one whose bind this process has under way): then the name alone decides.
+    pub uid: String,
+}
+
+impl ClaimedBy {
+    /// Whether `claim` is the claim the server records.
+    fn is(&self, claim: &ClaimView) -> bool {
+        self.name == claim.name && (self.uid.is_empty() || self.uid == claim.uid)
+    }
+}
+
 /// What to do with claims and claimed servers.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClaimPlan {
@@ -81,11 +100,11 @@ fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
     Duration::try_from(now.duration_since(since)).unwrap_or_default()
 }
 
-/// Decides. `claimed_servers` maps each claimed server to the claim named on it; `alive` is
+/// Decides. `claimed_servers` maps each claimed server to the claim it records; `alive` is
 /// every live server.
 pub fn plan_claims(
     claims: &[ClaimView],
-    claimed_servers: &BTreeMap<String, String>,
+    claimed_servers: &BTreeMap<String, ClaimedBy>,
     alive: &BTreeSet<String>,
     limits: ClaimLimits,
     now: Timestamp,
@@ -94,11 +113,15 @@ pub fn plan_claims(
     let mut by_age: Vec<&ClaimView> = claims.iter().collect();
     by_age.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
 
-    // A claimed server whose claim is gone or final is retired (never reused).
+    // A claimed server whose claim is gone (a namesake created since is another claim) or
+    // final is retired (never reused).
     let holding: BTreeMap<&str, &ClaimView> = claims.iter().map(|c| (c.name.as_str(), c)).collect();
-    for (server, claim) in claimed_servers {
-        match holding.get(claim.as_str()) {
-            Some(c) if !c.phase.is_final() && c.server.as_deref().is_none_or(|s| s == server) => {}
+    for (server, claimed_by) in claimed_servers {
+        match holding.get(claimed_by.name.as_str()) {
+            Some(c)
+                if claimed_by.is(c)
+                    && !c.phase.is_final()
+                    && c.server.as_deref().is_none_or(|s| s == server) => {}
             _ => {
                 plan.retire.insert(server.clone());
             }
@@ -137,11 +160,18 @@ mod tests {
     fn claim(name: &str, age_secs: i64) -> ClaimView {
         ClaimView {
             name: name.into(),
+            uid: format!("uid-{name}"),
             created: now() - jiff::SignedDuration::from_secs(age_secs),
             phase: ClaimPhase::Pending,
             server: None,
             bound_at: None,
             ttl: None,
+        }
+    }
+    fn by(name: &str) -> ClaimedBy {
+        ClaimedBy {
+            name: name.into(),
+            uid: format!("uid-{name}"),
         }
     }
     fn limits() -> ClaimLimits {
@@ -172,7 +202,7 @@ mod tests {
         let mut bound = claim("a", 60);
         bound.phase = ClaimPhase::Bound;
         bound.server = Some("gone".into());
-        let claimed = BTreeMap::from([("s9".to_string(), "deleted-claim".to_string())]);
+        let claimed = BTreeMap::from([("s9".to_string(), by("deleted-claim"))]);
         let alive = BTreeSet::from(["s9".to_string()]);
         let p = plan_claims(&[bound], &claimed, &alive, limits(), now());
         assert_eq!(p.end["a"], ClaimEnd::ServerLost);
@@ -186,7 +216,7 @@ mod tests {
         bound.server = Some("s1".into());
         bound.bound_at = Some(now() - jiff::SignedDuration::from_secs(3601));
         bound.ttl = Some(Duration::from_secs(3600));
-        let claimed = BTreeMap::from([("s1".to_string(), "a".to_string())]);
+        let claimed = BTreeMap::from([("s1".to_string(), by("a"))]);
         let alive = BTreeSet::from(["s1".to_string()]);
         let p = plan_claims(&[bound.clone()], &claimed, &alive, limits(), now());
         assert_eq!(p.end["a"], ClaimEnd::Expired);
@@ -200,11 +230,46 @@ mod tests {
     }
 
     #[test]
+    fn a_server_of_a_deleted_claim_retires_though_a_namesake_now_waits() {
+        let namesake = claim("notebook", 1);
+        let old = ClaimedBy {
+            name: "notebook".into(),
+            uid: "uid-of-the-deleted-one".into(),
+        };
+        let claimed = BTreeMap::from([("s1".to_string(), old)]);
+        let alive = BTreeSet::from(["s1".to_string()]);
+        let p = plan_claims(
+            std::slice::from_ref(&namesake),
+            &claimed,
+            &alive,
+            limits(),
+            now(),
+        );
+        assert!(p.retire.contains("s1"), "{p:?}");
+        assert_eq!(
+            p.waiting,
+            ["notebook"],
+            "the new claim waits for a server of its own"
+        );
+        // A server whose record predates uids is judged by the name alone.
+        let legacy = ClaimedBy {
+            name: "notebook".into(),
+            uid: String::new(),
+        };
+        let claimed = BTreeMap::from([("s1".to_string(), legacy)]);
+        assert!(
+            plan_claims(&[namesake], &claimed, &alive, limits(), now())
+                .retire
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn a_final_claim_releases_its_server() {
         let mut lost = claim("a", 60);
         lost.phase = ClaimPhase::Lost;
         lost.server = Some("s1".into());
-        let claimed = BTreeMap::from([("s1".to_string(), "a".to_string())]);
+        let claimed = BTreeMap::from([("s1".to_string(), by("a"))]);
         let alive = BTreeSet::from(["s1".to_string()]);
         let p = plan_claims(&[lost], &claimed, &alive, limits(), now());
         assert!(p.retire.contains("s1"));

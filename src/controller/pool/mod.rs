@@ -16,7 +16,7 @@ use crate::builders::labels::{ServerRole, ServerState};
 use crate::schedule::Scheduled;
 pub use crate::validate::PoolSize;
 use crate::validate::Timings;
-use claims::{ClaimLimits, ClaimPlan, ClaimView, plan_claims};
+use claims::{ClaimLimits, ClaimPlan, ClaimView, ClaimedBy, plan_claims};
 use plan::{PoolPlan, PoolTargets, ServerView};
 
 /// Everything the decision reads, observed from the stores and the prober.
@@ -26,8 +26,8 @@ pub struct Inputs<'a> {
     pub servers: Vec<ServerView>,
     /// The cluster's claims.
     pub claims: &'a [ClaimView],
-    /// Claimed server → the claim named on it.
-    pub claimed_servers: BTreeMap<String, String>,
+    /// Claimed server → the claim it records.
+    pub claimed_servers: BTreeMap<String, ClaimedBy>,
     /// Servers this process handed out whose bind the store does not show yet.
     pub handed_out: &'a BTreeMap<String, String>,
     /// Pool sizes.
@@ -110,7 +110,13 @@ pub fn decide(inputs: Inputs, now: Timestamp) -> Decision {
         .map(|v| v.name.clone())
         .collect();
     let mut claimed = inputs.claimed_servers.clone();
-    claimed.extend(inputs.handed_out.clone());
+    claimed.extend(inputs.handed_out.iter().map(|(server, claim)| {
+        let by = ClaimedBy {
+            name: claim.clone(),
+            uid: String::new(),
+        };
+        (server.clone(), by)
+    }));
     let claims = plan_claims(
         inputs.claims,
         &claimed,
@@ -235,6 +241,7 @@ mod tests {
     fn waiting(name: &str) -> ClaimView {
         ClaimView {
             name: name.into(),
+            uid: format!("uid-{name}"),
             created: now(),
             phase: ClaimPhase::Pending,
             server: None,
