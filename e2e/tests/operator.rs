@@ -57,6 +57,11 @@ async fn invalid_specs_are_refused_with_the_rules_message() {
             "port must differ from the driver",
         ),
         (
+            "bad-warmup",
+            r#"{"image": "x", "warmup": {"sessions": 21}}"#,
+            "spec.warmup.sessions: Invalid value: 21: spec.warmup.sessions in body should be less than or equal to 20",
+        ),
+        (
             "a-name-that-is-far-too-long-for-server-pods-x",
             r#"{"image": "x"}"#,
             "metadata.name must be at most 40 characters",

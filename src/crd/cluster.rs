@@ -473,13 +473,19 @@ pub struct WarmupSpec {
     /// Run the warm-up before a new server becomes idle (on by default).
     #[serde(default = "default_warmup_enabled")]
     pub enabled: bool,
-    /// SQL queries to run in order, their results collected and dropped, in each of three
-    /// sessions one after another; empty means the built-in set (a small query, an aggregation
-    /// with a shuffle, a multi-type Arrow collect, then a group-by with a global sort and a
-    /// filter with a limit sent as DataFrame relations).
+    /// SQL queries to run in order, their results collected and dropped, in each warm-up
+    /// session; empty means the built-in set (a small query, an aggregation with a shuffle, a
+    /// multi-type Arrow collect, then a group-by with a global sort and a filter with a limit
+    /// sent as DataFrame relations).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(length(min = 1, max = 4096)))]
     pub queries: Vec<String>,
+    /// How many sessions run the queries, one after another. A server's first sessions are
+    /// slow to open and its code paths cold; each more session makes the user's first query
+    /// faster and the warm-up longer.
+    #[serde(default = "default_warmup_sessions")]
+    #[schemars(range(min = 1, max = MAX_WARMUP_SESSIONS))]
+    pub sessions: i32,
     /// Deadline of the whole warm-up; a server that misses it is tried again at its next probe.
     #[serde(default = "default_warmup_timeout")]
     #[x_kube(validation = Rule::new(WARMUP_TIMEOUT.cel_rule()).message(WARMUP_TIMEOUT.cel_message().as_str()))]
@@ -490,6 +496,16 @@ pub struct WarmupSpec {
 fn default_warmup_enabled() -> bool {
     true
 }
+/// Most warm-up sessions a cluster may ask for.
+pub const MAX_WARMUP_SESSIONS: i32 = 20;
+
+/// A Connect server does per-session work on a session's first job (its own session state on
+/// the driver, its own isolated state on the executors); the first jobs of a session get
+/// markedly faster over a server's first few sessions, so the user's session must not be the
+/// server's second one.
+fn default_warmup_sessions() -> i32 {
+    3
+}
 fn default_warmup_timeout() -> String {
     "5m".into()
 }
@@ -499,6 +515,7 @@ impl Default for WarmupSpec {
         Self {
             enabled: default_warmup_enabled(),
             queries: Vec::new(),
+            sessions: default_warmup_sessions(),
             timeout: default_warmup_timeout(),
         }
     }

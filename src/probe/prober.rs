@@ -413,7 +413,7 @@ mod tests {
     use super::*;
     use crate::probe::fake::{FAILING_QUERY_MARK, FakeOptions, FakeState, serve};
     use crate::probe::health::{ServerHealth, Verdict};
-    use crate::probe::warmup::{WARMUP_SESSIONS, built_in_steps};
+    use crate::probe::warmup::built_in_steps;
     use futures::StreamExt;
 
     /// A prober over one fake server whose target wants `plan`; returns the book's view of it
@@ -454,7 +454,7 @@ mod tests {
     async fn a_starting_server_is_warmed_up_once_after_its_first_passed_probe() {
         // Triggers: the verdict Healthy, then the finished warm-up.
         let (health, state) =
-            probe_with_warmup(WarmupPlan::new(&[], Duration::from_secs(5)), 2).await;
+            probe_with_warmup(WarmupPlan::new(&[], 2, Duration::from_secs(5)), 2).await;
         assert_eq!(health.verdict, Verdict::Healthy);
         assert!(
             matches!(health.warmup, WarmupState::Done(_)),
@@ -463,7 +463,7 @@ mod tests {
         );
         assert_eq!(
             state.queries_run(),
-            built_in_steps().len() * WARMUP_SESSIONS,
+            built_in_steps().len() * 2,
             "once: the built-in set in each warm-up session, no more"
         );
     }
@@ -472,7 +472,7 @@ mod tests {
     async fn a_failed_warm_up_is_recorded_with_its_reason() {
         let queries = vec![format!("SELECT * FROM {FAILING_QUERY_MARK}")];
         let (health, _) =
-            probe_with_warmup(WarmupPlan::new(&queries, Duration::from_secs(5)), 2).await;
+            probe_with_warmup(WarmupPlan::new(&queries, 1, Duration::from_secs(5)), 2).await;
         match health.warmup {
             WarmupState::Failed(why) => assert!(why.contains("query 1 of 1"), "{why}"),
             other => panic!("expected a failed warm-up, got {other:?}"),

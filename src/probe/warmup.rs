@@ -79,19 +79,25 @@ fn sql(query: &str) -> Relation {
 pub struct WarmupPlan {
     /// The queries, in order.
     pub steps: Arc<[Relation]>,
+    /// How many sessions run them, one after another (at least one).
+    pub sessions: usize,
     /// Deadline of the whole warm-up.
     pub timeout: Duration,
 }
 
 impl WarmupPlan {
-    /// The plan for SQL `queries` (the built-in set when empty).
-    pub fn new(queries: &[String], timeout: Duration) -> Self {
+    /// The plan for SQL `queries` (the built-in set when empty), run in `sessions` sessions.
+    pub fn new(queries: &[String], sessions: usize, timeout: Duration) -> Self {
         let steps = if queries.is_empty() {
             built_in_steps()
         } else {
             queries.iter().map(|q| sql(q)).collect::<Vec<_>>().into()
         };
-        Self { steps, timeout }
+        Self {
+            steps,
+            sessions: sessions.max(1),
+            timeout,
+        }
     }
 }
 
@@ -118,12 +124,6 @@ pub struct WarmupFailure {
     pub unauthenticated: bool,
 }
 
-/// How many sessions the warm-up runs its queries in, one after another. A Connect server does
-/// per-session work on a session's first job (its own session state on the driver, its own
-/// isolated state on the executors); the first jobs of a session get markedly faster over the
-/// first few sessions, so the user's session must not be the server's second one.
-pub const WARMUP_SESSIONS: usize = 3;
-
 /// The `round`-th warm-up session of a server: distinct from its probe session, released when
 /// done.
 fn warmup_session(probe: &ConnectProbe, round: usize) -> String {
@@ -134,13 +134,13 @@ fn warmup_session(probe: &ConnectProbe, round: usize) -> String {
     .to_string()
 }
 
-/// Runs `plan` on the server behind `probe`: every query in each of [`WARMUP_SESSIONS`]
-/// sessions, each session released after.
+/// Runs `plan` on the server behind `probe`: every query in each of its sessions, each session
+/// released after.
 pub async fn warm_up(probe: &ConnectProbe, plan: &WarmupPlan) -> Result<WarmedUp, WarmupFailure> {
     let started = Instant::now();
     let deadline = started + plan.timeout;
     let mut rows = 0;
-    for round in 0..WARMUP_SESSIONS {
+    for round in 0..plan.sessions {
         let session = warmup_session(probe, round);
         let session_started = Instant::now();
         let outcome = run_session(probe, plan, &session, deadline).await;
@@ -300,7 +300,8 @@ mod tests {
     #[tokio::test]
     async fn the_built_in_warm_up_runs_every_query_and_releases_its_session() {
         let (state, probe) = fake(Some("secret")).await;
-        let plan = WarmupPlan::new(&[], Duration::from_secs(5));
+        let sessions = 4;
+        let plan = WarmupPlan::new(&[], sessions, Duration::from_secs(5));
         assert!(
             plan.steps
                 .iter()
@@ -308,7 +309,7 @@ mod tests {
             "the built-in set takes the DataFrame path too"
         );
         let done = warm_up(&probe, &plan).await.unwrap();
-        let runs = 5 * WARMUP_SESSIONS;
+        let runs = 5 * sessions;
         assert_eq!(state.queries_run(), runs, "every query in every session");
         assert_eq!(
             done.rows, runs as u64,
@@ -321,7 +322,7 @@ mod tests {
         );
         assert_eq!(
             state.sessions_opened(),
-            WARMUP_SESSIONS,
+            sessions,
             "each round runs in a session of its own"
         );
         assert_eq!(
@@ -344,9 +345,12 @@ mod tests {
             format!("SELECT * FROM {FAILING_QUERY_MARK}"),
             "SELECT 3".to_string(),
         ];
-        let failure = warm_up(&probe, &WarmupPlan::new(&queries, Duration::from_secs(5)))
-            .await
-            .unwrap_err();
+        let failure = warm_up(
+            &probe,
+            &WarmupPlan::new(&queries, 1, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
         assert_eq!((failure.query, failure.of), (2, 3));
         assert!(
             failure.message.contains("TABLE_OR_VIEW_NOT_FOUND"),
@@ -363,12 +367,12 @@ mod tests {
     #[tokio::test]
     async fn a_warm_up_past_its_deadline_fails_and_a_wrong_token_is_told_apart() {
         let (_, probe) = fake(Some("secret")).await;
-        let slow = warm_up(&probe, &WarmupPlan::new(&[], Duration::from_millis(30)))
+        let slow = warm_up(&probe, &WarmupPlan::new(&[], 1, Duration::from_millis(30)))
             .await
             .unwrap_err();
         assert!(slow.message.contains("did not finish"), "{slow}");
         let (_, stranger) = fake(Some("wrong")).await;
-        let refused = warm_up(&stranger, &WarmupPlan::new(&[], Duration::from_secs(5)))
+        let refused = warm_up(&stranger, &WarmupPlan::new(&[], 1, Duration::from_secs(5)))
             .await
             .unwrap_err();
         assert!(refused.unauthenticated, "{refused}");

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{SparkConnectCluster, SparkConnectClusterSpec};
+use crate::crd::{MAX_WARMUP_SESSIONS, SparkConnectCluster, SparkConnectClusterSpec};
 use crate::duration::{
     self, Bounds, CLAIM_TIMEOUT, MAX_IDLE_AGE, PROBE_PERIOD, PROBE_TIMEOUT, REFILL_DELAY,
     SCALE_DOWN_DELAY, STARTUP_DEADLINE, WARMUP_TIMEOUT,
@@ -309,7 +309,7 @@ impl Timings {
     }
 }
 
-/// The warm-up of new servers, its timeout parsed once.
+/// The warm-up of new servers, its timeout and session count parsed once.
 fn warmup_plan(spec: &SparkConnectClusterSpec) -> Result<Option<Arc<WarmupPlan>>, Error> {
     if !spec.warmup.enabled {
         return Ok(None);
@@ -320,8 +320,11 @@ fn warmup_plan(spec: &SparkConnectClusterSpec) -> Result<Option<Arc<WarmupPlan>>
             "warmup.queries[{blank}] is blank; name a SQL query or leave the list empty for the built-in set"
         )));
     }
+    // The schema bounds the count; an object admitted without it is held to the same bounds.
+    let sessions = count(spec.warmup.sessions.clamp(1, MAX_WARMUP_SESSIONS));
     Ok(Some(Arc::new(WarmupPlan::new(
         &spec.warmup.queries,
+        sessions,
         timeout,
     ))))
 }
@@ -361,6 +364,15 @@ mod tests {
         let plan = validate(&c).unwrap().warmup.unwrap();
         assert_eq!(plan.steps, crate::probe::warmup::built_in_steps());
         assert_eq!(plan.timeout, Duration::from_secs(300));
+        assert_eq!(plan.sessions, 3);
+        for (asked, runs) in [(6, 6), (0, 1), (-4, 1), (i32::MAX, 20)] {
+            c.spec.warmup.sessions = asked;
+            assert_eq!(
+                validate(&c).unwrap().warmup.unwrap().sessions,
+                runs,
+                "{asked}"
+            );
+        }
         c.spec.warmup.queries = vec!["SELECT count(*) FROM range(10)".into()];
         assert_eq!(validate(&c).unwrap().warmup.unwrap().steps.len(), 1);
         c.spec.warmup.queries.push("  ".into());
