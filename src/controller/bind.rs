@@ -112,7 +112,8 @@ async fn settle(
 ) -> bool {
     match outcome {
         Outcome::Bound => {
-            ctx.allocator.forget_claim(key, &assignment.claim);
+            ctx.allocator
+                .forget_claim(key, &assignment.claim, &assignment.claim_uid);
             false
         }
         Outcome::ServerTaken => {
@@ -127,12 +128,14 @@ async fn settle(
             if !server_taken {
                 ctx.allocator.undo(key, assignment, false);
             }
-            ctx.allocator.forget_claim(key, &assignment.claim);
+            ctx.allocator
+                .forget_claim(key, &assignment.claim, &assignment.claim_uid);
             false
         }
         Outcome::Refused(message) => {
             ctx.allocator.undo(key, assignment, false);
-            ctx.allocator.forget_claim(key, &assignment.claim);
+            ctx.allocator
+                .forget_claim(key, &assignment.claim, &assignment.claim_uid);
             fail_claim(ctx, terms, &assignment.claim, &message).await;
             false
         }

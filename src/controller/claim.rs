@@ -57,8 +57,13 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
     let name = claim.name_any();
     let cluster_key = cluster_key(&ns, &claim.spec.cluster);
     let status = claim.status.clone().unwrap_or_default();
+    let uid = claim
+        .metadata
+        .uid
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     if claim.metadata.deletion_timestamp.is_some() || status.phase.is_final() {
-        ctx.allocator.forget_claim(&cluster_key, &name);
+        ctx.allocator.forget_claim(&cluster_key, &name, uid);
         return Ok(Action::await_change());
     }
     let cluster = ctx
@@ -80,11 +85,6 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         .creation_timestamp
         .as_ref()
         .map_or_else(Timestamp::now, |t| t.0);
-    let uid = claim
-        .metadata
-        .uid
-        .as_deref()
-        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
     tracing::debug!(claim = %name, "claim joins the line");
     if let Err(full) = ctx
         .allocator
@@ -182,7 +182,7 @@ async fn finish_interrupted_bind(
             .await
             .map(|()| true),
     )?;
-    ctx.allocator.forget_claim(cluster_key, &name);
+    ctx.allocator.forget_claim(cluster_key, &name, claim_uid);
     Ok(true)
 }
 

@@ -127,8 +127,9 @@ async fn end_claims(
         };
         let result = finish_claim(ctx, claim, end.phase(), end.reason(), &message, now).await;
         problems.absorb(ignore_gone(result))?;
+        let uid = claim.metadata.uid.as_deref().unwrap_or_default();
         ctx.allocator
-            .forget_claim(&super::observe::key(valid), name);
+            .forget_claim(&super::observe::key(valid), name, uid);
         ctx.metrics.claims.with_label_values(&[end.reason()]).inc();
         ctx.event(claim.as_ref(), kind, end.reason(), &message);
     }

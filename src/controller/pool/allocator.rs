@@ -225,11 +225,14 @@ impl Allocator {
         self.with(key, |q| q.first_seen.get(claim).map(|(_, at)| *at))
     }
 
-    /// Forgets a claim (bound, final or deleted).
-    pub fn forget_claim(&self, key: &str, claim: &str) {
+    /// Forgets claim `claim` with uid `uid` (bound, final or deleted); a namesake created
+    /// since keeps its place.
+    pub fn forget_claim(&self, key: &str, claim: &str, uid: &str) {
         self.with(key, |q| {
-            q.waiting.retain(|c| c.name != claim);
-            q.first_seen.remove(claim);
+            q.waiting.retain(|c| !(c.name == claim && c.uid == uid));
+            if q.first_seen.get(claim).is_some_and(|(seen, _)| seen == uid) {
+                q.first_seen.remove(claim);
+            }
         });
     }
 
@@ -477,6 +480,12 @@ mod tests {
         a.enqueue("ns/c", "notebook", "uid-2", at(5), at(5))
             .unwrap();
         assert_eq!(a.waiting("ns/c"), 1, "one claim of that name waits");
+        a.forget_claim("ns/c", "notebook", "uid-1");
+        assert_eq!(
+            a.waiting("ns/c"),
+            1,
+            "forgetting the deleted claim leaves the new one in line"
+        );
         let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
         assert_eq!(got.len(), 1);
         assert_eq!(
