@@ -5,6 +5,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export SCO_PROFILE=release
 cargo build --release --workspace
 rm -rf target/bench
+# Pool economics in virtual time (the operator's autoscaler code, a model pool; no world needed).
+./target/release/sco-bench simulate
 # The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
 ./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60

@@ -165,11 +165,11 @@ const LEAST_IDLE_SHARES: [f64; 3] = [0.9, 0.95, 0.99];
 
 /// A window of the team's calendar, in seconds into the day.
 #[derive(Clone, Debug)]
-struct CalendarWindow {
-    what: &'static str,
-    at: f64,
-    length: f64,
-    idle: usize,
+pub(super) struct CalendarWindow {
+    pub(super) what: &'static str,
+    pub(super) at: f64,
+    pub(super) length: f64,
+    pub(super) idle: usize,
 }
 
 /// How long the calendar's phase windows stay open, while the autoscaler catches up.
@@ -179,7 +179,7 @@ const PHASE_WINDOW: f64 = 20.0;
 /// demand rises (the working day, the busy hour, after lunch), at the idle servers that phase's
 /// rate needs (99 % of the arrivals within a start-up time `start`, as the autoscaler reckons),
 /// and the workshop, at its size on top of the afternoon's.
-fn calendar(start: Duration) -> Vec<CalendarWindow> {
+pub(super) fn calendar(start: Duration) -> Vec<CalendarWindow> {
     let need = |rate: f64| poisson_quantile(rate * start.as_secs_f64(), 0.99);
     let mut windows = Vec::new();
     let mut previous = 0.0;

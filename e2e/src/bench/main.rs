@@ -11,6 +11,7 @@ mod least_idle;
 mod probe;
 mod report;
 mod scale;
+mod simulate;
 mod trace;
 
 use std::path::PathBuf;
@@ -68,6 +69,14 @@ enum Command {
         /// The world's state directory.
         #[arg(long, env = "SCO_WORLD")]
         world: PathBuf,
+    },
+    /// Pool economics in virtual time: the same trace against the operator's autoscaler code
+    /// and a model of the pool, over a sweep of its settings (no world needed).
+    Simulate {
+        /// Server start-up time in milliseconds (default: the median the economics bench
+        /// measured on 2 cores, fake servers' 3 s plus probing).
+        #[arg(long, default_value_t = 4840)]
+        start_millis: u64,
     },
     /// Convergence of many clusters after the operator starts.
     Scale {
@@ -140,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Economics { world } => economics::run(world).await,
+        Command::Simulate { start_millis } => simulate::run(Duration::from_millis(start_millis)),
         Command::Scale {
             world,
             clusters,

@@ -1,0 +1,320 @@
+//! Pool economics in virtual time: the economics trace replayed against the operator's own
+//! autoscaler (`Demand`, the code the operator runs) and a model of the pool: a server takes
+//! the start-up time to become idle, each claim takes the oldest idle server or waits in line,
+//! unclaimed servers (starting or idle) are kept at the idle target plus the waiting claims
+//! (surplus starting servers go first), and a claimed server's replacement waits out
+//! `refillDelay` while an idle server is left. No apiserver and no processes, so one replay
+//! takes milliseconds and the autoscaler's settings can be swept; the model leaves out the
+//! apiserver's and the prober's delays, which `sco-bench economics` measures.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use spark_connect_operator::controller::pool::autoscale::Demand;
+
+use super::economics::{CalendarWindow, calendar};
+use super::report;
+use super::trace::{Arrival, peak_within, trace};
+
+/// A claim Bound within this time is a hit.
+const HIT: Duration = Duration::from_secs(1);
+/// Step of virtual time.
+const STEP: Duration = Duration::from_millis(50);
+/// `hotPool.max` of the economics bench's clusters.
+const MAX_IDLE: usize = 30;
+/// `hotPool.idle` of the economics bench's autoscaled clusters: the autoscaler's floor.
+const FLOOR: usize = 1;
+/// The default `hotPool.refillDelay`.
+const REFILL_DELAY: Duration = Duration::from_secs(2);
+
+/// How the pool decides its idle target.
+#[derive(Clone, Copy, Debug)]
+pub enum Policy {
+    /// A fixed number of idle servers.
+    Static(usize),
+    /// The operator's autoscaler.
+    Autoscale {
+        /// `hotPool.autoscale.hitRatePercent` as a share.
+        hit_rate: f64,
+        /// `hotPool.autoscale.scaleDownDelay`.
+        scale_down_delay: Duration,
+        /// Whether the team's calendar is set as `hotPool.schedule`.
+        schedule: bool,
+    },
+}
+
+/// What one replay came to.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    /// Claims in the trace.
+    pub claims: usize,
+    /// Claims Bound within [`HIT`].
+    pub hits: usize,
+    /// Unclaimed (starting or idle) server-seconds.
+    pub unclaimed_seconds: f64,
+    /// The same, divided by the ideal (claims × start-up time).
+    pub vs_ideal: f64,
+}
+
+impl Outcome {
+    /// The share of claims Bound within [`HIT`].
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / self.claims.max(1) as f64
+    }
+}
+
+/// The model pool.
+struct Pool {
+    /// When each starting server becomes idle.
+    starting: Vec<Duration>,
+    idle: usize,
+    /// The claims waiting, first first: arrival, how long they will hold a server, name.
+    waiting: VecDeque<(Duration, Duration, String)>,
+    /// Claims holding a server, with when they let it go.
+    holding: Vec<(Duration, String)>,
+    /// The oldest handout whose replacement has not started (the claimant's grace).
+    unreplaced_since: Option<Duration>,
+}
+
+impl Pool {
+    fn unclaimed(&self) -> usize {
+        self.idle + self.starting.len()
+    }
+
+    /// Brings the unclaimed servers to `target` at `now`.
+    fn resize(&mut self, target: usize, start: Duration, now: Duration) {
+        let unclaimed = self.unclaimed();
+        if unclaimed < target {
+            let grace = self.unreplaced_since.is_some_and(|since| {
+                self.idle > 0 && self.waiting.is_empty() && now < since + REFILL_DELAY
+            });
+            if grace {
+                return;
+            }
+            self.unreplaced_since = None;
+            self.starting
+                .extend(std::iter::repeat_n(now + start, target - unclaimed));
+        } else {
+            let mut surplus = unclaimed - target;
+            // The ones that started last go first, then idle ones.
+            self.starting.sort_unstable();
+            while surplus > 0 && self.starting.pop().is_some() {
+                surplus -= 1;
+            }
+            self.idle -= surplus.min(self.idle);
+        }
+    }
+}
+
+/// Replays `trace` against a pool deciding by `policy`, with servers that take `start` to
+/// start.
+pub fn replay(trace: &[Arrival], policy: Policy, start: Duration) -> Outcome {
+    let windows = calendar(start);
+    let epoch = Instant::now();
+    let mut demand = Demand::default();
+    demand.observe(&[], &[start], epoch);
+    let first_target = target(&mut demand, policy, &windows, start, epoch, Duration::ZERO);
+    let mut pool = Pool {
+        starting: Vec::new(),
+        idle: first_target,
+        waiting: VecDeque::new(),
+        holding: Vec::new(),
+        unreplaced_since: None,
+    };
+    let end = trace
+        .iter()
+        .map(|a| a.at + a.hold)
+        .max()
+        .unwrap_or_default();
+    let (mut next, mut hits, mut unclaimed_seconds) = (0, 0, 0.0);
+    let mut now = Duration::ZERO;
+    while now <= end {
+        while let Some(arrival) = trace.get(next).filter(|a| a.at <= now) {
+            pool.waiting
+                .push_back((arrival.at, arrival.hold, format!("claim-{next}")));
+            next += 1;
+        }
+        let ready = pool.starting.iter().filter(|r| **r <= now).count();
+        pool.starting.retain(|r| *r > now);
+        pool.idle += ready;
+        while pool.idle > 0 {
+            let Some((arrived, hold, name)) = pool.waiting.pop_front() else {
+                break;
+            };
+            pool.idle -= 1;
+            hits += usize::from(now - arrived <= HIT);
+            pool.holding.push((now + hold, name));
+            pool.unreplaced_since.get_or_insert(now);
+        }
+        pool.holding.retain(|(until, _)| *until > now);
+        let live: Vec<String> = pool
+            .waiting
+            .iter()
+            .map(|(_, _, name)| name.clone())
+            .chain(pool.holding.iter().map(|(_, name)| name.clone()))
+            .collect();
+        demand.observe(&live, &[], epoch + now);
+        let wanted = target(&mut demand, policy, &windows, start, epoch, now);
+        pool.resize((wanted + pool.waiting.len()).min(MAX_IDLE), start, now);
+        unclaimed_seconds += pool.unclaimed() as f64 * STEP.as_secs_f64();
+        now += STEP;
+    }
+    let ideal = trace.len() as f64 * start.as_secs_f64();
+    Outcome {
+        claims: trace.len(),
+        hits,
+        unclaimed_seconds,
+        vs_ideal: unclaimed_seconds / ideal,
+    }
+}
+
+/// The idle target at `now`: the policy's, at least an open calendar window's (opened ahead by
+/// the start-up time and a probe period, as the operator does).
+fn target(
+    demand: &mut Demand,
+    policy: Policy,
+    windows: &[CalendarWindow],
+    start: Duration,
+    epoch: Instant,
+    now: Duration,
+) -> usize {
+    match policy {
+        Policy::Static(n) => n,
+        Policy::Autoscale {
+            hit_rate,
+            scale_down_delay,
+            schedule,
+        } => {
+            let (autoscaled, _) =
+                demand.target(0, MAX_IDLE, FLOOR, hit_rate, scale_down_delay, epoch + now);
+            let lead = (start + Duration::from_secs(1)).as_secs_f64();
+            let t = now.as_secs_f64();
+            let scheduled = windows
+                .iter()
+                .filter(|w| schedule && w.at - lead <= t && t < w.at + w.length)
+                .map(|w| w.idle)
+                .max()
+                .unwrap_or(0);
+            autoscaled.max(scheduled)
+        }
+    }
+}
+
+/// Shares of claims the sweep asks the autoscaler for.
+const HIT_RATES: [f64; 3] = [0.9, 0.95, 0.99];
+/// Scale-down delays of the sweep.
+const DELAYS: [Duration; 4] = [
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(60),
+];
+
+/// Sweeps the autoscaler's settings over the trace with servers that take `start` to start;
+/// prints a table and writes `economics-simulated.json`.
+pub fn run(start: Duration) -> anyhow::Result<()> {
+    let trace = trace();
+    let peak = peak_within(&trace, start).max(1);
+    let mut policies = vec![(format!("static pool of {peak}"), Policy::Static(peak))];
+    for schedule in [false, true] {
+        for hit_rate in HIT_RATES {
+            for delay in DELAYS {
+                let name = format!(
+                    "autoscaler{} hitRatePercent {:.0}, scaleDownDelay {}s",
+                    if schedule { " + schedule" } else { "" },
+                    hit_rate * 100.0,
+                    delay.as_secs()
+                );
+                let policy = Policy::Autoscale {
+                    hit_rate,
+                    scale_down_delay: delay,
+                    schedule,
+                };
+                policies.push((name, policy));
+            }
+        }
+    }
+    println!(
+        "pool economics simulated: {} claims, servers start in {:.2} s, hit = Bound within {} s",
+        trace.len(),
+        start.as_secs_f64(),
+        HIT.as_secs()
+    );
+    let mut rows = Vec::new();
+    let mut frontier: BTreeSet<(u64, String)> = BTreeSet::new();
+    for (name, policy) in policies {
+        let outcome = replay(&trace, policy, start);
+        println!(
+            "  {name}: {}/{} claims hit ({:.1} %), unclaimed server-seconds {:.0} = {:.2}x the ideal",
+            outcome.hits,
+            outcome.claims,
+            outcome.hit_rate() * 100.0,
+            outcome.unclaimed_seconds,
+            outcome.vs_ideal
+        );
+        if outcome.hit_rate() >= 0.99 {
+            frontier.insert(((outcome.vs_ideal * 1000.0) as u64, name.clone()));
+        }
+        rows.push(serde_json::json!({
+            "policy": name, "claims": outcome.claims, "hits_within_1s": outcome.hits,
+            "hit_rate": outcome.hit_rate(), "unclaimed_server_seconds": outcome.unclaimed_seconds,
+            "idle_vs_ideal": outcome.vs_ideal,
+        }));
+    }
+    if let Some((cost, name)) = frontier.first() {
+        println!(
+            "least idle capacity with >= 99 % hits: {name}, {:.2}x the ideal",
+            *cost as f64 / 1000.0
+        );
+    }
+    report::write(
+        "economics-simulated",
+        &serde_json::json!({
+            "start_seconds": start.as_secs_f64(), "trace_claims": trace.len(), "policies": rows,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: Duration = Duration::from_millis(4800);
+
+    fn autoscale(hit_rate: f64, schedule: bool) -> Policy {
+        Policy::Autoscale {
+            hit_rate,
+            scale_down_delay: Duration::from_secs(20),
+            schedule,
+        }
+    }
+
+    #[test]
+    fn a_pool_that_asks_for_more_hits_hits_more_and_idles_more() {
+        let trace = trace();
+        let loose = replay(&trace, autoscale(0.9, false), START);
+        let strict = replay(&trace, autoscale(0.99, false), START);
+        assert!(strict.hits >= loose.hits, "{strict:?} vs {loose:?}");
+        assert!(strict.unclaimed_seconds > loose.unclaimed_seconds);
+    }
+
+    #[test]
+    fn the_calendar_serves_the_bursts_the_autoscaler_alone_misses() {
+        let trace = trace();
+        let alone = replay(&trace, autoscale(0.99, false), START);
+        let scheduled = replay(&trace, autoscale(0.99, true), START);
+        assert!(scheduled.hits > alone.hits, "{scheduled:?} vs {alone:?}");
+    }
+
+    #[test]
+    fn a_static_pool_of_the_peak_hits_nearly_all_at_several_times_the_ideal_and_an_empty_one_none()
+    {
+        let trace = trace();
+        let empty = replay(&trace, Policy::Static(0), START);
+        assert_eq!(empty.hits, 0);
+        let peak = peak_within(&trace, START);
+        let static_pool = replay(&trace, Policy::Static(peak), START);
+        assert!(static_pool.vs_ideal > 1.0, "{static_pool:?}");
+        assert!(static_pool.hit_rate() > 0.95, "{static_pool:?}");
+    }
+}
