@@ -7,7 +7,7 @@
 //! takes milliseconds and the autoscaler's settings can be swept; the model leaves out the
 //! apiserver's and the prober's delays, which `sco-bench economics` measures.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use spark_connect_operator::controller::pool::autoscale::Demand;
@@ -41,6 +41,25 @@ pub enum Policy {
         /// Whether the team's calendar is set as `hotPool.schedule`.
         schedule: bool,
     },
+}
+
+impl Policy {
+    /// The policy as a pool's settings.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Static(n) => format!("static pool of {n}"),
+            Self::Autoscale {
+                hit_rate,
+                scale_down_delay,
+                schedule,
+            } => format!(
+                "autoscaler{} hitRatePercent {:.0}, scaleDownDelay {}s",
+                if *schedule { " + schedule" } else { "" },
+                hit_rate * 100.0,
+                scale_down_delay.as_secs()
+            ),
+        }
+    }
 }
 
 /// What one replay came to.
@@ -210,30 +229,39 @@ const DELAYS: [Duration; 4] = [
     Duration::from_secs(60),
 ];
 
+/// The autoscaler settings the sweep tries, with and without the schedule.
+fn sweep() -> Vec<Policy> {
+    let mut policies = Vec::new();
+    for schedule in [false, true] {
+        for hit_rate in HIT_RATES {
+            for scale_down_delay in DELAYS {
+                policies.push(Policy::Autoscale {
+                    hit_rate,
+                    scale_down_delay,
+                    schedule,
+                });
+            }
+        }
+    }
+    policies
+}
+
+/// Of the sweep's settings, the one with the least idle capacity that serves at least `share`
+/// of the trace's claims within [`HIT`] in the model, with the model's outcome.
+pub fn leanest(trace: &[Arrival], start: Duration, share: f64) -> Option<(Policy, Outcome)> {
+    sweep()
+        .into_iter()
+        .map(|policy| (policy, replay(trace, policy, start)))
+        .filter(|(_, outcome)| outcome.hit_rate() >= share)
+        .min_by(|a, b| a.1.unclaimed_seconds.total_cmp(&b.1.unclaimed_seconds))
+}
+
 /// Sweeps the autoscaler's settings over the trace with servers that take `start` to start;
 /// prints a table and writes `economics-simulated.json`.
 pub fn run(start: Duration) -> anyhow::Result<()> {
     let trace = trace();
     let peak = peak_within(&trace, start).max(1);
-    let mut policies = vec![(format!("static pool of {peak}"), Policy::Static(peak))];
-    for schedule in [false, true] {
-        for hit_rate in HIT_RATES {
-            for delay in DELAYS {
-                let name = format!(
-                    "autoscaler{} hitRatePercent {:.0}, scaleDownDelay {}s",
-                    if schedule { " + schedule" } else { "" },
-                    hit_rate * 100.0,
-                    delay.as_secs()
-                );
-                let policy = Policy::Autoscale {
-                    hit_rate,
-                    scale_down_delay: delay,
-                    schedule,
-                };
-                policies.push((name, policy));
-            }
-        }
-    }
+    let policies = std::iter::once(Policy::Static(peak)).chain(sweep());
     println!(
         "pool economics simulated: {} claims, servers start in {:.2} s, hit = Bound within {} s",
         trace.len(),
@@ -241,8 +269,8 @@ pub fn run(start: Duration) -> anyhow::Result<()> {
         HIT.as_secs()
     );
     let mut rows = Vec::new();
-    let mut frontier: BTreeSet<(u64, String)> = BTreeSet::new();
-    for (name, policy) in policies {
+    for policy in policies {
+        let name = policy.describe();
         let outcome = replay(&trace, policy, start);
         println!(
             "  {name}: {}/{} claims hit ({:.1} %), unclaimed server-seconds {:.0} = {:.2}x the ideal",
@@ -252,19 +280,17 @@ pub fn run(start: Duration) -> anyhow::Result<()> {
             outcome.unclaimed_seconds,
             outcome.vs_ideal
         );
-        if outcome.hit_rate() >= 0.99 {
-            frontier.insert(((outcome.vs_ideal * 1000.0) as u64, name.clone()));
-        }
         rows.push(serde_json::json!({
             "policy": name, "claims": outcome.claims, "hits_within_1s": outcome.hits,
             "hit_rate": outcome.hit_rate(), "unclaimed_server_seconds": outcome.unclaimed_seconds,
             "idle_vs_ideal": outcome.vs_ideal,
         }));
     }
-    if let Some((cost, name)) = frontier.first() {
+    if let Some((policy, outcome)) = leanest(&trace, start, 0.99) {
         println!(
-            "least idle capacity with >= 99 % hits: {name}, {:.2}x the ideal",
-            *cost as f64 / 1000.0
+            "least idle capacity with >= 99 % hits: {}, {:.2}x the ideal",
+            policy.describe(),
+            outcome.vs_ideal
         );
     }
     report::write(
