@@ -1,7 +1,9 @@
 //! Pool economics: one bursty claim trace (steady hours, a burst, quiet periods; a fixed seed)
-//! replayed with time compressed against a static pool sized for the trace's peak and against
-//! the autoscaler, on fake servers that take a realistic (compressed) time to start. Reports
-//! the hit rate (claims Bound within 1 s) and the idle server-seconds against the ideal.
+//! replayed with time compressed against a static pool sized for the trace's peak, the
+//! autoscaler, the autoscaler with the team's calendar as its schedule, and the settings the
+//! simulation (`simulate.rs`) finds leanest, on fake servers that take a realistic (compressed)
+//! time to start. Reports the hit rate (claims Bound within 1 s) and the idle server-seconds
+//! against the ideal.
 //!
 //! The ideal: a claim is served at once only by a server that is already idle when it arrives,
 //! and a server takes one start-up time `D` to get there; so even a pool that knew every
