@@ -241,9 +241,8 @@ impl Allocator {
     pub fn retain_waiting(&self, key: &str, keep: impl Fn(&str, &str) -> bool) {
         self.with(key, |q| {
             q.waiting.retain(|c| keep(&c.name, &c.uid));
-            let waiting: BTreeSet<&str> = q.waiting.iter().map(|c| c.name.as_str()).collect();
-            q.first_seen
-                .retain(|name, _| waiting.contains(name.as_str()));
+            // A claim being bound is out of line but still waiting: its first sighting stays.
+            q.first_seen.retain(|name, (uid, _)| keep(name, uid));
         });
     }
 
@@ -522,17 +521,20 @@ mod tests {
     fn a_conflict_puts_the_claim_back_at_the_head_of_the_line() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "first", "uid-first", at(1), at(1))
+        // Created at 1, first seen by this process at 3.
+        a.enqueue("ns/c", "first", "uid-first", at(1), at(3))
             .unwrap();
         let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
         a.enqueue("ns/c", "later", "uid-later", at(9), at(9))
             .unwrap();
+        // A cluster reconcile while the bind is under way keeps the claim's first sighting.
+        a.retain_waiting("ns/c", |_, _| true);
         a.undo("ns/c", &got[0], true);
         let again = a.assign("ns/c", &[server("s2", 1)], |_| true);
         assert_eq!(again[0].claim, "first");
         assert_eq!(
             again[0].first_seen,
-            at(1),
+            at(3),
             "its wait counts from the first sighting"
         );
     }
