@@ -26,14 +26,11 @@ use kube::{Client, ResourceExt};
 use sco_e2e::poll::until;
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 
-use spark_connect_operator::controller::pool::autoscale::poisson_quantile;
-
+use super::calendar::{CalendarWindow, calendar};
 use super::least_idle;
 use super::report::{self, Spread};
 use super::simulate::{self, Policy};
-use super::trace::{
-    Arrival, WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY, peak_within, phase_starts, trace,
-};
+use super::trace::{Arrival, peak_within, trace};
 
 /// The bench, and the first part of its namespace's name.
 const BENCH: &str = "bench-economics";
@@ -233,50 +230,6 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
 
 /// Shares of claims served within [`HIT`] whose least idle capacity is estimated.
 const LEAST_IDLE_SHARES: [f64; 3] = [0.9, 0.95, 0.99];
-
-/// A window of the team's calendar, in seconds into the day.
-#[derive(Clone, Debug)]
-pub(super) struct CalendarWindow {
-    pub(super) what: &'static str,
-    pub(super) at: f64,
-    pub(super) length: f64,
-    pub(super) idle: usize,
-}
-
-/// How long the calendar's phase windows stay open, while the autoscaler catches up.
-const PHASE_WINDOW: f64 = 20.0;
-
-/// The schedule a team writes from what it knows in advance: the start of each phase whose
-/// demand rises (the working day, the busy hour, after lunch), at the idle servers that phase's
-/// rate needs (99 % of the arrivals within a start-up time `start`, as the autoscaler reckons),
-/// and the workshop, at its size on top of the afternoon's.
-pub(super) fn calendar(start: Duration) -> Vec<CalendarWindow> {
-    let need = |rate: f64| poisson_quantile(rate * start.as_secs_f64(), 0.99);
-    let mut windows = Vec::new();
-    let mut previous = 0.0;
-    let mut at_workshop = 0.0;
-    for (at, phase) in phase_starts() {
-        if phase.rate > previous {
-            windows.push(CalendarWindow {
-                what: phase.name,
-                at,
-                length: PHASE_WINDOW,
-                idle: need(phase.rate),
-            });
-        }
-        if (at..at + phase.length).contains(&WORKSHOP_AT) {
-            at_workshop = phase.rate;
-        }
-        previous = phase.rate;
-    }
-    windows.push(CalendarWindow {
-        what: "workshop",
-        at: WORKSHOP_AT,
-        length: f64::from(WORKSHOP_CLAIMS) * WORKSHOP_EVERY + 2.0,
-        idle: WORKSHOP_CLAIMS as usize + need(at_workshop),
-    });
-    windows
-}
 
 /// The calendar as `hotPool.schedule`, for a day that starts at `t0` (whole seconds, UTC).
 fn schedule_spec(calendar: &[CalendarWindow], t0: jiff::Timestamp) -> serde_json::Value {

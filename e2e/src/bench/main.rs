@@ -1,6 +1,7 @@
 //! `sco-bench`: the benchmark programs behind `make bench`. They print figures and write
 //! `target/bench/*.json`; they assert nothing about speed.
 
+mod calendar;
 mod claims;
 mod cpu;
 mod economics;

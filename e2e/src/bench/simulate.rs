@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use spark_connect_operator::controller::pool::autoscale::Demand;
 
-use super::economics::{CalendarWindow, calendar};
+use super::calendar::{CalendarWindow, calendar};
 use super::report;
 use super::trace::{Arrival, peak_within, trace};
 
