@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use spark_connect_operator::controller::pool::autoscale::poisson_quantile;
 
-use super::trace::{WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY, phase_starts};
+use super::trace::{Day, WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY};
 
 /// A window of the team's calendar, in seconds into the day.
 #[derive(Clone, Debug)]
@@ -23,13 +23,13 @@ const PHASE_WINDOW: f64 = 20.0;
 /// The schedule a team writes from what it knows in advance: the start of each phase whose
 /// demand rises (the working day, the busy hour, after lunch), at the idle servers that phase's
 /// rate needs (99 % of the arrivals within a start-up time `start`, as the autoscaler reckons),
-/// and the workshop, at its size on top of the afternoon's.
-pub fn calendar(start: Duration) -> Vec<CalendarWindow> {
+/// and the workshop, at its size on top of the afternoon's; for the phases of `day`.
+pub fn calendar(day: Day, start: Duration) -> Vec<CalendarWindow> {
     let need = |rate: f64| poisson_quantile(rate * start.as_secs_f64(), 0.99);
     let mut windows = Vec::new();
     let mut previous = 0.0;
     let mut at_workshop = 0.0;
-    for (at, phase) in phase_starts() {
+    for (at, phase) in day.phase_starts() {
         if phase.rate > previous {
             windows.push(CalendarWindow {
                 what: phase.name,

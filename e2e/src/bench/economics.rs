@@ -30,7 +30,7 @@ use super::calendar::{CalendarWindow, calendar};
 use super::least_idle;
 use super::report::{self, Spread};
 use super::simulate::{self, Policy};
-use super::trace::{Arrival, peak_within, trace};
+use super::trace::{Arrival, Day, peak_within};
 
 /// The bench, and the first part of its namespace's name.
 const BENCH: &str = "bench-economics";
@@ -38,6 +38,10 @@ const BENCH: &str = "bench-economics";
 const HIT: Duration = Duration::from_secs(1);
 /// How long a fake server takes to start (Spark's 20–60 s start and warm-up, compressed).
 const START_MILLIS: u64 = 3000;
+
+/// `hotPool.refillDelay` of the bench's clusters: the operator's default, stated here so the
+/// simulation that picks the leanest settings models the same pool.
+const REFILL_DELAY: Duration = Duration::from_secs(2);
 
 /// Autoscaler settings of a replayed pool.
 #[derive(Clone, Copy, Debug)]
@@ -67,7 +71,8 @@ fn spec(autoscale: Option<Autoscale>, idle: i32) -> serde_json::Value {
         "image": "sco-fake-connect:latest",
         "shared": 0,
         "hotPool": {
-            "idle": idle, "min": 0, "max": 30, "maxServers": 100, "maxWaitingClaims": 1000,
+            "idle": idle, "min": 0, "max": simulate::MAX_IDLE, "maxServers": 100, "maxWaitingClaims": 1000,
+            "refillDelay": format!("{}ms", REFILL_DELAY.as_millis()),
             "autoscale": autoscale
         },
         "probe": {"period": "1s", "timeout": "500ms"},
@@ -96,7 +101,7 @@ struct Replay {
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
-    let trace = trace();
+    let trace = Day::TEAM.trace();
     let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
     println!(
         "trace: {} claims over {:.0} s (compressed), fake servers start in {START_MILLIS} ms",
@@ -134,7 +139,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         &[],
     )
     .await?;
-    let calendar = calendar(start);
+    let calendar = calendar(Day::TEAM, start);
     let scheduled = replay(
         &client,
         &ns,
@@ -150,7 +155,13 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         ("autoscaler".into(), autoscaled, None),
         ("autoscaler+schedule".into(), scheduled, None),
     ];
-    if let Some((policy, predicted)) = simulate::leanest(&trace, start, 0.99)
+    let modelled = simulate::Conditions {
+        day: Day::TEAM,
+        start,
+        refill_delay: REFILL_DELAY,
+        max_idle: simulate::MAX_IDLE,
+    };
+    if let Some((policy, predicted)) = simulate::leanest(&trace, &modelled, 0.99)
         && let Policy::Autoscale {
             hit_rate,
             scale_down_delay,
@@ -201,18 +212,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             })),
         }));
     }
-    let least: Vec<serde_json::Value> = LEAST_IDLE_SHARES
-        .iter()
-        .map(|&share| {
-            let seconds = least_idle::least_unclaimed_seconds(start, HIT, share, trace.len());
-            println!(
-                "least idle capacity for {:.0} % of claims within 1 s, had a pool known every phase's rate (an estimate): {seconds:.0} server-seconds = {:.2}x the ideal",
-                share * 100.0,
-                seconds / ideal
-            );
-            serde_json::json!({"share": share, "idle_server_seconds": seconds, "idle_vs_ideal": seconds / ideal})
-        })
-        .collect();
+    let least = least_idle::report(Day::TEAM, start, HIT, trace.len());
     sco_e2e::remove_namespace(&client, &ns).await?;
     report::write(
         "economics",
@@ -227,9 +227,6 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         }),
     )
 }
-
-/// Shares of claims served within [`HIT`] whose least idle capacity is estimated.
-const LEAST_IDLE_SHARES: [f64; 3] = [0.9, 0.95, 0.99];
 
 /// The calendar as `hotPool.schedule`, for a day that starts at `t0` (whole seconds, UTC).
 fn schedule_spec(calendar: &[CalendarWindow], t0: jiff::Timestamp) -> serde_json::Value {

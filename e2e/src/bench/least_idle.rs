@@ -14,19 +14,25 @@
 
 use std::time::Duration;
 
-use super::trace::PHASES;
+use super::trace::Day;
 
-/// The least unclaimed server-seconds to serve `share` (0..1) of `claims` claims within `hit`,
-/// with servers that take `start` to start.
-pub fn least_unclaimed_seconds(start: Duration, hit: Duration, share: f64, claims: usize) -> f64 {
+/// The least unclaimed server-seconds to serve `share` (0..1) of the `claims` claims of `day`
+/// within `hit`, with servers that take `start` to start.
+pub fn least_unclaimed_seconds(
+    day: Day,
+    start: Duration,
+    hit: Duration,
+    share: f64,
+    claims: usize,
+) -> f64 {
     let window = start.saturating_sub(hit).as_secs_f64();
     if window <= 0.0 {
         return 0.0;
     }
     let allowed = (1.0 - share).max(0.0) * claims as f64;
     // Per phase: its length, its mean arrivals per window, the count held so far.
-    let mut phases: Vec<(f64, f64, u32)> = PHASES
-        .iter()
+    let mut phases: Vec<(f64, f64, u32)> = day
+        .phases()
         .filter(|p| p.rate > 0.0)
         .map(|p| (p.length, p.rate * window, 0))
         .collect();
@@ -60,6 +66,28 @@ pub fn least_unclaimed_seconds(start: Duration, hit: Duration, share: f64, claim
     cost
 }
 
+/// Shares of claims served within the hit time whose least idle capacity is reported.
+const SHARES: [f64; 3] = [0.9, 0.95, 0.99];
+
+/// Prints the least unclaimed server-seconds for 90, 95 and 99 % of the `claims` claims of
+/// `day` within `hit`, each against the ideal (`claims × start`), and returns them as rows.
+pub fn report(day: Day, start: Duration, hit: Duration, claims: usize) -> Vec<serde_json::Value> {
+    let ideal = claims as f64 * start.as_secs_f64();
+    SHARES
+        .iter()
+        .map(|&share| {
+            let seconds = least_unclaimed_seconds(day, start, hit, share, claims);
+            println!(
+                "least idle capacity for {:.0} % of claims within {} s, had a pool known every phase's rate (an estimate): {seconds:.0} server-seconds = {:.2}x the ideal",
+                share * 100.0,
+                hit.as_secs(),
+                seconds / ideal
+            );
+            serde_json::json!({"share": share, "idle_server_seconds": seconds, "idle_vs_ideal": seconds / ideal})
+        })
+        .collect()
+}
+
 /// `E[(N - u)+]` for `N` Poisson with mean `mean`: the arrivals `u` servers leave unserved.
 fn shortfall(mean: f64, held: u32) -> f64 {
     // E[(N - u)+] = E[N] - u + E[(u - N)+], the last a finite sum.
@@ -82,16 +110,21 @@ mod tests {
         let hit = Duration::from_secs(1);
         let costs: Vec<f64> = [0.5, 0.9, 0.95, 0.99]
             .iter()
-            .map(|s| least_unclaimed_seconds(start, hit, *s, 99))
+            .map(|s| least_unclaimed_seconds(Day::TEAM, start, hit, *s, 99))
             .collect();
         assert!(costs.windows(2).all(|c| c[1] > c[0]), "{costs:?}");
-        assert_eq!(least_unclaimed_seconds(start, hit, 0.0, 99), 0.0);
+        assert_eq!(least_unclaimed_seconds(Day::TEAM, start, hit, 0.0, 99), 0.0);
     }
 
     #[test]
     fn servers_that_start_within_the_hit_time_need_no_idle_capacity() {
-        let cost =
-            least_unclaimed_seconds(Duration::from_millis(800), Duration::from_secs(1), 0.99, 99);
+        let cost = least_unclaimed_seconds(
+            Day::TEAM,
+            Duration::from_millis(800),
+            Duration::from_secs(1),
+            0.99,
+            99,
+        );
         assert_eq!(cost, 0.0);
     }
 

@@ -78,6 +78,16 @@ enum Command {
         /// measured on 2 cores, fake servers' 3 s plus probing).
         #[arg(long, default_value_t = 4840)]
         start_millis: u64,
+        /// The factor on every phase's arrival rate (1: one team's day, as the economics bench
+        /// replays; 10: an organisation's).
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// `hotPool.refillDelay` of the modelled pool in milliseconds (the operator's default).
+        #[arg(long, default_value_t = 2000)]
+        refill_delay_millis: u64,
+        /// Name of the results file under target/bench (without `.json`).
+        #[arg(long, default_value = "economics-simulated")]
+        output: String,
     },
     /// Convergence of many clusters after the operator starts.
     Scale {
@@ -150,7 +160,25 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Economics { world } => economics::run(world).await,
-        Command::Simulate { start_millis } => simulate::run(Duration::from_millis(start_millis)),
+        Command::Simulate {
+            start_millis,
+            rate_scale,
+            refill_delay_millis,
+            output,
+        } => {
+            anyhow::ensure!(
+                rate_scale.is_finite() && (0.0..=100.0).contains(&rate_scale),
+                "--rate-scale must be between 0 and 100"
+            );
+            let under = simulate::Conditions {
+                day: trace::Day { rate_scale },
+                start: Duration::from_millis(start_millis),
+                refill_delay: Duration::from_millis(refill_delay_millis),
+                // A pool for a busier day is allowed proportionally more servers.
+                max_idle: (simulate::MAX_IDLE as f64 * rate_scale.max(1.0)).ceil() as usize,
+            };
+            simulate::run(&under, &output)
+        }
         Command::Scale {
             world,
             clusters,

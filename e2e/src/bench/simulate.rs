@@ -13,19 +13,31 @@ use std::time::{Duration, Instant};
 use spark_connect_operator::controller::pool::autoscale::Demand;
 
 use super::calendar::{CalendarWindow, calendar};
+use super::least_idle;
 use super::report;
-use super::trace::{Arrival, peak_within, trace};
+use super::trace::{Arrival, Day, peak_within};
 
 /// A claim Bound within this time is a hit.
 const HIT: Duration = Duration::from_secs(1);
 /// Step of virtual time.
 const STEP: Duration = Duration::from_millis(50);
 /// `hotPool.max` of the economics bench's clusters.
-const MAX_IDLE: usize = 30;
+pub const MAX_IDLE: usize = 30;
 /// `hotPool.idle` of the economics bench's autoscaled clusters: the autoscaler's floor.
 const FLOOR: usize = 1;
-/// The default `hotPool.refillDelay`.
-const REFILL_DELAY: Duration = Duration::from_secs(2);
+/// What the model pool runs under: the day of claims, how long a server takes to start, and
+/// `hotPool.refillDelay`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conditions {
+    /// The day of claims, which also decides the team's calendar.
+    pub day: Day,
+    /// How long a new server takes to become idle.
+    pub start: Duration,
+    /// `hotPool.refillDelay` (the operator's default is 2 s).
+    pub refill_delay: Duration,
+    /// `hotPool.max`: the most unclaimed servers.
+    pub max_idle: usize,
+}
 
 /// How the pool decides its idle target.
 #[derive(Clone, Copy, Debug)]
@@ -101,18 +113,18 @@ impl Pool {
     }
 
     /// Brings the unclaimed servers to `target` at `now`.
-    fn resize(&mut self, target: usize, start: Duration, now: Duration) {
+    fn resize(&mut self, target: usize, under: &Conditions, now: Duration) {
         let unclaimed = self.unclaimed();
         if unclaimed < target {
             let grace = self.unreplaced_since.is_some_and(|since| {
-                self.idle > 0 && self.waiting.is_empty() && now < since + REFILL_DELAY
+                self.idle > 0 && self.waiting.is_empty() && now < since + under.refill_delay
             });
             if grace {
                 return;
             }
             self.unreplaced_since = None;
             self.starting
-                .extend(std::iter::repeat_n(now + start, target - unclaimed));
+                .extend(std::iter::repeat_n(now + under.start, target - unclaimed));
         } else {
             let mut surplus = unclaimed - target;
             // The ones that started last go first, then idle ones.
@@ -125,14 +137,14 @@ impl Pool {
     }
 }
 
-/// Replays `trace` against a pool deciding by `policy`, with servers that take `start` to
-/// start.
-pub fn replay(trace: &[Arrival], policy: Policy, start: Duration) -> Outcome {
-    let windows = calendar(start);
+/// Replays `trace` against a pool deciding by `policy`, `under` the given conditions.
+pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome {
+    let start = under.start;
+    let windows = calendar(under.day, start);
     let epoch = Instant::now();
     let mut demand = Demand::default();
     demand.observe(&[], &[start], epoch);
-    let first_target = target(&mut demand, policy, &windows, start, epoch, Duration::ZERO);
+    let first_target = target(&mut demand, policy, &windows, under, epoch, Duration::ZERO);
     let mut pool = Pool {
         starting: Vec::new(),
         idle: first_target,
@@ -173,8 +185,12 @@ pub fn replay(trace: &[Arrival], policy: Policy, start: Duration) -> Outcome {
             .chain(pool.holding.iter().map(|(_, name)| name.clone()))
             .collect();
         demand.observe(&live, &[], epoch + now);
-        let wanted = target(&mut demand, policy, &windows, start, epoch, now);
-        pool.resize((wanted + pool.waiting.len()).min(MAX_IDLE), start, now);
+        let wanted = target(&mut demand, policy, &windows, under, epoch, now);
+        pool.resize(
+            (wanted + pool.waiting.len()).min(under.max_idle),
+            under,
+            now,
+        );
         unclaimed_seconds += pool.unclaimed() as f64 * STEP.as_secs_f64();
         now += STEP;
     }
@@ -193,7 +209,7 @@ fn target(
     demand: &mut Demand,
     policy: Policy,
     windows: &[CalendarWindow],
-    start: Duration,
+    under: &Conditions,
     epoch: Instant,
     now: Duration,
 ) -> usize {
@@ -204,9 +220,15 @@ fn target(
             scale_down_delay,
             schedule,
         } => {
-            let (autoscaled, _) =
-                demand.target(0, MAX_IDLE, FLOOR, hit_rate, scale_down_delay, epoch + now);
-            let lead = (start + Duration::from_secs(1)).as_secs_f64();
+            let (autoscaled, _) = demand.target(
+                0,
+                under.max_idle,
+                FLOOR,
+                hit_rate,
+                scale_down_delay,
+                epoch + now,
+            );
+            let lead = (under.start + Duration::from_secs(1)).as_secs_f64();
             let t = now.as_secs_f64();
             let scheduled = windows
                 .iter()
@@ -248,30 +270,33 @@ fn sweep() -> Vec<Policy> {
 
 /// Of the sweep's settings, the one with the least idle capacity that serves at least `share`
 /// of the trace's claims within [`HIT`] in the model, with the model's outcome.
-pub fn leanest(trace: &[Arrival], start: Duration, share: f64) -> Option<(Policy, Outcome)> {
+pub fn leanest(trace: &[Arrival], under: &Conditions, share: f64) -> Option<(Policy, Outcome)> {
     sweep()
         .into_iter()
-        .map(|policy| (policy, replay(trace, policy, start)))
+        .map(|policy| (policy, replay(trace, policy, under)))
         .filter(|(_, outcome)| outcome.hit_rate() >= share)
         .min_by(|a, b| a.1.unclaimed_seconds.total_cmp(&b.1.unclaimed_seconds))
 }
 
-/// Sweeps the autoscaler's settings over the trace with servers that take `start` to start;
-/// prints a table and writes `economics-simulated.json`.
-pub fn run(start: Duration) -> anyhow::Result<()> {
-    let trace = trace();
-    let peak = peak_within(&trace, start).max(1);
+/// Sweeps the autoscaler's settings over the day's trace `under` the given conditions; prints
+/// a table, the least idle capacity a pool knowing the rates would need, and writes
+/// `target/bench/<output>.json`.
+pub fn run(under: &Conditions, output: &str) -> anyhow::Result<()> {
+    let trace = under.day.trace();
+    let peak = peak_within(&trace, under.start).max(1);
     let policies = std::iter::once(Policy::Static(peak)).chain(sweep());
     println!(
-        "pool economics simulated: {} claims, servers start in {:.2} s, hit = Bound within {} s",
+        "pool economics simulated: {} claims (arrival rates x{}), servers start in {:.2} s, refillDelay {} ms, hit = Bound within {} s",
         trace.len(),
-        start.as_secs_f64(),
+        under.day.rate_scale,
+        under.start.as_secs_f64(),
+        under.refill_delay.as_millis(),
         HIT.as_secs()
     );
     let mut rows = Vec::new();
     for policy in policies {
         let name = policy.describe();
-        let outcome = replay(&trace, policy, start);
+        let outcome = replay(&trace, policy, under);
         println!(
             "  {name}: {}/{} claims hit ({:.1} %), unclaimed server-seconds {:.0} = {:.2}x the ideal",
             outcome.hits,
@@ -286,17 +311,25 @@ pub fn run(start: Duration) -> anyhow::Result<()> {
             "idle_vs_ideal": outcome.vs_ideal,
         }));
     }
-    if let Some((policy, outcome)) = leanest(&trace, start, 0.99) {
+    let leanest = leanest(&trace, under, 0.99);
+    if let Some((policy, outcome)) = &leanest {
         println!(
             "least idle capacity with >= 99 % hits: {}, {:.2}x the ideal",
             policy.describe(),
             outcome.vs_ideal
         );
     }
+    let least = least_idle::report(under.day, under.start, HIT, trace.len());
     report::write(
-        "economics-simulated",
+        output,
         &serde_json::json!({
-            "start_seconds": start.as_secs_f64(), "trace_claims": trace.len(), "policies": rows,
+            "rate_scale": under.day.rate_scale, "start_seconds": under.start.as_secs_f64(),
+            "refill_delay_seconds": under.refill_delay.as_secs_f64(),
+            "trace_claims": trace.len(), "policies": rows,
+            "leanest_99": leanest.map(|(policy, outcome)| serde_json::json!({
+                "policy": policy.describe(), "hit_rate": outcome.hit_rate(), "idle_vs_ideal": outcome.vs_ideal,
+            })),
+            "least_idle_knowing_the_rates": least,
         }),
     )
 }
@@ -305,7 +338,12 @@ pub fn run(start: Duration) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    const START: Duration = Duration::from_millis(4800);
+    const UNDER: Conditions = Conditions {
+        day: Day::TEAM,
+        start: Duration::from_millis(4800),
+        refill_delay: Duration::from_secs(2),
+        max_idle: MAX_IDLE,
+    };
 
     fn autoscale(hit_rate: f64, schedule: bool) -> Policy {
         Policy::Autoscale {
@@ -317,29 +355,29 @@ mod tests {
 
     #[test]
     fn a_pool_that_asks_for_more_hits_hits_more_and_idles_more() {
-        let trace = trace();
-        let loose = replay(&trace, autoscale(0.9, false), START);
-        let strict = replay(&trace, autoscale(0.99, false), START);
+        let trace = Day::TEAM.trace();
+        let loose = replay(&trace, autoscale(0.9, false), &UNDER);
+        let strict = replay(&trace, autoscale(0.99, false), &UNDER);
         assert!(strict.hits >= loose.hits, "{strict:?} vs {loose:?}");
         assert!(strict.unclaimed_seconds > loose.unclaimed_seconds);
     }
 
     #[test]
     fn the_calendar_serves_the_bursts_the_autoscaler_alone_misses() {
-        let trace = trace();
-        let alone = replay(&trace, autoscale(0.99, false), START);
-        let scheduled = replay(&trace, autoscale(0.99, true), START);
+        let trace = Day::TEAM.trace();
+        let alone = replay(&trace, autoscale(0.99, false), &UNDER);
+        let scheduled = replay(&trace, autoscale(0.99, true), &UNDER);
         assert!(scheduled.hits > alone.hits, "{scheduled:?} vs {alone:?}");
     }
 
     #[test]
     fn a_static_pool_of_the_peak_hits_nearly_all_at_several_times_the_ideal_and_an_empty_one_none()
     {
-        let trace = trace();
-        let empty = replay(&trace, Policy::Static(0), START);
+        let trace = Day::TEAM.trace();
+        let empty = replay(&trace, Policy::Static(0), &UNDER);
         assert_eq!(empty.hits, 0);
-        let peak = peak_within(&trace, START);
-        let static_pool = replay(&trace, Policy::Static(peak), START);
+        let peak = peak_within(&trace, UNDER.start);
+        let static_pool = replay(&trace, Policy::Static(peak), &UNDER);
         assert!(static_pool.vs_ideal > 1.0, "{static_pool:?}");
         assert!(static_pool.hit_rate() > 0.95, "{static_pool:?}");
     }

@@ -84,12 +84,48 @@ impl Rng {
     }
 }
 
-/// The trace: Poisson arrivals at each phase's rate, the workshop, sessions of 15–60 s.
-pub fn trace() -> Vec<Arrival> {
+/// A day of claims: the phases of [`PHASES`] with every arrival rate multiplied by
+/// `rate_scale`, and the workshop as it is (one team's workshop, however large the
+/// organisation). `Day::TEAM` is one team's day, the one `sco-bench economics` replays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Day {
+    /// The factor on every phase's arrival rate.
+    pub rate_scale: f64,
+}
+
+impl Day {
+    /// One team's day.
+    pub const TEAM: Day = Day { rate_scale: 1.0 };
+
+    /// The phases, with their rates scaled.
+    pub fn phases(self) -> impl Iterator<Item = Phase> {
+        PHASES.into_iter().map(move |phase| Phase {
+            rate: phase.rate * self.rate_scale,
+            ..phase
+        })
+    }
+
+    /// The trace: Poisson arrivals at each phase's rate, the workshop, sessions of 15–60 s.
+    pub fn trace(self) -> Vec<Arrival> {
+        trace_of(self.phases())
+    }
+
+    /// Where each phase starts (seconds into the day), with the phase.
+    pub fn phase_starts(self) -> impl Iterator<Item = (f64, Phase)> {
+        self.phases().scan(0.0, |start, phase| {
+            let at = *start;
+            *start += phase.length;
+            Some((at, phase))
+        })
+    }
+}
+
+/// The arrivals of `phases`, the workshop's and each claim's hold, from the fixed seed.
+fn trace_of(phases: impl Iterator<Item = Phase>) -> Vec<Arrival> {
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let mut arrivals = Vec::new();
     let mut start = 0.0;
-    for phase in PHASES {
+    for phase in phases {
         let mut t = start;
         if phase.rate > 0.0 {
             loop {
@@ -113,15 +149,6 @@ pub fn trace() -> Vec<Arrival> {
         .collect()
 }
 
-/// Where each phase starts (seconds into the day), with the phase.
-pub fn phase_starts() -> impl Iterator<Item = (f64, Phase)> {
-    PHASES.iter().scan(0.0, |start, phase| {
-        let at = *start;
-        *start += phase.length;
-        Some((at, *phase))
-    })
-}
-
 /// The most claims that arrive within any window of `d`: the smallest static pool that serves
 /// the trace at once when each claimed server is replaced in `d`.
 pub fn peak_within(trace: &[Arrival], d: Duration) -> usize {
@@ -142,8 +169,8 @@ mod tests {
 
     #[test]
     fn the_trace_is_the_same_every_run_and_has_its_burst() {
-        let a = trace();
-        let b = trace();
+        let a = Day::TEAM.trace();
+        let b = Day::TEAM.trace();
         assert_eq!(a.len(), b.len());
         assert!(
             a.iter()
@@ -152,5 +179,20 @@ mod tests {
         );
         assert!(a.len() > 50, "{} claims", a.len());
         assert!(peak_within(&a, Duration::from_secs(4)) >= 8, "the burst");
+    }
+
+    #[test]
+    fn a_busier_day_has_more_claims_in_the_same_phases() {
+        let team = Day::TEAM.trace();
+        let busier = Day { rate_scale: 10.0 }.trace();
+        assert!(
+            busier.len() > 5 * team.len(),
+            "{} vs {}",
+            busier.len(),
+            team.len()
+        );
+        let last = |t: &[Arrival]| t.iter().map(|a| a.at).max().unwrap_or_default();
+        let day: f64 = PHASES.iter().map(|p| p.length).sum();
+        assert!(last(&busier).as_secs_f64() < day);
     }
 }
