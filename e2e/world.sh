@@ -33,6 +33,9 @@ world_stop() {
 world_start() {
   mkdir -p "$(dirname "$SCO_WORLD")"
   { ip -o addr; ip route; ip rule; } > "$(dirname "$SCO_WORLD")/host-net.before"
+  # Emptied here, before the world starts in the background: a "world ready" left by an
+  # earlier world must not pass for this one's.
+  : > "$(dirname "$SCO_WORLD")/world.out"
   "$WORLD_BIN" --state "$SCO_WORLD" up "$@" > "$(dirname "$SCO_WORLD")/world.out" 2>&1 &
   WORLD_PID=$!
   trap world_stop EXIT
