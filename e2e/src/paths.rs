@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
+
 /// Pinned versions; the same defaults as `e2e/cluster/build-binaries.sh`.
 pub fn k8s_version() -> String {
     std::env::var("K8S_VERSION").unwrap_or_else(|_| "v1.36.3".into())
@@ -114,7 +116,20 @@ impl State {
                  refusing to delete it: pass a new or empty directory as --state",
                 dir.display()
             );
-            std::fs::remove_dir_all(dir)?;
+            // Everything but the marker first, the marker last: a reset cut short leaves a
+            // directory the next reset still recognises.
+            for entry in std::fs::read_dir(dir)? {
+                let path = entry?.path();
+                if path == self.marker() {
+                    continue;
+                }
+                if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .with_context(|| format!("emptying {}", path.display()))?;
+            }
         }
         std::fs::create_dir_all(dir.join("logs"))?;
         std::fs::write(
@@ -153,6 +168,29 @@ mod tests {
             "a world's own directory is wiped"
         );
         assert!(fresh.marker().is_file());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_reset_empties_nested_directories_but_never_what_a_link_points_to() {
+        let base = std::env::temp_dir().join(format!("sco-state-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let outside = base.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep me").unwrap();
+        let world = State(base.join("world"));
+        world.reset().unwrap();
+        std::fs::create_dir_all(world.path("pods/ns_p/volumes")).unwrap();
+        std::fs::write(world.path("pods/ns_p/log"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, world.path("linked")).unwrap();
+        world.reset().unwrap();
+        assert!(!world.path("pods").exists());
+        assert!(!world.path("linked").exists());
+        assert!(
+            outside.join("precious").exists(),
+            "the link's target is kept"
+        );
+        assert!(world.marker().is_file());
         std::fs::remove_dir_all(&base).unwrap();
     }
 }
