@@ -110,15 +110,14 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     );
     // The static pool is sized for the peak within a start-up time measured by a first replay
     // of the autoscaler, so every pool faces the same servers.
-    let autoscaled = replay(
-        &client,
-        &ns,
-        "autoscaled",
-        spec(Some(BENCH_AUTOSCALE), 1),
-        &trace,
-        &[],
-    )
-    .await?;
+    let stage = Stage {
+        client: &client,
+        ns: &ns,
+        trace: &trace,
+    };
+    let autoscaled = stage
+        .replay("autoscaled", spec(Some(BENCH_AUTOSCALE), 1), &[])
+        .await?;
     let start = Duration::from_secs_f64(
         Spread::of(
             &autoscaled
@@ -130,25 +129,13 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         .median,
     );
     let static_size = peak_within(&trace, start).max(1);
-    let fixed = replay(
-        &client,
-        &ns,
-        "static",
-        spec(None, i32::try_from(static_size)?),
-        &trace,
-        &[],
-    )
-    .await?;
+    let fixed = stage
+        .replay("static", spec(None, i32::try_from(static_size)?), &[])
+        .await?;
     let calendar = calendar(Day::TEAM, start);
-    let scheduled = replay(
-        &client,
-        &ns,
-        "scheduled",
-        spec(Some(BENCH_AUTOSCALE), 1),
-        &trace,
-        &calendar,
-    )
-    .await?;
+    let scheduled = stage
+        .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1), &calendar)
+        .await?;
     // The settings the model finds leanest for 99 % of claims within 1 s, measured for real.
     let mut pools: Vec<(String, Replay, Option<simulate::Outcome>)> = vec![
         ("static".into(), fixed, None),
@@ -159,7 +146,6 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         day: Day::TEAM,
         start,
         refill_delay: REFILL_DELAY,
-        max_idle: simulate::MAX_IDLE,
     };
     if let Some((policy, predicted)) = simulate::leanest(&trace, &modelled, 0.99)
         && let Policy::Autoscale {
@@ -173,15 +159,9 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             scale_down_delay,
         };
         let windows: &[CalendarWindow] = if schedule { &calendar } else { &[] };
-        let lean = replay(
-            &client,
-            &ns,
-            "lean",
-            spec(Some(settings), 1),
-            &trace,
-            windows,
-        )
-        .await?;
+        let lean = stage
+            .replay("lean", spec(Some(settings), 1), windows)
+            .await?;
         let name = format!("leanest by simulation: {}", policy.describe());
         pools.push((name, lean, Some(predicted)));
     }
@@ -256,118 +236,126 @@ fn schedule_spec(calendar: &[CalendarWindow], t0: jiff::Timestamp) -> serde_json
 /// time, so the day's first window can fill ahead of it.
 const SCHEDULE_AHEAD: Duration = Duration::from_secs(15);
 
-/// Replays `trace` against a new cluster `name` in namespace `ns`; deletes it after.
-async fn replay(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    spec: serde_json::Value,
-    trace: &[Arrival],
-    calendar: &[CalendarWindow],
-) -> anyhow::Result<Replay> {
-    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
-    let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
-    let cluster: SparkConnectCluster =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
-    let idle_target = cluster.spec.hot_pool.idle;
-    clusters.create(&PostParams::default(), &cluster).await?;
-    sco_e2e::cluster_status_until(
-        &clusters,
-        name,
-        "the pool filled",
-        Duration::from_secs(300),
-        |s| s.servers.idle >= idle_target,
-    )
-    .await?;
+/// Where the pools are replayed: the world's client, the bench's namespace, the trace.
+struct Stage<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    trace: &'a [Arrival],
+}
 
-    let bound_at = watch_bound(&claims);
-    let started_servers = watch_starts(client, ns, name);
-    let idle_seconds: Shared<UnclaimedSeconds> = Arc::default();
-    let sampling = sample_idle(clusters.clone(), name.to_string(), idle_seconds.clone());
+impl Stage<'_> {
+    /// Replays the trace against a new cluster `name` of `spec`, with `calendar` as its
+    /// schedule; deletes the cluster after.
+    async fn replay(
+        &self,
+        name: &str,
+        spec: serde_json::Value,
+        calendar: &[CalendarWindow],
+    ) -> anyhow::Result<Replay> {
+        let (client, ns, trace) = (self.client, self.ns, self.trace);
+        let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
+        let claims: Api<SparkConnectClaim> = Api::namespaced(client.clone(), ns);
+        let cluster: SparkConnectCluster =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec}))?;
+        let idle_target = cluster.spec.hot_pool.idle;
+        clusters.create(&PostParams::default(), &cluster).await?;
+        sco_e2e::cluster_status_until(
+            &clusters,
+            name,
+            "the pool filled",
+            Duration::from_secs(300),
+            |s| s.servers.idle >= idle_target,
+        )
+        .await?;
 
-    let t0 = if calendar.is_empty() {
-        Instant::now()
-    } else {
-        // The day starts on a whole second, the schedule's windows are written against it,
-        // and its servers (counted from now) start ahead of it.
-        let now = jiff::Timestamp::now();
-        let day = jiff::Timestamp::from_second(now.as_second() + 1)? + SCHEDULE_AHEAD;
-        let patch =
-            serde_json::json!({"spec": {"hotPool": {"schedule": schedule_spec(calendar, day)}}});
-        clusters
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Instant::now() + Duration::try_from(jiff::Timestamp::now().duration_until(day))?
-    };
-    let mut created = HashMap::new();
-    let mut releases: Vec<(Instant, String)> = Vec::new();
-    for (i, arrival) in trace.iter().enumerate() {
-        release_due(&claims, &mut releases).await;
-        tokio::time::sleep_until((t0 + arrival.at).into()).await;
-        let claim_name = format!("{name}-{i:03}");
-        let claim: SparkConnectClaim = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": claim_name}, "spec": {"cluster": name, "user": "bench"}
-        }))?;
-        let at = Instant::now();
-        claims.create(&PostParams::default(), &claim).await?;
-        created.insert(claim_name.clone(), at);
-        releases.push((at + arrival.hold, claim_name));
-    }
-    while !releases.is_empty() {
-        let next = releases
+        let bound_at = watch_bound(&claims);
+        let started_servers = watch_starts(client, ns, name);
+        let idle_seconds: Shared<UnclaimedSeconds> = Arc::default();
+        let sampling = sample_idle(clusters.clone(), name.to_string(), idle_seconds.clone());
+
+        let t0 = if calendar.is_empty() {
+            Instant::now()
+        } else {
+            // The day starts on a whole second, the schedule's windows are written against it,
+            // and its servers (counted from now) start ahead of it.
+            let now = jiff::Timestamp::now();
+            let day = jiff::Timestamp::from_second(now.as_second() + 1)? + SCHEDULE_AHEAD;
+            let patch = serde_json::json!({"spec": {"hotPool": {"schedule": schedule_spec(calendar, day)}}});
+            clusters
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            Instant::now() + Duration::try_from(jiff::Timestamp::now().duration_until(day))?
+        };
+        let mut created = HashMap::new();
+        let mut releases: Vec<(Instant, String)> = Vec::new();
+        for (i, arrival) in trace.iter().enumerate() {
+            release_due(&claims, &mut releases).await;
+            tokio::time::sleep_until((t0 + arrival.at).into()).await;
+            let claim_name = format!("{name}-{i:03}");
+            let claim: SparkConnectClaim = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": claim_name}, "spec": {"cluster": name, "user": "bench"}
+            }))?;
+            let at = Instant::now();
+            claims.create(&PostParams::default(), &claim).await?;
+            created.insert(claim_name.clone(), at);
+            releases.push((at + arrival.hold, claim_name));
+        }
+        while !releases.is_empty() {
+            let next = releases
+                .iter()
+                .map(|(t, _)| *t)
+                .min()
+                .unwrap_or_else(Instant::now);
+            tokio::time::sleep_until(next.into()).await;
+            release_due(&claims, &mut releases).await;
+        }
+        sampling.abort();
+        started_servers.1.abort();
+        bound_at.1.abort();
+        let bound = bound_at.0.lock().map(|b| b.clone()).unwrap_or_default();
+        let waits: Vec<Duration> = created
             .iter()
-            .map(|(t, _)| *t)
-            .min()
-            .unwrap_or_else(Instant::now);
-        tokio::time::sleep_until(next.into()).await;
-        release_due(&claims, &mut releases).await;
+            .map(|(claim, at)| {
+                bound
+                    .get(claim)
+                    .map_or(Duration::from_secs(3600), |b| b.duration_since(*at))
+            })
+            .collect();
+        let hits = waits.iter().filter(|w| **w <= HIT).count();
+        let mut misses: Vec<(f64, f64)> = created
+            .iter()
+            .filter_map(|(claim, at)| {
+                let wait = bound
+                    .get(claim)
+                    .map_or(f64::INFINITY, |b| b.duration_since(*at).as_secs_f64());
+                (wait > HIT.as_secs_f64()).then(|| (at.duration_since(t0).as_secs_f64(), wait))
+            })
+            .collect();
+        misses.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let start_times = started_servers
+            .0
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let unclaimed = idle_seconds.lock().map(|s| *s).unwrap_or_default();
+        clusters.delete(name, &DeleteParams::default()).await?;
+        until(
+            "the cluster gone",
+            Duration::from_secs(300),
+            Duration::from_millis(500),
+            || async { clusters.get_opt(name).await.ok().flatten().is_none() },
+        )
+        .await?;
+        Ok(Replay {
+            claims: created.len(),
+            hits,
+            waits,
+            misses,
+            idle_server_seconds: unclaimed.up,
+            ready_idle_server_seconds: unclaimed.ready,
+            start_times,
+        })
     }
-    sampling.abort();
-    started_servers.1.abort();
-    bound_at.1.abort();
-    let bound = bound_at.0.lock().map(|b| b.clone()).unwrap_or_default();
-    let waits: Vec<Duration> = created
-        .iter()
-        .map(|(claim, at)| {
-            bound
-                .get(claim)
-                .map_or(Duration::from_secs(3600), |b| b.duration_since(*at))
-        })
-        .collect();
-    let hits = waits.iter().filter(|w| **w <= HIT).count();
-    let mut misses: Vec<(f64, f64)> = created
-        .iter()
-        .filter_map(|(claim, at)| {
-            let wait = bound
-                .get(claim)
-                .map_or(f64::INFINITY, |b| b.duration_since(*at).as_secs_f64());
-            (wait > HIT.as_secs_f64()).then(|| (at.duration_since(t0).as_secs_f64(), wait))
-        })
-        .collect();
-    misses.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let start_times = started_servers
-        .0
-        .lock()
-        .map(|s| s.clone())
-        .unwrap_or_default();
-    let unclaimed = idle_seconds.lock().map(|s| *s).unwrap_or_default();
-    clusters.delete(name, &DeleteParams::default()).await?;
-    until(
-        "the cluster gone",
-        Duration::from_secs(300),
-        Duration::from_millis(500),
-        || async { clusters.get_opt(name).await.ok().flatten().is_none() },
-    )
-    .await?;
-    Ok(Replay {
-        claims: created.len(),
-        hits,
-        waits,
-        misses,
-        idle_server_seconds: unclaimed.up,
-        ready_idle_server_seconds: unclaimed.ready,
-        start_times,
-    })
 }
 
 /// Deletes the claims whose hold time is over (their servers are retired and refilled).

@@ -174,8 +174,6 @@ async fn main() -> anyhow::Result<()> {
                 day: trace::Day { rate_scale },
                 start: Duration::from_millis(start_millis),
                 refill_delay: Duration::from_millis(refill_delay_millis),
-                // A pool for a busier day is allowed proportionally more servers.
-                max_idle: (simulate::MAX_IDLE as f64 * rate_scale.max(1.0)).ceil() as usize,
             };
             simulate::run(&under, &output)
         }

@@ -35,8 +35,13 @@ pub struct Conditions {
     pub start: Duration,
     /// `hotPool.refillDelay` (the operator's default is 2 s).
     pub refill_delay: Duration,
-    /// `hotPool.max`: the most unclaimed servers.
-    pub max_idle: usize,
+}
+
+impl Conditions {
+    /// `hotPool.max`: the economics bench's, grown in proportion for a busier day.
+    fn max_idle(&self) -> usize {
+        (MAX_IDLE as f64 * self.day.rate_scale.max(1.0)).ceil() as usize
+    }
 }
 
 /// How the pool decides its idle target.
@@ -187,7 +192,7 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
         demand.observe(&live, &[], epoch + now);
         let wanted = target(&mut demand, policy, &windows, under, epoch, now);
         pool.resize(
-            (wanted + pool.waiting.len()).min(under.max_idle),
+            (wanted + pool.waiting.len()).min(under.max_idle()),
             under,
             now,
         );
@@ -222,7 +227,7 @@ fn target(
         } => {
             let (autoscaled, _) = demand.target(
                 0,
-                under.max_idle,
+                under.max_idle(),
                 FLOOR,
                 hit_rate,
                 scale_down_delay,
@@ -342,7 +347,6 @@ mod tests {
         day: Day::TEAM,
         start: Duration::from_millis(4800),
         refill_delay: Duration::from_secs(2),
-        max_idle: MAX_IDLE,
     };
 
     fn autoscale(hit_rate: f64, schedule: bool) -> Policy {
