@@ -193,6 +193,14 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         }));
     }
     let least = least_idle::report(Day::TEAM, start, HIT, trace.len());
+    let knowing_policy = Policy::KnowsRates { share: 0.99 };
+    let knowing = simulate::replay(&trace, knowing_policy, &modelled);
+    println!(
+        "in the model, {}: {:.1} % within 1 s at {:.2}x the ideal",
+        knowing_policy.describe(),
+        knowing.hit_rate() * 100.0,
+        knowing.vs_ideal
+    );
     sco_e2e::remove_namespace(&client, &ns).await?;
     report::write(
         "economics",
@@ -204,6 +212,10 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "pools": rows,
             "least_idle_knowing_the_rates": least,
+            "model_pool_knowing_the_rates": {
+                "policy": knowing_policy.describe(), "hit_rate": knowing.hit_rate(),
+                "idle_vs_ideal": knowing.vs_ideal,
+            },
         }),
     )
 }

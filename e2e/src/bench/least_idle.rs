@@ -1,20 +1,37 @@
-//! An estimate, not a measurement: the least unclaimed server-seconds with which any pool could
+//! An estimate, not a measurement: the least unclaimed server-seconds with which a pool could
 //! serve a share of the trace's claims within the hit time, had it known each phase's arrival
 //! rate exactly but not when each claim comes.
 //!
-//! A server started at `t` is ready at `t + D`; a claim arriving in `(t, t + W]`, `W = D - hit`,
-//! can therefore be served in time only by a server that was unclaimed (starting or idle) at
-//! `t`. Arrivals in such a window are Poisson with mean `λW` whatever happened before, so a pool
-//! that holds `u` unclaimed servers misses at least `E[(N - u)+]` of them. A phase of length `L`
-//! holds `L / W` such windows; a pool may hold `u` for part of it and `u + 1` for the rest, so
-//! its cost (`u·L` server-seconds) and its misses interpolate linearly between whole counts.
-//! Misses fall convexly in `u`, so buying the cheapest reduction of misses first, step by step,
-//! gives the least cost for a number of misses. The workshop's claims are counted as served for
-//! free and phase edges are ignored, both in the pool's favour: the true least is higher.
+//! Such a pool holds some number `u` of unclaimed servers (starting or idle) through a phase
+//! and starts a replacement for each one claimed, which is unclaimed while it starts, for the
+//! start-up time `D`. With `W = D - hit`, a claim is served within the hit time exactly when
+//! fewer than `u` claims came in the `W` before it: the replacements of older claims are ready
+//! in time, those of the last `W` are not. A Poisson arrival sees `N ~ Poisson(λW)` claims
+//! before it (PASTA), so it is missed with probability `P(N ≥ u)`, and a phase of length `L`
+//! held at `u` costs `u·L`. Holding `u` for part of a phase and another count for the rest
+//! interpolates, so a phase's least cost for a number of misses lies on the lower convex hull
+//! of its `(u·L, λL·P(N ≥ u))` points; buying the steepest hull segments of all phases first
+//! gives the least cost for the allowed misses. Phase edges are ignored and the workshop's
+//! claims are counted as served for free, both in the pool's favour: the true least is higher.
 
 use std::time::Duration;
 
-use super::trace::Day;
+use super::trace::{Day, WORKSHOP_AT, WORKSHOP_CLAIMS, WORKSHOP_EVERY};
+
+/// One step along a phase's hull: holding more servers for `cost` server-seconds saves `saved`
+/// misses.
+#[derive(Clone, Copy, Debug)]
+struct Step {
+    cost: f64,
+    saved: f64,
+}
+
+impl Step {
+    /// Misses saved per server-second.
+    fn per_second(self) -> f64 {
+        self.saved / self.cost
+    }
+}
 
 /// The least unclaimed server-seconds to serve `share` (0..1) of the `claims` claims of `day`
 /// within `hit`, with servers that take `start` to start.
@@ -30,40 +47,103 @@ pub fn least_unclaimed_seconds(
         return 0.0;
     }
     let allowed = (1.0 - share).max(0.0) * claims as f64;
-    // Per phase: its length, its mean arrivals per window, the count held so far.
-    let mut phases: Vec<(f64, f64, u32)> = day
-        .phases()
-        .filter(|p| p.rate > 0.0)
-        .map(|p| (p.length, p.rate * window, 0))
-        .collect();
-    let misses = |length: f64, mean: f64, held: u32| length / window * shortfall(mean, held);
-    let mut expected: f64 = phases.iter().map(|&(l, m, u)| misses(l, m, u)).sum();
+    let mut misses = 0.0;
+    let mut steps = Vec::new();
+    for phase in day.phases().filter(|p| p.rate > 0.0) {
+        let hull = lower_hull(&phase_points(phase.length, phase.rate, window));
+        misses += hull.first().map_or(0.0, |(_, m)| *m);
+        steps.extend(hull.windows(2).map(|pair| Step {
+            cost: pair[1].0 - pair[0].0,
+            saved: pair[0].1 - pair[1].1,
+        }));
+    }
+    steps.sort_by(|a, b| b.per_second().total_cmp(&a.per_second()));
     let mut cost = 0.0;
-    while expected > allowed {
-        // The phase where one more held server saves the most misses per server-second.
-        let best = phases
-            .iter_mut()
-            .map(|phase| {
-                let (length, mean, held) = *phase;
-                let saved = misses(length, mean, held) - misses(length, mean, held + 1);
-                (saved / length, saved, phase)
-            })
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        let Some((per_second, saved, phase)) = best else {
-            break;
-        };
-        if per_second <= 0.0 {
+    for step in steps {
+        if misses <= allowed {
             break;
         }
-        if expected - saved <= allowed {
-            cost += (expected - allowed) / per_second;
+        if misses - step.saved <= allowed {
+            cost += (misses - allowed) / step.per_second();
             break;
         }
-        cost += phase.0;
-        phase.2 += 1;
-        expected -= saved;
+        cost += step.cost;
+        misses -= step.saved;
     }
     cost
+}
+
+/// The unclaimed servers a pool that knows the day's rates and its workshop holds at `t`
+/// (seconds into the day) to serve each claim within `hit` with chance `share`: through each
+/// phase the fewest with `P(N ≥ u) ≤ 1 - share`, from one start-up time before the phase
+/// begins; the workshop's claims on top from one start-up time before it. What the model pool
+/// reaches with it is the estimate's check.
+pub fn knowing_target(day: Day, start: Duration, hit: Duration, share: f64, t: f64) -> usize {
+    let window = start.saturating_sub(hit).as_secs_f64();
+    let lead = start.as_secs_f64();
+    let rate = day
+        .phase_starts()
+        .filter(|(at, phase)| *at <= t + lead && t < at + phase.length)
+        .map(|(_, phase)| phase.rate)
+        .fold(0.0, f64::max);
+    let workshop_end = WORKSHOP_AT + f64::from(WORKSHOP_CLAIMS) * WORKSHOP_EVERY;
+    let workshop = if (WORKSHOP_AT - lead..workshop_end).contains(&t) {
+        WORKSHOP_CLAIMS
+    } else {
+        0
+    };
+    let mean = rate * window;
+    let held = (0u32..100_000)
+        .find(|&u| tail(mean, u) <= 1.0 - share)
+        .unwrap_or(100_000);
+    (held + workshop) as usize
+}
+
+/// A phase held at each count `u` from none until misses vanish: `(u·L, expected misses)`.
+fn phase_points(length: f64, rate: f64, window: f64) -> Vec<(f64, f64)> {
+    let mean = rate * window;
+    let claims = rate * length;
+    let mut points = Vec::new();
+    for held in 0u32.. {
+        let missed = claims * tail(mean, held);
+        points.push((f64::from(held) * length, missed));
+        if missed < 1e-9 || held >= 100_000 {
+            break;
+        }
+    }
+    points
+}
+
+/// The lower convex hull of points sorted by their first coordinate.
+fn lower_hull(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut hull: Vec<(f64, f64)> = Vec::new();
+    for &p in points {
+        while let [.., a, b] = hull[..] {
+            // Drop `b` when it lies on or above the segment from `a` to `p`.
+            if (b.1 - a.1) * (p.0 - a.0) >= (p.1 - a.1) * (b.0 - a.0) {
+                hull.pop();
+            } else {
+                break;
+            }
+        }
+        hull.push(p);
+    }
+    hull
+}
+
+/// `P(N ≥ u)` for `N` Poisson with mean `mean`: the chance a claim finds `u` held servers
+/// taken. Summed in log space, so a large mean cannot underflow.
+fn tail(mean: f64, held: u32) -> f64 {
+    if mean <= 0.0 {
+        return if held == 0 { 1.0 } else { 0.0 };
+    }
+    let mut log_probability = -mean;
+    let mut below = 0.0;
+    for n in 0..held {
+        below += log_probability.exp();
+        log_probability += (mean / f64::from(n + 1)).ln();
+    }
+    (1.0 - below).max(0.0)
 }
 
 /// Shares of claims served within the hit time whose least idle capacity is reported.
@@ -86,18 +166,6 @@ pub fn report(day: Day, start: Duration, hit: Duration, claims: usize) -> Vec<se
             serde_json::json!({"share": share, "idle_server_seconds": seconds, "idle_vs_ideal": seconds / ideal})
         })
         .collect()
-}
-
-/// `E[(N - u)+]` for `N` Poisson with mean `mean`: the arrivals `u` servers leave unserved.
-fn shortfall(mean: f64, held: u32) -> f64 {
-    // E[(N - u)+] = E[N] - u + E[(u - N)+], the last a finite sum.
-    let mut probability = (-mean).exp();
-    let mut surplus = 0.0;
-    for n in 0..held {
-        surplus += f64::from(held - n) * probability;
-        probability *= mean / f64::from(n + 1);
-    }
-    mean - f64::from(held) + surplus
 }
 
 #[cfg(test)]
@@ -129,10 +197,39 @@ mod tests {
     }
 
     #[test]
-    fn the_shortfall_is_what_held_servers_leave_unserved() {
-        assert!((shortfall(2.0, 0) - 2.0).abs() < 1e-12);
-        // One server leaves E[N] - 1 + P(N = 0).
-        assert!((shortfall(2.0, 1) - (1.0 + (-2.0f64).exp())).abs() < 1e-12);
-        assert!(shortfall(2.0, 30) < 1e-12);
+    fn a_claim_is_missed_when_as_many_claims_as_held_servers_came_in_the_window_before_it() {
+        let e = (-2.0f64).exp();
+        assert_eq!(tail(2.0, 0), 1.0);
+        assert!((tail(2.0, 1) - (1.0 - e)).abs() < 1e-12);
+        assert!((tail(2.0, 2) - (1.0 - 3.0 * e)).abs() < 1e-12);
+        assert!(tail(2.0, 30) < 1e-12);
+        // A mean whose e^-mean underflows still sums right.
+        assert!((tail(2_000.0, 1_500) - 1.0).abs() < 1e-9);
+        assert!(tail(2_000.0, 2_500) < 1e-9);
+    }
+
+    #[test]
+    fn the_hull_keeps_only_the_points_no_mixture_of_others_beats() {
+        let points = [(0.0, 10.0), (1.0, 9.5), (2.0, 4.0), (3.0, 3.9), (4.0, 0.0)];
+        assert_eq!(
+            lower_hull(&points),
+            vec![(0.0, 10.0), (2.0, 4.0), (4.0, 0.0)]
+        );
+    }
+
+    #[test]
+    fn serving_nearly_every_claim_holds_more_than_the_claims_of_one_window() {
+        let start = Duration::from_millis(4840);
+        let hit = Duration::from_secs(1);
+        let window = (start - hit).as_secs_f64();
+        for day in [Day::TEAM, Day { rate_scale: 10.0 }] {
+            let claims: f64 = day.phases().map(|p| p.rate * p.length).sum();
+            let cost = least_unclaimed_seconds(day, start, hit, 0.99, claims as usize);
+            assert!(
+                cost > claims * window,
+                "{day:?}: {cost} vs {}",
+                claims * window
+            );
+        }
     }
 }
