@@ -136,7 +136,6 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let scheduled = stage
         .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1), &calendar)
         .await?;
-    // The settings the model finds leanest for 99 % of claims within 1 s, measured for real.
     let mut pools: Vec<(String, Replay, Option<simulate::Outcome>)> = vec![
         ("static".into(), fixed, None),
         ("autoscaler".into(), autoscaled, None),
@@ -147,27 +146,63 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         start,
         refill_delay: REFILL_DELAY,
     };
-    if let Some((policy, predicted)) = simulate::leanest(&trace, &modelled, 0.99)
-        && let Policy::Autoscale {
-            hit_rate,
-            scale_down_delay,
-            schedule,
-        } = policy
-    {
-        let settings = Autoscale {
-            hit_rate_percent: (hit_rate * 100.0).round() as u32,
-            scale_down_delay,
-        };
-        let windows: &[CalendarWindow] = if schedule { &calendar } else { &[] };
-        let lean = stage
-            .replay("lean", spec(Some(settings), 1), windows)
-            .await?;
-        let name = format!("leanest by simulation: {}", policy.describe());
-        pools.push((name, lean, Some(predicted)));
-    }
+    pools.extend(leanest(&stage, &modelled, &calendar).await?);
     let ideal = trace.len() as f64 * start.as_secs_f64();
+    let rows = pool_rows(&pools, ideal);
+    let (least, knowing) = rate_knowing(&trace, &modelled);
+    sco_e2e::remove_namespace(&client, &ns).await?;
+    report::write(
+        "economics",
+        &serde_json::json!({
+            "trace_claims": trace.len(), "trace_seconds": length.as_secs_f64(),
+            "server_start_median_s": start.as_secs_f64(), "static_pool_idle": static_size,
+            "schedule": calendar.iter().map(|w| serde_json::json!({
+                "at_s": w.at, "for_s": w.length, "idle": w.idle, "what": w.what,
+            })).collect::<Vec<_>>(),
+            "pools": rows,
+            "least_idle_knowing_the_rates": least,
+            "model_pool_knowing_the_rates": knowing,
+        }),
+    )
+}
+
+/// The settings the model finds leanest for 99 % of claims within 1 s `under` the measured
+/// conditions, replayed for real, beside the model's prediction.
+async fn leanest(
+    stage: &Stage<'_>,
+    under: &simulate::Conditions,
+    calendar: &[CalendarWindow],
+) -> anyhow::Result<Option<(String, Replay, Option<simulate::Outcome>)>> {
+    let Some((policy, predicted)) = simulate::leanest(stage.trace, under, 0.99) else {
+        return Ok(None);
+    };
+    let Policy::Autoscale {
+        hit_rate,
+        scale_down_delay,
+        schedule,
+    } = policy
+    else {
+        return Ok(None);
+    };
+    let settings = Autoscale {
+        hit_rate_percent: (hit_rate * 100.0).round() as u32,
+        scale_down_delay,
+    };
+    let windows: &[CalendarWindow] = if schedule { calendar } else { &[] };
+    let lean = stage
+        .replay("lean", spec(Some(settings), 1), windows)
+        .await?;
+    let name = format!("leanest by simulation: {}", policy.describe());
+    Ok(Some((name, lean, Some(predicted))))
+}
+
+/// Prints each pool's replay against the `ideal` and returns them as rows.
+fn pool_rows(
+    pools: &[(String, Replay, Option<simulate::Outcome>)],
+    ideal: f64,
+) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
-    for (name, r, predicted) in &pools {
+    for (name, r, predicted) in pools {
         let hit_rate = r.hits as f64 / r.claims.max(1) as f64;
         let ratio = r.idle_server_seconds / ideal;
         println!(
@@ -192,32 +227,29 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             })),
         }));
     }
-    let least = least_idle::report(Day::TEAM, start, HIT, trace.len());
-    let knowing_policy = Policy::KnowsRates { share: 0.99 };
-    let knowing = simulate::replay(&trace, knowing_policy, &modelled);
+    rows
+}
+
+/// What knowing each phase's rate would buy on the trace: the estimate of the least idle
+/// capacity, and a model pool that knows the rates replayed `under` the measured conditions.
+fn rate_knowing(
+    trace: &[Arrival],
+    under: &simulate::Conditions,
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let least = least_idle::report(under.day, under.start, HIT, trace.len());
+    let policy = Policy::KnowsRates { share: 0.99 };
+    let knowing = simulate::replay(trace, policy, under);
     println!(
         "in the model, {}: {:.1} % within 1 s at {:.2}x the ideal",
-        knowing_policy.describe(),
+        policy.describe(),
         knowing.hit_rate() * 100.0,
         knowing.vs_ideal
     );
-    sco_e2e::remove_namespace(&client, &ns).await?;
-    report::write(
-        "economics",
-        &serde_json::json!({
-            "trace_claims": trace.len(), "trace_seconds": length.as_secs_f64(),
-            "server_start_median_s": start.as_secs_f64(), "static_pool_idle": static_size,
-            "schedule": calendar.iter().map(|w| serde_json::json!({
-                "at_s": w.at, "for_s": w.length, "idle": w.idle, "what": w.what,
-            })).collect::<Vec<_>>(),
-            "pools": rows,
-            "least_idle_knowing_the_rates": least,
-            "model_pool_knowing_the_rates": {
-                "policy": knowing_policy.describe(), "hit_rate": knowing.hit_rate(),
-                "idle_vs_ideal": knowing.vs_ideal,
-            },
-        }),
-    )
+    let row = serde_json::json!({
+        "policy": policy.describe(), "hit_rate": knowing.hit_rate(),
+        "idle_vs_ideal": knowing.vs_ideal,
+    });
+    (least, row)
 }
 
 /// The calendar as `hotPool.schedule`, for a day that starts at `t0` (whole seconds, UTC).
