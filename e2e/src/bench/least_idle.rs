@@ -92,11 +92,7 @@ pub fn knowing_target(day: Day, start: Duration, hit: Duration, share: f64, t: f
     } else {
         0
     };
-    let mean = rate * window;
-    let held = (0u32..100_000)
-        .find(|&u| tail(mean, u) <= 1.0 - share)
-        .unwrap_or(100_000);
-    (held + workshop) as usize
+    (fewest_held(rate * window, share) + workshop) as usize
 }
 
 /// A phase held at each count `u` from none until misses vanish: `(u·L, expected misses)`.
@@ -129,6 +125,23 @@ fn lower_hull(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
         hull.push(p);
     }
     hull
+}
+
+/// The fewest held servers `u` with `P(N ≥ u) ≤ 1 - share` for `N` Poisson with mean `mean`,
+/// summed once in log space (bounded, like [`phase_points`]).
+fn fewest_held(mean: f64, share: f64) -> u32 {
+    if mean <= 0.0 {
+        return 0;
+    }
+    let mut log_probability = -mean;
+    let mut below = 0.0;
+    let mut held = 0;
+    while 1.0 - below > 1.0 - share && held < 100_000 {
+        below += log_probability.exp();
+        held += 1;
+        log_probability += (mean / f64::from(held)).ln();
+    }
+    held
 }
 
 /// `P(N ≥ u)` for `N` Poisson with mean `mean`: the chance a claim finds `u` held servers
@@ -206,6 +219,21 @@ mod tests {
         // A mean whose e^-mean underflows still sums right.
         assert!((tail(2_000.0, 1_500) - 1.0).abs() < 1e-9);
         assert!(tail(2_000.0, 2_500) < 1e-9);
+    }
+
+    #[test]
+    fn the_fewest_held_servers_are_where_the_tail_first_falls_to_the_allowed_share() {
+        for mean in [0.5, 2.3, 23.0, 400.0] {
+            for share in [0.9, 0.99] {
+                let held = fewest_held(mean, share);
+                assert!(tail(mean, held) <= 1.0 - share, "{mean} {share}");
+                assert!(
+                    held == 0 || tail(mean, held - 1) > 1.0 - share,
+                    "{mean} {share}"
+                );
+            }
+        }
+        assert_eq!(fewest_held(0.0, 0.99), 0);
     }
 
     #[test]
