@@ -8,7 +8,7 @@
 //! fewer than `u` claims came in the `W` before it: the replacements of older claims are ready
 //! in time, those of the last `W` are not. A Poisson arrival sees `N ~ Poisson(λW)` claims
 //! before it (PASTA), so it is missed with probability `P(N ≥ u)`, and a phase of length `L`
-//! held at `u` costs `u·L`. Holding `u` for part of a phase and another count for the rest
+//! held at `u` costs `u·L`, but never less than `λD·L`, the replacements starting. Holding `u` for part of a phase and another count for the rest
 //! interpolates, so a phase's least cost for a number of misses lies on the lower convex hull
 //! of its `(u·L, λL·P(N ≥ u))` points; buying the steepest hull segments of all phases first
 //! gives the least cost for the allowed misses. Phase edges are ignored and the workshop's
@@ -44,21 +44,25 @@ pub fn least_unclaimed_seconds(
 ) -> f64 {
     let window = start.saturating_sub(hit).as_secs_f64();
     if window <= 0.0 {
-        return 0.0;
+        // A server started when its claim comes is ready in time: its start-up is all.
+        return day.phases().map(|p| p.rate * p.length).sum::<f64>() * start.as_secs_f64();
     }
     let allowed = (1.0 - share).max(0.0) * claims as f64;
-    let mut misses = 0.0;
+    let (mut cost, mut misses) = (0.0, 0.0);
     let mut steps = Vec::new();
     for phase in day.phases().filter(|p| p.rate > 0.0) {
-        let hull = lower_hull(&phase_points(phase.length, phase.rate, window));
-        misses += hull.first().map_or(0.0, |(_, m)| *m);
+        let points = phase_points(phase.length, phase.rate, window, start.as_secs_f64());
+        let hull = lower_hull(&points);
+        if let Some((least, missed)) = hull.first() {
+            cost += least;
+            misses += missed;
+        }
         steps.extend(hull.windows(2).map(|pair| Step {
             cost: pair[1].0 - pair[0].0,
             saved: pair[0].1 - pair[1].1,
         }));
     }
     steps.sort_by(|a, b| b.per_second().total_cmp(&a.per_second()));
-    let mut cost = 0.0;
     for step in steps {
         if misses <= allowed {
             break;
@@ -95,15 +99,21 @@ pub fn knowing_target(day: Day, start: Duration, hit: Duration, share: f64, t: f
     (fewest_held(rate * window, share) + workshop) as usize
 }
 
-/// A phase held at each count `u` from none until misses vanish: `(u·L, expected misses)`.
-fn phase_points(length: f64, rate: f64, window: f64) -> Vec<(f64, f64)> {
-    let mean = rate * window;
+/// A phase held at each count `u` from none until misses vanish: `(cost, expected misses)`.
+/// The cost is `u·L`, but never less than `λD·L`: each claim's server spends the start-up
+/// time `D` unclaimed, starting, so a pool holds that many on average however few it asks
+/// for. Counts that cost the same keep only the one that misses least.
+fn phase_points(length: f64, rate: f64, window: f64, start: f64) -> Vec<(f64, f64)> {
     let claims = rate * length;
-    let mut points = Vec::new();
-    for held in 0u32.. {
-        let missed = claims * tail(mean, held);
-        points.push((f64::from(held) * length, missed));
-        if missed < 1e-9 || held >= 100_000 {
+    let least = rate * start * length;
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    for (held, tail) in tails(rate * window).take(MOST_HELD).enumerate() {
+        let point = ((held as f64 * length).max(least), claims * tail);
+        match points.last_mut() {
+            Some(last) if last.0 >= point.0 => *last = point,
+            _ => points.push(point),
+        }
+        if point.1 < 1e-9 {
             break;
         }
     }
@@ -127,36 +137,39 @@ fn lower_hull(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
     hull
 }
 
-/// The fewest held servers `u` with `P(N ≥ u) ≤ 1 - share` for `N` Poisson with mean `mean`,
-/// summed once in log space (bounded, like [`phase_points`]).
+/// Most servers a phase is considered holding (far beyond any pool here).
+const MOST_HELD: usize = 100_000;
+
+/// The fewest held servers `u` with `P(N ≥ u) ≤ 1 - share` for `N` Poisson with mean `mean`;
+/// none where no claim comes.
 fn fewest_held(mean: f64, share: f64) -> u32 {
     if mean <= 0.0 {
         return 0;
     }
-    let mut log_probability = -mean;
-    let mut below = 0.0;
-    let mut held = 0;
-    while 1.0 - below > 1.0 - share && held < 100_000 {
-        below += log_probability.exp();
-        held += 1;
-        log_probability += (mean / f64::from(held)).ln();
-    }
-    held
+    let held = tails(mean)
+        .take(MOST_HELD)
+        .position(|tail| tail <= 1.0 - share)
+        .unwrap_or(MOST_HELD);
+    u32::try_from(held).unwrap_or(u32::MAX)
 }
 
-/// `P(N ≥ u)` for `N` Poisson with mean `mean`: the chance a claim finds `u` held servers
-/// taken. Summed in log space, so a large mean cannot underflow.
-fn tail(mean: f64, held: u32) -> f64 {
-    if mean <= 0.0 {
-        return if held == 0 { 1.0 } else { 0.0 };
-    }
+/// `P(N ≥ u)` for `u` = 0, 1, 2, … and `N` Poisson with mean `mean`: the chance a claim finds
+/// `u` held servers taken. Summed in log space in one pass, so a large mean cannot underflow.
+fn tails(mean: f64) -> impl Iterator<Item = f64> {
     let mut log_probability = -mean;
-    let mut below = 0.0;
-    for n in 0..held {
+    let mut below: f64 = 0.0;
+    let mut held = 0u32;
+    std::iter::from_fn(move || {
+        let tail = if mean > 0.0 {
+            (1.0 - below).max(0.0)
+        } else {
+            f64::from(u8::from(held == 0))
+        };
         below += log_probability.exp();
-        log_probability += (mean / f64::from(n + 1)).ln();
-    }
-    (1.0 - below).max(0.0)
+        held = held.saturating_add(1);
+        log_probability += (mean / f64::from(held)).ln();
+        Some(tail)
+    })
 }
 
 /// Shares of claims served within the hit time whose least idle capacity is reported.
@@ -194,46 +207,60 @@ mod tests {
             .map(|s| least_unclaimed_seconds(Day::TEAM, start, hit, *s, 99))
             .collect();
         assert!(costs.windows(2).all(|c| c[1] > c[0]), "{costs:?}");
-        assert_eq!(least_unclaimed_seconds(Day::TEAM, start, hit, 0.0, 99), 0.0);
     }
 
     #[test]
-    fn servers_that_start_within_the_hit_time_need_no_idle_capacity() {
-        let cost = least_unclaimed_seconds(
-            Day::TEAM,
-            Duration::from_millis(800),
-            Duration::from_secs(1),
-            0.99,
-            99,
-        );
-        assert_eq!(cost, 0.0);
+    fn the_claims_own_start_up_is_all_when_none_need_serving_in_time_or_servers_start_within_it() {
+        let claims: f64 = Day::TEAM.phases().map(|p| p.rate * p.length).sum();
+        let hit = Duration::from_secs(1);
+        // (start-up, share within the hit time)
+        for (start, share) in [(5_000, 0.0), (800, 0.99)] {
+            let start = Duration::from_millis(start);
+            let cost = least_unclaimed_seconds(Day::TEAM, start, hit, share, 99);
+            let start_up = claims * start.as_secs_f64();
+            assert!(
+                (cost - start_up).abs() < 1e-9,
+                "{start:?}: {cost} vs {start_up}"
+            );
+        }
     }
 
     #[test]
     fn a_claim_is_missed_when_as_many_claims_as_held_servers_came_in_the_window_before_it() {
         let e = (-2.0f64).exp();
-        assert_eq!(tail(2.0, 0), 1.0);
-        assert!((tail(2.0, 1) - (1.0 - e)).abs() < 1e-12);
-        assert!((tail(2.0, 2) - (1.0 - 3.0 * e)).abs() < 1e-12);
-        assert!(tail(2.0, 30) < 1e-12);
+        let two: Vec<f64> = tails(2.0).take(31).collect();
+        assert_eq!(two[0], 1.0);
+        assert!((two[1] - (1.0 - e)).abs() < 1e-12);
+        assert!((two[2] - (1.0 - 3.0 * e)).abs() < 1e-12);
+        assert!(two[30] < 1e-12);
         // A mean whose e^-mean underflows still sums right.
-        assert!((tail(2_000.0, 1_500) - 1.0).abs() < 1e-9);
-        assert!(tail(2_000.0, 2_500) < 1e-9);
+        let large: Vec<f64> = tails(2_000.0).take(2_501).collect();
+        assert!((large[1_500] - 1.0).abs() < 1e-9);
+        assert!(large[2_500] < 1e-9);
+        assert_eq!(tails(0.0).take(3).collect::<Vec<_>>(), vec![1.0, 0.0, 0.0]);
     }
 
     #[test]
     fn the_fewest_held_servers_are_where_the_tail_first_falls_to_the_allowed_share() {
         for mean in [0.5, 2.3, 23.0, 400.0] {
             for share in [0.9, 0.99] {
-                let held = fewest_held(mean, share);
-                assert!(tail(mean, held) <= 1.0 - share, "{mean} {share}");
-                assert!(
-                    held == 0 || tail(mean, held - 1) > 1.0 - share,
-                    "{mean} {share}"
-                );
+                let held = fewest_held(mean, share) as usize;
+                let tail: Vec<f64> = tails(mean).take(held + 1).collect();
+                assert!(tail[held] <= 1.0 - share, "{mean} {share}");
+                assert!(held == 0 || tail[held - 1] > 1.0 - share, "{mean} {share}");
             }
         }
         assert_eq!(fewest_held(0.0, 0.99), 0);
+    }
+
+    #[test]
+    fn a_phase_costs_at_least_the_start_up_time_of_its_claims_however_few_are_held() {
+        // 2 claims a second, 4 s to start: 8 servers starting on average.
+        let points = phase_points(10.0, 2.0, 3.0, 4.0);
+        assert_eq!(points[0].0, 80.0);
+        assert!(points[1].0 > 80.0, "{points:?}");
+        // Of the counts up to 8, all costing 80, only 8 (missing least) is kept.
+        assert!((points[0].1 - 20.0 * tails(6.0).nth(8).unwrap_or(1.0)).abs() < 1e-9);
     }
 
     #[test]
