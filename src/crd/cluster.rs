@@ -391,9 +391,11 @@ pub struct AutoscaleSpec {
     #[x_kube(validation = Rule::new(SCALE_DOWN_DELAY.cel_rule()).message(SCALE_DOWN_DELAY.cel_message().as_str()))]
     #[schemars(length(max = 28))]
     pub scale_down_delay: String,
-    /// The share of claims, in percent, to serve from idle servers at once: the autoscaler
-    /// keeps as many idle servers as that share of the claims arriving within one warm-up
-    /// needs at the measured arrival rate (a Poisson quantile). Higher costs more idle servers.
+    /// The share of claims, in percent, to serve from idle servers at once, taken as a chance:
+    /// the autoscaler keeps as many idle servers (starting ones included) as cover all the
+    /// claims of one warm-up at the measured arrival rate with this chance (a Poisson
+    /// quantile). Higher costs more idle servers; a rise the rate cannot foretell needs
+    /// hotPool.schedule.
     #[serde(default = "default_hit_rate_percent")]
     #[schemars(range(min = 50, max = 99))]
     pub hit_rate_percent: i32,

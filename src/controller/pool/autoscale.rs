@@ -110,7 +110,8 @@ impl Demand {
     }
 
     /// The idle target now, and a decision when it changed.
-    /// `hit_rate` is the share of claims (0..1) to serve from idle servers at once.
+    /// `hit_rate` (0..1) is the chance with which the idle servers cover all claims of one
+    /// warm-up.
     pub fn target(
         &mut self,
         min: usize,
