@@ -97,6 +97,9 @@ struct Replay {
     start_times: Vec<Duration>,
 }
 
+/// A pool replayed for real: its name, the replay, and what the model predicted for it.
+type Measured = (String, Replay, Option<simulate::Outcome>);
+
 /// Runs the benchmark against the world at `world`.
 pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
@@ -136,7 +139,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let scheduled = stage
         .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1), &calendar)
         .await?;
-    let mut pools: Vec<(String, Replay, Option<simulate::Outcome>)> = vec![
+    let mut pools: Vec<Measured> = vec![
         ("static".into(), fixed, None),
         ("autoscaler".into(), autoscaled, None),
         ("autoscaler+schedule".into(), scheduled, None),
@@ -172,7 +175,7 @@ async fn leanest(
     stage: &Stage<'_>,
     under: &simulate::Conditions,
     calendar: &[CalendarWindow],
-) -> anyhow::Result<Option<(String, Replay, Option<simulate::Outcome>)>> {
+) -> anyhow::Result<Option<Measured>> {
     let Some((policy, predicted)) = simulate::leanest(stage.trace, under, 0.99) else {
         return Ok(None);
     };
@@ -197,10 +200,7 @@ async fn leanest(
 }
 
 /// Prints each pool's replay against the `ideal` and returns them as rows.
-fn pool_rows(
-    pools: &[(String, Replay, Option<simulate::Outcome>)],
-    ideal: f64,
-) -> Vec<serde_json::Value> {
+fn pool_rows(pools: &[Measured], ideal: f64) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
     for (name, r, predicted) in pools {
         let hit_rate = r.hits as f64 / r.claims.max(1) as f64;
