@@ -7,9 +7,8 @@ cargo build --release --workspace
 rm -rf target/bench
 # Pool economics in virtual time (the operator's autoscaler code, a model pool; no world needed).
 ./target/release/sco-bench simulate
-# The same for an organisation: ten times the arrival rates, a pool allowed ten times the servers,
-# and refillDelay 300 ms (2 s holds ten times the replacements back too long).
-./target/release/sco-bench simulate --rate-scale 10 --refill-delay-millis 300 --output economics-simulated-x10
+# The same for an organisation: ten times the arrival rates, a pool allowed ten times the servers.
+./target/release/sco-bench simulate --rate-scale 10 --output economics-simulated-x10
 # The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
 ./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60

@@ -292,8 +292,8 @@ pub struct HotPoolSpec {
     /// How long the replacement of a server handed to a claim waits while the pool still has
     /// an idle server (Go duration; 0s starts it at once). A new server's JVM start and
     /// warm-up take a node's cores for seconds; waiting keeps them from the claimant's first
-    /// queries when both land on one node. With no idle server left the replacement starts at
-    /// once.
+    /// queries when both land on one node. With no idle server left, or when another claim
+    /// is handed a server within the delay (a busy pool), the replacements start at once.
     #[serde(default = "default_refill_delay")]
     #[x_kube(validation = Rule::new(REFILL_DELAY.cel_rule()).message(REFILL_DELAY.cel_message().as_str()))]
     #[schemars(length(max = 28))]

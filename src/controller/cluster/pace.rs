@@ -106,8 +106,9 @@ const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
 ///   server handed out less than [`BINDS_QUIET`] ago; at most [`MAX_REFILL_HOLD`]): the
 ///   burst's binds get the apiserver before its refills compete with them;
 /// - for `refill_delay` (`hotPool.refillDelay`) after a server was handed to a claim, while the
-///   pool still has an idle server for the next claim: the replacement's JVM start and warm-up
-///   would otherwise share the cores with the claimant's first queries.
+///   pool still has an idle server for the next claim and no other claim was handed one since:
+///   the replacement's JVM start and warm-up would otherwise share the cores with the
+///   claimant's first queries (a busy pool's replacements never wait).
 ///
 /// Binding itself never waits.
 pub fn hold_refill(

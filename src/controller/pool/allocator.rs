@@ -102,6 +102,8 @@ struct ClusterQueue {
     /// When the oldest handout whose replacement may not start yet happened (the claimant's
     /// grace runs from it, so a stream of claims never keeps pushing the refill back).
     unreplaced_since: Option<Instant>,
+    /// Servers handed out since then: the grace spares one claimant, never a busy pool.
+    unreplaced: usize,
 }
 
 /// The allocators of every cluster.
@@ -157,9 +159,11 @@ impl Allocator {
     }
 
     /// Whether new servers wait to spare a claimant's first queries: while `idle_left` servers
-    /// remain idle (none: no wait), no claim waits in line, and the oldest handout not yet
-    /// replaced was less than `delay` ago. Returns how long is left of the wait; once there is
-    /// none, the replacements may start and the next handout begins a new grace.
+    /// remain idle (none: no wait), no claim waits in line, the handout not yet replaced was
+    /// less than `delay` ago, and it is the only one since. A second handout within the grace
+    /// ends it: claims coming that fast make a busy pool, whose replacements held back would
+    /// leave the next claims without an idle server. Returns how long is left of the wait;
+    /// once there is none, the replacements may start and the next handout begins a new grace.
     pub fn claimant_grace(
         &self,
         key: &str,
@@ -169,11 +173,12 @@ impl Allocator {
     ) -> Option<Duration> {
         self.with(key, |q| {
             let since = now.saturating_duration_since(q.unreplaced_since?);
-            let left = delay
-                .checked_sub(since)
-                .filter(|left| !left.is_zero() && idle_left > 0 && q.waiting.is_empty());
+            let left = delay.checked_sub(since).filter(|left| {
+                !left.is_zero() && idle_left > 0 && q.waiting.is_empty() && q.unreplaced <= 1
+            });
             if left.is_none() {
                 q.unreplaced_since = None;
+                q.unreplaced = 0;
             }
             left
         })
@@ -284,6 +289,7 @@ impl Allocator {
                 let now = Instant::now();
                 q.last_handed_out = Some(now);
                 q.unreplaced_since.get_or_insert(now);
+                q.unreplaced += pairs.len();
             }
             pairs
                 .into_iter()
@@ -636,28 +642,41 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_of_claims_does_not_keep_pushing_the_replacements_back() {
+    fn a_second_claim_within_the_grace_starts_the_replacements_at_once() {
         let a = Allocator::default();
         let delay = Duration::from_secs(2);
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
         let first = Instant::now();
-        // The next claim comes later, within the grace of the first.
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(a.claimant_grace("ns/c", 4, delay, first).is_some());
+        // The next claim comes within the grace of the first: the pool is busy.
         a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         assert_eq!(a.assign("ns/c", &[server("s2", 4)], |_| true).len(), 1);
-        assert!(a.claimant_grace("ns/c", 1, delay, first).is_some());
         assert_eq!(
-            a.claimant_grace("ns/c", 1, delay, first + delay),
+            a.claimant_grace("ns/c", 3, delay, first),
             None,
-            "the grace runs from the first handout not yet replaced"
+            "two handouts in one grace: the replacements start"
         );
-        // Over: the replacements start, and the next handout begins a new grace.
+        // Over: the next lone handout begins a new grace.
         a.enqueue("ns/c", "three", "uid-three", at(3), at(3))
             .unwrap();
         assert_eq!(a.assign("ns/c", &[server("s3", 3)], |_| true).len(), 1);
-        assert!(a.claimant_grace("ns/c", 1, delay, Instant::now()).is_some());
+        assert!(a.claimant_grace("ns/c", 2, delay, Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_burst_handed_out_at_once_gets_no_grace() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        let handed = a.assign("ns/c", &[server("s1", 5), server("s2", 4)], |_| true);
+        assert_eq!(handed.len(), 2);
+        assert_eq!(
+            a.claimant_grace("ns/c", 3, Duration::from_secs(2), Instant::now()),
+            None
+        );
     }
 
     #[test]
