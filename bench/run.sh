@@ -7,8 +7,10 @@ cargo build --release --workspace
 rm -rf target/bench
 # Pool economics in virtual time (the operator's autoscaler code, a model pool; no world needed).
 ./target/release/sco-bench simulate
-# The same for an organisation: ten times the arrival rates, a pool allowed ten times the servers.
+# The same for an organisation: ten and thirty times the arrival rates, a pool allowed as many
+# times the servers.
 ./target/release/sco-bench simulate --rate-scale 10 --output economics-simulated-x10
+./target/release/sco-bench simulate --rate-scale 30 --output economics-simulated-x30
 # The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
 ./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60
