@@ -21,6 +21,7 @@ operator_start
 ./target/release/sco-bench claims --world "$SCO_WORLD" --spark
 ./target/release/sco-bench claims --world "$SCO_WORLD" --concurrency 500 --rounds 10 --output claims-500
 ./target/release/sco-bench economics --world "$SCO_WORLD"
+./target/release/sco-bench economics --world "$SCO_WORLD" --rate-scale 10 --output economics-x10
 ./target/release/sco-bench gateway --world "$SCO_WORLD"
 ./target/release/sco-bench scale --world "$SCO_WORLD" --clusters 1000 --with-servers 10
 echo "results:"; ls -l target/bench/

@@ -2,8 +2,9 @@
 //! replayed with time compressed against a static pool sized for the trace's peak, the
 //! autoscaler, the autoscaler with the team's calendar as its schedule, and the settings the
 //! simulation (`simulate.rs`) finds leanest, on fake servers that take a realistic (compressed)
-//! time to start. Reports the hit rate (claims Bound within 1 s) and the idle server-seconds
-//! against the ideal.
+//! time to start; an organisation's day (`--rate-scale`) against the autoscaler and its
+//! leanest settings. Reports the hit rate (claims Bound within 1 s) and the idle
+//! server-seconds against the ideal.
 //!
 //! The ideal: a claim is served at once only by a server that is already idle when it arrives,
 //! and a server takes one start-up time `D` to get there; so even a pool that knew every
@@ -56,8 +57,9 @@ const BENCH_AUTOSCALE: Autoscale = Autoscale {
     scale_down_delay: Duration::from_secs(20),
 };
 
-/// A pool of fake servers keeping `idle` idle servers, or autoscaled from there.
-fn spec(autoscale: Option<Autoscale>, idle: i32) -> serde_json::Value {
+/// A pool of fake servers keeping `idle` idle servers, or autoscaled from there, allowed
+/// servers in proportion to `day`'s claims.
+fn spec(autoscale: Option<Autoscale>, idle: i32, day: Day) -> serde_json::Value {
     let autoscale = autoscale.map_or_else(
         || serde_json::json!({"enabled": false}),
         |a| {
@@ -71,7 +73,8 @@ fn spec(autoscale: Option<Autoscale>, idle: i32) -> serde_json::Value {
         "image": "sco-fake-connect:latest",
         "shared": 0,
         "hotPool": {
-            "idle": idle, "min": 0, "max": simulate::MAX_IDLE, "maxServers": 100, "maxWaitingClaims": 1000,
+            "idle": idle, "min": 0, "max": simulate::max_idle(day),
+            "maxServers": (100.0 * day.rate_scale.max(1.0)).ceil().min(2000.0) as i32, "maxWaitingClaims": 1000,
             "refillDelay": format!("{}ms", REFILL_DELAY.as_millis()),
             "autoscale": autoscale
         },
@@ -100,16 +103,20 @@ struct Replay {
 /// A pool replayed for real: its name, the replay, and what the model predicted for it.
 type Measured = (String, Replay, Option<simulate::Outcome>);
 
-/// Runs the benchmark against the world at `world`.
-pub async fn run(world: PathBuf) -> anyhow::Result<()> {
+/// Runs the benchmark against the world at `world` on `day`, writing
+/// `target/bench/<output>.json`. One team's day replays every pool; a busier day only the
+/// autoscaler and the settings the model finds leanest (a static pool and the calendar are
+/// shown by the team's day, and each replay takes minutes).
+pub async fn run(world: PathBuf, day: Day, output: &str) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
-    let trace = Day::TEAM.trace();
+    let trace = day.trace();
     let length = trace.last().map(|a| a.at + a.hold).unwrap_or_default();
     println!(
-        "trace: {} claims over {:.0} s (compressed), fake servers start in {START_MILLIS} ms",
+        "trace: {} claims over {:.0} s (compressed, arrival rates x{}), fake servers start in {START_MILLIS} ms",
         trace.len(),
-        length.as_secs_f64()
+        length.as_secs_f64(),
+        day.rate_scale
     );
     // The static pool is sized for the peak within a start-up time measured by a first replay
     // of the autoscaler, so every pool faces the same servers.
@@ -119,7 +126,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         trace: &trace,
     };
     let autoscaled = stage
-        .replay("autoscaled", spec(Some(BENCH_AUTOSCALE), 1), &[])
+        .replay("autoscaled", spec(Some(BENCH_AUTOSCALE), 1, day), &[])
         .await?;
     let start = Duration::from_secs_f64(
         Spread::of(
@@ -132,20 +139,23 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
         .median,
     );
     let static_size = peak_within(&trace, start).max(1);
-    let fixed = stage
-        .replay("static", spec(None, i32::try_from(static_size)?), &[])
-        .await?;
-    let calendar = calendar(Day::TEAM, start);
-    let scheduled = stage
-        .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1), &calendar)
-        .await?;
-    let mut pools: Vec<Measured> = vec![
-        ("static".into(), fixed, None),
-        ("autoscaler".into(), autoscaled, None),
-        ("autoscaler+schedule".into(), scheduled, None),
-    ];
+    let calendar = calendar(day, start);
+    let mut pools: Vec<Measured> = Vec::new();
+    if day == Day::TEAM {
+        let fixed = stage
+            .replay("static", spec(None, i32::try_from(static_size)?, day), &[])
+            .await?;
+        pools.push(("static".into(), fixed, None));
+    }
+    pools.push(("autoscaler".into(), autoscaled, None));
+    if day == Day::TEAM {
+        let scheduled = stage
+            .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1, day), &calendar)
+            .await?;
+        pools.push(("autoscaler+schedule".into(), scheduled, None));
+    }
     let modelled = simulate::Conditions {
-        day: Day::TEAM,
+        day,
         start,
         refill_delay: REFILL_DELAY,
     };
@@ -155,8 +165,9 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let (least, knowing) = rate_knowing(&trace, &modelled);
     sco_e2e::remove_namespace(&client, &ns).await?;
     report::write(
-        "economics",
+        output,
         &serde_json::json!({
+            "rate_scale": day.rate_scale,
             "trace_claims": trace.len(), "trace_seconds": length.as_secs_f64(),
             "server_start_median_s": start.as_secs_f64(), "static_pool_idle": static_size,
             "schedule": calendar.iter().map(|w| serde_json::json!({
@@ -193,7 +204,7 @@ async fn leanest(
     };
     let windows: &[CalendarWindow] = if schedule { calendar } else { &[] };
     let lean = stage
-        .replay("lean", spec(Some(settings), 1), windows)
+        .replay("lean", spec(Some(settings), 1, under.day), windows)
         .await?;
     let name = format!("leanest by simulation: {}", policy.describe());
     Ok(Some((name, lean, Some(predicted))))

@@ -70,6 +70,13 @@ enum Command {
         /// The world's state directory.
         #[arg(long, env = "SCO_WORLD")]
         world: PathBuf,
+        /// The factor on every phase's arrival rate (1: one team's day, every pool; more: an
+        /// organisation's, the autoscaler and its leanest settings only).
+        #[arg(long, default_value_t = 1.0)]
+        rate_scale: f64,
+        /// Name of the results file under target/bench (without `.json`).
+        #[arg(long, default_value = "economics")]
+        output: String,
     },
     /// Pool economics in virtual time: the same trace against the operator's autoscaler code
     /// and a model of the pool, over a sweep of its settings (no world needed).
@@ -159,7 +166,18 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Economics { world } => economics::run(world).await,
+        Command::Economics {
+            world,
+            rate_scale,
+            output,
+        } => {
+            // Every server of the replay is a process on the world's cores.
+            anyhow::ensure!(
+                rate_scale.is_finite() && (1.0..=30.0).contains(&rate_scale),
+                "--rate-scale must be between 1 and 30"
+            );
+            economics::run(world, trace::Day { rate_scale }, &output).await
+        }
         Command::Simulate {
             start_millis,
             rate_scale,

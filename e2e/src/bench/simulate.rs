@@ -38,10 +38,14 @@ pub struct Conditions {
 }
 
 impl Conditions {
-    /// `hotPool.max`: the economics bench's, grown in proportion for a busier day.
     fn max_idle(&self) -> usize {
-        (MAX_IDLE as f64 * self.day.rate_scale.max(1.0)).ceil() as usize
+        max_idle(self.day)
     }
+}
+
+/// `hotPool.max` on `day`: the economics bench's, grown in proportion for a busier day.
+pub fn max_idle(day: Day) -> usize {
+    (MAX_IDLE as f64 * day.rate_scale.max(1.0)).ceil() as usize
 }
 
 /// How the pool decides its idle target.

@@ -105,9 +105,12 @@ impl Day {
         })
     }
 
-    /// The trace: Poisson arrivals at each phase's rate, the workshop, sessions of 15–60 s.
+    /// The trace: Poisson arrivals at each phase's rate, the workshop, sessions of 15–60 s on
+    /// one team's day and that divided by the rate scale on a busier one, so every day keeps
+    /// about as many servers claimed at once (a claimed server counts neither for hits nor
+    /// for idle time, and the world runs every server as a process on its two cores).
     pub fn trace(self) -> Vec<Arrival> {
-        trace_of(self.phases())
+        trace_of(self.phases(), self.rate_scale.max(1.0))
     }
 
     /// Where each phase starts (seconds into the day), with the phase.
@@ -120,8 +123,9 @@ impl Day {
     }
 }
 
-/// The arrivals of `phases`, the workshop's and each claim's hold, from the fixed seed.
-fn trace_of(phases: impl Iterator<Item = Phase>) -> Vec<Arrival> {
+/// The arrivals of `phases`, the workshop's and each claim's hold (divided by `hold_divisor`),
+/// from the fixed seed.
+fn trace_of(phases: impl Iterator<Item = Phase>, hold_divisor: f64) -> Vec<Arrival> {
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let mut arrivals = Vec::new();
     let mut start = 0.0;
@@ -144,7 +148,7 @@ fn trace_of(phases: impl Iterator<Item = Phase>) -> Vec<Arrival> {
         .into_iter()
         .map(|at| Arrival {
             at: Duration::from_secs_f64(at),
-            hold: Duration::from_secs_f64(15.0 + rng.next_f64() * 45.0),
+            hold: Duration::from_secs_f64((15.0 + rng.next_f64() * 45.0) / hold_divisor),
         })
         .collect()
 }
@@ -194,5 +198,11 @@ mod tests {
         let last = |t: &[Arrival]| t.iter().map(|a| a.at).max().unwrap_or_default();
         let day: f64 = PHASES.iter().map(|p| p.length).sum();
         assert!(last(&busier).as_secs_f64() < day);
+        let longest = |t: &[Arrival]| t.iter().map(|a| a.hold).max().unwrap_or_default();
+        assert!(
+            longest(&busier) <= Duration::from_secs(6),
+            "shorter sessions"
+        );
+        assert!(longest(&team) > Duration::from_secs(15));
     }
 }
