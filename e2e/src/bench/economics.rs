@@ -98,6 +98,9 @@ struct Replay {
     ready_idle_server_seconds: f64,
     /// Creation to idle of the servers started during the replay.
     start_times: Vec<Duration>,
+    /// The same with each server's creation (seconds into the trace), to see how start-up
+    /// grows when many servers start at once.
+    starts: Vec<(f64, f64)>,
 }
 
 /// A pool replayed for real: its name, the replay, and what the model predicted for it.
@@ -232,6 +235,7 @@ fn pool_rows(pools: &[Measured], ideal: f64) -> Vec<serde_json::Value> {
             "idle_server_seconds": r.idle_server_seconds, "ideal_idle_server_seconds": ideal,
             "ready_idle_server_seconds": r.ready_idle_server_seconds,
             "misses_arrival_and_wait_s": r.misses,
+            "server_created_s_and_start_s": r.starts,
             "idle_vs_ideal": ratio,
             "simulated": predicted.map(|p| serde_json::json!({
                 "hit_rate": p.hit_rate(), "idle_vs_ideal": p.vs_ideal,
@@ -387,11 +391,24 @@ impl Stage<'_> {
             })
             .collect();
         misses.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let start_times = started_servers
+        let seen = started_servers
             .0
             .lock()
             .map(|s| s.clone())
             .unwrap_or_default();
+        let start_times: Vec<Duration> = seen.iter().map(|(_, age)| *age).collect();
+        let starts = seen
+            .iter()
+            .filter_map(|(idle_at, age)| {
+                let created = idle_at.checked_sub(*age)?;
+                let offset = if created >= t0 {
+                    created.duration_since(t0).as_secs_f64()
+                } else {
+                    -t0.duration_since(created).as_secs_f64()
+                };
+                Some((offset, age.as_secs_f64()))
+            })
+            .collect();
         let unclaimed = idle_seconds.lock().map(|s| *s).unwrap_or_default();
         clusters.delete(name, &DeleteParams::default()).await?;
         until(
@@ -409,6 +426,7 @@ impl Stage<'_> {
             idle_server_seconds: unclaimed.up,
             ready_idle_server_seconds: unclaimed.ready,
             start_times,
+            starts,
         })
     }
 }
@@ -450,13 +468,17 @@ fn watch_bound(
     (seen, task)
 }
 
-/// Creation to idle of every server of `cluster` (in `ns`) that becomes idle while watched.
+/// When each server of `cluster` (in `ns`) was first seen idle while watched, and its
+/// creation to idle.
 fn watch_starts(
     client: &Client,
     ns: &str,
     cluster: &str,
-) -> (Shared<Vec<Duration>>, tokio::task::JoinHandle<()>) {
-    let times: Shared<Vec<Duration>> = Arc::default();
+) -> (
+    Shared<Vec<(Instant, Duration)>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let times: Shared<Vec<(Instant, Duration)>> = Arc::default();
     let writer = times.clone();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let config = watcher::Config::default().labels(&format!("sparkconnect.dev/cluster={cluster}"));
@@ -476,7 +498,7 @@ fn watch_starts(
             if idle && counted.insert(pod.name_any()) {
                 let age = jiff::Timestamp::now().duration_since(created.0);
                 if let (Ok(age), Ok(mut times)) = (Duration::try_from(age), writer.lock()) {
-                    times.push(age);
+                    times.push((Instant::now(), age));
                 }
             }
         }
