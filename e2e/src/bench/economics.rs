@@ -108,8 +108,8 @@ type Measured = (String, Replay, Option<simulate::Outcome>);
 
 /// Runs the benchmark against the world at `world` on `day`, writing
 /// `target/bench/<output>.json`. One team's day replays every pool; a busier day only the
-/// autoscaler and the settings the model finds leanest (a static pool and the calendar are
-/// shown by the team's day, and each replay takes minutes).
+/// autoscaler and the settings the model finds leanest (each replay takes minutes, and the
+/// team's day already shows what a static pool and the calendar do).
 pub async fn run(world: PathBuf, day: Day, output: &str) -> anyhow::Result<()> {
     let client = sco_e2e::world_client(&world).await?;
     let ns = sco_e2e::fresh_namespace(&client, BENCH).await?;
@@ -143,20 +143,11 @@ pub async fn run(world: PathBuf, day: Day, output: &str) -> anyhow::Result<()> {
     );
     let static_size = peak_within(&trace, start).max(1);
     let calendar = calendar(day, start);
-    let mut pools: Vec<Measured> = Vec::new();
-    if day == Day::TEAM {
-        let fixed = stage
-            .replay("static", spec(None, i32::try_from(static_size)?, day), &[])
-            .await?;
-        pools.push(("static".into(), fixed, None));
-    }
-    pools.push(("autoscaler".into(), autoscaled, None));
-    if day == Day::TEAM {
-        let scheduled = stage
-            .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1, day), &calendar)
-            .await?;
-        pools.push(("autoscaler+schedule".into(), scheduled, None));
-    }
+    let mut pools = if day == Day::TEAM {
+        team_pools(&stage, autoscaled, static_size, &calendar).await?
+    } else {
+        vec![("autoscaler".into(), autoscaled, None)]
+    };
     let modelled = simulate::Conditions {
         day,
         start,
@@ -181,6 +172,28 @@ pub async fn run(world: PathBuf, day: Day, output: &str) -> anyhow::Result<()> {
             "model_pool_knowing_the_rates": knowing,
         }),
     )
+}
+
+/// The pools of one team's day: a static pool of `static_size` and the bench's autoscaler with
+/// `calendar` as its schedule replayed, beside the `autoscaled` replay.
+async fn team_pools(
+    stage: &Stage<'_>,
+    autoscaled: Replay,
+    static_size: usize,
+    calendar: &[CalendarWindow],
+) -> anyhow::Result<Vec<Measured>> {
+    let day = Day::TEAM;
+    let fixed = stage
+        .replay("static", spec(None, i32::try_from(static_size)?, day), &[])
+        .await?;
+    let scheduled = stage
+        .replay("scheduled", spec(Some(BENCH_AUTOSCALE), 1, day), calendar)
+        .await?;
+    Ok(vec![
+        ("static".into(), fixed, None),
+        ("autoscaler".into(), autoscaled, None),
+        ("autoscaler+schedule".into(), scheduled, None),
+    ])
 }
 
 /// The settings the model finds leanest for 99 % of claims within 1 s `under` the measured

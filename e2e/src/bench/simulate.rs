@@ -3,9 +3,10 @@
 //! the start-up time to become idle, each claim takes the oldest idle server or waits in line,
 //! unclaimed servers (starting or idle) are kept at the idle target plus the waiting claims
 //! (surplus starting servers go first), and a claimed server's replacement waits out
-//! `refillDelay` while an idle server is left and no other claim came since. No apiserver and no processes, so one replay
-//! takes milliseconds and the autoscaler's settings can be swept; the model leaves out the
-//! apiserver's and the prober's delays, which `sco-bench economics` measures.
+//! `refillDelay` while an idle server is left and no other claim came since. No apiserver and
+//! no processes, so one replay takes milliseconds and the autoscaler's settings can be swept;
+//! the model leaves out the apiserver's and the prober's delays, which `sco-bench economics`
+//! measures, and takes one start-up time for every server, however many start at once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,12 +36,6 @@ pub struct Conditions {
     pub start: Duration,
     /// `hotPool.refillDelay` (the operator's default is 2 s).
     pub refill_delay: Duration,
-}
-
-impl Conditions {
-    fn max_idle(&self) -> usize {
-        max_idle(self.day)
-    }
 }
 
 /// `hotPool.max` on `day`: the economics bench's, grown in proportion for a busier day.
@@ -214,7 +209,7 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
         demand.observe(&live, &[], epoch + now);
         let wanted = target(&mut demand, policy, &windows, under, epoch, now);
         pool.resize(
-            (wanted + pool.waiting.len()).min(under.max_idle()),
+            (wanted + pool.waiting.len()).min(max_idle(under.day)),
             under,
             now,
         );
@@ -249,7 +244,7 @@ fn target(
         } => {
             let (autoscaled, _) = demand.target(
                 0,
-                under.max_idle(),
+                max_idle(under.day),
                 FLOOR,
                 hit_rate,
                 scale_down_delay,
