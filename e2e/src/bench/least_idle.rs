@@ -8,10 +8,11 @@
 //! fewer than `u` claims came in the `W` before it: the replacements of older claims are ready
 //! in time, those of the last `W` are not. A Poisson arrival sees `N ~ Poisson(λW)` claims
 //! before it (PASTA), so it is missed with probability `P(N ≥ u)`, and a phase of length `L`
-//! held at `u` costs `u·L`, but never less than `λD·L`, the replacements starting. Holding `u` for part of a phase and another count for the rest
-//! interpolates, so a phase's least cost for a number of misses lies on the lower convex hull
-//! of its `(u·L, λL·P(N ≥ u))` points; buying the steepest hull segments of all phases first
-//! gives the least cost for the allowed misses. Phase edges are ignored and the workshop's
+//! held at `u` costs `u·L`, but never less than `λD·L`, the replacements starting. Holding
+//! `u` for part of a phase and another count for the rest interpolates, so a phase's least
+//! cost for a number of misses lies on the lower convex hull of its `(u·L, λL·P(N ≥ u))`
+//! points; buying the steepest hull segments of all phases first gives the least cost for the
+//! allowed misses. Phase edges are ignored and the workshop's
 //! claims are counted as served for free, both in the pool's favour: the true least is higher.
 
 use std::time::Duration;
