@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -61,9 +62,12 @@ pub async fn serve(ctx: &Context, key: &str) {
             return;
         };
         let (candidates, idle) = candidates(ctx, &terms);
-        let assignments = ctx
-            .allocator
-            .assign(key, &candidates, |server| idle.contains(server));
+        let assignments = ctx.allocator.assign(
+            key,
+            &candidates,
+            |server| idle.contains(server),
+            Instant::now(),
+        );
         tracing::debug!(
             cluster = key,
             idle = idle.len(),
@@ -522,7 +526,9 @@ mod tests {
             created: now,
         };
         assert!(
-            ctx.allocator.assign(key, &[old], |_| true).is_empty(),
+            ctx.allocator
+                .assign(key, &[old], |_| true, Instant::now())
+                .is_empty(),
             "the taken server is not tried again"
         );
         let fresh = Candidate {
@@ -530,7 +536,9 @@ mod tests {
             uid: "uid-s-fresh".into(),
             created: now,
         };
-        let next = ctx.allocator.assign(key, &[fresh], |_| true);
+        let next = ctx
+            .allocator
+            .assign(key, &[fresh], |_| true, Instant::now());
         assert_eq!(next[0].claim, "first", "it is still first in line");
     }
 

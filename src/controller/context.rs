@@ -27,6 +27,9 @@ const EVENTS_IN_FLIGHT: usize = 4;
 /// Binds count as quiet (a burst is over) once none has been under way, or handed out, for this
 /// long.
 pub const BINDS_QUIET: Duration = Duration::from_millis(250);
+/// The longest new pool servers wait for a burst of binds, counted from the burst's first
+/// handout; a burst ends only after this long without binds.
+pub const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
 /// The longest an Event waits for binds to be quiet.
 const MAX_EVENT_HOLD: Duration = Duration::from_secs(2);
 

@@ -25,6 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use sco_e2e::poll::until;
+use spark_connect_operator::controller::context::MAX_REFILL_HOLD;
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 
 use super::calendar::{CalendarWindow, calendar};
@@ -152,6 +153,7 @@ pub async fn run(world: PathBuf, day: Day, output: &str) -> anyhow::Result<()> {
         day,
         start,
         refill_delay: REFILL_DELAY,
+        burst_hold: MAX_REFILL_HOLD,
     };
     pools.extend(leanest(&stage, &modelled, &calendar).await?);
     let ideal = trace.len() as f64 * start.as_secs_f64();

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use spark_connect_operator::controller::context::MAX_REFILL_HOLD;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of spark-connect-operator")]
@@ -192,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
                 day: trace::Day { rate_scale },
                 start: Duration::from_millis(start_millis),
                 refill_delay: Duration::from_millis(refill_delay_millis),
+                burst_hold: MAX_REFILL_HOLD,
             };
             simulate::run(&under, &output)
         }

@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 use super::observe::Observed;
 use super::report::Problems;
 use crate::builders::labels::ServerState;
-use crate::controller::context::{BINDS_QUIET, Context};
+use crate::controller::context::{BINDS_QUIET, Context, MAX_REFILL_HOLD};
 use crate::controller::pool::autoscale::{DEFAULT_START_TIME, Decision as AutoscaleDecision};
 use crate::controller::pool::plan::RemoveReason;
 use crate::controller::pool::{Decision, Wanted};
@@ -97,14 +97,13 @@ fn announce(
     target
 }
 
-/// Longest time new servers wait for a burst of binds.
-const MAX_REFILL_HOLD: Duration = Duration::from_secs(2);
-
 /// Holds back new pool servers, and returns when to look again:
 /// - while a burst of claims is being bound (a server handed out and not yet seen claimed, any
 ///   bind's writes under way — the claim's status is written after the server — or the last
-///   server handed out less than [`BINDS_QUIET`] ago; at most [`MAX_REFILL_HOLD`]): the
-///   burst's binds get the apiserver before its refills compete with them;
+///   server handed out less than [`BINDS_QUIET`] ago; at most [`MAX_REFILL_HOLD`] from the
+///   burst's first handout, and a burst ends only after that long without binds, so a stream
+///   of claims is held once, not at every gap between its claims): the burst's binds get the
+///   apiserver before its refills compete with them;
 /// - for `refill_delay` (`hotPool.refillDelay`) after a server was handed to a claim, while the
 ///   pool still has an idle server for the next claim and no other claim was handed one since:
 ///   the replacement's JVM start and warm-up would otherwise share the cores with the

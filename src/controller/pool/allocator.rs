@@ -97,6 +97,8 @@ struct ClusterQueue {
     withheld: BTreeSet<String>,
     /// Since when new servers have been held back for a burst of binds.
     refill_held_since: Option<Instant>,
+    /// When bind writes were last seen under way.
+    last_bind_writes: Option<Instant>,
     /// When a server was last handed out.
     last_handed_out: Option<Instant>,
     /// When the oldest handout whose replacement may not start yet happened (the claimant's
@@ -133,8 +135,11 @@ impl Allocator {
 
     /// Whether new servers of the cluster wait for a burst of binds: while bind writes are
     /// under way (`binding`) or a server was handed out less than `quiet` ago, for at most `max`
-    /// since the hold began (a steady stream of claims never starves the refill). Returns how
-    /// long until the refill should be looked at again, or `None` when it may start now.
+    /// since the burst began. A burst ends only after `max` without handouts or bind writes, so
+    /// a stream of claims is held once, at its start, and not again at each short gap between
+    /// its claims (held at every gap, a stream of several claims a second would have its
+    /// replacements start up to `max` late, over and over). Returns how long until the refill
+    /// should be looked at again, or `None` when it may start now.
     pub fn refill_hold(
         &self,
         key: &str,
@@ -144,12 +149,21 @@ impl Allocator {
         now: Instant,
     ) -> Option<Duration> {
         self.with(key, |q| {
+            if binding {
+                q.last_bind_writes = Some(now);
+            }
             let since_last = q
                 .last_handed_out
                 .map(|t| now.saturating_duration_since(t))
                 .filter(|d| *d < quiet);
             if !binding && since_last.is_none() {
-                q.refill_held_since = None;
+                let burst_over = q
+                    .last_handed_out
+                    .max(q.last_bind_writes)
+                    .is_none_or(|t| now.saturating_duration_since(t) >= max);
+                if burst_over {
+                    q.refill_held_since = None;
+                }
                 return None;
             }
             let held = now.saturating_duration_since(*q.refill_held_since.get_or_insert(now));
@@ -271,12 +285,14 @@ impl Allocator {
 
     /// Pairs waiting claims with `candidates` (idle, healthy, current servers as the store
     /// shows them). `still_idle` says which handed-out servers the store still shows idle: the
-    /// others have their bind recorded (or are gone) and are forgotten.
+    /// others have their bind recorded (or are gone) and are forgotten. `now` is when the
+    /// servers are handed out (the refill's holds run from it).
     pub fn assign(
         &self,
         key: &str,
         candidates: &[Candidate],
         still_idle: impl Fn(&str) -> bool,
+        now: Instant,
     ) -> Vec<Assignment> {
         self.with(key, |q| {
             q.handed_out.retain(|server, _| still_idle(server));
@@ -286,7 +302,6 @@ impl Allocator {
                 |server: &str| q.handed_out.contains_key(server) || q.withheld.contains(server);
             let pairs = pick(&q.waiting, candidates, taken, reserved);
             if !pairs.is_empty() {
-                let now = Instant::now();
                 q.last_handed_out = Some(now);
                 q.unreplaced_since.get_or_insert(now);
                 q.unreplaced += pairs.len();
@@ -410,7 +425,12 @@ mod tests {
             a.enqueue("ns/c", name, &format!("uid-{name}"), at(created), at(10))
                 .unwrap();
         }
-        let got = a.assign("ns/c", &[server("young", 1), server("old", 50)], |_| true);
+        let got = a.assign(
+            "ns/c",
+            &[server("young", 1), server("old", 50)],
+            |_| true,
+            Instant::now(),
+        );
         let pairs: Vec<(&str, &str)> = got
             .iter()
             .map(|x| (x.claim.as_str(), x.server.name.as_str()))
@@ -426,13 +446,13 @@ mod tests {
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
         let pool = [server("s1", 5)];
-        assert_eq!(a.assign("ns/c", &pool, |_| true).len(), 1);
+        assert_eq!(a.assign("ns/c", &pool, |_| true, Instant::now()).len(), 1);
         assert!(
-            a.assign("ns/c", &pool, |_| true).is_empty(),
+            a.assign("ns/c", &pool, |_| true, Instant::now()).is_empty(),
             "the store is stale: s1 still looks idle"
         );
         // Once the store shows s1 claimed, it is no longer a candidate at all.
-        assert!(a.assign("ns/c", &[], |_| false).is_empty());
+        assert!(a.assign("ns/c", &[], |_| false, Instant::now()).is_empty());
         assert!(a.handed_out("ns/c").is_empty());
     }
 
@@ -442,13 +462,13 @@ mod tests {
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         let pool = [server("s1", 5), server("s2", 4)];
-        let got = a.assign("ns/c", &pool, |_| true);
+        let got = a.assign("ns/c", &pool, |_| true, Instant::now());
         assert_eq!(got.len(), 1);
         // The claim's own reconcile runs before its bind shows in the store.
         a.enqueue("ns/c", "one", "uid-one", at(1), at(2)).unwrap();
         assert_eq!(a.waiting("ns/c"), 0);
         assert!(
-            a.assign("ns/c", &pool, |_| true).is_empty(),
+            a.assign("ns/c", &pool, |_| true, Instant::now()).is_empty(),
             "no second server"
         );
         // A bind that did not happen puts the claim back: then it is in line again.
@@ -462,13 +482,17 @@ mod tests {
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "notebook", "uid-1", at(1), at(1))
             .unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         // Bound; the claim is deleted and applied again before anything else is served, so
         // s1 (gone by now) is still recorded as handed to the name.
         a.enqueue("ns/c", "notebook", "uid-2", at(30), at(30))
             .unwrap();
         assert_eq!(a.waiting("ns/c"), 1, "the new claim is in line");
-        let got = a.assign("ns/c", &[server("s2", 1)], |_| true);
+        let got = a.assign("ns/c", &[server("s2", 1)], |_| true, Instant::now());
         assert_eq!(
             (got[0].claim_uid.as_str(), got[0].server.name.as_str()),
             ("uid-2", "s2")
@@ -491,7 +515,12 @@ mod tests {
             1,
             "forgetting the deleted claim leaves the new one in line"
         );
-        let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
+        let got = a.assign(
+            "ns/c",
+            &[server("s1", 5), server("s2", 1)],
+            |_| true,
+            Instant::now(),
+        );
         assert_eq!(got.len(), 1);
         assert_eq!(
             (got[0].claim_uid.as_str(), got[0].first_seen),
@@ -509,18 +538,23 @@ mod tests {
             "s1 is free: the cluster may change it"
         );
         assert!(
-            a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty(),
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .is_empty(),
             "s1 is being scaled down"
         );
         a.release("ns/c", "s1");
-        let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
+        let got = a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now());
         assert_eq!(got[0].server.name, "s1", "the change was given up");
         assert!(!a.withhold("ns/c", "s1"), "s1 is a claim's now");
         // A withheld server the store no longer shows idle (it was changed) is forgotten.
         assert!(a.withhold("ns/c", "s2"));
-        a.assign("ns/c", &[], |s| s != "s2");
+        a.assign("ns/c", &[], |s| s != "s2", Instant::now());
         a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s2", 1)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s2", 1)], |_| true, Instant::now())
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -530,13 +564,13 @@ mod tests {
         // Created at 1, first seen by this process at 3.
         a.enqueue("ns/c", "first", "uid-first", at(1), at(3))
             .unwrap();
-        let got = a.assign("ns/c", &[server("s1", 5)], |_| true);
+        let got = a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now());
         a.enqueue("ns/c", "later", "uid-later", at(9), at(9))
             .unwrap();
         // A cluster reconcile while the bind is under way keeps the claim's first sighting.
         a.retain_waiting("ns/c", |_, _| true);
         a.undo("ns/c", &got[0], true);
-        let again = a.assign("ns/c", &[server("s2", 1)], |_| true);
+        let again = a.assign("ns/c", &[server("s2", 1)], |_| true, Instant::now());
         assert_eq!(again[0].claim, "first");
         assert_eq!(
             again[0].first_seen,
@@ -550,8 +584,16 @@ mod tests {
         let a = Allocator::default();
         a.publish("ns/c", terms(1, 10));
         a.enqueue("ns/c", "x", "uid-x", at(1), at(1)).unwrap();
-        assert!(a.assign("ns/c", &[server("s1", 5)], |_| true).is_empty());
-        let got = a.assign("ns/c", &[server("s1", 5), server("s2", 1)], |_| true);
+        assert!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .is_empty()
+        );
+        let got = a.assign(
+            "ns/c",
+            &[server("s1", 5), server("s2", 1)],
+            |_| true,
+            Instant::now(),
+        );
         assert_eq!(got[0].server.name, "s2");
     }
 
@@ -581,8 +623,42 @@ mod tests {
         assert_eq!(a.refill_hold("ns/c", false, quiet, max, ms(3_000)), None);
         assert_eq!(
             a.refill_hold("ns/c", true, quiet, max, ms(3_100)),
+            None,
+            "nor does a short gap in it"
+        );
+        assert_eq!(a.refill_hold("ns/c", false, quiet, max, ms(5_100)), None);
+        assert_eq!(
+            a.refill_hold("ns/c", true, quiet, max, ms(5_200)),
             Some(quiet),
-            "a new burst does"
+            "a burst after a quiet spell as long as the limit does"
+        );
+    }
+
+    #[test]
+    fn a_stream_of_claims_holds_its_refill_once_not_at_every_gap() {
+        // Claims every 300 ms: each handout leaves a gap longer than `quiet` before the next.
+        let a = Allocator::default();
+        let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
+        a.publish("ns/c", terms(0, 100));
+        let t0 = Instant::now();
+        let mut held = Duration::ZERO;
+        for i in 0..40u64 {
+            let at = t0 + Duration::from_millis(300 * i);
+            let claim = format!("c{i}");
+            a.enqueue("ns/c", &claim, &claim, Timestamp::now(), Timestamp::now())
+                .unwrap();
+            let got = a.assign("ns/c", &[server(&format!("s{i}"), 5)], |_| true, at);
+            assert_eq!(got.len(), 1);
+            // The refill is looked at once the bind is done, and again when the hold says.
+            let mut look = at;
+            while let Some(wait) = a.refill_hold("ns/c", false, quiet, max, look) {
+                held += wait;
+                look += wait;
+            }
+        }
+        assert!(
+            held <= max,
+            "the stream's refills were held {held:?} in all"
         );
     }
 
@@ -592,7 +668,11 @@ mod tests {
         let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         let now = Instant::now();
         let wait = a.refill_hold("ns/c", false, quiet, max, now);
         assert!(wait.is_some_and(|w| w <= quiet), "{wait:?}");
@@ -611,7 +691,11 @@ mod tests {
             "nothing handed out yet"
         );
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         let now = Instant::now();
         let wait = a.claimant_grace("ns/c", 1, delay, now);
         assert!(
@@ -647,12 +731,20 @@ mod tests {
         let delay = Duration::from_secs(2);
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s1", 5)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         let first = Instant::now();
         assert!(a.claimant_grace("ns/c", 4, delay, first).is_some());
         // The next claim comes within the grace of the first: the pool is busy.
         a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s2", 4)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s2", 4)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         assert_eq!(
             a.claimant_grace("ns/c", 3, delay, first),
             None,
@@ -661,7 +753,11 @@ mod tests {
         // Over: the next lone handout begins a new grace.
         a.enqueue("ns/c", "three", "uid-three", at(3), at(3))
             .unwrap();
-        assert_eq!(a.assign("ns/c", &[server("s3", 3)], |_| true).len(), 1);
+        assert_eq!(
+            a.assign("ns/c", &[server("s3", 3)], |_| true, Instant::now())
+                .len(),
+            1
+        );
         assert!(a.claimant_grace("ns/c", 2, delay, Instant::now()).is_some());
     }
 
@@ -671,7 +767,12 @@ mod tests {
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
         a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
-        let handed = a.assign("ns/c", &[server("s1", 5), server("s2", 4)], |_| true);
+        let handed = a.assign(
+            "ns/c",
+            &[server("s1", 5), server("s2", 4)],
+            |_| true,
+            Instant::now(),
+        );
         assert_eq!(handed.len(), 2);
         assert_eq!(
             a.claimant_grace("ns/c", 3, Duration::from_secs(2), Instant::now()),
