@@ -122,7 +122,12 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let (last_warmup, failed_warmups) = warmups(&servers, book);
     let claimed_servers = claimed_servers(&servers);
     let unstamped = fenced.unstamped;
-    let mut handed_out = ctx.allocator.handed_out(&key(valid));
+    let still_idle = |server: &str| {
+        servers.get(server).is_some_and(|pod| {
+            pod.metadata.deletion_timestamp.is_none() && ServerState::of(pod) == ServerState::Idle
+        })
+    };
+    let mut handed_out = ctx.allocator.handed_out(&key(valid), still_idle);
     handed_out.extend(unstamped.iter().map(|(s, t)| (s.clone(), t.claim.clone())));
 
     let claims = claims_of(valid, stores);

@@ -273,9 +273,16 @@ impl Allocator {
     }
 
     /// Servers handed out by this process whose claim is not yet visible on the pod, with the
-    /// claim's name.
-    pub fn handed_out(&self, key: &str) -> BTreeMap<String, String> {
+    /// claim's name. `still_idle` says which of them the store still shows idle: the others
+    /// have their bind recorded (or are gone) and are forgotten, as [`Allocator::assign`] does,
+    /// so a server retired between bursts is not taken for a bind still under way.
+    pub fn handed_out(
+        &self,
+        key: &str,
+        still_idle: impl Fn(&str) -> bool,
+    ) -> BTreeMap<String, String> {
         self.with(key, |q| {
+            q.handed_out.retain(|server, _| still_idle(server));
             q.handed_out
                 .iter()
                 .map(|(server, claim)| (server.clone(), claim.name.clone()))
@@ -453,7 +460,7 @@ mod tests {
         );
         // Once the store shows s1 claimed, it is no longer a candidate at all.
         assert!(a.assign("ns/c", &[], |_| false, Instant::now()).is_empty());
-        assert!(a.handed_out("ns/c").is_empty());
+        assert!(a.handed_out("ns/c", |_| true).is_empty());
     }
 
     #[test]
@@ -632,6 +639,25 @@ mod tests {
             Some(quiet),
             "a burst after a quiet spell as long as the limit does"
         );
+    }
+
+    #[test]
+    fn a_handed_out_server_no_longer_idle_is_no_longer_being_bound() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 10));
+        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        let got = a.assign(
+            "ns/c",
+            &[server("s1", 5), server("s2", 4)],
+            |_| true,
+            Instant::now(),
+        );
+        assert_eq!(got.len(), 2);
+        // s1's bind is recorded (or its claim ended and the server was retired); s2's is not.
+        let being_bound = a.handed_out("ns/c", |server| server == "s2");
+        assert_eq!(being_bound.keys().collect::<Vec<_>>(), ["s2"]);
+        assert_eq!(a.handed_out("ns/c", |_| true).len(), 1, "s1 is forgotten");
     }
 
     #[test]
