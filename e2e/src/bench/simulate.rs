@@ -4,10 +4,10 @@
 //! unclaimed servers (starting or idle) are kept at the idle target plus the waiting claims
 //! (surplus starting servers go first), new servers wait for a burst of binds as the operator's
 //! do, and a claimed server's replacement waits out `refillDelay` while an idle server is left
-//! and no other claim came since. No apiserver and
-//! no processes, so one replay takes milliseconds and the autoscaler's settings can be swept;
-//! the model leaves out the apiserver's and the prober's delays, which `sco-bench economics`
-//! measures, and takes one start-up time for every server, however many start at once.
+//! and no other claim came since. No apiserver and no processes, so one replay takes
+//! milliseconds and the autoscaler's settings can be swept; the model leaves out the
+//! apiserver's and the prober's delays, which `sco-bench economics` measures, and takes one
+//! start-up time for every server, however many start at once.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
