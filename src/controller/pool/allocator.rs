@@ -641,8 +641,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_handed_out_server_no_longer_idle_is_no_longer_being_bound() {
+    /// An allocator that has just handed servers s1 and s2 to claims "one" and "two" in one
+    /// pass.
+    fn two_handed_out() -> Allocator {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
         a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
@@ -654,6 +655,12 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(got.len(), 2);
+        a
+    }
+
+    #[test]
+    fn a_handed_out_server_no_longer_idle_is_no_longer_being_bound() {
+        let a = two_handed_out();
         // s1's bind is recorded (or its claim ended and the server was retired); s2's is not.
         let being_bound = a.handed_out("ns/c", |server| server == "s2");
         assert_eq!(being_bound.keys().collect::<Vec<_>>(), ["s2"]);
@@ -789,17 +796,7 @@ mod tests {
 
     #[test]
     fn a_burst_handed_out_at_once_gets_no_grace() {
-        let a = Allocator::default();
-        a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
-        let handed = a.assign(
-            "ns/c",
-            &[server("s1", 5), server("s2", 4)],
-            |_| true,
-            Instant::now(),
-        );
-        assert_eq!(handed.len(), 2);
+        let a = two_handed_out();
         assert_eq!(
             a.claimant_grace("ns/c", 3, Duration::from_secs(2), Instant::now()),
             None
