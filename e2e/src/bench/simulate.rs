@@ -18,7 +18,7 @@ use spark_connect_operator::controller::pool::autoscale::Demand;
 use super::calendar::{CalendarWindow, calendar};
 use super::least_idle;
 use super::report;
-use super::trace::{Arrival, Day, peak_within};
+use super::trace::{Arrival, Day, PHASES, peak_within};
 
 /// A claim Bound within this time is a hit.
 const HIT: Duration = Duration::from_secs(1);
@@ -105,6 +105,20 @@ pub struct Outcome {
     pub unclaimed_seconds: f64,
     /// The same, divided by the ideal (claims × start-up time).
     pub vs_ideal: f64,
+    /// The same by phase of the day (in the order of [`PHASES`]), by when the claim came and
+    /// when the servers were unclaimed.
+    pub by_phase: [PhaseTally; PHASES.len()],
+}
+
+/// What one phase of a replay came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTally {
+    /// Claims that came in the phase.
+    pub claims: usize,
+    /// Of those, the ones Bound within [`HIT`].
+    pub hits: usize,
+    /// Unclaimed server-seconds in the phase.
+    pub unclaimed_seconds: f64,
 }
 
 impl Outcome {
@@ -208,11 +222,13 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
         .max()
         .unwrap_or_default();
     let (mut next, mut hits, mut unclaimed_seconds) = (0, 0, 0.0);
+    let mut by_phase = [PhaseTally::default(); PHASES.len()];
     let mut now = Duration::ZERO;
     while now <= end {
         while let Some(arrival) = trace.get(next).filter(|a| a.at <= now) {
             pool.waiting
                 .push_back((arrival.at, arrival.hold, format!("claim-{next}")));
+            by_phase[phase_at(under.day, arrival.at)].claims += 1;
             next += 1;
         }
         let ready = pool.starting.iter().filter(|r| **r <= now).count();
@@ -223,7 +239,9 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
                 break;
             };
             pool.idle -= 1;
-            hits += usize::from(now - arrived <= HIT);
+            let hit = usize::from(now - arrived <= HIT);
+            hits += hit;
+            by_phase[phase_at(under.day, arrived)].hits += hit;
             pool.holding.push((now + hold, name));
             pool.unreplaced_since.get_or_insert(now);
             pool.unreplaced += 1;
@@ -243,7 +261,9 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
             under,
             now,
         );
-        unclaimed_seconds += pool.unclaimed() as f64 * STEP.as_secs_f64();
+        let step_unclaimed = pool.unclaimed() as f64 * STEP.as_secs_f64();
+        unclaimed_seconds += step_unclaimed;
+        by_phase[phase_at(under.day, now)].unclaimed_seconds += step_unclaimed;
         now += STEP;
     }
     let ideal = trace.len() as f64 * start.as_secs_f64();
@@ -252,7 +272,19 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
         hits,
         unclaimed_seconds,
         vs_ideal: unclaimed_seconds / ideal,
+        by_phase,
     }
+}
+
+/// The index in [`PHASES`] of the phase of `day` that `at` falls in (the last one after the
+/// day's end).
+fn phase_at(day: Day, at: Duration) -> usize {
+    let t = at.as_secs_f64();
+    day.phase_starts()
+        .take_while(|(start, _)| *start <= t)
+        .count()
+        .clamp(1, PHASES.len())
+        - 1
 }
 
 /// The idle target at `now`: the policy's, at least an open calendar window's (opened ahead by
@@ -378,6 +410,10 @@ pub fn run(under: &Conditions, output: &str) -> anyhow::Result<()> {
             outcome.vs_ideal
         );
     }
+    let knowing = replay(&trace, Policy::KnowsRates { share: 0.99 }, under);
+    if let Some((_, outcome)) = &leanest {
+        print_by_phase(outcome, &knowing);
+    }
     let least = least_idle::report(under.day, under.start, HIT, trace.len());
     report::write(
         output,
@@ -387,10 +423,45 @@ pub fn run(under: &Conditions, output: &str) -> anyhow::Result<()> {
             "trace_claims": trace.len(), "policies": rows,
             "leanest_99": leanest.map(|(policy, outcome)| serde_json::json!({
                 "policy": policy.describe(), "hit_rate": outcome.hit_rate(), "idle_vs_ideal": outcome.vs_ideal,
+                "by_phase": by_phase_json(&outcome),
             })),
+            "knowing_99_by_phase": by_phase_json(&knowing),
             "least_idle_knowing_the_rates": least,
         }),
     )
+}
+
+/// Where the leanest setting's misses and idle time fall, phase by phase, beside the
+/// rate-knowing pool's.
+fn print_by_phase(leanest: &Outcome, knowing: &Outcome) {
+    println!(
+        "by phase: claims, then hits and unclaimed server-seconds (leanest | rate-knowing, 99 %):"
+    );
+    for ((phase, lean), know) in PHASES.iter().zip(&leanest.by_phase).zip(&knowing.by_phase) {
+        println!(
+            "  {:<10} {:>4} claims: {:>4} hits {:>6.0} s | {:>4} hits {:>6.0} s",
+            phase.name,
+            lean.claims,
+            lean.hits,
+            lean.unclaimed_seconds,
+            know.hits,
+            know.unclaimed_seconds
+        );
+    }
+}
+
+/// An outcome's phases as JSON.
+fn by_phase_json(outcome: &Outcome) -> serde_json::Value {
+    PHASES
+        .iter()
+        .zip(&outcome.by_phase)
+        .map(|(phase, tally)| {
+            serde_json::json!({
+                "phase": phase.name, "claims": tally.claims, "hits_within_1s": tally.hits,
+                "unclaimed_server_seconds": tally.unclaimed_seconds,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
