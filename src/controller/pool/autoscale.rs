@@ -4,7 +4,9 @@
 //! covers them with probability `hitRatePercent` (at least one), clamped to
 //! `hotPool.min..=max`; up at once, down only after `scaleDownDelay` of lower demand. The rate's
 //! half-life is the warm-up time itself: the pool reacts on the time scale on which it can
-//! act, whether servers take 5 s or 2 minutes to start. State lives in memory per cluster.
+//! act, whether servers take 5 s or 2 minutes to start. A silence that would be unlikely at
+//! the current rate lowers the rate at once, so a pool shrinks as soon as the claims stop
+//! rather than a few half-lives later. State lives in memory per cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -16,6 +18,10 @@ const AT_LEAST: usize = 1;
 const HALF_LIFE_BOUNDS: (Duration, Duration) = (Duration::from_secs(2), Duration::from_secs(300));
 /// Demand below this many servers counts as none (the moving average only approaches zero).
 const NEGLIGIBLE: f64 = 0.05;
+/// The most arrivals expected in a silence before the rate is taken to have fallen: at a rate
+/// `r`, no claim for `t` seconds has the chance `exp(-r·t)`, under 1 % once `r·t` exceeds this
+/// (`ln 100`). So the rate is held at most `SILENCE_AT_MOST / t` after `t` without a claim.
+const SILENCE_AT_MOST: f64 = 4.6;
 /// Start-up time assumed before one is measured.
 pub const DEFAULT_START_TIME: Duration = Duration::from_secs(30);
 
@@ -28,6 +34,7 @@ pub struct Demand {
     seen_claims: HashSet<String>,
     target: Option<usize>,
     high_since: Option<Instant>,
+    last_arrival: Option<Instant>,
 }
 
 impl Default for Demand {
@@ -39,6 +46,7 @@ impl Default for Demand {
             seen_claims: HashSet::new(),
             target: None,
             high_since: None,
+            last_arrival: None,
         }
     }
 }
@@ -72,6 +80,13 @@ impl Demand {
             let dt = now.saturating_duration_since(at).as_secs_f64();
             self.rate_per_sec *= 0.5f64.powf(dt / self.half_life_secs());
         }
+        // A silence this long is unlikely (under 1 %) at a higher rate: the rate has fallen.
+        if let Some(last) = self.last_arrival {
+            let silence = now.saturating_duration_since(last).as_secs_f64();
+            if silence > 0.0 {
+                self.rate_per_sec = self.rate_per_sec.min(SILENCE_AT_MOST / silence);
+            }
+        }
         self.rate_at = Some(now);
     }
 
@@ -82,6 +97,9 @@ impl Demand {
             .iter()
             .filter(|c| self.seen_claims.insert((*c).clone()))
             .count();
+        if new > 0 {
+            self.last_arrival = Some(now);
+        }
         // Each arrival adds to an exponentially weighted rate (events per second).
         self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / self.half_life_secs();
         let current: HashSet<&str> = claims.iter().map(String::as_str).collect();
@@ -292,6 +310,47 @@ mod tests {
         // 10 s is two half-lives of a 5 s warm-up and a sixth of a 60 s one.
         assert!((remaining(5) - 0.25).abs() < 1e-9, "{}", remaining(5));
         assert!((remaining(60) - 0.5f64.powf(10.0 / 60.0)).abs() < 1e-9);
+    }
+
+    /// A claim every `every` from `t0` for `count` claims: the demand just after the last, when
+    /// that was, and the rate then (claims a second).
+    fn stream(every: Duration, count: u32, t0: Instant) -> (Demand, Instant, f64) {
+        let mut d = Demand::default();
+        d.observe(&[], &[Duration::from_secs(5)], t0);
+        let mut claims = Vec::new();
+        for i in 0..count {
+            claims.push(format!("c{i}"));
+            d.observe(&claims, &[], t0 + every * i);
+        }
+        let rate = d.rate_per_minute() / 60.0;
+        (d, t0 + every * (count - 1), rate)
+    }
+
+    /// The rate (claims a second) `d` holds at `at`, no claim having come since.
+    fn rate_at(d: &mut Demand, at: Instant) -> f64 {
+        d.observe(&[], &[], at);
+        d.rate_per_minute() / 60.0
+    }
+
+    #[test]
+    fn a_silence_unlikely_at_the_rate_lowers_it_at_once() {
+        // Six claims a second for ten seconds, then none for three seconds.
+        let (mut d, last, busy) = stream(Duration::from_millis(166), 60, Instant::now());
+        assert!((4.0..7.0).contains(&busy), "{busy}/s");
+        let after = rate_at(&mut d, last + Duration::from_secs(3));
+        // The half-life alone would keep two thirds of it (3 s of a 5 s half-life).
+        assert!(after <= SILENCE_AT_MOST / 3.0 + 1e-9, "{after}/s after 3 s");
+        assert!(after < 0.4 * busy, "{after}/s from {busy}/s");
+    }
+
+    #[test]
+    fn a_steady_stream_keeps_its_rate_through_its_gaps() {
+        let (mut d, last, steady) = stream(Duration::from_millis(500), 60, Instant::now());
+        assert!((1.5..2.5).contains(&steady), "{steady}/s");
+        // Just before the next claim is due, the gap is ordinary: only the half-life counts.
+        let before_next = rate_at(&mut d, last + Duration::from_millis(490));
+        let decayed = steady * 0.5f64.powf(0.49 / 5.0);
+        assert!((before_next - decayed).abs() < 1e-9, "{before_next}/s");
     }
 
     #[test]
