@@ -513,6 +513,27 @@ mod tests {
         assert!(static_pool.hit_rate() > 0.95, "{static_pool:?}");
     }
 
+    #[test]
+    fn the_phases_of_a_replay_add_up_to_its_day() {
+        let trace = Day::TEAM.trace();
+        let outcome = replay(&trace, autoscale(0.95, true), &UNDER);
+        let phases = &outcome.by_phase;
+        assert_eq!(
+            phases.iter().map(|p| p.claims).sum::<usize>(),
+            outcome.claims
+        );
+        assert_eq!(phases.iter().map(|p| p.hits).sum::<usize>(), outcome.hits);
+        let unclaimed: f64 = phases.iter().map(|p| p.unclaimed_seconds).sum();
+        assert!((unclaimed - outcome.unclaimed_seconds).abs() < 1e-6);
+        // The workshop's eight claims come in the afternoon, on top of its own.
+        let afternoon = PHASES.iter().position(|p| p.name == "afternoon");
+        assert!(
+            afternoon.is_some_and(|i| phases[i].claims >= 8),
+            "{phases:?}"
+        );
+        assert_eq!(phases[PHASES.len() - 1].claims, 0, "no claim at night");
+    }
+
     /// An organisation's day: ten times the claims of one team's.
     const BUSY: Conditions = Conditions {
         day: Day { rate_scale: 10.0 },
