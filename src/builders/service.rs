@@ -2,9 +2,12 @@
 //! cluster. The Services select nothing: the operator writes their EndpointSlices from the pods
 //! it made itself, so a pod that copies the labels never receives a server's traffic.
 
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ObjectReference, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::labels::{
     BLOCK_MANAGER_PORT, DRIVER_PORT, FIELD_MANAGER, UI_PORT, cluster_labels, server_labels,
@@ -32,51 +35,73 @@ pub struct Backend {
     pub ip: String,
 }
 
-fn server_ports(v: &ValidCluster) -> serde_json::Value {
-    json!([
-        {"name": "connect", "port": v.cluster.spec.server.port, "protocol": "TCP"},
-        {"name": "driver", "port": DRIVER_PORT, "protocol": "TCP"},
-        {"name": "blockmanager", "port": BLOCK_MANAGER_PORT, "protocol": "TCP"},
-        {"name": "ui", "port": UI_PORT, "protocol": "TCP"}
-    ])
+/// The ports of a server: Spark Connect, the driver and block manager, the UI.
+fn server_ports(v: &ValidCluster) -> [(&'static str, i32); 4] {
+    [
+        ("connect", v.cluster.spec.server.port),
+        ("driver", DRIVER_PORT),
+        ("blockmanager", BLOCK_MANAGER_PORT),
+        ("ui", UI_PORT),
+    ]
+}
+
+fn service_port((name, port): (&str, i32)) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+fn slice_port((name, port): (&str, i32)) -> EndpointPort {
+    EndpointPort {
+        name: Some(name.into()),
+        port: Some(port),
+        protocol: Some("TCP".into()),
+        ..EndpointPort::default()
+    }
+}
+
+fn metadata(v: &ValidCluster, name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(v.namespace.into()),
+        labels: Some(labels),
+        owner_references: Some(vec![v.owner.clone()]),
+        ..ObjectMeta::default()
+    }
 }
 
 /// The headless Service that gives server `server` a stable DNS name for clients and executors.
 pub fn server_service(v: &ValidCluster, server: &str) -> Result<Service, Error> {
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": server,
-            "namespace": v.namespace,
-            "labels": server_labels(v.name, server),
-            "ownerReferences": [v.owner],
-        },
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": true,
-            "ports": server_ports(v)
-        }
-    }))?)
+    Ok(Service {
+        metadata: metadata(v, server, server_labels(v.name, server)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(server_ports(v).map(service_port).into()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// The cluster's own Service `<name>`; its endpoints are the shared servers.
 pub fn shared_service(v: &ValidCluster) -> Result<Service, Error> {
     let port = v.cluster.spec.server.port;
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": v.name,
-            "namespace": v.namespace,
-            "labels": cluster_labels(v.name),
-            "ownerReferences": [v.owner],
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "ports": [{"name": "connect", "port": port, "targetPort": port, "protocol": "TCP"}]
-        }
-    }))?)
+    Ok(Service {
+        metadata: metadata(v, v.name, cluster_labels(v.name)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            ports: Some(vec![ServicePort {
+                target_port: Some(IntOrString::Int(port)),
+                ..service_port(("connect", port))
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
 }
 
 /// The EndpointSlice of Service `service` (named like it), listing `backends` as ready.
@@ -94,33 +119,34 @@ pub fn endpoint_slice(
     labels.insert(SERVICE_NAME_LABEL.into(), service.into());
     labels.insert(SLICE_MANAGER_LABEL.into(), FIELD_MANAGER.into());
     let ports = if shared {
-        json!([{"name": "connect", "port": v.cluster.spec.server.port, "protocol": "TCP"}])
+        vec![slice_port(("connect", v.cluster.spec.server.port))]
     } else {
-        server_ports(v)
+        server_ports(v).map(slice_port).into()
     };
-    let endpoints: Vec<serde_json::Value> = backends
+    let endpoints: Vec<Endpoint> = backends
         .iter()
-        .map(|b| {
-            json!({
-                "addresses": [b.ip],
-                "conditions": {"ready": true},
-                "targetRef": {"kind": "Pod", "namespace": v.namespace, "name": b.pod, "uid": b.uid}
-            })
+        .map(|b| Endpoint {
+            addresses: vec![b.ip.clone()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..EndpointConditions::default()
+            }),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: Some(v.namespace.into()),
+                name: Some(b.pod.clone()),
+                uid: Some(b.uid.clone()),
+                ..ObjectReference::default()
+            }),
+            ..Endpoint::default()
         })
         .collect();
-    Ok(serde_json::from_value(json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": service,
-            "namespace": v.namespace,
-            "labels": labels,
-            "ownerReferences": [v.owner],
-        },
-        "addressType": "IPv4",
-        "ports": ports,
-        "endpoints": endpoints
-    }))?)
+    Ok(EndpointSlice {
+        metadata: metadata(v, service, labels),
+        address_type: "IPv4".into(),
+        ports: Some(ports),
+        endpoints: Some(endpoints),
+    })
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! the apiserver holds (so a steady state makes no writes, and hand edits are reverted), never
 //! over an object the cluster does not own; status patches that can also clear fields.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::applied::{Scope, digest};
 use crate::builders::labels::FIELD_MANAGER;
 use crate::error::Error;
 
@@ -44,12 +46,13 @@ pub async fn apply_owned<K>(
     desired: &K,
     existing: Option<&K>,
     owner_uid: &str,
+    seen: &Scope<'_>,
 ) -> Result<bool, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
-    apply_owned_without(api, desired, existing, owner_uid, &[]).await
+    apply_owned_without(api, desired, existing, owner_uid, &[], seen).await
 }
 
 /// The merge patch that removes the fields at `pointers` (JSON pointers such as
@@ -89,17 +92,32 @@ pub fn removal_patch(held: &Value, pointers: &[&str]) -> Option<Value> {
 /// Returns whether it wrote.
 /// Fields at `absent` (JSON pointers) must not be set: a hand edit that sets them (which
 /// server-side apply would keep, as the operator never owned them) is removed.
+/// An object `seen` found as wanted at the same resourceVersion is skipped without a
+/// comparison; one found as wanted now is recorded there.
 pub async fn apply_owned_without<K>(
     api: &Api<K>,
     desired: &K,
     existing: Option<&K>,
     owner_uid: &str,
     absent: &[&str],
+    seen: &Scope<'_>,
 ) -> Result<bool, Error>
 where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
+    let mut context = vec![owner_uid];
+    context.extend_from_slice(absent);
+    let wanted = digest(desired, &context)?;
+    let version = |object: &K| {
+        let meta = object.meta();
+        Some((meta.uid.clone()?, meta.resource_version.clone()?))
+    };
+    if let Some((uid, rv)) = existing.and_then(version)
+        && seen.unchanged(&uid, &rv, wanted)
+    {
+        return Ok(false);
+    }
     let name = desired.name_any();
     let dyntype = K::DynamicType::default();
     let kind = K::kind(&dyntype);
@@ -108,7 +126,7 @@ where
         name: name.clone(),
     };
     let held = match existing {
-        Some(existing) => existing.clone(),
+        Some(existing) => Cow::Borrowed(existing),
         None => {
             let params = PostParams {
                 field_manager: Some(FIELD_MANAGER.into()),
@@ -116,18 +134,20 @@ where
             };
             match api.create(&params, desired).await {
                 Ok(_) => return Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => api
-                    .get(&name)
-                    .await
-                    .map_err(|e| Error::kube(format!("get {kind} {name}"), e))?,
+                Err(kube::Error::Api(s)) if s.code == 409 => Cow::Owned(
+                    api.get(&name)
+                        .await
+                        .map_err(|e| Error::kube(format!("get {kind} {name}"), e))?,
+                ),
                 Err(e) => return Err(Error::kube(format!("create {kind} {name}"), e)),
             }
         }
     };
-    if !controlled_by(&held, owner_uid) {
+    if !controlled_by(held.as_ref(), owner_uid) {
         return Err(not_owned());
     }
-    let held = serde_json::to_value(&held)?;
+    let held_version = version(&held);
+    let held = serde_json::to_value(held.as_ref())?;
     let mut wrote = false;
     if let Some(patch) = removal_patch(&held, absent) {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -136,6 +156,9 @@ where
         wrote = true;
     }
     if covers(&held, &serde_json::to_value(desired)?) {
+        if let (false, Some((uid, rv))) = (wrote, held_version) {
+            seen.keep(&uid, &rv, wanted);
+        }
         return Ok(wrote);
     }
     api.patch(
@@ -211,6 +234,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::applied::Applied;
+    use k8s_openapi::api::core::v1::ConfigMap;
     use serde_json::json;
 
     #[test]
@@ -263,5 +288,66 @@ mod tests {
             patch,
             json!({"status": {"endpoint": null, "phase": "Ready"}})
         );
+    }
+
+    /// A ConfigMap `m` in `data` controlled by `owner`, as the store would show it at `rv`.
+    fn config_map(value: &str, rv: Option<&str>) -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": "m", "namespace": "data", "uid": rv.map(|_| "uid-m"),
+                "resourceVersion": rv,
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Owner", "name": "o",
+                    "uid": "owner", "controller": true}]},
+            "data": {"a": value}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_object_found_as_wanted_is_compared_again_only_when_it_or_the_wanted_form_changes() {
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let requests = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                seen.push(request.method().to_string());
+                let refused = http::Response::builder().status(500);
+                send.send_response(refused.body(kube::client::Body::empty()).unwrap());
+            }
+            seen
+        });
+        let api: Api<ConfigMap> = Api::namespaced(Client::new(service, "data"), "data");
+        let applied = Applied::default();
+        let apply = |desired: ConfigMap, held: ConfigMap| {
+            let (api, applied) = (api.clone(), &applied);
+            async move {
+                let seen = applied.scope("data/c");
+                apply_owned(&api, &desired, Some(&held), "owner", &seen).await
+            }
+        };
+        let wanted = config_map("1", None);
+        let held = config_map("1", Some("7"));
+        assert!(!apply(wanted.clone(), held.clone()).await.unwrap());
+        // Only the resourceVersion and the wanted form are looked at now: a copy at the same
+        // version that (impossibly) differs is not even compared.
+        assert!(
+            !apply(wanted.clone(), config_map("2", Some("7")))
+                .await
+                .unwrap()
+        );
+        // A new version that differs is written, and so is a new wanted form.
+        assert!(
+            apply(wanted.clone(), config_map("2", Some("8")))
+                .await
+                .is_err()
+        );
+        assert!(apply(config_map("3", None), held).await.is_err());
+        drop(api);
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), requests)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, ["PATCH", "PATCH"]);
     }
 }

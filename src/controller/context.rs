@@ -12,6 +12,7 @@ use kube::runtime::reflector::ObjectRef;
 
 use tokio::sync::Semaphore;
 
+use super::applied::Applied;
 use super::guard::{Liveness, Retries};
 use super::known_tokens::KnownTokens;
 use super::pool::allocator::Allocator;
@@ -49,6 +50,8 @@ pub struct Context {
     pub autoscaler: Autoscaler,
     /// Waiting claims and the servers handed to them.
     pub allocator: Allocator,
+    /// Children each cluster's last reconcile found as wanted.
+    pub applied: Applied,
     /// What the watches have seen: read instead of listing.
     pub stores: Stores,
     /// Per-object retry delays after errors.
@@ -81,6 +84,7 @@ impl Context {
             backoff: StartBackoff::default(),
             autoscaler: Autoscaler::default(),
             allocator: Allocator::default(),
+            applied: Applied::default(),
             stores,
             retries: Retries::default(),
             liveness: Liveness::default(),

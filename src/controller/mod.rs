@@ -3,6 +3,7 @@
 //! decisions and the allocator), `bind` and `claim` (claims to servers), `guard` (deadlines,
 //! panics, retry delays), `apply` (how objects are written).
 
+pub mod applied;
 pub mod apply;
 pub mod bind;
 pub mod claim;

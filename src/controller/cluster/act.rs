@@ -28,6 +28,7 @@ use crate::builders::labels::{
 use crate::builders::pod::{ServerIdentity, server_pod};
 use crate::builders::secret::{new_token, server_token_secret};
 use crate::builders::service::{Backend, MUST_STAY_ABSENT, endpoint_slice, server_service};
+use crate::controller::applied::Scope;
 use crate::controller::apply::{apply_owned, apply_owned_without};
 use crate::controller::claim_status::{finish_claim, ignore_gone};
 use crate::controller::context::{BINDS_QUIET, Context};
@@ -75,9 +76,7 @@ pub async fn execute(
         change_servers(valid, ctx, observed, &pods, plan).await?;
         create_servers(valid, ctx, &pods, role, plan, observed, token, problems).await?;
     }
-    let kept = kept_servers(decision);
-    publish_endpoints(valid, ctx, observed, &kept, problems).await?;
-    sync_probes(valid, ctx, observed, &kept, tokens);
+    sync_probes(valid, ctx, observed, &kept_servers(decision), tokens);
     Ok(())
 }
 
@@ -406,7 +405,8 @@ async fn create_server(
     token_mode: bool,
 ) -> Result<(), Error> {
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
-    apply_owned(&services, &server_service(valid, id.name)?, None, valid.uid).await?;
+    let service = server_service(valid, id.name)?;
+    apply_owned(&services, &service, None, valid.uid, &Scope::detached()).await?;
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
@@ -438,15 +438,18 @@ async fn create_server(
     Ok(())
 }
 
-/// Writes the EndpointSlices: one per kept server with its address, one for the shared Service
-/// with the shared servers; removes Services and slices of servers that are gone.
-async fn publish_endpoints(
+/// Writes the Services and EndpointSlices of the servers `decision` keeps: one per server with
+/// its address, one for the shared Service with the shared servers; removes Services and slices
+/// of servers that are gone. Those `seen` found as wanted and unchanged since are skipped.
+pub async fn publish_endpoints(
     valid: &ValidCluster<'_>,
     ctx: &Context,
     observed: &Observed,
-    kept: &BTreeMap<String, ServerState>,
+    decision: &Decision,
+    seen: &Scope<'_>,
     problems: &mut Problems,
 ) -> Result<(), Error> {
+    let kept = kept_servers(decision);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), valid.namespace);
     let backend = |name: &str| {
@@ -465,6 +468,7 @@ async fn publish_endpoints(
             observed.services.get(name).map(|s| s.as_ref()),
             valid.uid,
             MUST_STAY_ABSENT,
+            seen,
         )
         .await;
         problems.absorb(result.map(|_| ()))?;
@@ -475,6 +479,7 @@ async fn publish_endpoints(
             &slice,
             observed.slices.get(name).map(|s| s.as_ref()),
             valid.uid,
+            seen,
         )
         .await;
         problems.absorb(result.map(|_| ()))?;
@@ -487,7 +492,7 @@ async fn publish_endpoints(
             .collect();
         let slice = endpoint_slice(valid, valid.name, true, &shared)?;
         let current = observed.slices.get(valid.name).map(|s| s.as_ref());
-        let result = apply_owned(&slices, &slice, current, valid.uid).await;
+        let result = apply_owned(&slices, &slice, current, valid.uid, seen).await;
         problems.absorb(result.map(|_| ()))?;
     }
     // Prune what belongs to no server (a Service stays while its pod is still terminating).
@@ -609,6 +614,17 @@ mod tests {
         pod
     }
 
+    /// `object` as the apiserver stores it: with a uid (unique across kinds) and a
+    /// resourceVersion.
+    fn stored<K: kube::Resource<DynamicType = ()>>(mut object: K) -> K {
+        let kind = K::kind(&());
+        let meta = object.meta_mut();
+        let name = meta.name.as_deref().unwrap_or_default();
+        meta.uid = Some(format!("uid-{kind}-{name}"));
+        meta.resource_version = Some("5".into());
+        object
+    }
+
     #[tokio::test]
     async fn steady_state_makes_no_writes() {
         let mut c = cluster();
@@ -629,14 +645,16 @@ mod tests {
         };
         let held = Held {
             pods: vec![pod],
-            services: vec![server_service(&valid, name).unwrap()],
-            slices: vec![endpoint_slice(&valid, name, false, &[backend]).unwrap()],
+            services: vec![stored(server_service(&valid, name).unwrap())],
+            slices: vec![stored(
+                endpoint_slice(&valid, name, false, &[backend]).unwrap(),
+            )],
             accounts: vec![
-                rbac::driver_service_account(&valid).unwrap(),
-                rbac::executor_service_account(&valid).unwrap(),
+                stored(rbac::driver_service_account(&valid).unwrap()),
+                stored(rbac::executor_service_account(&valid).unwrap()),
             ],
-            roles: vec![rbac::driver_role(&valid).unwrap()],
-            bindings: vec![rbac::driver_role_binding(&valid).unwrap()],
+            roles: vec![stored(rbac::driver_role(&valid).unwrap())],
+            bindings: vec![stored(rbac::driver_role_binding(&valid).unwrap())],
             ..Held::default()
         };
         let (ctx, mut handle) = context_over(held, "data");
@@ -652,27 +670,37 @@ mod tests {
             .book()
             .seed(&format!("uid-{name}"), Verdict::Healthy);
 
-        let mut problems = Problems::default();
-        let token = crate::controller::cluster::children::ensure(&valid, &ctx, &mut problems)
+        // Twice: first comparing every object, then skipping those the first found as wanted.
+        for _ in 0..2 {
+            let applied = ctx.applied.scope("data/analytics");
+            let mut problems = Problems::default();
+            let token =
+                crate::controller::cluster::children::ensure(&valid, &ctx, &applied, &mut problems)
+                    .await
+                    .unwrap();
+            let observed = observe(&valid, &ctx, &token);
+            assert_eq!(observed.hashes, hashes(&valid.spec_hash, &token));
+            let now = Timestamp::from_second(1_800_000_060).unwrap();
+            let decision = decide(inputs(&valid, &observed, Wanted::default(), false), now);
+            let tokens = Tokens::from([(name.to_string(), None)]);
+            execute(
+                &valid,
+                &ctx,
+                &observed,
+                &decision,
+                &token,
+                &tokens,
+                &mut problems,
+            )
             .await
             .unwrap();
-        let observed = observe(&valid, &ctx, &token);
-        assert_eq!(observed.hashes, hashes(&valid.spec_hash, &token));
-        let now = Timestamp::from_second(1_800_000_060).unwrap();
-        let decision = decide(inputs(&valid, &observed, Wanted::default(), false), now);
-        let tokens = Tokens::from([(name.to_string(), None)]);
-        execute(
-            &valid,
-            &ctx,
-            &observed,
-            &decision,
-            &token,
-            &tokens,
-            &mut problems,
-        )
-        .await
-        .unwrap();
-        assert!(problems.is_empty(), "{:?}", problems.list());
+            publish_endpoints(&valid, &ctx, &observed, &decision, &applied, &mut problems)
+                .await
+                .unwrap();
+            assert!(problems.is_empty(), "{:?}", problems.list());
+        }
+        // The second pass skipped the six children the first found as wanted.
+        assert_eq!(ctx.applied.remembered("data/analytics"), 6);
         drop(ctx);
         let seen = tokio::time::timeout(std::time::Duration::from_secs(5), apiserver)
             .await

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::report::Problems;
 use crate::builders::labels::{TOKEN_KEY, token_secret_name};
 use crate::builders::{rbac, secret, service};
+use crate::controller::applied::Scope;
 use crate::controller::apply::{apply_owned_without, controlled_by};
 use crate::controller::context::Context;
 use crate::crd::AuthMode;
@@ -53,6 +54,7 @@ where
 struct Applier<'c, 'v, 'p> {
     ctx: &'c Context,
     valid: &'c ValidCluster<'v>,
+    seen: &'c Scope<'c>,
     problems: &'p mut Problems,
 }
 
@@ -76,8 +78,15 @@ impl Applier<'_, '_, '_> {
         let desired = desired?;
         let api: Api<K> = Api::namespaced(ctx.client.clone(), valid.namespace);
         let current = existing(store, valid.namespace, &desired.name_any());
-        let result =
-            apply_owned_without(&api, &desired, current.as_deref(), valid.uid, absent).await;
+        let result = apply_owned_without(
+            &api,
+            &desired,
+            current.as_deref(),
+            valid.uid,
+            absent,
+            self.seen,
+        )
+        .await;
         self.problems.absorb(result.map(|_| ()))
     }
 }
@@ -86,12 +95,14 @@ impl Applier<'_, '_, '_> {
 pub async fn ensure(
     valid: &ValidCluster<'_>,
     ctx: &Context,
+    seen: &Scope<'_>,
     problems: &mut Problems,
 ) -> Result<ClusterToken, Error> {
     let stores = &ctx.stores;
     let mut children = Applier {
         ctx,
         valid,
+        seen,
         problems,
     };
     let accounts = [

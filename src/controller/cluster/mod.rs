@@ -104,8 +104,9 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     };
     let key = observe::key(&valid);
     let mut problems = Problems::default();
+    let seen = ctx.applied.scope(&key);
 
-    let token = children::ensure(&valid, ctx, &mut problems).await?;
+    let token = children::ensure(&valid, ctx, &seen, &mut problems).await?;
     let mut observed = observe::observe(&valid, ctx, &token);
     let tokens = tokens::resolve(&valid, ctx, &observed, &token).await;
     let token_mode = cluster.spec.auth.mode == AuthMode::Token;
@@ -136,6 +137,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
         &mut problems,
     )
     .await?;
+    act::publish_endpoints(&valid, ctx, &observed, &decision, &seen, &mut problems).await?;
     let stamps_wait = act::stamp_taken_servers(&valid, ctx, &observed, &mut problems).await?;
     publish_terms(&valid, ctx, &observed, &key, token_mode);
 
@@ -315,6 +317,7 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
     ctx.prober.forget_cluster(&ObjectRef::from_obj(cluster));
     ctx.allocator.forget_cluster(&key);
     ctx.autoscaler.forget(&key);
+    ctx.applied.forget(&key);
     ctx.retries.succeeded(&key);
     ctx.metrics
         .forget_cluster(namespace, name, ServerState::ALL.map(ServerState::as_str));
