@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::labels::{
     BLOCK_MANAGER_PORT, DRIVER_PORT, FIELD_MANAGER, UI_PORT, cluster_labels, server_labels,
 };
-use crate::error::Error;
 use crate::validate::ValidCluster;
 
 /// Label that ties an EndpointSlice to its Service.
@@ -74,8 +73,8 @@ fn metadata(v: &ValidCluster, name: &str, labels: BTreeMap<String, String>) -> O
 }
 
 /// The headless Service that gives server `server` a stable DNS name for clients and executors.
-pub fn server_service(v: &ValidCluster, server: &str) -> Result<Service, Error> {
-    Ok(Service {
+pub fn server_service(v: &ValidCluster, server: &str) -> Service {
+    Service {
         metadata: metadata(v, server, server_labels(v.name, server)),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
@@ -84,13 +83,13 @@ pub fn server_service(v: &ValidCluster, server: &str) -> Result<Service, Error> 
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    })
+    }
 }
 
 /// The cluster's own Service `<name>`; its endpoints are the shared servers.
-pub fn shared_service(v: &ValidCluster) -> Result<Service, Error> {
+pub fn shared_service(v: &ValidCluster) -> Service {
     let port = v.cluster.spec.server.port;
-    Ok(Service {
+    Service {
         metadata: metadata(v, v.name, cluster_labels(v.name)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
@@ -101,7 +100,7 @@ pub fn shared_service(v: &ValidCluster) -> Result<Service, Error> {
             ..ServiceSpec::default()
         }),
         ..Service::default()
-    })
+    }
 }
 
 /// The EndpointSlice of Service `service` (named like it), listing `backends` as ready.
@@ -110,7 +109,7 @@ pub fn endpoint_slice(
     service: &str,
     shared: bool,
     backends: &[Backend],
-) -> Result<EndpointSlice, Error> {
+) -> EndpointSlice {
     let mut labels = if shared {
         cluster_labels(v.name)
     } else {
@@ -141,12 +140,12 @@ pub fn endpoint_slice(
             ..Endpoint::default()
         })
         .collect();
-    Ok(EndpointSlice {
+    EndpointSlice {
         metadata: metadata(v, service, labels),
         address_type: "IPv4".into(),
         ports: Some(ports),
         endpoints: Some(endpoints),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -159,7 +158,7 @@ mod tests {
     fn services_select_nothing_so_copied_labels_get_no_traffic() {
         let c = cluster();
         let v = validate(&c).unwrap();
-        let svc = server_service(&v, "analytics-abcde").unwrap();
+        let svc = server_service(&v, "analytics-abcde");
         let spec = svc.spec.unwrap();
         assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
@@ -171,7 +170,7 @@ mod tests {
             .filter_map(|p| p.name)
             .collect();
         assert_eq!(names, ["connect", "driver", "blockmanager", "ui"]);
-        assert!(shared_service(&v).unwrap().spec.unwrap().selector.is_none());
+        assert!(shared_service(&v).spec.unwrap().selector.is_none());
     }
 
     #[test]
@@ -183,7 +182,7 @@ mod tests {
             uid: "u1".into(),
             ip: "10.244.0.9".into(),
         }];
-        let slice = endpoint_slice(&v, "analytics", true, &backends).unwrap();
+        let slice = endpoint_slice(&v, "analytics", true, &backends);
         let labels = slice.metadata.labels.unwrap();
         assert_eq!(labels[SERVICE_NAME_LABEL], "analytics");
         assert_eq!(labels[SLICE_MANAGER_LABEL], FIELD_MANAGER);
@@ -193,7 +192,6 @@ mod tests {
         assert_eq!(slice.ports.unwrap()[0].port, Some(15002));
         assert!(
             endpoint_slice(&v, "analytics", true, &[])
-                .unwrap()
                 .endpoints
                 .unwrap_or_default()
                 .is_empty()

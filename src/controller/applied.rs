@@ -4,9 +4,10 @@
 //! EndpointSlice, about 3 ms of CPU each time, and a burst of claims runs many reconciles.
 //!
 //! An entry is an object's uid with the resourceVersion read and a digest of the object wanted
-//! (and of what else decided it was as wanted): when either changes, the comparison runs again,
-//! so an entry can never hide a difference. Each reconcile keeps only the entries it used or
-//! made, so objects that are gone drop out with the next reconcile.
+//! (and of what else decided it was as wanted), all as 64-bit digests: when the object or the
+//! wanted form changes, the comparison runs again, so an entry cannot hide a difference short
+//! of a 64-bit collision. Each reconcile keeps only the entries it used or made, so objects that
+//! are gone drop out with the next reconcile.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
@@ -16,17 +17,21 @@ use serde::Serialize;
 
 use crate::error::Error;
 
-/// An object found as wanted: its resourceVersion then, and the digest of what was wanted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An object found as wanted: digests of its resourceVersion then and of what was wanted.
+/// Entries are digests, not strings, so that a thousand clusters' children cost little memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Found {
-    resource_version: String,
+    resource_version: u64,
     wanted: u64,
 }
+
+/// Entries by a digest of the object's uid.
+type Entries = HashMap<u64, Found>;
 
 /// The entries of every cluster, by cluster key.
 #[derive(Default)]
 pub struct Applied {
-    clusters: Mutex<HashMap<String, HashMap<String, Found>>>,
+    clusters: Mutex<HashMap<String, Entries>>,
 }
 
 impl Applied {
@@ -68,8 +73,8 @@ impl Applied {
 pub struct Scope<'a> {
     applied: Option<&'a Applied>,
     key: String,
-    last: HashMap<String, Found>,
-    kept: Mutex<HashMap<String, Found>>,
+    last: Entries,
+    kept: Mutex<Entries>,
 }
 
 impl Scope<'_> {
@@ -78,33 +83,30 @@ impl Scope<'_> {
         Scope {
             applied: None,
             key: String::new(),
-            last: HashMap::new(),
+            last: Entries::new(),
             kept: Mutex::default(),
         }
     }
 
     /// Whether object `uid` at `resource_version` was found to be as `wanted` already.
     pub fn unchanged(&self, uid: &str, resource_version: &str, wanted: u64) -> bool {
-        let hit = self
-            .last
-            .get(uid)
-            .is_some_and(|f| f.resource_version == resource_version && f.wanted == wanted);
+        let (uid, found) = entry(uid, resource_version, wanted);
+        let hit = self.last.get(&uid) == Some(&found);
         if hit {
-            self.keep(uid, resource_version, wanted);
+            self.insert(uid, found);
         }
         hit
     }
 
     /// Records that object `uid` at `resource_version` is as `wanted`.
     pub fn keep(&self, uid: &str, resource_version: &str, wanted: u64) {
+        let (uid, found) = entry(uid, resource_version, wanted);
+        self.insert(uid, found);
+    }
+
+    fn insert(&self, uid: u64, found: Found) {
         if let Ok(mut kept) = self.kept.lock() {
-            kept.insert(
-                uid.to_string(),
-                Found {
-                    resource_version: resource_version.to_string(),
-                    wanted,
-                },
-            );
+            kept.insert(uid, found);
         }
     }
 }
@@ -119,6 +121,19 @@ impl Drop for Scope<'_> {
             clusters.insert(std::mem::take(&mut self.key), kept);
         }
     }
+}
+
+fn entry(uid: &str, resource_version: &str, wanted: u64) -> (u64, Found) {
+    let text = |t: &str| {
+        let mut hasher = DefaultHasher::new();
+        hasher.write(t.as_bytes());
+        hasher.finish()
+    };
+    let found = Found {
+        resource_version: text(resource_version),
+        wanted,
+    };
+    (text(uid), found)
 }
 
 /// A digest of `object` as JSON and of `context` (what else decides whether a held object is

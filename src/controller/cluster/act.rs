@@ -405,7 +405,7 @@ async fn create_server(
     token_mode: bool,
 ) -> Result<(), Error> {
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), valid.namespace);
-    let service = server_service(valid, id.name)?;
+    let service = server_service(valid, id.name);
     apply_owned(&services, &service, None, valid.uid, &Scope::detached()).await?;
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -461,7 +461,7 @@ pub async fn publish_endpoints(
         })
     };
     for name in kept.keys() {
-        let service = server_service(valid, name)?;
+        let service = server_service(valid, name);
         let result = apply_owned_without(
             &services,
             &service,
@@ -473,7 +473,7 @@ pub async fn publish_endpoints(
         .await;
         problems.absorb(result.map(|_| ()))?;
         let backends: Vec<Backend> = backend(name).into_iter().collect();
-        let slice = endpoint_slice(valid, name, false, &backends)?;
+        let slice = endpoint_slice(valid, name, false, &backends);
         let result = apply_owned(
             &slices,
             &slice,
@@ -490,7 +490,7 @@ pub async fn publish_endpoints(
             .filter(|(_, state)| **state == ServerState::Shared)
             .filter_map(|(name, _)| backend(name))
             .collect();
-        let slice = endpoint_slice(valid, valid.name, true, &shared)?;
+        let slice = endpoint_slice(valid, valid.name, true, &shared);
         let current = observed.slices.get(valid.name).map(|s| s.as_ref());
         let result = apply_owned(&slices, &slice, current, valid.uid, seen).await;
         problems.absorb(result.map(|_| ()))?;
@@ -645,10 +645,8 @@ mod tests {
         };
         let held = Held {
             pods: vec![pod],
-            services: vec![stored(server_service(&valid, name).unwrap())],
-            slices: vec![stored(
-                endpoint_slice(&valid, name, false, &[backend]).unwrap(),
-            )],
+            services: vec![stored(server_service(&valid, name))],
+            slices: vec![stored(endpoint_slice(&valid, name, false, &[backend]))],
             accounts: vec![
                 stored(rbac::driver_service_account(&valid).unwrap()),
                 stored(rbac::executor_service_account(&valid).unwrap()),

@@ -119,7 +119,7 @@ pub async fn ensure(
         .apply(&stores.bindings, rbac::driver_role_binding(valid), &[])
         .await?;
     if valid.size.shared > 0 {
-        let shared = service::shared_service(valid);
+        let shared = Ok(service::shared_service(valid));
         children
             .apply(&stores.services, shared, service::MUST_STAY_ABSENT)
             .await?;
