@@ -11,6 +11,8 @@ rm -rf target/bench
 # times the servers.
 ./target/release/sco-bench simulate --rate-scale 10 --output economics-simulated-x10
 ./target/release/sco-bench simulate --rate-scale 30 --output economics-simulated-x30
+# A reconcile's check of its servers' Services and EndpointSlices, whole and by digest (no world).
+./target/release/sco-bench publish
 # The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
 ./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60

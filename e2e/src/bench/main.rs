@@ -10,6 +10,7 @@ mod floor;
 mod gateway;
 mod least_idle;
 mod probe;
+mod publish;
 mod report;
 mod scale;
 mod simulate;
@@ -64,6 +65,16 @@ enum Command {
         rounds: Option<usize>,
         /// Name of the results file under target/bench (without `.json`).
         #[arg(long, default_value = "claims")]
+        output: String,
+    },
+    /// CPU a reconcile spends checking its servers' Services and EndpointSlices, in process:
+    /// whole against by digest.
+    Publish {
+        /// Pool sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "110,1000")]
+        servers: Vec<usize>,
+        /// Name of the results file under target/bench (without `.json`).
+        #[arg(long, default_value = "publish")]
         output: String,
     },
     /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
@@ -203,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
             with_servers,
         } => scale::run(world, clusters, with_servers).await,
         Command::Gateway { world } => gateway::run(world).await,
+        Command::Publish { servers, output } => publish::run(&servers, &output),
         Command::Fleet { first, count } => probe::fleet(first, count).await,
     }
 }
