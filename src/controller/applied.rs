@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hasher};
 use std::sync::Mutex;
 
+use kube::Resource;
 use serde::Serialize;
 
 use crate::error::Error;
@@ -88,20 +89,25 @@ impl Scope<'_> {
         }
     }
 
-    /// Whether object `uid` at `resource_version` was found to be as `wanted` already.
-    pub fn unchanged(&self, uid: &str, resource_version: &str, wanted: u64) -> bool {
-        let (uid, found) = entry(uid, resource_version, wanted);
+    /// Whether `object`, as the store shows it, was found to be as `wanted` already (an
+    /// object without a uid or resourceVersion never was).
+    pub fn unchanged<K: Resource>(&self, object: &K, wanted: u64) -> bool {
+        entry(object, wanted).is_some_and(|(uid, found)| self.hit(uid, found))
+    }
+
+    /// Records that `object`, as read, is as `wanted`.
+    pub fn keep<K: Resource>(&self, object: &K, wanted: u64) {
+        if let Some((uid, found)) = entry(object, wanted) {
+            self.insert(uid, found);
+        }
+    }
+
+    fn hit(&self, uid: u64, found: Found) -> bool {
         let hit = self.last.get(&uid) == Some(&found);
         if hit {
             self.insert(uid, found);
         }
         hit
-    }
-
-    /// Records that object `uid` at `resource_version` is as `wanted`.
-    pub fn keep(&self, uid: &str, resource_version: &str, wanted: u64) {
-        let (uid, found) = entry(uid, resource_version, wanted);
-        self.insert(uid, found);
     }
 
     fn insert(&self, uid: u64, found: Found) {
@@ -123,22 +129,33 @@ impl Drop for Scope<'_> {
     }
 }
 
-fn entry(uid: &str, resource_version: &str, wanted: u64) -> (u64, Found) {
+/// The entry of `object`: digests of its uid and resourceVersion, and `wanted`.
+fn entry<K: Resource>(object: &K, wanted: u64) -> Option<(u64, Found)> {
+    let meta = object.meta();
     let text = |t: &str| {
         let mut hasher = DefaultHasher::new();
         hasher.write(t.as_bytes());
         hasher.finish()
     };
     let found = Found {
-        resource_version: text(resource_version),
+        resource_version: text(meta.resource_version.as_deref()?),
         wanted,
     };
-    (text(uid), found)
+    Some((text(meta.uid.as_deref()?), found))
+}
+
+/// The digest of `desired` as the operator writes it: the object as JSON, the uid of the owner
+/// that must control it and the fields that must stay `absent` (all three decide whether a
+/// stored object is as wanted).
+pub fn wanted<K: Serialize>(desired: &K, owner_uid: &str, absent: &[&str]) -> Result<u64, Error> {
+    let mut context = vec![owner_uid];
+    context.extend_from_slice(absent);
+    digest(desired, &context)
 }
 
 /// A digest of `object` as JSON and of `context` (what else decides whether a held object is
 /// as wanted, such as the owner's uid).
-pub fn digest<T: Serialize>(object: &T, context: &[&str]) -> Result<u64, Error> {
+fn digest<T: Serialize>(object: &T, context: &[&str]) -> Result<u64, Error> {
     let mut hasher = HashWriter(DefaultHasher::new());
     serde_json::to_writer(&mut hasher, object)?;
     for part in context {
@@ -165,53 +182,81 @@ impl std::io::Write for HashWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    /// A stored object `uid` at `resource_version`.
+    fn object(uid: &str, resource_version: &str) -> ConfigMap {
+        let mut map = ConfigMap::default();
+        map.metadata.uid = Some(uid.into());
+        map.metadata.resource_version = Some(resource_version.into());
+        map
+    }
 
     #[test]
     fn an_object_found_as_wanted_is_skipped_until_it_or_the_wanted_form_changes() {
         let applied = Applied::default();
         {
             let scope = applied.scope("data/analytics");
-            assert!(!scope.unchanged("uid-1", "10", 7), "nothing known yet");
-            scope.keep("uid-1", "10", 7);
+            assert!(
+                !scope.unchanged(&object("uid-1", "10"), 7),
+                "nothing known yet"
+            );
+            scope.keep(&object("uid-1", "10"), 7);
         }
         let scope = applied.scope("data/analytics");
-        assert!(scope.unchanged("uid-1", "10", 7));
-        assert!(!scope.unchanged("uid-1", "11", 7), "the object changed");
+        assert!(scope.unchanged(&object("uid-1", "10"), 7));
         assert!(
-            !scope.unchanged("uid-1", "10", 8),
+            !scope.unchanged(&object("uid-1", "11"), 7),
+            "the object changed"
+        );
+        assert!(
+            !scope.unchanged(&object("uid-1", "10"), 8),
             "the wanted form changed"
         );
-        assert!(!scope.unchanged("uid-2", "10", 7), "another object");
+        assert!(
+            !scope.unchanged(&object("uid-2", "10"), 7),
+            "another object"
+        );
+        assert!(
+            !scope.unchanged(&ConfigMap::default(), 7),
+            "an object never stored"
+        );
     }
 
     #[test]
     fn a_reconcile_keeps_only_the_objects_it_used_or_made() {
         let applied = Applied::default();
+        let (gone, stays) = (object("gone", "1"), object("stays", "1"));
         {
             let scope = applied.scope("data/analytics");
-            scope.keep("gone", "1", 1);
-            scope.keep("stays", "1", 1);
+            scope.keep(&gone, 1);
+            scope.keep(&stays, 1);
         }
         {
             let scope = applied.scope("data/analytics");
-            assert!(scope.unchanged("stays", "1", 1));
+            assert!(scope.unchanged(&stays, 1));
         }
         assert_eq!(applied.remembered("data/analytics"), 1);
         let scope = applied.scope("data/analytics");
-        assert!(!scope.unchanged("gone", "1", 1));
+        assert!(!scope.unchanged(&gone, 1));
         drop(scope);
         applied.forget("data/analytics");
         assert_eq!(applied.remembered("data/analytics"), 0);
     }
 
     #[test]
-    fn the_digest_tells_apart_objects_and_their_context() {
+    fn the_wanted_digest_tells_apart_objects_owners_and_absent_fields() {
         let object = serde_json::json!({"spec": {"port": 15002}});
         let other = serde_json::json!({"spec": {"port": 15003}});
-        let d = |o: &serde_json::Value, c: &[&str]| digest(o, c).unwrap();
-        assert_eq!(d(&object, &["owner-1"]), d(&object, &["owner-1"]));
-        assert_ne!(d(&object, &["owner-1"]), d(&other, &["owner-1"]));
-        assert_ne!(d(&object, &["owner-1"]), d(&object, &["owner-2"]));
-        assert_ne!(d(&object, &["ab", "c"]), d(&object, &["a", "bc"]));
+        let w =
+            |o: &serde_json::Value, owner: &str, absent: &[&str]| wanted(o, owner, absent).unwrap();
+        assert_eq!(w(&object, "owner-1", &[]), w(&object, "owner-1", &[]));
+        assert_ne!(w(&object, "owner-1", &[]), w(&other, "owner-1", &[]));
+        assert_ne!(w(&object, "owner-1", &[]), w(&object, "owner-2", &[]));
+        assert_ne!(
+            w(&object, "owner-1", &[]),
+            w(&object, "owner-1", &["/spec/x"])
+        );
+        assert_ne!(w(&object, "ab", &["c"]), w(&object, "a", &["bc"]));
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::applied::{Scope, digest};
+use super::applied::{Scope, wanted};
 use crate::builders::labels::FIELD_MANAGER;
 use crate::error::Error;
 
@@ -106,16 +106,8 @@ where
     K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
-    let mut context = vec![owner_uid];
-    context.extend_from_slice(absent);
-    let wanted = digest(desired, &context)?;
-    let version = |object: &K| {
-        let meta = object.meta();
-        Some((meta.uid.clone()?, meta.resource_version.clone()?))
-    };
-    if let Some((uid, rv)) = existing.and_then(version)
-        && seen.unchanged(&uid, &rv, wanted)
-    {
+    let wanted = wanted(desired, owner_uid, absent)?;
+    if existing.is_some_and(|existing| seen.unchanged(existing, wanted)) {
         return Ok(false);
     }
     let name = desired.name_any();
@@ -146,8 +138,8 @@ where
     if !controlled_by(held.as_ref(), owner_uid) {
         return Err(not_owned());
     }
-    let held_version = version(&held);
-    let held = serde_json::to_value(held.as_ref())?;
+    let held_object = held;
+    let held = serde_json::to_value(held_object.as_ref())?;
     let mut wrote = false;
     if let Some(patch) = removal_patch(&held, absent) {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -156,8 +148,8 @@ where
         wrote = true;
     }
     if covers(&held, &serde_json::to_value(desired)?) {
-        if let (false, Some((uid, rv))) = (wrote, held_version) {
-            seen.keep(&uid, &rv, wanted);
+        if !wrote {
+            seen.keep(held_object.as_ref(), wanted);
         }
         return Ok(wrote);
     }

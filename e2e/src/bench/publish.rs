@@ -12,7 +12,7 @@ use kube::Resource;
 use spark_connect_operator::builders::service::{
     Backend, MUST_STAY_ABSENT, endpoint_slice, server_service,
 };
-use spark_connect_operator::controller::applied::{Applied, Scope, digest};
+use spark_connect_operator::controller::applied::{self, Applied, Scope};
 use spark_connect_operator::controller::apply::covers;
 use spark_connect_operator::crd::SparkConnectCluster;
 use spark_connect_operator::validate::{ValidCluster, validate};
@@ -79,10 +79,10 @@ struct Wanted {
 
 fn wanted(valid: &ValidCluster, server: &Stored) -> anyhow::Result<Wanted> {
     let service = server_service(valid, &server.name);
-    let service_digest = digest(&service, &context(valid, MUST_STAY_ABSENT))?;
+    let service_digest = applied::wanted(&service, valid.uid, MUST_STAY_ABSENT)?;
     let backends = std::slice::from_ref(&server.backend);
     let slice = endpoint_slice(valid, &server.name, false, backends);
-    let slice_digest = digest(&slice, &context(valid, &[]))?;
+    let slice_digest = applied::wanted(&slice, valid.uid, &[])?;
     Ok(Wanted {
         service: (service, service_digest),
         slice: (slice, slice_digest),
@@ -98,12 +98,12 @@ fn check_whole(valid: &ValidCluster, pool: &[Stored], seen: &Scope) -> anyhow::R
             &serde_json::to_value(&server.service)?,
             &serde_json::to_value(&service.0)?
         ));
-        remember(seen, &server.service, service.1);
+        seen.keep(&server.service, service.1);
         anyhow::ensure!(covers(
             &serde_json::to_value(&server.slice)?,
             &serde_json::to_value(&slice.0)?
         ));
-        remember(seen, &server.slice, slice.1);
+        seen.keep(&server.slice, slice.1);
     }
     Ok(())
 }
@@ -112,34 +112,10 @@ fn check_whole(valid: &ValidCluster, pool: &[Stored], seen: &Scope) -> anyhow::R
 fn check_by_digest(valid: &ValidCluster, pool: &[Stored], seen: &Scope) -> anyhow::Result<()> {
     for server in pool {
         let Wanted { service, slice } = wanted(valid, server)?;
-        anyhow::ensure!(unchanged(seen, &server.service, service.1));
-        anyhow::ensure!(unchanged(seen, &server.slice, slice.1));
+        anyhow::ensure!(seen.unchanged(&server.service, service.1));
+        anyhow::ensure!(seen.unchanged(&server.slice, slice.1));
     }
     Ok(())
-}
-
-fn context<'a>(valid: &'a ValidCluster, absent: &[&'a str]) -> Vec<&'a str> {
-    let mut context = vec![valid.uid];
-    context.extend_from_slice(absent);
-    context
-}
-
-fn version<K: Resource>(object: &K) -> (&str, &str) {
-    let meta = object.meta();
-    (
-        meta.uid.as_deref().unwrap_or_default(),
-        meta.resource_version.as_deref().unwrap_or_default(),
-    )
-}
-
-fn remember<K: Resource>(seen: &Scope, object: &K, wanted: u64) {
-    let (uid, rv) = version(object);
-    seen.keep(uid, rv, wanted);
-}
-
-fn unchanged<K: Resource>(seen: &Scope, object: &K, wanted: u64) -> bool {
-    let (uid, rv) = version(object);
-    seen.unchanged(uid, rv, wanted)
 }
 
 /// Server `i`'s Service and EndpointSlice as the apiserver would return them.
