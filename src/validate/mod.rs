@@ -364,8 +364,8 @@ mod tests {
         let plan = validate(&c).unwrap().warmup.unwrap();
         assert_eq!(plan.steps, crate::probe::warmup::built_in_steps());
         assert_eq!(plan.timeout, Duration::from_secs(300));
-        assert_eq!(plan.sessions, 3);
-        for (asked, runs) in [(6, 6), (0, 1), (-4, 1), (i32::MAX, 20)] {
+        assert_eq!(plan.sessions, 6);
+        for (asked, runs) in [(3, 3), (0, 1), (-4, 1), (i32::MAX, 20)] {
             c.spec.warmup.sessions = asked;
             assert_eq!(
                 validate(&c).unwrap().warmup.unwrap().sessions,
