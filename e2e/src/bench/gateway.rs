@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use spark_connect_operator::crd::SparkConnectCluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -228,7 +228,12 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
     let unary = bench.unary_latency()?;
     let stream = bench.stream_throughput().await?;
     let dedicated = bench.dedicated_first_answer()?;
-    let spark = bench.dedicated_first_result_on_spark().await?;
+    let spark = bench
+        .dedicated_first_result_on_spark(RealPool::REFILLING)
+        .await?;
+    let spark_at_cap = bench
+        .dedicated_first_result_on_spark(RealPool::AT_CAP)
+        .await?;
     let idle = bench.idle_connections().await?;
     report::write(
         "gateway",
@@ -237,6 +242,7 @@ pub async fn run(world: PathBuf) -> anyhow::Result<()> {
             "stream_1gib_mb_per_s": stream,
             "dedicated_new_user_first_answer_ms": dedicated,
             "dedicated_new_user_first_result_real_spark_ms": spark,
+            "dedicated_new_user_first_result_real_spark_at_cap_ms": spark_at_cap,
             "idle_connections": idle,
         }),
     )?;
@@ -434,11 +440,13 @@ impl Bench {
     }
 
     /// New users of a Dedicated cluster of real Spark servers: connect and first query.
-    async fn dedicated_first_result_on_spark(&self) -> anyhow::Result<Value> {
+    async fn dedicated_first_result_on_spark(&self, pool: RealPool) -> anyhow::Result<Value> {
         println!(
-            "gateway: new users of a Dedicated cluster of real Spark servers, connect to first result ..."
+            "gateway: new users of a Dedicated cluster of real Spark servers ({}), connect to first result ...",
+            pool.what
         );
-        let spark = spark_first_results(&self.client, &self.ns, &self.world, &self.ca_path).await?;
+        let spark =
+            spark_first_results(&self.client, &self.ns, &self.world, &self.ca_path, pool).await?;
         let first: Vec<f64> = spark.iter().map(|(c, f)| c + f).collect();
         let spread = Spread::of(&first);
         println!(
@@ -449,6 +457,7 @@ impl Bench {
             spread.max
         );
         Ok(json!({
+            "pool": pool.what,
             "rounds": spark.len(),
             "connect_plus_first_query": spread,
             "connect_ms": spark.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
@@ -516,7 +525,7 @@ async fn shared_server(client: &Client, ns: &str) -> anyhow::Result<(String, Str
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let server = pods
         .list(
-            &kube::api::ListParams::default()
+            &ListParams::default()
                 .labels("sparkconnect.dev/cluster=shared,sparkconnect.dev/state=shared"),
         )
         .await?
@@ -537,40 +546,91 @@ async fn shared_server(client: &Client, ns: &str) -> anyhow::Result<(String, Str
     Ok((server, token))
 }
 
+/// New users (one after another) of each pool of real Spark servers.
+const SPARK_USERS: i32 = 3;
+
+/// A pool of real Spark servers for new Dedicated users.
+#[derive(Clone, Copy)]
+struct RealPool {
+    /// The cluster's name.
+    name: &'static str,
+    /// What it shows, for the report.
+    what: &'static str,
+    /// `hotPool.maxServers`.
+    max_servers: i32,
+}
+
+impl RealPool {
+    /// Refills as users take servers: on a small machine the replacements' JVM starts share the
+    /// cores with the users' first queries.
+    const REFILLING: Self = Self {
+        name: "spark",
+        what: "refilling as users take servers",
+        max_servers: SPARK_USERS * 2,
+    };
+    /// At its server cap: no replacement starts beside the users' first queries.
+    const AT_CAP: Self = Self {
+        name: "spark-at-cap",
+        what: "at its server cap, no replacement starting",
+        max_servers: SPARK_USERS,
+    };
+}
+
 /// New users of a Dedicated cluster of real (warmed-up) Spark servers, each from a Python
-/// process with pyspark imported: (connect ms, first query ms) per user.
+/// process with pyspark imported: (connect ms, first query ms) per user. The cluster is removed
+/// after, so the next pool starts on quiet cores.
 async fn spark_first_results(
     client: &Client,
     ns: &str,
     world: &Path,
     ca: &Path,
+    pool: RealPool,
 ) -> anyhow::Result<Vec<(f64, f64)>> {
-    let users = 3;
+    let users = SPARK_USERS;
     let spec = json!({
         "image": "apache/spark:4.3.0-scala2.13-java17-python3-ubuntu",
         "shared": 0,
-        "hotPool": {"idle": users, "max": users, "maxServers": users * 2},
+        "hotPool": {"idle": users, "max": users, "maxServers": pool.max_servers},
         "auth": {"mode": "Token"},
         "executors": {"dynamicAllocation": {"enabled": true, "minExecutors": 0, "maxExecutors": 1}},
         "probe": {"period": "5s", "timeout": "3s"},
         "gateway": {"mode": "Dedicated", "idleTimeout": "10m", "maxDedicatedServers": users},
     });
-    cluster_within(client, ns, "spark", spec, Duration::from_secs(600), |s| {
+    cluster_within(client, ns, pool.name, spec, Duration::from_secs(600), |s| {
         s.servers.idle >= users
     })
     .await?;
     let mut python = SparkClient::start(world, Some(ca)).await?;
     let mut results = Vec::new();
     for i in 0..users {
-        let token = token(world, ns, &format!("spark-user-{i}"))?;
+        let token = token(world, ns, &format!("{}-user-{i}", pool.name))?;
         let endpoint = format!(
-            "sc://{}:443/;token={token};cluster=spark.{ns}",
-            sco_e2e::gateway::HOST
+            "sc://{}:443/;token={token};cluster={}.{ns}",
+            sco_e2e::gateway::HOST,
+            pool.name
         );
         let timings = python.query(&endpoint).await?;
         results.push((timings.connect_ms, timings.first_ms));
     }
+    drop(python);
+    remove_cluster(client, ns, pool.name).await?;
     Ok(results)
+}
+
+/// Deletes cluster `name` and waits until its servers are gone.
+async fn remove_cluster(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(client.clone(), ns);
+    clusters.delete(name, &DeleteParams::default()).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let servers = ListParams::default().labels(&format!("sparkconnect.dev/cluster={name}"));
+    sco_e2e::poll::until(
+        "the cluster's servers gone",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || async { pods.list(&servers).await.is_ok_and(|l| l.items.is_empty()) },
+    )
+    .await?;
+    Ok(())
 }
 
 fn client_line(world_bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<Value> {
