@@ -144,21 +144,13 @@ fn entry<K: Resource>(object: &K, wanted: u64) -> Option<(u64, Found)> {
     Some((text(meta.uid.as_deref()?), found))
 }
 
-/// The digest of `desired` as the operator writes it: the object as JSON, the uid of the owner
-/// that must control it and the fields that must stay `absent` (all three decide whether a
-/// stored object is as wanted).
+/// The digest of `desired` as the operator writes it (as JSON), with the uid of the owner that
+/// must control it and the fields that must stay `absent`: all three decide whether a stored
+/// object is as wanted.
 pub fn wanted<K: Serialize>(desired: &K, owner_uid: &str, absent: &[&str]) -> Result<u64, Error> {
-    let mut context = vec![owner_uid];
-    context.extend_from_slice(absent);
-    digest(desired, &context)
-}
-
-/// A digest of `object` as JSON and of `context` (what else decides whether a held object is
-/// as wanted, such as the owner's uid).
-fn digest<T: Serialize>(object: &T, context: &[&str]) -> Result<u64, Error> {
     let mut hasher = HashWriter(DefaultHasher::new());
-    serde_json::to_writer(&mut hasher, object)?;
-    for part in context {
+    serde_json::to_writer(&mut hasher, desired)?;
+    for part in std::iter::once(&owner_uid).chain(absent) {
         hasher.0.write(part.as_bytes());
         hasher.0.write_u8(0);
     }

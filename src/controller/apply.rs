@@ -138,18 +138,17 @@ where
     if !controlled_by(held.as_ref(), owner_uid) {
         return Err(not_owned());
     }
-    let held_object = held;
-    let held = serde_json::to_value(held_object.as_ref())?;
+    let held_json = serde_json::to_value(held.as_ref())?;
     let mut wrote = false;
-    if let Some(patch) = removal_patch(&held, absent) {
+    if let Some(patch) = removal_patch(&held_json, absent) {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| Error::kube(format!("repair {kind} {name}"), e))?;
         wrote = true;
     }
-    if covers(&held, &serde_json::to_value(desired)?) {
+    if covers(&held_json, &serde_json::to_value(desired)?) {
         if !wrote {
-            seen.keep(held_object.as_ref(), wanted);
+            seen.keep(held.as_ref(), wanted);
         }
         return Ok(wrote);
     }
