@@ -207,19 +207,54 @@ where
     if current == Some(status) {
         return Ok(false);
     }
+    patch_status(client, object, status_patch(current, status)?).await?;
+    Ok(true)
+}
+
+/// As [`write_status_if_changed`], but only while `object` is still at the resourceVersion it
+/// was read at, for a status decided on a copy that may be old (a newer status, such as a bind
+/// made meanwhile, is never overwritten). Returns `Ok(false)` when the object has changed since:
+/// that change brings its own reconcile.
+pub async fn write_status_if_unchanged_since_read<K, S>(
+    client: &Client,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+    S: PartialEq + Serialize,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let mut patch = status_patch(current, status)?;
+    patch["metadata"] = serde_json::json!({ "resourceVersion": object.resource_version() });
+    match patch_status(client, object, patch).await {
+        Err(e) if e.api_code() == Some(409) => Ok(false),
+        other => other.map(|()| true),
+    }
+}
+
+async fn patch_status<K>(client: &Client, object: &K, patch: Value) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
     let api: Api<K> = Api::namespaced(
         client.clone(),
         object.namespace().as_deref().unwrap_or_default(),
     );
     let name = object.name_any();
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(&status_patch(current, status)?),
-    )
-    .await
-    .map_err(|e| Error::kube(format!("update status of {} {name}", K::kind(&())), e))?;
-    Ok(true)
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("update status of {} {name}", K::kind(&())), e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::builders::bind_lease::{BindHolder, holder_of};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState,
 };
-use crate::controller::apply::write_status_if_changed;
+use crate::controller::apply::write_status_if_unchanged_since_read;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
 
@@ -109,8 +109,11 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     bind::serve(ctx, &cluster_key).await;
-    if ctx.allocator.first_seen(&cluster_key, &name).is_some() {
+    // A claim another task is binding right now is not waiting: it is not marked so.
+    if ctx.allocator.in_line(&cluster_key, &name, uid) {
         mark_waiting(claim, ctx).await?;
+    }
+    if ctx.allocator.first_seen(&cluster_key, &name).is_some() {
         // Servers freeing up serve the line at once; this look is only a safety net.
         return Ok(Action::requeue(WAITING_RECHECK));
     }
@@ -199,7 +202,11 @@ async fn mark_waiting(claim: &SparkConnectClaim, ctx: &Context) -> Result<(), Er
         claim.metadata.generation,
         Timestamp::now(),
     );
-    ignore_gone(write_status_if_changed(&ctx.client, claim, claim.status.as_ref(), &status).await)
+    // Decided on the copy this reconcile read: if the claim was bound since, that stands.
+    let written =
+        write_status_if_unchanged_since_read(&ctx.client, claim, claim.status.as_ref(), &status)
+            .await;
+    ignore_gone(written)
 }
 
 /// No such cluster: a bound claim is Lost; a new one waits (the cluster may come).
@@ -240,4 +247,118 @@ pub fn error_policy(claim: Arc<SparkConnectClaim>, error: &Error, ctx: Arc<Conte
     let delay = ctx.retries.failed(&key);
     tracing::warn!(claim = %key, %error, retry_in = ?delay, "claim reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::pool::allocator::{Candidate, PoolTerms};
+    use crate::controller::stores::Held;
+    use crate::test_support::{MockApiserver, context_over};
+    use serde_json::json;
+
+    const NS: &str = "ns";
+    const KEY: &str = "ns/c";
+
+    fn cluster() -> SparkConnectCluster {
+        serde_json::from_value(json!({"apiVersion": "sparkconnect.dev/v1alpha1",
+            "kind": "SparkConnectCluster",
+            "metadata": {"name": "c", "namespace": NS, "uid": "cluster-uid"},
+            "spec": {"image": "apache/spark:4.3.0"}}))
+        .unwrap()
+    }
+
+    fn claim(name: &str) -> SparkConnectClaim {
+        serde_json::from_value(json!({"apiVersion": "sparkconnect.dev/v1alpha1",
+            "kind": "SparkConnectClaim",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"),
+                         "resourceVersion": "41", "creationTimestamp": "2027-01-15T08:00:00Z"},
+            "spec": {"cluster": "c"}}))
+        .unwrap()
+    }
+
+    /// A context whose stores hold the cluster and `claim`, with the cluster's pool terms
+    /// published (and no idle server).
+    fn context_with(claim: &SparkConnectClaim) -> (Arc<Context>, MockApiserver) {
+        let held = Held {
+            clusters: vec![cluster()],
+            claims: vec![claim.clone()],
+            ..Held::default()
+        };
+        let (ctx, handle) = context_over(held, NS);
+        ctx.allocator.publish(
+            KEY,
+            PoolTerms {
+                namespace: NS.into(),
+                cluster: "c".into(),
+                cluster_uid: "cluster-uid".into(),
+                server_hash: "h".into(),
+                reserved_for_shared: 0,
+                max_waiting: 10,
+                port: 15002,
+                token_mode: false,
+            },
+        );
+        (ctx, handle)
+    }
+
+    #[tokio::test]
+    async fn a_claim_another_task_is_binding_is_not_marked_waiting() {
+        let mine = claim("mine");
+        let (ctx, _apiserver) = context_with(&mine);
+        // Another task's serve took the claim out of line and is writing its bind.
+        let now = Timestamp::now();
+        ctx.allocator
+            .enqueue(KEY, "mine", "uid-mine", now, now)
+            .unwrap();
+        let server = Candidate {
+            name: "s1".into(),
+            uid: "uid-s1".into(),
+            created: now,
+        };
+        let taken = ctx
+            .allocator
+            .assign(KEY, &[server], |_| true, std::time::Instant::now());
+        assert_eq!(taken.len(), 1);
+        // Any request would wait for an answer the mock never gives: returning proves none.
+        let action = tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&mine, &ctx))
+            .await
+            .expect("the reconcile makes no request")
+            .unwrap();
+        assert_eq!(action, Action::requeue(WAITING_RECHECK));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_claim_is_marked_only_if_unchanged_since_it_was_read() {
+        let mine = claim("mine");
+        let (ctx, mut apiserver) = context_with(&mine);
+        let answered = tokio::spawn(async move {
+            let (request, send) = apiserver.next_request().await.expect("a status write");
+            let path = request.uri().path().to_string();
+            let body = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            // Bound meanwhile: the apiserver refuses a write made on the old copy.
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "the object has been modified", "reason": "Conflict", "code": 409});
+            send.send_response(
+                http::Response::builder()
+                    .status(409)
+                    .body(kube::client::Body::from(serde_json::to_vec(&conflict).unwrap()))
+                    .unwrap(),
+            );
+            (path, body)
+        });
+        let action = tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&mine, &ctx))
+            .await
+            .expect("the reconcile ends")
+            .expect("a conflict is not an error");
+        assert_eq!(action, Action::requeue(WAITING_RECHECK));
+        let (path, body) = answered.await.unwrap();
+        assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
+        assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
+        assert_eq!(body["status"]["phase"], "Pending", "{body}");
+    }
 }

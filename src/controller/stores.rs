@@ -228,6 +228,8 @@ impl Stores {
 #[cfg(test)]
 #[derive(Default)]
 pub struct Held {
+    /// Clusters.
+    pub clusters: Vec<SparkConnectCluster>,
     /// Pods.
     pub pods: Vec<Pod>,
     /// Claims.
@@ -277,7 +279,7 @@ impl Stores {
             })
             .collect();
         Self {
-            clusters: filled(Vec::new()),
+            clusters: filled(held.clusters),
             claims: filled(held.claims),
             pods: filled(held.pods),
             services: filled(held.services),

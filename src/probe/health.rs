@@ -119,11 +119,16 @@ impl HealthBook {
         }
     }
 
-    /// Forgets servers that no longer exist.
+    /// Forgets the servers for which `keep` is false.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         if let Ok(mut servers) = self.servers.lock() {
             servers.retain(|uid, _| keep(uid));
         }
+    }
+
+    /// Number of servers with a recorded health.
+    pub fn recorded(&self) -> usize {
+        self.servers.lock().map(|s| s.len()).unwrap_or(0)
     }
 }
 

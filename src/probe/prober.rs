@@ -4,7 +4,7 @@
 //! targets. A verdict change triggers a reconcile of the server's cluster.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -71,8 +71,51 @@ type Due = Reverse<(Instant, u64, String)>;
 #[derive(Default)]
 struct Targets {
     by_uid: HashMap<String, Target>,
+    /// The uids of each cluster's targets, so a cluster's sync costs its own servers only.
+    by_cluster: HashMap<ObjectRef<SparkConnectCluster>, HashSet<String>>,
     due: BinaryHeap<Due>,
     next_generation: u64,
+}
+
+impl Targets {
+    fn insert(&mut self, uid: String, target: Target) {
+        let moved = self
+            .by_uid
+            .get(&uid)
+            .map(|old| old.cluster.clone())
+            .filter(|old| old != &target.cluster);
+        if let Some(old) = moved {
+            self.leave_cluster(&old, &uid);
+        }
+        self.by_cluster
+            .entry(target.cluster.clone())
+            .or_default()
+            .insert(uid.clone());
+        self.by_uid.insert(uid, target);
+    }
+
+    fn leave_cluster(&mut self, cluster: &ObjectRef<SparkConnectCluster>, uid: &str) {
+        if let Some(uids) = self.by_cluster.get_mut(cluster) {
+            uids.remove(uid);
+            if uids.is_empty() {
+                self.by_cluster.remove(cluster);
+            }
+        }
+    }
+
+    fn remove(&mut self, uid: &str) -> Option<Target> {
+        let target = self.by_uid.remove(uid)?;
+        self.leave_cluster(&target.cluster, uid);
+        Some(target)
+    }
+
+    /// The uids of `cluster`'s targets.
+    fn of_cluster(&self, cluster: &ObjectRef<SparkConnectCluster>) -> Vec<String> {
+        self.by_cluster
+            .get(cluster)
+            .map(|uids| uids.iter().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 struct Inner {
@@ -156,13 +199,19 @@ impl Prober {
             return;
         };
         let targets = &mut *targets;
-        targets
-            .by_uid
-            .retain(|uid, t| &t.cluster != cluster || servers.iter().any(|s| &s.uid == uid));
+        let wanted: HashSet<&str> = servers.iter().map(|s| s.uid.as_str()).collect();
+        for uid in targets.of_cluster(cluster) {
+            if !wanted.contains(uid.as_str()) {
+                targets.remove(&uid);
+            }
+        }
         let now = Instant::now();
         for server in servers {
             if let Some(target) = targets.by_uid.get_mut(&server.uid).filter(|t| {
-                t.address == server.address && t.token == server.token && &t.settings == settings
+                &t.cluster == cluster
+                    && t.address == server.address
+                    && t.token == server.token
+                    && &t.settings == settings
             }) {
                 target.warmup.clone_from(&server.warmup);
                 continue;
@@ -182,7 +231,7 @@ impl Prober {
                     targets
                         .due
                         .push(Reverse((due, generation, server.uid.clone())));
-                    targets.by_uid.insert(
+                    targets.insert(
                         server.uid.clone(),
                         Target {
                             cluster: cluster.clone(),
@@ -200,34 +249,40 @@ impl Prober {
                 }
             }
         }
-        let count = targets
-            .by_uid
-            .values()
-            .filter(|t| &t.cluster == cluster)
-            .count();
+        let count = targets.by_cluster.get(cluster).map_or(0, HashSet::len);
         self.inner
             .metrics
             .probe_targets
             .with_label_values(&cluster_labels(cluster))
             .set(i64::try_from(count).unwrap_or(i64::MAX));
-        self.inner
-            .book
-            .retain(|uid| targets.by_uid.contains_key(uid));
+        self.forget_strays(targets);
         self.inner.changed.notify_one();
     }
 
     /// Stops probing every server of a deleted cluster.
     pub fn forget_cluster(&self, cluster: &ObjectRef<SparkConnectCluster>) {
         if let Ok(mut targets) = self.inner.targets.lock() {
-            targets.by_uid.retain(|_, t| &t.cluster != cluster);
-            let alive: std::collections::HashSet<String> = targets.by_uid.keys().cloned().collect();
-            self.inner.book.retain(|uid| alive.contains(uid));
+            for uid in targets.of_cluster(cluster) {
+                targets.remove(&uid);
+            }
+            self.forget_strays(&targets);
         }
         let _ = self
             .inner
             .metrics
             .probe_targets
             .remove_label_values(&cluster_labels(cluster));
+    }
+
+    /// Drops the health of servers that are no longer probed (removed, or recorded by a probe
+    /// that finished after its server was removed). The book holding more servers than there
+    /// are targets is the cheap sign of strays; the scan runs only then.
+    fn forget_strays(&self, targets: &Targets) {
+        if self.inner.book.recorded() > targets.by_uid.len() {
+            self.inner
+                .book
+                .retain(|uid| targets.by_uid.contains_key(uid));
+        }
     }
 
     /// Number of servers being probed.
@@ -246,7 +301,7 @@ impl Prober {
             .targets
             .lock()
             .ok()
-            .and_then(|mut t| t.by_uid.remove(uid))
+            .and_then(|mut t| t.remove(uid))
             .map(|t| t.probe);
         if let Some(probe) = probe
             && let Err(e) = probe.release().await
@@ -477,6 +532,55 @@ mod tests {
             WarmupState::Failed(why) => assert!(why.contains("query 1 of 1"), "{why}"),
             other => panic!("expected a failed warm-up, got {other:?}"),
         }
+    }
+
+    fn targets_at(uids: &[&str]) -> Vec<ProbeTarget> {
+        uids.iter()
+            .map(|uid| ProbeTarget {
+                uid: (*uid).into(),
+                address: "127.0.0.1:9".into(),
+                token: None,
+                warmup: None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_clusters_sync_drops_its_own_gone_servers_and_no_other_clusters() {
+        let (trigger, _triggered) = futures::channel::mpsc::unbounded();
+        let book = Arc::new(HealthBook::default());
+        let prober = Prober::new(book.clone(), Metrics::new().unwrap(), trigger, 8, 8);
+        let settings = ProbeSettings {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 1,
+        };
+        let a = ObjectRef::new("a").within("ns");
+        let b = ObjectRef::new("b").within("ns");
+        prober.sync(&a, &targets_at(&["a1", "a2", "a3"]), &settings);
+        prober.sync(&b, &targets_at(&["b1", "b2"]), &settings);
+        for uid in ["a1", "a2", "a3", "b1", "b2"] {
+            book.seed(uid, Verdict::Healthy);
+        }
+        assert_eq!(prober.targets(), 5);
+
+        prober.sync(&a, &targets_at(&["a1", "a3"]), &settings);
+        assert_eq!(prober.targets(), 4, "only a2 is gone");
+        assert_eq!(book.get("a2").verdict, Verdict::Unknown, "its health is forgotten");
+        for uid in ["a1", "a3", "b1", "b2"] {
+            assert_eq!(book.get(uid).verdict, Verdict::Healthy, "{uid} is kept");
+        }
+
+        prober.forget_cluster(&b);
+        assert_eq!(prober.targets(), 2);
+        assert_eq!(book.get("b1").verdict, Verdict::Unknown);
+        assert_eq!(book.get("a1").verdict, Verdict::Healthy);
+
+        // A probe that finished after its server went records a stray; the next sync drops it.
+        book.seed("gone", Verdict::Healthy);
+        prober.sync(&a, &targets_at(&["a1", "a3"]), &settings);
+        assert_eq!(book.get("gone").verdict, Verdict::Unknown);
+        assert_eq!(book.recorded(), 2);
     }
 
     #[test]

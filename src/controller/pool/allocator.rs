@@ -239,6 +239,13 @@ impl Allocator {
         })
     }
 
+    /// Whether claim `claim` with uid `uid` waits in line (rather than being bound right now).
+    pub fn in_line(&self, key: &str, claim: &str, uid: &str) -> bool {
+        self.with(key, |q| {
+            q.waiting.iter().any(|c| c.name == claim && c.uid == uid)
+        })
+    }
+
     /// When this process first saw the claim.
     pub fn first_seen(&self, key: &str, claim: &str) -> Option<Timestamp> {
         self.with(key, |q| q.first_seen.get(claim).map(|(_, at)| *at))
