@@ -346,7 +346,9 @@ mod tests {
             send.send_response(
                 http::Response::builder()
                     .status(409)
-                    .body(kube::client::Body::from(serde_json::to_vec(&conflict).unwrap()))
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&conflict).unwrap(),
+                    ))
                     .unwrap(),
             );
             (path, body)

@@ -566,7 +566,11 @@ mod tests {
 
         prober.sync(&a, &targets_at(&["a1", "a3"]), &settings);
         assert_eq!(prober.targets(), 4, "only a2 is gone");
-        assert_eq!(book.get("a2").verdict, Verdict::Unknown, "its health is forgotten");
+        assert_eq!(
+            book.get("a2").verdict,
+            Verdict::Unknown,
+            "its health is forgotten"
+        );
         for uid in ["a1", "a3", "b1", "b2"] {
             assert_eq!(book.get(uid).verdict, Verdict::Healthy, "{uid} is kept");
         }
