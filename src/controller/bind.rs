@@ -169,11 +169,14 @@ async fn fail_claim(ctx: &Context, terms: &PoolTerms, name: &str, message: &str)
         Timestamp::now(),
     )
     .await;
-    if let Err(e) = result {
-        tracing::warn!(claim = %name, error = %e, "reporting a refused bind failed");
+    match result {
+        Ok(true) => {
+            ctx.metrics.claims.with_label_values(&["failed"]).inc();
+            ctx.event(claim.as_ref(), EventType::Warning, "BindRefused", &message);
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(claim = %name, error = %e, "reporting a refused bind failed"),
     }
-    ctx.metrics.claims.with_label_values(&["failed"]).inc();
-    ctx.event(claim.as_ref(), EventType::Warning, "BindRefused", &message);
 }
 
 fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnectClaim>> {

@@ -103,9 +103,10 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
             Timestamp::now(),
         )
         .await;
-        ignore_gone(result)?;
-        ctx.metrics.claims.with_label_values(&["failed"]).inc();
-        ctx.event(claim, EventType::Warning, "TooManyWaitingClaims", &message);
+        if ignore_gone(result)? {
+            ctx.metrics.claims.with_label_values(&["failed"]).inc();
+            ctx.event(claim, EventType::Warning, "TooManyWaitingClaims", &message);
+        }
         return Ok(Action::await_change());
     }
     bind::serve(ctx, &cluster_key).await;
@@ -206,7 +207,7 @@ async fn mark_waiting(claim: &SparkConnectClaim, ctx: &Context) -> Result<(), Er
     let written =
         write_status_if_unchanged_since_read(&ctx.client, claim, claim.status.as_ref(), &status)
             .await;
-    ignore_gone(written)
+    ignore_gone(written).map(drop)
 }
 
 /// No such cluster: a bound claim is Lost; a new one waits (the cluster may come).

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::apply::write_status_if_changed;
+use super::apply::write_status_if_unchanged_since_read;
 use super::conditions::set_condition;
 use super::context::Context;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectClaimStatus};
@@ -13,7 +13,9 @@ use crate::error::Error;
 /// The condition a claim carries.
 pub const BOUND: &str = "Bound";
 
-/// Gives a claim a final phase (or Pending with a reason) and its Bound condition.
+/// Gives a claim a final phase (or Pending with a reason) and its Bound condition; returns
+/// whether it wrote. The decision was made on the copy `claim`: if the claim changed since (a
+/// bind made meanwhile), nothing is written, and that change brings a fresh look.
 pub async fn finish_claim(
     ctx: &Context,
     claim: &SparkConnectClaim,
@@ -33,7 +35,7 @@ pub async fn finish_claim(
         claim.metadata.generation,
         now,
     );
-    write_status_if_changed(&ctx.client, claim, claim.status.as_ref(), &status).await
+    write_status_if_unchanged_since_read(&ctx.client, claim, claim.status.as_ref(), &status).await
 }
 
 /// The status of a claim bound to `server`.
@@ -64,10 +66,61 @@ pub fn bound_status(
     status
 }
 
-/// A write to an object that is gone meanwhile (404) is not a failure.
-pub fn ignore_gone(result: Result<bool, Error>) -> Result<(), Error> {
+/// A write to an object that is gone meanwhile (404) is not a failure: it did not write.
+pub fn ignore_gone(result: Result<bool, Error>) -> Result<bool, Error> {
     match result {
-        Err(e) if e.api_code() == Some(404) => Ok(()),
-        other => other.map(|_| ()),
+        Err(e) if e.api_code() == Some(404) => Ok(false),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::stores::Held;
+    use crate::test_support::context_over;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_final_phase_decided_on_an_old_copy_does_not_overwrite_a_newer_status() {
+        let claim: SparkConnectClaim = serde_json::from_value(json!({
+            "apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
+            "metadata": {"name": "late", "namespace": "ns", "uid": "uid-late", "resourceVersion": "12"},
+            "spec": {"cluster": "c"}}))
+        .unwrap();
+        let (ctx, mut apiserver) = context_over(Held::default(), "ns");
+        let answered = tokio::spawn(async move {
+            let (request, send) = apiserver.next_request().await.expect("a status write");
+            let body = http_body_util::BodyExt::collect(request.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            // Bound meanwhile: the copy the decision was made on is no longer current.
+            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "the object has been modified", "reason": "Conflict", "code": 409});
+            send.send_response(
+                http::Response::builder()
+                    .status(409)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&conflict).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        });
+        let wrote = finish_claim(
+            &ctx,
+            &claim,
+            ClaimPhase::Failed,
+            "WaitTimeout",
+            "no server became free",
+            Timestamp::now(),
+        )
+        .await
+        .expect("a conflict is not an error");
+        assert!(!wrote, "nothing was written: the caller reports nothing");
+        let body = answered.await.unwrap();
+        assert_eq!(body["metadata"]["resourceVersion"], "12", "{body}");
+        assert_eq!(body["status"]["phase"], "Failed", "{body}");
     }
 }

@@ -125,7 +125,15 @@ async fn end_claims(
             EventType::Warning
         };
         let result = finish_claim(ctx, claim, end.phase(), end.reason(), &message, now).await;
-        problems.absorb(ignore_gone(result))?;
+        let ended = match ignore_gone(result) {
+            Ok(wrote) => wrote,
+            Err(e) => problems.absorb(Err(e)).map(|()| false)?,
+        };
+        if !ended {
+            // Gone, refused, or changed since it was read (a bind made meanwhile): the next
+            // look decides again.
+            continue;
+        }
         let uid = claim.metadata.uid.as_deref().unwrap_or_default();
         ctx.allocator
             .forget_claim(&super::observe::key(valid), name, uid);

@@ -306,13 +306,14 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
             now,
         )
         .await;
-        claim_status::ignore_gone(ended)?;
-        ctx.event(
-            claim.as_ref(),
-            EventType::Warning,
-            "ClusterDeleted",
-            &message,
-        );
+        if claim_status::ignore_gone(ended)? {
+            ctx.event(
+                claim.as_ref(),
+                EventType::Warning,
+                "ClusterDeleted",
+                &message,
+            );
+        }
     }
     ctx.prober.forget_cluster(&ObjectRef::from_obj(cluster));
     ctx.allocator.forget_cluster(&key);
