@@ -40,3 +40,27 @@ pub fn context_over(
     );
     (ctx, handle)
 }
+
+/// Answers the next request with 409 Conflict (the object changed since it was read) and
+/// returns that request's path and JSON body.
+pub async fn answer_next_with_conflict(
+    mut apiserver: MockApiserver,
+) -> (String, serde_json::Value) {
+    let (request, send) = apiserver.next_request().await.expect("a request");
+    let path = request.uri().path().to_string();
+    let body = http_body_util::BodyExt::collect(request.into_body())
+        .await
+        .expect("a request body")
+        .to_bytes();
+    let conflict = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "message": "the object has been modified", "reason": "Conflict", "code": 409});
+    send.send_response(
+        http::Response::builder()
+            .status(409)
+            .body(kube::client::Body::from(
+                serde_json::to_vec(&conflict).expect("JSON"),
+            ))
+            .expect("a response"),
+    );
+    (path, serde_json::from_slice(&body).unwrap_or_default())
+}

@@ -255,7 +255,7 @@ mod tests {
     use super::*;
     use crate::controller::pool::allocator::{Candidate, PoolTerms};
     use crate::controller::stores::Held;
-    use crate::test_support::{MockApiserver, context_over};
+    use crate::test_support::{MockApiserver, answer_next_with_conflict, context_over};
     use serde_json::json;
 
     const NS: &str = "ns";
@@ -332,28 +332,9 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_claim_is_marked_only_if_unchanged_since_it_was_read() {
         let mine = claim("mine");
-        let (ctx, mut apiserver) = context_with(&mine);
-        let answered = tokio::spawn(async move {
-            let (request, send) = apiserver.next_request().await.expect("a status write");
-            let path = request.uri().path().to_string();
-            let body = http_body_util::BodyExt::collect(request.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            // Bound meanwhile: the apiserver refuses a write made on the old copy.
-            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "the object has been modified", "reason": "Conflict", "code": 409});
-            send.send_response(
-                http::Response::builder()
-                    .status(409)
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&conflict).unwrap(),
-                    ))
-                    .unwrap(),
-            );
-            (path, body)
-        });
+        let (ctx, apiserver) = context_with(&mine);
+        // Bound meanwhile: the apiserver refuses a write made on the old copy.
+        let answered = tokio::spawn(answer_next_with_conflict(apiserver));
         let action = tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&mine, &ctx))
             .await
             .expect("the reconcile ends")

@@ -78,7 +78,7 @@ pub fn ignore_gone(result: Result<bool, Error>) -> Result<bool, Error> {
 mod tests {
     use super::*;
     use crate::controller::stores::Held;
-    use crate::test_support::context_over;
+    use crate::test_support::{answer_next_with_conflict, context_over};
     use serde_json::json;
 
     #[tokio::test]
@@ -88,26 +88,9 @@ mod tests {
             "metadata": {"name": "late", "namespace": "ns", "uid": "uid-late", "resourceVersion": "12"},
             "spec": {"cluster": "c"}}))
         .unwrap();
-        let (ctx, mut apiserver) = context_over(Held::default(), "ns");
-        let answered = tokio::spawn(async move {
-            let (request, send) = apiserver.next_request().await.expect("a status write");
-            let body = http_body_util::BodyExt::collect(request.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            // Bound meanwhile: the copy the decision was made on is no longer current.
-            let conflict = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                "message": "the object has been modified", "reason": "Conflict", "code": 409});
-            send.send_response(
-                http::Response::builder()
-                    .status(409)
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&conflict).unwrap(),
-                    ))
-                    .unwrap(),
-            );
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
-        });
+        let (ctx, apiserver) = context_over(Held::default(), "ns");
+        // Bound meanwhile: the apiserver refuses a write made on the old copy.
+        let answered = tokio::spawn(answer_next_with_conflict(apiserver));
         let wrote = finish_claim(
             &ctx,
             &claim,
@@ -119,7 +102,7 @@ mod tests {
         .await
         .expect("a conflict is not an error");
         assert!(!wrote, "nothing was written: the caller reports nothing");
-        let body = answered.await.unwrap();
+        let (_, body) = answered.await.unwrap();
         assert_eq!(body["metadata"]["resourceVersion"], "12", "{body}");
         assert_eq!(body["status"]["phase"], "Failed", "{body}");
     }
