@@ -64,3 +64,30 @@ pub async fn answer_next_with_conflict(
     );
     (path, serde_json::from_slice(&body).unwrap_or_default())
 }
+
+/// The pool terms of cluster `ns/c` (uid `cluster-uid`), with no server reserved for the
+/// shared endpoint and room for 10 waiting claims.
+pub fn pool_terms() -> crate::controller::pool::allocator::PoolTerms {
+    crate::controller::pool::allocator::PoolTerms {
+        namespace: "ns".into(),
+        cluster: "c".into(),
+        cluster_uid: "cluster-uid".into(),
+        server_hash: "h".into(),
+        reserved_for_shared: 0,
+        max_waiting: 10,
+        port: 15002,
+        token_mode: false,
+    }
+}
+
+/// An idle server `name` (uid `uid-<name>`) created at `created`, as the allocator sees it.
+pub fn candidate(
+    name: &str,
+    created: jiff::Timestamp,
+) -> crate::controller::pool::allocator::Candidate {
+    crate::controller::pool::allocator::Candidate {
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        created,
+    }
+}

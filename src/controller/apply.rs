@@ -189,37 +189,26 @@ pub fn status_patch<S: Serialize>(current: Option<&S>, status: &S) -> Result<Val
     Ok(serde_json::json!({ "status": next }))
 }
 
+/// Which stored status a status write may land on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// Any: the writer owns the status outright (a cluster's status is its reconcile's).
+    None,
+    /// Only the one the object had when it was read, for a status decided on a copy that may be
+    /// old (a newer status, such as a bind made meanwhile, is never overwritten).
+    VersionRead,
+}
+
 /// Merge-patches the status of `object` to `status` unless it already is; returns whether it
-/// wrote. Status writes go through here so that a steady state makes none.
+/// wrote. Status writes go through here so that a steady state makes none. Under
+/// [`Precondition::VersionRead`], an object changed since it was read is left as it is and
+/// `Ok(false)` returned: that change brings its own reconcile.
 pub async fn write_status_if_changed<K, S>(
     client: &Client,
     object: &K,
     current: Option<&S>,
     status: &S,
-) -> Result<bool, Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-    S: PartialEq + Serialize,
-{
-    if current == Some(status) {
-        return Ok(false);
-    }
-    patch_status(client, object, status_patch(current, status)?).await?;
-    Ok(true)
-}
-
-/// As [`write_status_if_changed`], but only while `object` is still at the resourceVersion it
-/// was read at, for a status decided on a copy that may be old (a newer status, such as a bind
-/// made meanwhile, is never overwritten). Returns `Ok(false)` when the object has changed since:
-/// that change brings its own reconcile.
-pub async fn write_status_if_unchanged_since_read<K, S>(
-    client: &Client,
-    object: &K,
-    current: Option<&S>,
-    status: &S,
+    precondition: Precondition,
 ) -> Result<bool, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -232,9 +221,13 @@ where
         return Ok(false);
     }
     let mut patch = status_patch(current, status)?;
-    patch["metadata"] = serde_json::json!({ "resourceVersion": object.resource_version() });
+    if precondition == Precondition::VersionRead {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": object.resource_version() });
+    }
     match patch_status(client, object, patch).await {
-        Err(e) if e.api_code() == Some(409) => Ok(false),
+        Err(e) if precondition == Precondition::VersionRead && e.api_code() == Some(409) => {
+            Ok(false)
+        }
         other => other.map(|()| true),
     }
 }

@@ -353,9 +353,8 @@ mod tests {
     use super::*;
     use crate::builders::bind_lease::bind_lease;
     use crate::builders::labels::STATE_LABEL;
-    use crate::controller::pool::allocator::Candidate;
     use crate::controller::stores::Held;
-    use crate::test_support::{MockApiserver, context_over};
+    use crate::test_support::{MockApiserver, candidate, context_over, pool_terms};
     use http::{Request, Response};
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::Pod;
@@ -401,19 +400,7 @@ mod tests {
         for uid in uids {
             ctx.prober.book().seed(&uid, Verdict::Healthy);
         }
-        ctx.allocator.publish(
-            KEY,
-            PoolTerms {
-                namespace: NS.into(),
-                cluster: "c".into(),
-                cluster_uid: UID.into(),
-                server_hash: "h".into(),
-                reserved_for_shared: 0,
-                max_waiting: 10,
-                port: 15002,
-                token_mode: false,
-            },
-        );
+        ctx.allocator.publish(KEY, pool_terms());
         let now = Timestamp::from_second(1_800_000_100).unwrap();
         for (name, created) in line {
             let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
@@ -523,25 +510,15 @@ mod tests {
             1,
             "only the conflicted claim waits"
         );
-        let old = Candidate {
-            name: "s-old".into(),
-            uid: "uid-s-old".into(),
-            created: now,
-        };
         assert!(
             ctx.allocator
-                .assign(key, &[old], |_| true, Instant::now())
+                .assign(key, &[candidate("s-old", now)], |_| true, Instant::now())
                 .is_empty(),
             "the taken server is not tried again"
         );
-        let fresh = Candidate {
-            name: "s-fresh".into(),
-            uid: "uid-s-fresh".into(),
-            created: now,
-        };
-        let next = ctx
-            .allocator
-            .assign(key, &[fresh], |_| true, Instant::now());
+        let next =
+            ctx.allocator
+                .assign(key, &[candidate("s-fresh", now)], |_| true, Instant::now());
         assert_eq!(next[0].claim, "first", "it is still first in line");
     }
 

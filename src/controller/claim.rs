@@ -15,15 +15,13 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::controlled_by;
 use super::bind;
-use super::claim_status::{BOUND, finish_claim, ignore_gone};
-use super::conditions::set_condition;
+use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use crate::builders::bind_lease::{BindHolder, holder_of};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState,
 };
-use crate::controller::apply::write_status_if_unchanged_since_read;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
 
@@ -192,21 +190,16 @@ async fn finish_interrupted_bind(
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.
 async fn mark_waiting(claim: &SparkConnectClaim, ctx: &Context) -> Result<(), Error> {
-    let mut status = claim.status.clone().unwrap_or_default();
-    status.phase = ClaimPhase::Pending;
-    set_condition(
-        &mut status.conditions,
-        BOUND,
-        false,
-        "WaitingForServer",
-        "waiting for an idle server; the pool is growing".into(),
-        claim.metadata.generation,
-        Timestamp::now(),
-    );
     // Decided on the copy this reconcile read: if the claim was bound since, that stands.
-    let written =
-        write_status_if_unchanged_since_read(&ctx.client, claim, claim.status.as_ref(), &status)
-            .await;
+    let written = finish_claim(
+        ctx,
+        claim,
+        ClaimPhase::Pending,
+        "WaitingForServer",
+        "waiting for an idle server; the pool is growing",
+        Timestamp::now(),
+    )
+    .await;
     ignore_gone(written).map(drop)
 }
 
@@ -253,9 +246,10 @@ pub fn error_policy(claim: Arc<SparkConnectClaim>, error: &Error, ctx: Arc<Conte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::pool::allocator::{Candidate, PoolTerms};
     use crate::controller::stores::Held;
-    use crate::test_support::{MockApiserver, answer_next_with_conflict, context_over};
+    use crate::test_support::{
+        MockApiserver, answer_next_with_conflict, candidate, context_over, pool_terms,
+    };
     use serde_json::json;
 
     const NS: &str = "ns";
@@ -287,19 +281,7 @@ mod tests {
             ..Held::default()
         };
         let (ctx, handle) = context_over(held, NS);
-        ctx.allocator.publish(
-            KEY,
-            PoolTerms {
-                namespace: NS.into(),
-                cluster: "c".into(),
-                cluster_uid: "cluster-uid".into(),
-                server_hash: "h".into(),
-                reserved_for_shared: 0,
-                max_waiting: 10,
-                port: 15002,
-                token_mode: false,
-            },
-        );
+        ctx.allocator.publish(KEY, pool_terms());
         (ctx, handle)
     }
 
@@ -312,14 +294,12 @@ mod tests {
         ctx.allocator
             .enqueue(KEY, "mine", "uid-mine", now, now)
             .unwrap();
-        let server = Candidate {
-            name: "s1".into(),
-            uid: "uid-s1".into(),
-            created: now,
-        };
-        let taken = ctx
-            .allocator
-            .assign(KEY, &[server], |_| true, std::time::Instant::now());
+        let taken = ctx.allocator.assign(
+            KEY,
+            &[candidate("s1", now)],
+            |_| true,
+            std::time::Instant::now(),
+        );
         assert_eq!(taken.len(), 1);
         // Any request would wait for an answer the mock never gives: returning proves none.
         let action = tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&mine, &ctx))

@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::apply::write_status_if_unchanged_since_read;
+use super::apply::{Precondition, write_status_if_changed};
 use super::conditions::set_condition;
 use super::context::Context;
 use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectClaimStatus};
@@ -35,7 +35,14 @@ pub async fn finish_claim(
         claim.metadata.generation,
         now,
     );
-    write_status_if_unchanged_since_read(&ctx.client, claim, claim.status.as_ref(), &status).await
+    write_status_if_changed(
+        &ctx.client,
+        claim,
+        claim.status.as_ref(),
+        &status,
+        Precondition::VersionRead,
+    )
+    .await
 }
 
 /// The status of a claim bound to `server`.

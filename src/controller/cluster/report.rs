@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
 use crate::builders::labels::{ServerRole, ServerState, endpoint, server_selector};
-use crate::controller::apply::write_status_if_changed;
+use crate::controller::apply::{Precondition, write_status_if_changed};
 use crate::controller::conditions::set_condition;
 use crate::controller::context::Context;
 use crate::controller::pool::{Decision, Wanted};
@@ -279,7 +279,15 @@ pub async fn report_invalid(
 ) -> Result<Action, Error> {
     let message = error.to_string();
     let status = invalid_status(cluster, cluster.status.as_ref(), &message, Timestamp::now());
-    if write_status_if_changed(&ctx.client, cluster, cluster.status.as_ref(), &status).await? {
+    if write_status_if_changed(
+        &ctx.client,
+        cluster,
+        cluster.status.as_ref(),
+        &status,
+        Precondition::None,
+    )
+    .await?
+    {
         ctx.event(cluster, EventType::Warning, "InvalidSpec", &message);
     }
     Ok(Action::await_change())
@@ -316,7 +324,14 @@ pub async fn report(
     let status = healthy_status(cluster, cluster.status.as_ref(), summary, Timestamp::now());
     let before = degraded_message(cluster.status.as_ref());
     let after = degraded_message(Some(&status));
-    write_status_if_changed(&ctx.client, cluster, cluster.status.as_ref(), &status).await?;
+    write_status_if_changed(
+        &ctx.client,
+        cluster,
+        cluster.status.as_ref(),
+        &status,
+        Precondition::None,
+    )
+    .await?;
     let scheduled_before = cluster.status.as_ref().and_then(|s| s.scheduled_idle);
     if status.scheduled_idle != scheduled_before {
         let (reason, note) = schedule_note(&scheduled, idle_target);

@@ -412,11 +412,7 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
     fn server(name: &str, age: i64) -> Candidate {
-        Candidate {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            created: at(-age),
-        }
+        crate::test_support::candidate(name, at(-age))
     }
     fn terms(reserved: usize, max_waiting: usize) -> PoolTerms {
         PoolTerms {
