@@ -13,6 +13,8 @@ rm -rf target/bench
 ./target/release/sco-bench simulate --rate-scale 30 --output economics-simulated-x30
 # A reconcile's check of its servers' Services and EndpointSlices, whole and by digest (no world).
 ./target/release/sco-bench publish
+# Finding one cluster's objects among many pools': the per-cluster index against a whole-store scan.
+./target/release/sco-bench lookup
 # The prober alone, against fake servers on loopback addresses (no world needed).
 ./target/release/sco-bench probe --servers 2000 --period-seconds 10 --duration-seconds 60
 ./target/release/sco-bench probe --servers 20000 --period-seconds 10 --duration-seconds 60

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod probe;
 pub mod quantity;
 pub mod schedule;
+pub mod store_index;
 pub mod telemetry;
 pub mod validate;
 

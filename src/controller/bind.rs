@@ -196,7 +196,7 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
     };
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
-    for pod in ctx.stores.pods.state() {
+    for pod in ctx.stores.pods.of_cluster(&terms.namespace, &terms.cluster) {
         let labels = pod.labels();
         let name = pod.name_any();
         let ours = pod.namespace().as_deref() == Some(terms.namespace.as_str())

@@ -147,30 +147,35 @@ async fn finish_interrupted_bind(
             && controlled_by(p, uid)
             && p.metadata.deletion_timestamp.is_none()
     };
-    let stamped = ctx.stores.pods.state().into_iter().find(|p| {
-        live_server(p)
-            && ServerState::of(p) == ServerState::Claimed
-            && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
-            && p.annotations()
-                .get(CLAIM_UID_ANNOTATION)
-                .map(String::as_str)
-                == Some(claim_uid)
-    });
+    let Some(ns) = claim.namespace() else {
+        return Ok(false);
+    };
+    let cluster_name = claim.spec.cluster.as_str();
+    let stamped = ctx
+        .stores
+        .pods
+        .of_cluster(&ns, cluster_name)
+        .into_iter()
+        .find(|p| {
+            live_server(p)
+                && ServerState::of(p) == ServerState::Claimed
+                && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
+                && p.annotations()
+                    .get(CLAIM_UID_ANNOTATION)
+                    .map(String::as_str)
+                    == Some(claim_uid)
+        });
     // Or a bind Lease names the claim while its server is not stamped yet.
     let stamped = stamped.or_else(|| {
-        ctx.stores.leases.state().into_iter().find_map(|lease| {
-            if lease.namespace() != claim.namespace()
-                || lease.labels().get(CLUSTER_LABEL) != Some(&claim.spec.cluster)
-            {
-                return None;
-            }
-            let server = lease.labels().get(SERVER_LABEL)?;
-            let pod = ctx
-                .stores
-                .pods
-                .get(&ObjectRef::new(server).within(&lease.namespace()?))?;
-            (live_server(&pod) && holder_of(&lease, &pod) == Some(this_claim)).then_some(pod)
-        })
+        ctx.stores
+            .leases
+            .of_cluster(&ns, cluster_name)
+            .into_iter()
+            .find_map(|lease| {
+                let server = lease.labels().get(SERVER_LABEL)?;
+                let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(&ns))?;
+                (live_server(&pod) && holder_of(&lease, &pod) == Some(this_claim)).then_some(pod)
+            })
     });
     let Some(server) = stamped else {
         return Ok(false);

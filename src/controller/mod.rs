@@ -74,7 +74,7 @@ pub async fn run(
                 tracing::debug!(error = %e, "cluster reconcile ended with an error");
             }
         });
-    let claims_done = Controller::for_stream(claim_triggers, claims)
+    let claims_done = Controller::for_stream(claim_triggers, claims.store().clone())
         .graceful_shutdown_on(shutdown)
         .run(claim::reconcile, claim::error_policy, ctx)
         .for_each(|result| async move {

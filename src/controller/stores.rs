@@ -15,13 +15,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use crate::builders::labels::{CLUSTER_LABEL, FIELD_MANAGER};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
+use crate::store_index::{ClusterOf, Indexed, claimed, indexed, labelled};
 
 /// Selects everything the operator creates.
 const MANAGED: &str = "app.kubernetes.io/managed-by=spark-connect-operator";
@@ -31,22 +32,23 @@ const MANAGED: &str = "app.kubernetes.io/managed-by=spark-connect-operator";
 pub struct Stores {
     /// Clusters.
     pub clusters: Store<SparkConnectCluster>,
-    /// Claims.
-    pub claims: Store<SparkConnectClaim>,
-    /// Pods carrying a cluster label (the operator's servers, and any that copy their labels).
-    pub pods: Store<Pod>,
-    /// The operator's Services.
-    pub services: Store<Service>,
-    /// The operator's EndpointSlices.
-    pub slices: Store<EndpointSlice>,
+    /// Claims, by the cluster each names.
+    pub claims: Indexed<SparkConnectClaim>,
+    /// Pods carrying a cluster label (the operator's servers, and any that copy their labels),
+    /// by that label.
+    pub pods: Indexed<Pod>,
+    /// The operator's Services, by cluster label.
+    pub services: Indexed<Service>,
+    /// The operator's EndpointSlices, by cluster label.
+    pub slices: Indexed<EndpointSlice>,
     /// The operator's ServiceAccounts.
     pub accounts: Store<ServiceAccount>,
     /// The operator's Roles.
     pub roles: Store<Role>,
     /// The operator's RoleBindings.
     pub bindings: Store<RoleBinding>,
-    /// Bind Leases (each hands one server to a claim, or to its cluster).
-    pub leases: Store<Lease>,
+    /// Bind Leases (each hands one server to a claim, or to its cluster), by cluster label.
+    pub leases: Indexed<Lease>,
     health: Arc<BTreeMap<&'static str, WatchHealth>>,
 }
 
@@ -94,29 +96,42 @@ where
     }
 }
 
-/// One watch feeding one store, recording its health, as a trigger stream.
-fn watch<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    health: (&'static str, Arc<BTreeMap<&'static str, WatchHealth>>),
-) -> (Store<K>, Trigger<K>)
-where
+/// What a watched kind is.
+trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
-    let (reader, writer) = reflector::store();
+}
+
+/// A watch's kind and where its health is recorded.
+type HealthOf = (&'static str, Arc<BTreeMap<&'static str, WatchHealth>>);
+
+/// One watch feeding one store through `apply`, recording its health, as a trigger stream.
+fn watch<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    health: HealthOf,
+    mut apply: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> Trigger<K> {
     let (kind, health) = health;
     // The stores never read managedFields: dropping them halves what each object costs.
-    let objects = watcher(api, config)
+    watcher(api, config)
         .default_backoff()
-        .modify(|object| object.meta_mut().managed_fields = None);
-    let stream = reflector(writer, objects)
+        .modify(|object| object.meta_mut().managed_fields = None)
         .inspect(move |event| {
+            if let Ok(event) = event {
+                apply(event);
+            }
             let Some(state) = health.get(kind) else {
                 return;
             };
@@ -135,8 +150,30 @@ where
             }
         })
         .touched_objects()
-        .boxed();
-    (reader, stream)
+        .boxed()
+}
+
+/// A watch into a plain store (read by name only).
+fn plain<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    health: HealthOf,
+) -> (Store<K>, Trigger<K>) {
+    let (reader, mut writer) = reflector::store();
+    let trigger = watch(api, config, health, move |e| writer.apply_watcher_event(e));
+    (reader, trigger)
+}
+
+/// A watch into a store indexed by the cluster each object names.
+fn by_cluster<K: Watched>(
+    api: Api<K>,
+    config: watcher::Config,
+    health: HealthOf,
+    cluster_of: ClusterOf<K>,
+) -> (Indexed<K>, Trigger<K>) {
+    let (reader, mut writer) = indexed(cluster_of);
+    let trigger = watch(api, config, health, move |e| writer.apply_watcher_event(e));
+    (reader, trigger)
 }
 
 /// The stores and the controllers' triggers (nothing runs until the triggers are polled).
@@ -161,15 +198,21 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         "{CLUSTER_LABEL},app.kubernetes.io/component={}",
         crate::builders::bind_lease::BIND_COMPONENT
     ));
-    let (clusters, t_clusters) = watch(api(client, namespace), all(), h("clusters"));
-    let (claims, t_claims) = watch(api(client, namespace), all(), h("claims"));
-    let (pods, t_pods) = watch(api(client, namespace), servers, h("pods"));
-    let (services, t_services) = watch(api(client, namespace), managed(), h("services"));
-    let (slices, t_slices) = watch(api(client, namespace), slices_of_ours, h("slices"));
-    let (accounts, t_accounts) = watch(api(client, namespace), managed(), h("accounts"));
-    let (roles, t_roles) = watch(api(client, namespace), managed(), h("roles"));
-    let (bindings, t_bindings) = watch(api(client, namespace), managed(), h("bindings"));
-    let (leases, t_leases) = watch(api(client, namespace), bind_leases, h("leases"));
+    let (clusters, t_clusters) = plain(api(client, namespace), all(), h("clusters"));
+    let (claims, t_claims) = by_cluster(api(client, namespace), all(), h("claims"), claimed);
+    let (pods, t_pods) = by_cluster(api(client, namespace), servers, h("pods"), labelled);
+    let (services, t_services) =
+        by_cluster(api(client, namespace), managed(), h("services"), labelled);
+    let (slices, t_slices) = by_cluster(
+        api(client, namespace),
+        slices_of_ours,
+        h("slices"),
+        labelled,
+    );
+    let (accounts, t_accounts) = plain(api(client, namespace), managed(), h("accounts"));
+    let (roles, t_roles) = plain(api(client, namespace), managed(), h("roles"));
+    let (bindings, t_bindings) = plain(api(client, namespace), managed(), h("bindings"));
+    let (leases, t_leases) = by_cluster(api(client, namespace), bind_leases, h("leases"), labelled);
     let stores = Stores {
         clusters,
         claims,
@@ -253,17 +296,30 @@ impl Stores {
     /// Stores holding exactly these objects, every watch counted as synced (for unit tests of
     /// the steps that read them).
     pub fn holding(held: Held) -> Self {
+        fn events<K: Clone>(objects: Vec<K>) -> Vec<watcher::Event<K>> {
+            std::iter::once(watcher::Event::Init)
+                .chain(objects.into_iter().map(watcher::Event::InitApply))
+                .chain(std::iter::once(watcher::Event::InitDone))
+                .collect()
+        }
         fn filled<K>(objects: Vec<K>) -> Store<K>
         where
             K: Resource<DynamicType = ()> + Clone + 'static,
         {
             let (reader, mut writer) = reflector::store();
-            writer.apply_watcher_event(&watcher::Event::Init);
-            for object in objects {
-                writer.apply_watcher_event(&watcher::Event::InitApply(object));
+            for event in events(objects) {
+                writer.apply_watcher_event(&event);
             }
-            writer.apply_watcher_event(&watcher::Event::InitDone);
-            drop(writer);
+            reader
+        }
+        fn filed<K>(objects: Vec<K>, cluster_of: ClusterOf<K>) -> Indexed<K>
+        where
+            K: Resource<DynamicType = ()> + Clone + 'static,
+        {
+            let (reader, mut writer) = indexed(cluster_of);
+            for event in events(objects) {
+                writer.apply_watcher_event(&event);
+            }
             reader
         }
         let kinds = [
@@ -280,14 +336,14 @@ impl Stores {
             .collect();
         Self {
             clusters: filled(held.clusters),
-            claims: filled(held.claims),
-            pods: filled(held.pods),
-            services: filled(held.services),
-            slices: filled(held.slices),
+            claims: filed(held.claims, claimed),
+            pods: filed(held.pods, labelled),
+            services: filed(held.services, labelled),
+            slices: filed(held.slices, labelled),
             accounts: filled(held.accounts),
             roles: filled(held.roles),
             bindings: filled(held.bindings),
-            leases: filled(held.leases),
+            leases: filed(held.leases, labelled),
             health: Arc::new(health),
         }
     }

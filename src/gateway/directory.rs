@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -16,8 +16,9 @@ use tokio::sync::Notify;
 
 use super::cache::TtlCache;
 use super::route::ClusterRef;
-use crate::builders::labels::{CLUSTER_LABEL, ServerState, TOKEN_KEY};
+use crate::builders::labels::{ServerState, TOKEN_KEY};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
+use crate::store_index::{Indexed, indexed, labelled};
 
 /// Label on every claim the gateway makes: a hash of the user it is for.
 pub const GATEWAY_USER_LABEL: &str = "sparkconnect.dev/gateway-user";
@@ -44,7 +45,8 @@ pub struct Server {
 pub struct Directory {
     client: Client,
     clusters: Store<SparkConnectCluster>,
-    pods: Store<Pod>,
+    /// Server pods, by the cluster each serves.
+    pods: Indexed<Pod>,
     claims: Store<SparkConnectClaim>,
     claims_changed: Arc<Notify>,
     synced: Arc<AtomicUsize>,
@@ -56,6 +58,7 @@ const TOKEN_FOR: Duration = Duration::from_secs(60);
 /// How many watches must sync before the gateway is ready.
 const WATCHES: usize = 3;
 
+/// A watch feeding a plain store.
 fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -63,18 +66,32 @@ fn watch<K>(
     changed: Option<Arc<Notify>>,
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
 {
-    let (store, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, config)
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None),
-    );
-    let waiter = store.clone();
-    let task = tokio::spawn(async move {
+    let (store, mut writer) = reflector::store();
+    let apply = move |e: &watcher::Event<K>| writer.apply_watcher_event(e);
+    let task = drive(api, config, store.clone(), apply, synced, changed);
+    (store, task)
+}
+
+/// Runs a watch, applying its events with `apply`; counts it synced once `store` is ready.
+fn drive<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    store: Store<K>,
+    mut apply: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    synced: Arc<AtomicUsize>,
+    changed: Option<Arc<Notify>>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync,
+{
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .inspect_ok(move |event| apply(event));
+    let waiter = store;
+    tokio::spawn(async move {
         let ready = async {
             if waiter.wait_until_ready().await.is_ok() {
                 synced.fetch_add(1, Ordering::AcqRel);
@@ -89,8 +106,7 @@ where
             async {}
         });
         tokio::join!(ready, drive);
-    });
-    (store, task)
+    })
 }
 
 impl Directory {
@@ -117,9 +133,12 @@ impl Directory {
             synced.clone(),
             None,
         );
-        let (pods, b) = watch(
+        let (pods, mut filing) = indexed(labelled::<Pod>);
+        let b = drive(
             api::<Pod>(&client, namespace),
             watcher::Config::default().labels(SERVER_PODS),
+            pods.store().clone(),
+            move |e| filing.apply_watcher_event(e),
             synced.clone(),
             None,
         );
@@ -170,10 +189,8 @@ impl Directory {
     pub fn shared_servers(&self, cluster: &ClusterRef, port: i32) -> Vec<Server> {
         let mut servers: Vec<Server> = self
             .pods
-            .state()
+            .of_cluster(&cluster.namespace, &cluster.name)
             .iter()
-            .filter(|pod| pod.namespace().as_deref() == Some(cluster.namespace.as_str()))
-            .filter(|pod| pod.labels().get(CLUSTER_LABEL) == Some(&cluster.name))
             .filter(|pod| {
                 // Without token auth the operator may hand a pool server to the endpoint: the
                 // state says who serves the shared Service, whatever the role.

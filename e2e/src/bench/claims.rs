@@ -42,6 +42,8 @@ struct Bench {
     claims: Api<SparkConnectClaim>,
     /// First time each claim was seen Bound.
     bound_at: Arc<Mutex<HashMap<String, Instant>>>,
+    /// First time each claim was seen at all (how late a watch hears of a new claim).
+    seen_at: Arc<Mutex<HashMap<String, Instant>>>,
     world: PathBuf,
     /// This run's namespace.
     namespace: String,
@@ -57,18 +59,23 @@ impl Bench {
             claims: Api::namespaced(client.clone(), &namespace),
             client,
             bound_at: Arc::default(),
+            seen_at: Arc::default(),
             world,
             namespace,
         };
-        let seen = bench.bound_at.clone();
+        let (bound, seen) = (bench.bound_at.clone(), bench.seen_at.clone());
         let watch = watcher(bench.claims.clone(), watcher::Config::default()).applied_objects();
         tokio::spawn(async move {
             let mut watch = std::pin::pin!(watch);
             while let Some(Ok(claim)) = watch.next().await {
+                let now = Instant::now();
+                if let Ok(mut seen) = seen.lock() {
+                    seen.entry(claim.name_any()).or_insert(now);
+                }
                 if phase(&claim) == ClaimPhase::Bound
-                    && let Ok(mut seen) = seen.lock()
+                    && let Ok(mut bound) = bound.lock()
                 {
-                    seen.entry(claim.name_any()).or_insert_with(Instant::now);
+                    bound.entry(claim.name_any()).or_insert(now);
                 }
             }
         });
@@ -178,11 +185,18 @@ impl Bench {
             .bound_at
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let seen = self
+            .seen_at
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
         let phases = started
             .iter()
             .map(|(name, t, create)| Phases {
                 total: bound[name].duration_since(*t),
                 create: *create,
+                watched: seen
+                    .get(name)
+                    .map_or(Duration::ZERO, |at| at.duration_since(*t)),
                 in_operator: waited.get(name.as_str()).copied().unwrap_or_default(),
             })
             .collect();
@@ -287,6 +301,9 @@ struct Phases {
     total: Duration,
     /// From sending the create until it returned.
     create: Duration,
+    /// From sending the create until this client's watch first saw the claim (about when the
+    /// operator's watch can first see it too).
+    watched: Duration,
     /// From the operator's first sight of the claim until it wrote Bound (`waitMillis`).
     in_operator: Duration,
 }
@@ -379,6 +396,7 @@ impl Rounds {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             self.slowest.push(serde_json::json!({
                 "round": round, "total_ms": ms(p.total), "create_returned_ms": ms(p.create),
+                "watch_saw_created_ms": ms(p.watched),
                 "operator_first_sight_to_bind_ms": ms(p.in_operator),
             }));
         }
@@ -395,6 +413,7 @@ impl Rounds {
         };
         let breakdown = serde_json::json!({
             "create_returned": phase(|p| p.create),
+            "watch_saw_created": phase(|p| p.watched),
             "operator_first_sight_to_bind": phase(|p| p.in_operator),
             "client_saw_bound": phase(|p| p.total),
         });

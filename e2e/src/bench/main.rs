@@ -9,6 +9,7 @@ mod first_result;
 mod floor;
 mod gateway;
 mod least_idle;
+mod lookup;
 mod probe;
 mod publish;
 mod report;
@@ -75,6 +76,16 @@ enum Command {
         servers: Vec<usize>,
         /// Name of the results file under target/bench (without `.json`).
         #[arg(long, default_value = "publish")]
+        output: String,
+    },
+    /// CPU to find one cluster's objects among many pools' in the watch stores, in process:
+    /// the per-cluster index against a scan of the whole store.
+    Lookup {
+        /// Pods in the store (pools of 100).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000,20000")]
+        pods: Vec<usize>,
+        /// Name of the results file under target/bench (without `.json`).
+        #[arg(long, default_value = "lookup")]
         output: String,
     },
     /// Pool economics: a bursty claim trace against a static pool and the autoscaler.
@@ -215,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
         } => scale::run(world, clusters, with_servers).await,
         Command::Gateway { world } => gateway::run(world).await,
         Command::Publish { servers, output } => publish::run(&servers, &output),
+        Command::Lookup { pods, output } => lookup::run(&pods, &output),
         Command::Fleet { first, count } => probe::fleet(first, count).await,
     }
 }

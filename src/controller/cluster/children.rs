@@ -121,7 +121,7 @@ pub async fn ensure(
     if valid.size.shared > 0 {
         let shared = Ok(service::shared_service(valid));
         children
-            .apply(&stores.services, shared, service::MUST_STAY_ABSENT)
+            .apply(stores.services.store(), shared, service::MUST_STAY_ABSENT)
             .await?;
     } else {
         remove_shared_service(valid, ctx).await?;
@@ -134,7 +134,7 @@ pub async fn ensure(
 
 /// With `shared: 0` the shared Service (and its endpoints) go.
 async fn remove_shared_service(valid: &ValidCluster<'_>, ctx: &Context) -> Result<(), Error> {
-    let Some(svc) = existing(&ctx.stores.services, valid.namespace, valid.name) else {
+    let Some(svc) = existing(ctx.stores.services.store(), valid.namespace, valid.name) else {
         return Ok(());
     };
     if !controlled_by(svc.as_ref(), valid.uid) || svc.metadata.deletion_timestamp.is_some() {

@@ -290,11 +290,9 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
     let key = cluster_key(namespace, name);
     let now = Timestamp::now();
     let message = format!("SparkConnectCluster {name} was deleted; its servers are gone");
-    for claim in ctx.stores.claims.state() {
-        let ours =
-            claim.metadata.namespace.as_deref() == Some(namespace) && claim.spec.cluster == name;
+    for claim in ctx.stores.claims.of_cluster(namespace, name) {
         let phase = claim.status.as_ref().map(|s| s.phase).unwrap_or_default();
-        if !ours || phase.is_final() {
+        if phase.is_final() {
             continue;
         }
         let ended = claim_status::finish_claim(

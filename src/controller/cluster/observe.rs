@@ -11,14 +11,14 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
 use crate::builders::bind_lease::{BindHolder, bind_lease_name, holder_of};
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL,
-    SPEC_HASH_LABEL, STATE_LABEL, ServerRole, ServerState, USER_ANNOTATION,
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
+    ServerRole, ServerState, USER_ANNOTATION,
 };
 use crate::controller::apply::controlled_by;
 use crate::controller::context::{Context, cluster_key};
@@ -29,6 +29,7 @@ use crate::controller::stores::Stores;
 use crate::crd::{ClaimPhase, SparkConnectClaim};
 use crate::duration::CLAIM_TTL;
 use crate::probe::health::{HealthBook, Verdict, WarmupState};
+use crate::store_index::Indexed;
 use crate::validate::ValidCluster;
 
 /// Everything that exists for one cluster.
@@ -171,12 +172,7 @@ fn pods_of(valid: &ValidCluster<'_>, stores: &Stores) -> Pods {
         all_servers: Vec::new(),
         foreign: Vec::new(),
     };
-    for pod in stores.pods.state() {
-        if pod.namespace().as_deref() != Some(valid.namespace)
-            || pod.labels().get(CLUSTER_LABEL).map(String::as_str) != Some(valid.name)
-        {
-            continue;
-        }
+    for pod in stores.pods.of_cluster(valid.namespace, valid.name) {
         let name = pod.name_any();
         match kin(&pod, valid.uid) {
             Kin::Server => {}
@@ -218,13 +214,9 @@ fn claims_of(
 ) -> BTreeMap<String, Arc<SparkConnectClaim>> {
     stores
         .claims
-        .state()
+        .of_cluster(valid.namespace, valid.name)
         .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(valid.namespace)
-                && c.spec.cluster == valid.name
-                && c.metadata.deletion_timestamp.is_none()
-        })
+        .filter(|c| c.metadata.deletion_timestamp.is_none())
         .map(|c| (c.name_any(), c))
         .collect()
 }
@@ -241,7 +233,7 @@ struct Fenced {
 
 /// Reads the bind Lease of each server (only the operator's own count: named after the very
 /// pod and owned by it).
-fn fenced(servers: &BTreeMap<String, Arc<Pod>>, leases: &Store<Lease>) -> Fenced {
+fn fenced(servers: &BTreeMap<String, Arc<Pod>>, leases: &Indexed<Lease>) -> Fenced {
     let mut fenced = Fenced::default();
     for (name, pod) in servers {
         let Some(namespace) = pod.namespace() else {
@@ -300,18 +292,14 @@ fn warmups(
 }
 
 /// The objects of a store that carry the cluster's label and that it controls, by name.
-fn owned_by<K>(store: &Store<K>, valid: &ValidCluster<'_>) -> BTreeMap<String, Arc<K>>
+fn owned_by<K>(store: &Indexed<K>, valid: &ValidCluster<'_>) -> BTreeMap<String, Arc<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
     store
-        .state()
+        .of_cluster(valid.namespace, valid.name)
         .into_iter()
-        .filter(|o| {
-            o.namespace().as_deref() == Some(valid.namespace)
-                && o.labels().get(CLUSTER_LABEL).map(String::as_str) == Some(valid.name)
-                && controlled_by(o.as_ref(), valid.uid)
-        })
+        .filter(|o| controlled_by(o.as_ref(), valid.uid))
         .map(|o| (o.name_any(), o))
         .collect()
 }
@@ -421,12 +409,12 @@ mod tests {
         }
     }
 
-    fn store_of(leases: Vec<Lease>) -> Store<Lease> {
-        let (reader, mut writer) = kube::runtime::reflector::store();
-        for lease in leases {
-            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(lease));
-        }
-        reader
+    fn store_of(leases: Vec<Lease>) -> Indexed<Lease> {
+        let held = crate::controller::stores::Held {
+            leases,
+            ..Default::default()
+        };
+        Stores::holding(held).leases
     }
 
     #[test]
