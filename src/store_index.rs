@@ -1,9 +1,10 @@
 //! A watch store with its objects indexed by the cluster each names, so that one cluster's
 //! reconcile, one claim's bind or the gateway's pick of a shared server reads that cluster's
 //! objects, not every object watched: with hundreds of pools, a scan of the whole store each
-//! time costs the sum of all pools (`sco-bench lookup`: 8 ms for 20,000 pods, against 55 µs). The index follows the same watch events as kube's store (a relist
-//! is buffered and swapped in whole, like the store's); the store stays the truth, and every
-//! object read through the index is checked again against its cluster.
+//! time costs the sum of all pools (`sco-bench lookup`: 8 ms for 20,000 pods, against 55 µs).
+//! The index follows the same watch events as kube's store (a relist is buffered and swapped in
+//! whole, like the store's); the store stays the truth, and every object read through the index
+//! is checked again against its cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};

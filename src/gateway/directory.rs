@@ -90,10 +90,9 @@ where
         .default_backoff()
         .modify(|o: &mut K| o.meta_mut().managed_fields = None)
         .inspect_ok(move |event| apply(event));
-    let waiter = store;
     tokio::spawn(async move {
         let ready = async {
-            if waiter.wait_until_ready().await.is_ok() {
+            if store.wait_until_ready().await.is_ok() {
                 synced.fetch_add(1, Ordering::AcqRel);
             }
         };
