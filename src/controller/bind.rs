@@ -24,7 +24,7 @@ use super::fence::{self, Take};
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
 use crate::builders::bind_lease::{BindHolder, bind_lease_name};
 use crate::builders::labels::{
-    CLUSTER_LABEL, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
+    ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
     server_token_secret_name,
 };
 use crate::crd::{ClaimPhase, SparkConnectClaim};
@@ -199,9 +199,8 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
     for pod in ctx.stores.pods.of_cluster(&terms.namespace, &terms.cluster) {
         let labels = pod.labels();
         let name = pod.name_any();
-        let ours = pod.namespace().as_deref() == Some(terms.namespace.as_str())
-            && labels.get(CLUSTER_LABEL) == Some(&terms.cluster)
-            && labels.get(SERVER_LABEL) == Some(&name)
+        // The index gives the cluster's namespace and label; the rest says it is a server.
+        let ours = labels.get(SERVER_LABEL) == Some(&name)
             && controlled_by(pod.as_ref(), &terms.cluster_uid)
             && pod.metadata.deletion_timestamp.is_none();
         if !ours || ServerState::of(&pod) != ServerState::Idle {
@@ -352,7 +351,7 @@ pub async fn write_bound(
 mod tests {
     use super::*;
     use crate::builders::bind_lease::bind_lease;
-    use crate::builders::labels::STATE_LABEL;
+    use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL};
     use crate::controller::stores::Held;
     use crate::test_support::{MockApiserver, candidate, context_over, pool_terms};
     use http::{Request, Response};

@@ -103,21 +103,11 @@ pub fn cpu_seconds() -> f64 {
 
 /// Peak resident memory of this process in MiB.
 pub fn peak_rss_mb() -> f64 {
-    own_memory_mb("VmHWM:")
-}
-
-/// Resident memory of this process now, in MiB.
-pub fn rss_mb() -> f64 {
-    own_memory_mb("VmRSS:")
-}
-
-/// A `/proc/self/status` line in kB, as MiB.
-fn own_memory_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with(field))
+                .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
