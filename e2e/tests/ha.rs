@@ -1,13 +1,123 @@
 //! High availability: two operator replicas from the chart; the leader dies, the standby takes
-//! over the Lease, and a claim made after the kill is still bound.
+//! over the Lease, a claim made after the kill is still bound, and an autoscaled pool keeps its
+//! target: the new leader does not take the claims it finds for a fresh burst.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
 use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
-use support::{World, create_pool, fake_spec, succeeded, wait_until};
+use support::{World, create_pool, fake_spec, live_pods, succeeded, wait_until};
+
+/// Claims of the burst on the autoscaled pool, made before the leader dies.
+const BURST: usize = 6;
+
+/// An autoscaled pool after a burst of claims: the claims still hold their servers, and the
+/// idle target is back at its floor (the scale-down delay is short).
+async fn pool_after_a_burst(clusters: &Api<SparkConnectCluster>, claims: &Api<SparkConnectClaim>) {
+    let mut spec = fake_spec(1, 10, 100);
+    spec["hotPool"]["autoscale"] = json!({"enabled": true, "scaleDownDelay": "20s"});
+    create_pool(clusters, "auto", spec, 1, Duration::from_secs(120)).await;
+    for i in 0..BURST {
+        let claim: SparkConnectClaim = serde_json::from_value(
+            json!({"metadata": {"name": format!("burst-{i}")}, "spec": {"cluster": "auto"}}),
+        )
+        .unwrap();
+        claims.create(&PostParams::default(), &claim).await.unwrap();
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the burst's claims bound",
+        || async {
+            let listed = claims.list(&ListParams::default()).await;
+            listed.is_ok_and(|l| {
+                l.items
+                    .iter()
+                    .filter(|c| c.spec.cluster == "auto")
+                    .filter(|c| {
+                        c.status
+                            .as_ref()
+                            .is_some_and(|s| s.phase == ClaimPhase::Bound)
+                    })
+                    .count()
+                    == BURST
+            })
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(120),
+        "the autoscaled target back at its floor, with a measured start-up time",
+        || async {
+            clusters
+                .get("auto")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| {
+                    s.idle_target == Some(1) && s.servers.idle == 1 && s.startup_millis.is_some()
+                })
+        },
+    )
+    .await;
+}
+
+/// The new leader has reconciled `auto` (a spec change it has reported) and kept its target:
+/// no new server since the kill.
+async fn target_kept_after_takeover(
+    world: &World,
+    ns: &str,
+    clusters: &Api<SparkConnectCluster>,
+    killed_at: jiff::Timestamp,
+) {
+    let patch = json!({"spec": {"hotPool": {"maxWaitingClaims": 99}}});
+    let changed = clusters
+        .patch("auto", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let generation = changed.metadata.generation;
+    wait_until(
+        Duration::from_secs(60),
+        "the new leader reporting the changed spec",
+        || async {
+            clusters
+                .get("auto")
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| s.observed_generation == generation)
+        },
+    )
+    .await;
+    let status = clusters.get("auto").await.unwrap().status.unwrap();
+    let started_since: Vec<String> = live_pods(&world.client, ns, "sparkconnect.dev/cluster=auto")
+        .await
+        .into_iter()
+        .filter(|p: &Pod| {
+            p.metadata
+                .creation_timestamp
+                .as_ref()
+                .is_some_and(|t| t.0 > killed_at)
+        })
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    println!(
+        "after the takeover the autoscaled pool's target is {:?} with {} idle; servers started since the kill: {started_since:?}",
+        status.idle_target, status.servers.idle
+    );
+    assert_eq!(
+        status.idle_target,
+        Some(1),
+        "the new leader took the {BURST} old claims for a burst"
+    );
+    assert!(
+        started_since.is_empty(),
+        "the new leader started servers for old claims: {started_since:?}"
+    );
+}
 
 #[tokio::test]
 async fn the_standby_takes_over_when_the_leader_dies() {
@@ -23,6 +133,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         Duration::from_secs(120),
     )
     .await;
+    pool_after_a_burst(&clusters, &claims).await;
 
     let leader = world.leader().await.expect("a leader");
     let identity = world.leader_identity().await.expect("a leader identity");
@@ -33,6 +144,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     )
     .unwrap();
     let killed = Instant::now();
+    let killed_at = jiff::Timestamp::now();
     assert!(succeeded(&world.exec(&["kill", "-9", pid.trim()])));
     let claim: SparkConnectClaim = serde_json::from_value(
         serde_json::json!({"metadata": {"name": "after-kill"}, "spec": {"cluster": "ha"}}),
@@ -65,6 +177,7 @@ async fn the_standby_takes_over_when_the_leader_dies() {
         "claim made after the kill was Bound {:.1}s after the kill",
         killed.elapsed().as_secs_f64()
     );
+    target_kept_after_takeover(&world, &ns.name, &clusters, killed_at).await;
 
     // A leader that is asked to stop (pod deleted: SIGTERM) releases the Lease at once, and a
     // process in another pod takes over without waiting for the Lease to expire.

@@ -640,6 +640,12 @@ pub struct SparkConnectClusterStatus {
     /// How long the most recent server's warm-up took, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_warmup_millis: Option<i64>,
+    /// How long a new server takes from its pod's creation until it first serves, in
+    /// milliseconds: the moving average the autoscaler plans with, kept here so that an
+    /// operator that takes over goes on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86_400_000))]
+    pub startup_millis: Option<i64>,
 }
 
 /// The cluster's phase: Degraded needs a person (invalid spec, refused objects).

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use spark_connect_operator::controller::context::BINDS_QUIET;
-use spark_connect_operator::controller::pool::autoscale::Demand;
+use spark_connect_operator::controller::pool::autoscale::{Demand, SeenClaim};
 
 use super::calendar::{CalendarWindow, calendar};
 use super::least_idle;
@@ -135,8 +135,8 @@ struct Pool {
     idle: usize,
     /// The claims waiting, first first: arrival, how long they will hold a server, name.
     waiting: VecDeque<(Duration, Duration, String)>,
-    /// Claims holding a server, with when they let it go.
-    holding: Vec<(Duration, String)>,
+    /// Claims holding a server: when they let it go, the name, when they came.
+    holding: Vec<(Duration, String, Duration)>,
     /// The oldest handout whose replacement has not started (the claimant's grace).
     unreplaced_since: Option<Duration>,
     /// Handouts since then: a second one ends the grace, as in the operator.
@@ -242,17 +242,25 @@ pub fn replay(trace: &[Arrival], policy: Policy, under: &Conditions) -> Outcome 
             let hit = usize::from(now - arrived <= HIT);
             hits += hit;
             by_phase[phase_at(under.day, arrived)].hits += hit;
-            pool.holding.push((now + hold, name));
+            pool.holding.push((now + hold, name, arrived));
             pool.unreplaced_since.get_or_insert(now);
             pool.unreplaced += 1;
             pool.last_handout = Some(now);
         }
-        pool.holding.retain(|(until, _)| *until > now);
-        let live: Vec<String> = pool
+        pool.holding.retain(|(until, _, _)| *until > now);
+        let seen = |name: &String, arrived: Duration| SeenClaim {
+            name: name.clone(),
+            age: now.saturating_sub(arrived),
+        };
+        let live: Vec<SeenClaim> = pool
             .waiting
             .iter()
-            .map(|(_, _, name)| name.clone())
-            .chain(pool.holding.iter().map(|(_, name)| name.clone()))
+            .map(|(arrived, _, name)| seen(name, *arrived))
+            .chain(
+                pool.holding
+                    .iter()
+                    .map(|(_, name, arrived)| seen(name, *arrived)),
+            )
             .collect();
         demand.observe(&live, &[], epoch + now);
         let wanted = target(&mut demand, policy, &windows, under, epoch, now);

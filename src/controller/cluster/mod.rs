@@ -111,7 +111,8 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     let tokens = tokens::resolve(&valid, ctx, &observed, &token).await;
     let token_mode = cluster.spec.auth.mode == AuthMode::Token;
     tokens::mark_unknown_tokens(&mut observed.views, &tokens, token_mode);
-    let wanted = pace::wanted(&valid, ctx, &key, &observed, now);
+    let paced = pace::wanted(&valid, ctx, &key, &observed, now);
+    let wanted = paced.wanted;
 
     let mut decision = decide(inputs(&valid, &observed, wanted, token_mode), now);
     note_observations(&observed, &decision, &token, &mut problems);
@@ -154,6 +155,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
                 .spark_version
         }),
         last_warmup: observed.last_warmup,
+        start_time: paced.start_time,
         look_again_within: refill_held
             .into_iter()
             .chain(stamps_wait)

@@ -11,10 +11,21 @@ use super::observe::Observed;
 use super::report::Problems;
 use crate::builders::labels::ServerState;
 use crate::controller::context::{BINDS_QUIET, Context, MAX_REFILL_HOLD};
-use crate::controller::pool::autoscale::{DEFAULT_START_TIME, Decision as AutoscaleDecision};
+use crate::controller::pool::autoscale::{
+    DEFAULT_START_TIME, Decision as AutoscaleDecision, Kept, SeenClaim,
+};
 use crate::controller::pool::plan::RemoveReason;
 use crate::controller::pool::{Decision, Wanted};
 use crate::validate::ValidCluster;
+
+/// What this round's pace asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Paced {
+    /// Idle servers the autoscaler and the schedule ask for.
+    pub wanted: Wanted,
+    /// The start-up time the autoscaler measured (or kept), for the status.
+    pub start_time: Option<Duration>,
+}
 
 /// The autoscaler's idle target (when autoscaling is on) and the schedule's for this round;
 /// the autoscaler's changes become Events and a metric. A schedule window starts its servers
@@ -25,53 +36,106 @@ pub fn wanted(
     key: &str,
     observed: &Observed,
     now: Timestamp,
-) -> Wanted {
-    let (start_time, autoscaled) = track_demand(valid, ctx, key, observed, now);
-    let lead = start_time + observed.last_warmup.unwrap_or_default() + valid.timings.probe_period;
-    Wanted {
-        autoscaled: autoscaled.map(|(target, decision)| announce(valid, ctx, target, decision)),
-        scheduled: valid.schedule.at(now, lead),
+) -> Paced {
+    let demand = track_demand(valid, ctx, key, observed, now);
+    let lead = demand.start_time.unwrap_or(DEFAULT_START_TIME)
+        + observed.last_warmup.unwrap_or_default()
+        + valid.timings.probe_period;
+    Paced {
+        wanted: Wanted {
+            autoscaled: demand
+                .autoscaled
+                .map(|(target, decision)| announce(valid, ctx, target, decision)),
+            scheduled: valid.schedule.at(now, lead),
+        },
+        start_time: demand.start_time,
     }
 }
 
-/// Feeds the cluster's demand with this round's claims and start-up times (measured whether or
-/// not it autoscales); returns the start-up time and, when autoscaling, its target.
+/// What the cluster's demand says this round.
+struct Tracked {
+    /// The measured (or kept) start-up time.
+    start_time: Option<Duration>,
+    /// The autoscaler's target and its change, when autoscaling.
+    autoscaled: Option<(usize, Option<AutoscaleDecision>)>,
+}
+
+/// What the cluster's status kept of its autoscaler, taken only within bounds (others than the
+/// operator may write a status): a start-up time no longer than `probe.startupDeadline` (a
+/// slower server fails its start), a target when autoscaling (the autoscaler clamps it).
+fn kept(valid: &ValidCluster<'_>) -> Kept {
+    let status = valid.cluster.status.as_ref();
+    Kept {
+        start_time: status
+            .and_then(|s| s.startup_millis)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(Duration::from_millis)
+            .filter(|t| *t <= valid.timings.startup_deadline),
+        target: status
+            .and_then(|s| s.idle_target)
+            .and_then(|t| usize::try_from(t).ok())
+            .filter(|_| valid.size.autoscale),
+    }
+}
+
+/// Feeds the cluster's demand with this round's claims (each by its age) and start-up times
+/// (measured whether or not it autoscales); a cluster this process has not tracked yet goes on
+/// from what its status kept.
 fn track_demand(
     valid: &ValidCluster<'_>,
     ctx: &Context,
     key: &str,
     observed: &Observed,
     now: Timestamp,
-) -> (Duration, Option<(usize, Option<AutoscaleDecision>)>) {
+) -> Tracked {
     let size = valid.size;
+    let age = |created: Timestamp| Duration::try_from(now.duration_since(created)).ok();
     let warmups: Vec<Duration> = observed
         .views
         .iter()
         .filter(|v| v.state == ServerState::Starting && v.healthy)
-        .filter_map(|v| Duration::try_from(now.duration_since(v.created)).ok())
+        .filter_map(|v| age(v.created))
         .collect();
-    let claims: Vec<String> = observed.claims.keys().cloned().collect();
+    let claims: Vec<SeenClaim> = observed
+        .claim_views
+        .iter()
+        .map(|c| SeenClaim {
+            name: c.name.clone(),
+            age: age(c.created).unwrap_or_default(),
+        })
+        .collect();
     let instant = Instant::now();
     let hit_rate = f64::from(size.hit_rate_percent) / 100.0;
     ctx.autoscaler
-        .with(key, |demand| {
-            demand.observe(&claims, &warmups, instant);
-            let target = if size.autoscale {
-                Some(demand.target(
-                    size.min,
-                    size.max,
-                    size.idle,
-                    hit_rate,
-                    valid.timings.scale_down_delay,
-                    instant,
-                ))
-            } else {
-                demand.stop_targeting();
-                None
-            };
-            (demand.start_time(), target)
+        .with(
+            key,
+            || kept(valid),
+            instant,
+            |demand| {
+                demand.observe(&claims, &warmups, instant);
+                let target = if size.autoscale {
+                    Some(demand.target(
+                        size.min,
+                        size.max,
+                        size.idle,
+                        hit_rate,
+                        valid.timings.scale_down_delay,
+                        instant,
+                    ))
+                } else {
+                    demand.stop_targeting();
+                    None
+                };
+                Tracked {
+                    start_time: demand.measured_start_time(),
+                    autoscaled: target,
+                }
+            },
+        )
+        .unwrap_or(Tracked {
+            start_time: None,
+            autoscaled: None,
         })
-        .unwrap_or((DEFAULT_START_TIME, None))
 }
 
 /// Sets the autoscaler's metric and makes a change of its target an Event; returns the target.

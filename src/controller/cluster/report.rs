@@ -109,6 +109,8 @@ pub struct Summary<'a> {
     pub spark_version: Option<String>,
     /// How long the newest warmed-up server's warm-up took.
     pub last_warmup: Option<Duration>,
+    /// How long a new server takes to start, as the autoscaler measured (or kept) it.
+    pub start_time: Option<Duration>,
     /// Something held back (a refill) wants another look this soon.
     pub look_again_within: Option<Duration>,
 }
@@ -183,9 +185,17 @@ pub fn healthy_status(
         status.spark_version = summary.spark_version;
     }
     if let Some(took) = summary.last_warmup {
-        status.last_warmup_millis = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
+        status.last_warmup_millis = Some(millis(took));
+    }
+    if let Some(start_time) = summary.start_time {
+        status.startup_millis = Some(millis(start_time));
     }
     status
+}
+
+/// A duration in whole milliseconds, as the status gives them.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The Ready condition: a shared cluster is ready while a healthy server serves its endpoint;
@@ -433,6 +443,7 @@ mod tests {
             token_secret: None,
             spark_version: None,
             last_warmup: None,
+            start_time: None,
             look_again_within: None,
         }
     }

@@ -6,7 +6,10 @@
 //! half-life is the warm-up time itself: the pool reacts on the time scale on which it can
 //! act, whether servers take 5 s or 2 minutes to start. A silence that would be unlikely at
 //! the current rate lowers the rate at once, so a pool shrinks as soon as the claims stop
-//! rather than a few half-lives later. State lives in memory per cluster.
+//! rather than a few half-lives later. A claim counts from its creation, not from when this
+//! process first saw it, and the target and start-up time are kept in the cluster's status: a
+//! process that takes over (a new leader, a restart) goes on from there instead of taking every
+//! claim it finds for a fresh burst. State lives in memory per cluster.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,6 +27,24 @@ const NEGLIGIBLE: f64 = 0.05;
 const SILENCE_AT_MOST: f64 = 4.6;
 /// Start-up time assumed before one is measured.
 pub const DEFAULT_START_TIME: Duration = Duration::from_secs(30);
+
+/// A claim as one round sees it.
+#[derive(Clone, Debug)]
+pub struct SeenClaim {
+    /// Its name.
+    pub name: String,
+    /// How long ago it was created.
+    pub age: Duration,
+}
+
+/// What a cluster's status keeps of its autoscaler, for a process that starts without it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// The measured start-up time.
+    pub start_time: Option<Duration>,
+    /// The idle target last chosen (when autoscaling).
+    pub target: Option<usize>,
+}
 
 /// Autoscaler state of one cluster.
 #[derive(Clone, Debug)]
@@ -63,6 +84,18 @@ pub struct Decision {
 }
 
 impl Demand {
+    /// The demand of a cluster this process has not tracked yet, going on from what its status
+    /// kept: the start-up time, and the target, held for a `scaleDownDelay` from `now` as if
+    /// just chosen (the claims still there rebuild the rate by their ages).
+    pub fn resumed(kept: Kept, now: Instant) -> Self {
+        Self {
+            warmup_secs: kept.start_time.map(|t| t.as_secs_f64()),
+            target: kept.target,
+            high_since: kept.target.map(|_| now),
+            ..Self::default()
+        }
+    }
+
     /// The warm-up time: measured, or assumed until one is.
     fn warmup_secs(&self) -> f64 {
         self.warmup_secs.unwrap_or(DEFAULT_START_TIME.as_secs_f64())
@@ -90,19 +123,23 @@ impl Demand {
         self.rate_at = Some(now);
     }
 
-    /// Records claims seen (new names count as arrivals) and warm-up times just measured.
-    pub fn observe(&mut self, claims: &[String], warmups: &[Duration], now: Instant) {
+    /// Records claims seen (a new name counts as an arrival at its creation: one seen late
+    /// weighs what is left of it after its age) and warm-up times just measured.
+    pub fn observe(&mut self, claims: &[SeenClaim], warmups: &[Duration], now: Instant) {
         self.decay(now);
-        let new = claims
-            .iter()
-            .filter(|c| self.seen_claims.insert((*c).clone()))
-            .count();
-        if new > 0 {
-            self.last_arrival = Some(now);
+        let half_life = self.half_life_secs();
+        for claim in claims {
+            if !self.seen_claims.insert(claim.name.clone()) {
+                continue;
+            }
+            // Each arrival adds to an exponentially weighted rate (events per second).
+            let left = 0.5f64.powf(claim.age.as_secs_f64() / half_life);
+            self.rate_per_sec += left * std::f64::consts::LN_2 / half_life;
+            if let Some(arrived) = now.checked_sub(claim.age) {
+                self.last_arrival = self.last_arrival.max(Some(arrived));
+            }
         }
-        // Each arrival adds to an exponentially weighted rate (events per second).
-        self.rate_per_sec += new as f64 * std::f64::consts::LN_2 / self.half_life_secs();
-        let current: HashSet<&str> = claims.iter().map(String::as_str).collect();
+        let current: HashSet<&str> = claims.iter().map(|c| c.name.as_str()).collect();
         self.seen_claims.retain(|c| current.contains(c.as_str()));
         for w in warmups {
             let w = w.as_secs_f64();
@@ -113,6 +150,12 @@ impl Demand {
     /// How long a new server takes to become healthy: measured, or assumed until one is.
     pub fn start_time(&self) -> Duration {
         Duration::try_from_secs_f64(self.warmup_secs()).unwrap_or(DEFAULT_START_TIME)
+    }
+
+    /// The start-up time, if one was measured (or kept).
+    pub fn measured_start_time(&self) -> Option<Duration> {
+        self.warmup_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
     }
 
     /// Autoscaling was turned off: forget the target, so turning it on again starts afresh
@@ -146,7 +189,8 @@ impl Demand {
             .max(AT_LEAST)
             .max(floor)
             .clamp(min, max.max(min));
-        let current = *self.target.get_or_insert(wanted);
+        // A target above a lowered `max` (or below a raised `min`) obeys it at once.
+        let current = (*self.target.get_or_insert(wanted)).clamp(min, max.max(min));
         let (next, reason) = if wanted >= current {
             self.high_since = Some(now);
             (
@@ -212,12 +256,19 @@ pub struct Autoscaler {
 }
 
 impl Autoscaler {
-    /// Runs `f` on the demand of `cluster`.
-    pub fn with<T>(&self, cluster: &str, f: impl FnOnce(&mut Demand) -> T) -> Option<T> {
-        self.clusters
-            .lock()
-            .ok()
-            .map(|mut c| f(c.entry(cluster.to_string()).or_default()))
+    /// Runs `f` on the demand of `cluster`; one this process has not tracked yet resumes from
+    /// what `kept` says its status kept.
+    pub fn with<T>(
+        &self,
+        cluster: &str,
+        kept: impl FnOnce() -> Kept,
+        now: Instant,
+        f: impl FnOnce(&mut Demand) -> T,
+    ) -> Option<T> {
+        self.clusters.lock().ok().map(|mut c| {
+            f(c.entry(cluster.to_string())
+                .or_insert_with(|| Demand::resumed(kept(), now)))
+        })
     }
 
     /// Forgets a cluster.
@@ -232,8 +283,17 @@ impl Autoscaler {
 mod tests {
     use super::*;
 
-    fn names(n: usize, prefix: &str) -> Vec<String> {
-        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    /// `n` claims created just now.
+    fn new_claims(n: usize, prefix: &str) -> Vec<SeenClaim> {
+        (0..n).map(|i| claim(&format!("{prefix}{i}"), 0)).collect()
+    }
+
+    /// The claim `name`, created `age_secs` ago.
+    fn claim(name: &str, age_secs: u64) -> SeenClaim {
+        SeenClaim {
+            name: name.into(),
+            age: Duration::from_secs(age_secs),
+        }
     }
 
     #[test]
@@ -248,7 +308,7 @@ mod tests {
             "no demand: one idle server"
         );
 
-        let burst = names(20, "c");
+        let burst = new_claims(20, "c");
         d.observe(&burst, &[], t0);
         let (target, decision) = d.target(1, 20, 1, 0.99, delay, t0);
         assert!(target > 1, "{target}");
@@ -269,7 +329,7 @@ mod tests {
     fn target_is_clamped_and_never_below_the_floor() {
         let mut d = Demand::default();
         let t0 = Instant::now();
-        d.observe(&names(1000, "c"), &[Duration::from_secs(60)], t0);
+        d.observe(&new_claims(1000, "c"), &[Duration::from_secs(60)], t0);
         assert_eq!(d.target(0, 8, 0, 0.99, Duration::ZERO, t0).0, 8);
         let mut quiet = Demand::default();
         assert_eq!(
@@ -289,7 +349,7 @@ mod tests {
         let mut d = Demand::default();
         let t0 = Instant::now();
         d.observe(&[], &[Duration::from_secs(30)], t0);
-        d.observe(&names(10, "c"), &[], t0);
+        d.observe(&new_claims(10, "c"), &[], t0);
         let strict = d.clone().target(0, 100, 0, 0.99, Duration::ZERO, t0).0;
         let loose = d.target(0, 100, 0, 0.6, Duration::ZERO, t0).0;
         assert!(strict > loose, "{strict} > {loose}");
@@ -302,9 +362,9 @@ mod tests {
         let remaining = |warmup: u64| {
             let mut d = Demand::default();
             d.observe(&[], &[Duration::from_secs(warmup)], t0);
-            d.observe(&names(10, "c"), &[], t0);
+            d.observe(&new_claims(10, "c"), &[], t0);
             let before = d.rate_per_minute();
-            d.observe(&names(10, "c"), &[], later);
+            d.observe(&new_claims(10, "c"), &[], later);
             d.rate_per_minute() / before
         };
         // 10 s is two half-lives of a 5 s warm-up and a sixth of a 60 s one.
@@ -319,7 +379,7 @@ mod tests {
         d.observe(&[], &[Duration::from_secs(5)], t0);
         let mut claims = Vec::new();
         for i in 0..count {
-            claims.push(format!("c{i}"));
+            claims.push(claim(&format!("c{i}"), 0));
             d.observe(&claims, &[], t0 + every * i);
         }
         let rate = d.rate_per_minute() / 60.0;
@@ -354,12 +414,76 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_seen_late_weighs_what_is_left_of_it_after_its_age() {
+        let t0 = Instant::now();
+        let rate_after = |age_secs: u64| {
+            let mut d = Demand::default();
+            d.observe(&[], &[Duration::from_secs(5)], t0);
+            d.observe(&[claim("c", age_secs)], &[], t0);
+            d.rate_per_minute()
+        };
+        // One half-life (the 5 s start-up) old: half a fresh claim's weight.
+        assert!((rate_after(5) - rate_after(0) / 2.0).abs() < 1e-9);
+        assert!(rate_after(600) < 1e-9, "{}", rate_after(600));
+    }
+
+    #[test]
+    fn a_process_that_takes_over_does_not_take_the_claims_it_finds_for_a_burst() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(300);
+        let kept = Kept {
+            start_time: Some(Duration::from_secs(5)),
+            target: Some(1),
+        };
+        let old: Vec<SeenClaim> = (0..8).map(|i| claim(&format!("c{i}"), 60)).collect();
+        let mut resumed = Demand::resumed(kept, t0);
+        resumed.observe(&old, &[], t0);
+        assert_eq!(resumed.target(1, 10, 1, 0.99, delay, t0), (1, None));
+
+        // The same claims, had they just come, are a burst.
+        let mut burst = Demand::resumed(kept, t0);
+        burst.observe(&new_claims(8, "c"), &[], t0);
+        assert!(burst.target(1, 10, 1, 0.99, delay, t0).0 > 1);
+    }
+
+    #[test]
+    fn a_kept_target_holds_for_the_delay_and_a_kept_start_time_is_planned_with() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(30);
+        let kept = Kept {
+            start_time: Some(Duration::from_secs(5)),
+            target: Some(6),
+        };
+        let mut d = Demand::resumed(kept, t0);
+        assert_eq!(d.start_time(), Duration::from_secs(5));
+        assert_eq!(d.measured_start_time(), Some(Duration::from_secs(5)));
+        d.observe(&[], &[], t0);
+        assert_eq!(d.target(1, 10, 1, 0.99, delay, t0), (6, None));
+        let later = t0 + delay;
+        d.observe(&[], &[], later);
+        let (fallen, decision) = d.target(1, 10, 1, 0.99, delay, later);
+        assert_eq!(fallen, 1);
+        assert!(decision.is_some_and(|d| d.previous == 6));
+        assert_eq!(Demand::default().measured_start_time(), None);
+    }
+
+    #[test]
+    fn a_lowered_max_caps_the_target_at_once() {
+        let t0 = Instant::now();
+        let mut d = Demand::default();
+        d.observe(&new_claims(20, "c"), &[Duration::from_secs(30)], t0);
+        let delay = Duration::from_secs(300);
+        assert_eq!(d.target(1, 10, 1, 0.99, delay, t0).0, 10);
+        assert_eq!(d.target(1, 4, 1, 0.99, delay, t0).0, 4);
+    }
+
+    #[test]
     fn the_same_claim_counts_once() {
         let mut d = Demand::default();
         let t0 = Instant::now();
-        d.observe(&names(5, "c"), &[], t0);
+        d.observe(&new_claims(5, "c"), &[], t0);
         let rate = d.rate_per_minute();
-        d.observe(&names(5, "c"), &[], t0);
+        d.observe(&new_claims(5, "c"), &[], t0);
         assert_eq!(d.rate_per_minute(), rate);
     }
 }
