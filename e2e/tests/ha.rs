@@ -48,21 +48,15 @@ async fn pool_after_a_burst(clusters: &Api<SparkConnectCluster>, claims: &Api<Sp
         },
     )
     .await;
-    wait_until(
-        Duration::from_secs(120),
+    sco_e2e::cluster_status_until(
+        clusters,
+        "auto",
         "the autoscaled target back at its floor, with a measured start-up time",
-        || async {
-            clusters
-                .get("auto")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| {
-                    s.idle_target == Some(1) && s.servers.idle == 1 && s.startup_millis.is_some()
-                })
-        },
+        Duration::from_secs(120),
+        |s| s.idle_target == Some(1) && s.servers.idle == 1 && s.startup_millis.is_some(),
     )
-    .await;
+    .await
+    .unwrap();
 }
 
 /// The new leader has reconciled `auto` (a spec change it has reported) and kept its target:
@@ -79,19 +73,15 @@ async fn target_kept_after_takeover(
         .await
         .unwrap();
     let generation = changed.metadata.generation;
-    wait_until(
-        Duration::from_secs(60),
+    sco_e2e::cluster_status_until(
+        clusters,
+        "auto",
         "the new leader reporting the changed spec",
-        || async {
-            clusters
-                .get("auto")
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| s.observed_generation == generation)
-        },
+        Duration::from_secs(60),
+        |s| s.observed_generation == generation,
     )
-    .await;
+    .await
+    .unwrap();
     let status = clusters.get("auto").await.unwrap().status.unwrap();
     let started_since: Vec<String> = live_pods(&world.client, ns, "sparkconnect.dev/cluster=auto")
         .await
