@@ -25,8 +25,6 @@ pub const CLAIM_ANNOTATION: &str = "sparkconnect.dev/claim";
 pub const CLAIM_UID_ANNOTATION: &str = "sparkconnect.dev/claim-uid";
 /// Annotation with the user of the claim a server is bound to.
 pub const USER_ANNOTATION: &str = "sparkconnect.dev/user";
-/// Name of the server container in every server pod.
-pub const SERVER_CONTAINER: &str = "spark-connect-server";
 /// Key of the client token in the auth Secret.
 pub const TOKEN_KEY: &str = "token";
 /// Fixed Spark driver RPC port.

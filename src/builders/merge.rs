@@ -2,7 +2,8 @@
 //!
 //! Objects merge key by key; lists of objects that carry a `name` merge item by item on that
 //! name (so an env var or the server container can be amended) and other items are appended
-//! (tolerations, sidecars); lists of scalars and all other values are replaced.
+//! (tolerations, sidecars), so an empty list amends nothing; lists of scalars and all other
+//! values are replaced.
 
 use serde_json::Value;
 
@@ -20,7 +21,7 @@ pub fn merge(base: &mut Value, overlay: &Value) {
             }
         }
         (Value::Array(base), Value::Array(overlay))
-            if overlay.iter().all(Value::is_object) && !overlay.is_empty() =>
+            if overlay.iter().all(Value::is_object) && base.iter().all(Value::is_object) =>
         {
             for item in overlay {
                 let same_name = item.get("name").and_then(|name| {
@@ -83,6 +84,19 @@ mod tests {
         assert_eq!(
             pod["spec"]["tolerations"],
             json!([{"key": "t1"}, {"key": "t2"}])
+        );
+    }
+
+    #[test]
+    fn an_empty_list_amends_no_item_of_a_list_of_objects_and_empties_a_list_of_scalars() {
+        let mut pod = json!({"containers": [{"name": "server"}], "args": ["a"], "tolerations": []});
+        merge(
+            &mut pod,
+            &json!({"containers": [], "args": [], "tolerations": [{"key": "t"}]}),
+        );
+        assert_eq!(
+            pod,
+            json!({"containers": [{"name": "server"}], "args": [], "tolerations": [{"key": "t"}]})
         );
     }
 

@@ -6,15 +6,15 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::labels::{
-    BLOCK_MANAGER_PORT, DRIVER_PORT, ROLE_LABEL, SERVER_CONTAINER, SPEC_HASH_LABEL, STATE_LABEL,
-    ServerRole, ServerState, TOKEN_KEY, UI_PORT, driver_account_name, executor_account_name,
-    server_labels, server_token_secret_name, token_secret_name,
+    BLOCK_MANAGER_PORT, DRIVER_PORT, ROLE_LABEL, SPEC_HASH_LABEL, STATE_LABEL, ServerRole,
+    ServerState, TOKEN_KEY, UI_PORT, driver_account_name, executor_account_name, server_labels,
+    server_token_secret_name, token_secret_name,
 };
 use super::merge::merge;
-use crate::crd::AuthMode;
+use crate::crd::{AuthMode, SERVER_CONTAINER};
 use crate::error::Error;
 use crate::quantity::overhead_mib;
-use crate::validate::ValidCluster;
+use crate::validate::{BIND_ADDRESS_ENV, TOKEN_ENV, USER_ENV, ValidCluster};
 
 /// Main class of the Spark Connect server.
 pub const CONNECT_SERVER_CLASS: &str = "org.apache.spark.sql.connect.service.SparkConnectServer";
@@ -103,10 +103,7 @@ fn placement(v: &ValidCluster, server: &str) -> Vec<(&'static str, String)> {
 fn network(v: &ValidCluster, server: &str) -> Vec<(&'static str, String)> {
     vec![
         // Spark 4.x advertises the bind address to executors: it must be the pod IP, not 0.0.0.0.
-        (
-            "spark.driver.bindAddress",
-            "$(SPARK_DRIVER_BIND_ADDRESS)".into(),
-        ),
+        ("spark.driver.bindAddress", format!("$({BIND_ADDRESS_ENV})")),
         ("spark.driver.host", format!("{server}.{}.svc", v.namespace)),
         ("spark.driver.port", DRIVER_PORT.to_string()),
         (
@@ -187,12 +184,12 @@ fn submit_args(v: &ValidCluster, server: &str) -> Vec<String> {
 /// Secret.
 fn server_env(v: &ValidCluster, id: ServerIdentity) -> Vec<serde_json::Value> {
     let mut env = vec![
-        json!({"name": "SPARK_DRIVER_BIND_ADDRESS", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        json!({"name": "SPARK_USER", "value": "spark"}),
+        json!({"name": BIND_ADDRESS_ENV, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
+        json!({"name": USER_ENV, "value": "spark"}),
     ];
     if v.cluster.spec.auth.mode == AuthMode::Token {
         env.push(json!({
-            "name": "SPARK_CONNECT_AUTHENTICATE_TOKEN",
+            "name": TOKEN_ENV,
             "valueFrom": {"secretKeyRef": {"name": token_source(v, id.name, id.role), "key": TOKEN_KEY}}
         }));
     }

@@ -174,6 +174,10 @@ pub struct ServerSpec {
     pub pod_template: Option<serde_json::Value>,
 }
 
+/// Name of the server container in every server pod: a `podTemplate` container of this name
+/// amends it.
+pub const SERVER_CONTAINER: &str = "spark-connect-server";
+
 /// Labels only the operator sets on server pods.
 const RESERVED_LABELS_RULE: &str = "!has(self.metadata) || !has(self.metadata.labels) || self.metadata.labels.all(k, !k.startsWith('sparkconnect.dev/') && !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/component', 'app.kubernetes.io/managed-by']))";
 

@@ -1,7 +1,10 @@
 //! Checks of a cluster spec that the CRD schema cannot express, and the parsed values the
 //! builders and the reconciler use. Pure.
 
+mod owned;
 mod privilege;
+
+pub use owned::{BIND_ADDRESS_ENV, TOKEN_ENV, USER_ENV};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,15 +269,7 @@ fn pod_template(spec: &SparkConnectClusterSpec) -> Result<Option<serde_json::Val
             "server.podTemplate is not a valid pod template: {e}"
         ))
     })?;
-    if parsed
-        .metadata
-        .as_ref()
-        .is_some_and(|m| m.name.is_some() || m.namespace.is_some() || m.owner_references.is_some())
-    {
-        return Err(Error::InvalidSpec(
-            "server.podTemplate must not set metadata.name, metadata.namespace or metadata.ownerReferences".into(),
-        ));
-    }
+    owned::refuse_owned_parts(template)?;
     if !spec.security.allow_privileged {
         privilege::refuse_privileged_template(&parsed)?;
     }

@@ -3,8 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodTemplateSpec, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    AppArmorProfile, Container, PodTemplateSpec, SELinuxOptions, SeccompProfile,
+    WindowsSecurityContextOptions,
+};
 
+use crate::crd::SERVER_CONTAINER;
 use crate::error::Error;
 
 /// Spark settings that mount secrets or host paths, pick another ServiceAccount or API
@@ -24,6 +28,47 @@ const EXECUTOR_ESCAPES: &[&str] = &[
     "spark.kubernetes.driver.master",
 ];
 
+/// Kernel settings a pod may set without privilege (the Pod Security Standards' baseline).
+const SAFE_SYSCTLS: &[&str] = &[
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+];
+/// SELinux types a container may run as without privilege (baseline).
+const SELINUX_TYPES: &[&str] = &[
+    "",
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+];
+/// Environment that gives the server's JVM options or where Spark reads its settings: Spark
+/// settings would pass through it unchecked.
+const JVM_OPTION_ENV: &[&str] = &[
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "SPARK_SUBMIT_OPTS",
+    "SPARK_CONF_DIR",
+    "SPARK_HOME",
+];
+/// Where Spark reads its default settings in the image.
+const SPARK_CONF_DIR: &str = "/opt/spark/conf";
+/// Spark settings whose value becomes options of the server's JVM.
+const DRIVER_JAVA_OPTIONS: &[&str] = &[
+    "spark.driver.extraJavaOptions",
+    "spark.driver.defaultJavaOptions",
+];
+/// Annotation prefix that sets a container's AppArmor profile.
+const APPARMOR_ANNOTATION: &str = "container.apparmor.security.beta.kubernetes.io/";
+
 fn refused(what: Vec<String>) -> Result<(), Error> {
     if what.is_empty() {
         return Ok(());
@@ -34,18 +79,77 @@ fn refused(what: Vec<String>) -> Result<(), Error> {
     )))
 }
 
-/// Refuses Spark settings that give executors secrets, host paths or API credentials.
+/// Refuses Spark settings that give executors secrets, host paths or API credentials, also
+/// when passed as `-Dspark.` system properties of the server's JVM.
 pub fn refuse_executor_escapes(conf: &BTreeMap<String, String>) -> Result<(), Error> {
-    refused(
-        conf.keys()
-            .filter(|k| EXECUTOR_ESCAPES.iter().any(|p| k.starts_with(p)))
-            .map(|k| format!("sparkConf {k}"))
-            .collect(),
-    )
+    let escapes = conf
+        .keys()
+        .filter(|k| EXECUTOR_ESCAPES.iter().any(|p| k.starts_with(p)))
+        .map(|k| format!("sparkConf {k}"));
+    let smuggled = DRIVER_JAVA_OPTIONS
+        .iter()
+        .filter(|key| conf.get(**key).is_some_and(|v| sets_spark_property(v)))
+        .map(|key| {
+            format!(
+                "sparkConf {key} sets Spark settings with -Dspark. (set them as sparkConf keys)"
+            )
+        });
+    refused(escapes.chain(smuggled).collect())
 }
 
-fn container_problems(where_: &str, sc: Option<&SecurityContext>, out: &mut Vec<String>) {
-    let Some(sc) = sc else { return };
+/// Whether JVM options set a `spark.` system property, however quoted (Spark's launcher
+/// removes quotes and backslashes before the JVM sees them).
+fn sets_spark_property(options: &str) -> bool {
+    let unquoted: String = options
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '"' | '\\'))
+        .collect();
+    unquoted.contains("-Dspark.")
+}
+
+fn is_unconfined(kind: Option<&str>) -> bool {
+    kind == Some("Unconfined")
+}
+
+/// What a pod- or container-level setting shared by both asks for.
+fn shared_problems(
+    where_: &str,
+    seccomp: Option<&SeccompProfile>,
+    apparmor: Option<&AppArmorProfile>,
+    selinux: Option<&SELinuxOptions>,
+    windows: Option<&WindowsSecurityContextOptions>,
+    out: &mut Vec<String>,
+) {
+    if is_unconfined(seccomp.map(|s| s.type_.as_str())) {
+        out.push(format!("{where_} turns seccomp off"));
+    }
+    if is_unconfined(apparmor.map(|a| a.type_.as_str())) {
+        out.push(format!("{where_} turns AppArmor off"));
+    }
+    if let Some(selinux) = selinux
+        && (selinux.user.is_some()
+            || selinux.role.is_some()
+            || !SELINUX_TYPES.contains(&selinux.type_.as_deref().unwrap_or_default()))
+    {
+        out.push(format!("{where_} sets a custom SELinux user, role or type"));
+    }
+    if windows.and_then(|w| w.host_process) == Some(true) {
+        out.push(format!("{where_} is a Windows host process"));
+    }
+}
+
+fn container_problems(where_: &str, container: &Container, out: &mut Vec<String>) {
+    for port in container.ports.iter().flatten() {
+        if port.host_port.is_some_and(|p| p != 0) {
+            out.push(format!(
+                "{where_} binds host port {}",
+                port.host_port.unwrap_or_default()
+            ));
+        }
+    }
+    let Some(sc) = container.security_context.as_ref() else {
+        return;
+    };
     if sc.privileged == Some(true) {
         out.push(format!("{where_} is privileged"));
     }
@@ -66,14 +170,71 @@ fn container_problems(where_: &str, sc: Option<&SecurityContext>, out: &mut Vec<
     if sc.proc_mount.as_deref() == Some("Unmasked") {
         out.push(format!("{where_} unmasks /proc"));
     }
+    shared_problems(
+        where_,
+        sc.seccomp_profile.as_ref(),
+        sc.app_armor_profile.as_ref(),
+        sc.se_linux_options.as_ref(),
+        sc.windows_options.as_ref(),
+        out,
+    );
+}
+
+/// What an amendment of the server container may not do: keep fewer of the operator's
+/// restrictions, or reach the server's JVM options or Spark configuration, through which
+/// executor settings would pass unchecked.
+fn server_container_problems(container: &Container, out: &mut Vec<String>) {
+    let where_ = format!("server.podTemplate container {SERVER_CONTAINER}");
+    if let Some(drop) = container
+        .security_context
+        .as_ref()
+        .and_then(|sc| sc.capabilities.as_ref())
+        .and_then(|c| c.drop.as_ref())
+        && !drop.iter().any(|d| d == "ALL")
+    {
+        out.push(format!("{where_} drops fewer capabilities than ALL"));
+    }
+    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
+        out.push(format!(
+            "{where_} sets envFrom (name each env entry instead)"
+        ));
+    }
+    for env in container.env.iter().flatten() {
+        if JVM_OPTION_ENV.contains(&env.name.as_str()) {
+            out.push(format!("{where_} sets env {}", env.name));
+        }
+    }
+    for mount in container.volume_mounts.iter().flatten() {
+        let path = mount.mount_path.trim_end_matches('/');
+        let over =
+            |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
+        if over(path, SPARK_CONF_DIR) || over(SPARK_CONF_DIR, path) {
+            out.push(format!("{where_} mounts over {SPARK_CONF_DIR}"));
+        }
+    }
 }
 
 /// Refuses a pod template overlay that would run privileged, as root, in host namespaces, with
-/// host paths, or under another ServiceAccount.
+/// host paths or ports, without seccomp or AppArmor, under another ServiceAccount, or with
+/// fewer of the server container's restrictions (the Pod Security Standards' baseline, plus
+/// what the operator sets).
 pub fn refuse_privileged_template(template: &PodTemplateSpec) -> Result<(), Error> {
     let mut problems = Vec::new();
+    for (key, value) in template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if key.starts_with(APPARMOR_ANNOTATION) && value == "unconfined" {
+            problems.push(format!(
+                "server.podTemplate annotation {key} turns AppArmor off"
+            ));
+        }
+    }
     let Some(spec) = &template.spec else {
-        return Ok(());
+        return refused(problems);
     };
     for (flag, name) in [
         (spec.host_network, "hostNetwork"),
@@ -98,10 +259,23 @@ pub fn refuse_privileged_template(template: &PodTemplateSpec) -> Result<(), Erro
             ));
         }
     }
-    if let Some(pod_sc) = &spec.security_context
-        && (pod_sc.run_as_user == Some(0) || pod_sc.run_as_non_root == Some(false))
-    {
-        problems.push("server.podTemplate runs the pod as root".into());
+    if let Some(pod_sc) = &spec.security_context {
+        if pod_sc.run_as_user == Some(0) || pod_sc.run_as_non_root == Some(false) {
+            problems.push("server.podTemplate runs the pod as root".into());
+        }
+        shared_problems(
+            "server.podTemplate pod",
+            pod_sc.seccomp_profile.as_ref(),
+            pod_sc.app_armor_profile.as_ref(),
+            pod_sc.se_linux_options.as_ref(),
+            pod_sc.windows_options.as_ref(),
+            &mut problems,
+        );
+        for sysctl in pod_sc.sysctls.iter().flatten() {
+            if !SAFE_SYSCTLS.contains(&sysctl.name.as_str()) {
+                problems.push(format!("server.podTemplate sets sysctl {}", sysctl.name));
+            }
+        }
     }
     let containers = spec.containers.iter().map(|c| (c, "container")).chain(
         spec.init_containers
@@ -111,7 +285,15 @@ pub fn refuse_privileged_template(template: &PodTemplateSpec) -> Result<(), Erro
     );
     for (container, kind) in containers {
         let where_ = format!("server.podTemplate {kind} {}", container.name);
-        container_problems(&where_, container.security_context.as_ref(), &mut problems);
+        container_problems(&where_, container, &mut problems);
+    }
+    // Every amendment of the server container is merged into it.
+    for server in spec
+        .containers
+        .iter()
+        .filter(|c| c.name == SERVER_CONTAINER)
+    {
+        server_container_problems(server, &mut problems);
     }
     for container in spec.ephemeral_containers.iter().flatten() {
         problems.push(format!(
@@ -157,6 +339,87 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part} missing from {message}");
         }
+    }
+
+    #[test]
+    fn relaxing_the_baseline_or_the_servers_restrictions_is_named() {
+        let t: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/side": "unconfined"}},
+            "spec": {
+                "securityContext": {
+                    "seccompProfile": {"type": "Unconfined"},
+                    "sysctls": [{"name": "kernel.msgmax", "value": "1"}, {"name": "net.ipv4.tcp_syncookies", "value": "1"}]
+                },
+                "containers": [
+                    {"name": SERVER_CONTAINER,
+                     "securityContext": {"capabilities": {"drop": ["NET_RAW"]}, "seLinuxOptions": {"type": "spc_t"}},
+                     "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Dspark.kubernetes.executor.volumes.hostPath.h.mount.path=/h"}],
+                     "envFrom": [{"configMapRef": {"name": "opts"}}],
+                     "volumeMounts": [{"name": "conf", "mountPath": "/opt/spark/conf/"}]},
+                    {"name": "side", "ports": [{"containerPort": 80, "hostPort": 80}],
+                     "securityContext": {"appArmorProfile": {"type": "Unconfined"}, "windowsOptions": {"hostProcess": true}}}
+                ]
+            }
+        }))
+        .unwrap();
+        let message = refuse_privileged_template(&t).unwrap_err().to_string();
+        for part in [
+            "annotation container.apparmor.security.beta.kubernetes.io/side turns AppArmor off",
+            "pod turns seccomp off",
+            "sysctl kernel.msgmax",
+            "container spark-connect-server drops fewer capabilities than ALL",
+            "container spark-connect-server sets a custom SELinux user, role or type",
+            "container spark-connect-server sets env JAVA_TOOL_OPTIONS",
+            "container spark-connect-server sets envFrom",
+            "container spark-connect-server mounts over /opt/spark/conf",
+            "container side binds host port 80",
+            "container side turns AppArmor off",
+            "container side is a Windows host process",
+        ] {
+            assert!(message.contains(part), "{part} missing from {message}");
+        }
+        assert!(!message.contains("tcp_syncookies"), "{message}");
+    }
+
+    #[test]
+    fn a_mount_above_the_spark_configuration_hides_it_too_and_one_beside_it_does_not() {
+        let mounted = |path: &str| {
+            let t: PodTemplateSpec =
+                serde_json::from_value(serde_json::json!({"spec": {"containers": [
+                    {"name": SERVER_CONTAINER, "volumeMounts": [{"name": "v", "mountPath": path}]}
+                ]}}))
+                .unwrap();
+            refuse_privileged_template(&t).is_err()
+        };
+        assert!(mounted("/opt") && mounted("/") && mounted("/opt/spark/conf/spark-defaults.conf"));
+        assert!(
+            !mounted("/opt/spark/work-dir")
+                && !mounted("/opt/spark/confidential")
+                && !mounted("/data")
+        );
+    }
+
+    #[test]
+    fn spark_settings_passed_as_jvm_properties_are_escapes_however_quoted() {
+        for options in [
+            "-Dspark.kubernetes.executor.secrets.db=/db",
+            "-XX:+UseG1GC '-Dspark.kubernetes.authenticate.executor.serviceAccountName=admin'",
+            "-D\"spark.kubernetes.executor.volumes.hostPath.h.mount.path\"=/h",
+        ] {
+            let conf: BTreeMap<String, String> = [(
+                "spark.driver.extraJavaOptions".to_string(),
+                options.to_string(),
+            )]
+            .into();
+            let message = refuse_executor_escapes(&conf).unwrap_err().to_string();
+            assert!(message.contains("extraJavaOptions"), "{options}: {message}");
+        }
+        let conf: BTreeMap<String, String> = [(
+            "spark.driver.extraJavaOptions".to_string(),
+            "-XX:+UseG1GC -Duser.timezone=UTC".to_string(),
+        )]
+        .into();
+        refuse_executor_escapes(&conf).unwrap();
     }
 
     #[test]
