@@ -355,8 +355,6 @@ fn assert_the_operators_parts_kept(pod: &Pod, plain: &Pod) {
     );
     assert_eq!(spec.restart_policy, plain_spec.restart_policy);
     let (server, plain_server) = (server_container(pod), server_container(plain));
-    assert_eq!(server.command, plain_server.command);
-    assert_eq!(server.args, plain_server.args);
     for plain_env in plain_server.env.iter().flatten() {
         let env: Vec<_> = server
             .env
@@ -369,8 +367,11 @@ fn assert_the_operators_parts_kept(pod: &Pod, plain: &Pod) {
 }
 
 /// The Pod Security Standards' baseline, runAsNonRoot, the operator's ServiceAccount and the
-/// server container's own restrictions, read from the pod.
-fn assert_unprivileged(pod: &Pod) {
+/// server container's own restrictions and command line, read from the pod.
+fn assert_unprivileged(pod: &Pod, plain: &Pod) {
+    let (server, plain_server) = (server_container(pod), server_container(plain));
+    assert_eq!(server.command, plain_server.command);
+    assert_eq!(server.args, plain_server.args);
     let spec = pod.spec.as_ref().expect("spec");
     assert_eq!(
         spec.service_account_name.as_deref(),
@@ -546,7 +547,7 @@ proptest! {
         let plain = server_pod(&plain, pool_server()).map_err(|e| TestCaseError::fail(e.to_string()))?;
         assert_the_operators_parts_kept(&pod, &plain);
         if !privileged {
-            assert_unprivileged(&pod);
+            assert_unprivileged(&pod, &plain);
         }
     }
 

@@ -322,6 +322,61 @@ fn cases() -> Vec<(Value, Expect)> {
             cluster("o11", spec(template(json!({"containers": "not a list"})))),
             Degraded("InvalidSpec", "not a valid pod template"),
         ),
+        // What the operator decides about a server, and the baseline around it.
+        (
+            cluster(
+                "o12",
+                spec(template(
+                    json!({"containers": [{"name": "spark-connect-server", "args": ["--conf", "spark.kubernetes.executor.secrets.db=/db"]}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "replaces the command line"),
+        ),
+        (
+            cluster(
+                "o13",
+                spec(template(
+                    json!({"containers": [{"name": "spark-connect-server", "env": [{"name": "SPARK_CONNECT_AUTHENTICATE_TOKEN", "value": "known"}]}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "env SPARK_CONNECT_AUTHENTICATE_TOKEN"),
+        ),
+        (
+            cluster(
+                "o14",
+                spec(
+                    json!({"sparkConf": {"spark.driver.extraJavaOptions": "-D'spark.kubernetes.executor.secrets.db=/db'"}}),
+                ),
+            ),
+            Degraded("InvalidSpec", "-Dspark."),
+        ),
+        (
+            cluster(
+                "o15",
+                spec(template(
+                    json!({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}),
+                )),
+            ),
+            Degraded("InvalidSpec", "turns seccomp off"),
+        ),
+        (
+            cluster(
+                "o16",
+                spec(template(
+                    json!({"containers": [{"name": "spark-connect-server", "securityContext": {"capabilities": {"drop": []}}}]}),
+                )),
+            ),
+            Degraded("InvalidSpec", "drops fewer capabilities than ALL"),
+        ),
+        (
+            cluster(
+                "o17",
+                spec(
+                    json!({"server": {"podTemplate": {"metadata": {"annotations": {"sparkconnect.dev/claim": "someone"}}}}}),
+                ),
+            ),
+            Degraded("InvalidSpec", "annotations sparkconnect.dev/claim"),
+        ),
         // Claims.
         (
             claim(

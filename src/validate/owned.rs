@@ -1,5 +1,5 @@
-//! The parts of a server pod the operator owns: how it is named, labelled and started, and the
-//! environment its server reads. A `server.podTemplate` may not set them, whatever the
+//! The parts of a server pod the operator owns: how it is named, labelled and restarted, and
+//! the environment its server reads. A `server.podTemplate` may not set them, whatever the
 //! cluster's security settings, since a server built otherwise would not be the one the
 //! operator probes, counts and hands out. Pure; reads the template as given, so that a `null`
 //! (which removes what the operator sets) is seen too.
@@ -108,15 +108,8 @@ fn keys<'a>(metadata: &'a Map<String, Value>, kind: &str) -> impl Iterator<Item 
         .flat_map(|map| map.keys().map(String::as_str))
 }
 
-/// The server container's command line and the environment the operator gives it.
+/// The environment the operator gives the server container.
 fn server_container(container: &Value, problems: &mut Vec<String>) {
-    for field in ["command", "args"] {
-        if container.get(field).is_some() {
-            problems.push(format!(
-                "sets {field} of container {SERVER_CONTAINER} (put Spark settings in sparkConf)"
-            ));
-        }
-    }
     for name in env_names(container) {
         if MANAGED_ENV.contains(&name) {
             problems.push(format!("sets env {name} of container {SERVER_CONTAINER}"));
@@ -170,20 +163,15 @@ mod tests {
     }
 
     #[test]
-    fn the_servers_command_token_and_lifecycle_are_the_operators() {
+    fn the_servers_token_and_lifecycle_are_the_operators() {
         let message = refused(json!({"spec": {
             "restartPolicy": "Always",
             "containers": [{
                 "name": SERVER_CONTAINER,
-                "args": ["--conf", "spark.kubernetes.authenticate.executor.serviceAccountName=admin"],
                 "env": [{"name": "SPARK_CONNECT_AUTHENTICATE_TOKEN", "value": "known"}, {"name": "TZ", "value": "UTC"}]
             }]
         }}));
-        for part in [
-            "spec.restartPolicy",
-            "args of container spark-connect-server",
-            "env SPARK_CONNECT_AUTHENTICATE_TOKEN",
-        ] {
+        for part in ["spec.restartPolicy", "env SPARK_CONNECT_AUTHENTICATE_TOKEN"] {
             assert!(message.contains(part), "{part} missing from {message}");
         }
         assert!(!message.contains("TZ"), "{message}");

@@ -181,10 +181,15 @@ fn container_problems(where_: &str, container: &Container, out: &mut Vec<String>
 }
 
 /// What an amendment of the server container may not do: keep fewer of the operator's
-/// restrictions, or reach the server's JVM options or Spark configuration, through which
-/// executor settings would pass unchecked.
+/// restrictions, or replace its command line or reach its JVM options or Spark configuration,
+/// through which executor settings would pass unchecked.
 fn server_container_problems(container: &Container, out: &mut Vec<String>) {
     let where_ = format!("server.podTemplate container {SERVER_CONTAINER}");
+    if container.command.is_some() || container.args.is_some() {
+        out.push(format!(
+            "{where_} replaces the command line that carries the executors' account and settings (put Spark settings in sparkConf)"
+        ));
+    }
     if let Some(drop) = container
         .security_context
         .as_ref()
@@ -355,6 +360,7 @@ mod tests {
                      "securityContext": {"capabilities": {"drop": ["NET_RAW"]}, "seLinuxOptions": {"type": "spc_t"}},
                      "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Dspark.kubernetes.executor.volumes.hostPath.h.mount.path=/h"}],
                      "envFrom": [{"configMapRef": {"name": "opts"}}],
+                     "args": ["--conf", "spark.kubernetes.executor.secrets.db=/db"],
                      "volumeMounts": [{"name": "conf", "mountPath": "/opt/spark/conf/"}]},
                     {"name": "side", "ports": [{"containerPort": 80, "hostPort": 80}],
                      "securityContext": {"appArmorProfile": {"type": "Unconfined"}, "windowsOptions": {"hostProcess": true}}}
@@ -371,6 +377,7 @@ mod tests {
             "container spark-connect-server sets a custom SELinux user, role or type",
             "container spark-connect-server sets env JAVA_TOOL_OPTIONS",
             "container spark-connect-server sets envFrom",
+            "container spark-connect-server replaces the command line",
             "container spark-connect-server mounts over /opt/spark/conf",
             "container side binds host port 80",
             "container side turns AppArmor off",
