@@ -892,9 +892,62 @@ async fn a_drivers_token_reaches_only_its_own_executors() {
         format!("{err}").contains("executor pods that run as"),
         "{err}"
     );
-    pods.create(&dry, &pod(executor, owner, "least-spark-executor"))
+    pods.create(
+        &dry,
+        &pod(executor.clone(), owner.clone(), "least-spark-executor"),
+    )
+    .await
+    .expect("a driver may start its own executors");
+    // ...but not one that reads the namespace's Secrets or the node's files: code running in a
+    // driver of a cluster without allowPrivileged gets no more through an executor.
+    let with = |patch: Value| -> Pod {
+        let mut pod =
+            serde_json::to_value(pod(executor.clone(), owner.clone(), "least-spark-executor"))
+                .unwrap();
+        merge(&mut pod, json!({"spec": patch}));
+        serde_json::from_value(pod).unwrap()
+    };
+    let escapes = [
+        json!({"volumes": [{"name": "s", "secret": {"secretName": "least-connect-token"}}]}),
+        json!({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}),
+        json!({"volumes": [{"name": "p", "projected": {"sources": [{"secret": {"name": "least-connect-token"}}]}}]}),
+        json!({"containers": [{"name": "c", "image": "x", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "least-connect-token", "key": "token"}}}]}]}),
+        json!({"containers": [{"name": "c", "image": "x", "securityContext": {"privileged": true}}]}),
+        json!({"hostNetwork": true}),
+    ];
+    for escape in &escapes {
+        let err = pods.create(&dry, &with(escape.clone())).await.unwrap_err();
+        assert!(
+            format!("{err}").contains("without spec.security.allowPrivileged"),
+            "{escape}: {err}"
+        );
+    }
+    // A cluster with allowPrivileged lets its drivers' executors have them (its sparkConf may
+    // ask for secrets and host paths).
+    let mut wide_spec = fake_spec(1, 2, 10);
+    wide_spec["security"] = json!({"allowPrivileged": true});
+    create_pool(&clusters, "wide", wide_spec, 1, Duration::from_secs(120)).await;
+    let wide = support::live_pods(
+        &world.client,
+        &ns.name,
+        "sparkconnect.dev/cluster=wide,sparkconnect.dev/state=idle",
+    )
+    .await;
+    let wide_token =
+        mounted_token(&world, &ns.name, &wide[0].name_any()).expect("the wide driver's token");
+    let wide_pods: Api<Pod> =
+        Api::namespaced(client_with_token(&world, &wide_token).await, &ns.name);
+    let wide_owner = json!([{"apiVersion": "v1", "kind": "Pod", "name": wide[0].name_any(), "uid": wide[0].uid().unwrap()}]);
+    let mut privileged_executor =
+        serde_json::to_value(pod(executor, wide_owner, "wide-spark-executor")).unwrap();
+    merge(
+        &mut privileged_executor,
+        json!({"spec": escapes[0].clone()}),
+    );
+    wide_pods
+        .create(&dry, &serde_json::from_value(privileged_executor).unwrap())
         .await
-        .expect("a driver may start its own executors");
+        .expect("a privileged cluster's driver may give its executors a Secret");
     // The executors' account has no token mounted and no rights.
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
         Api::namespaced(world.client.clone(), &ns.name);

@@ -1,5 +1,8 @@
 //! `sco-fake-connect`: a light Spark Connect server for tests and benchmarks.
 //! SIGUSR1 makes it hang, SIGUSR2 makes it fail, SIGHUP makes it answer again.
+//! Run as `spark-submit` (its image places it there, so a pool of fake servers is built like
+//! any other), it reads its settings from the `--conf` arguments the operator passes: the
+//! Connect port, and `spark.sco.fake.startMillis` / `queryMillis` from the cluster's sparkConf.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,9 +31,48 @@ struct Cli {
     start_millis: u64,
 }
 
+/// Prefix of the fake's own settings in a cluster's sparkConf.
+const FAKE_CONF: &str = "spark.sco.fake.";
+
+impl Cli {
+    /// The settings of a `spark-submit` command line: `--conf key=value` pairs, the rest
+    /// ignored.
+    fn from_spark_submit(args: &[String]) -> Result<Self, String> {
+        let conf: std::collections::BTreeMap<&str, &str> = args
+            .windows(2)
+            .filter(|pair| pair[0] == "--conf")
+            .filter_map(|pair| pair[1].split_once('='))
+            .collect();
+        let number = |key: &str| -> Result<u64, String> {
+            conf.get(key).map_or(Ok(0), |v| {
+                v.parse().map_err(|e| format!("--conf {key}={v}: {e}"))
+            })
+        };
+        let port = conf
+            .get("spark.connect.grpc.binding.port")
+            .map_or(Ok(15002), |p| p.parse::<u16>())
+            .map_err(|e| format!("the Connect port: {e}"))?;
+        Ok(Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+            token: std::env::var("SPARK_CONNECT_AUTHENTICATE_TOKEN").ok(),
+            log_calls: false,
+            query_millis: number(&format!("{FAKE_CONF}queryMillis"))?,
+            start_millis: number(&format!("{FAKE_CONF}startMillis"))?,
+        })
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let as_spark_submit = args
+        .first()
+        .is_some_and(|program| program.ends_with("/spark-submit"));
+    let cli = if as_spark_submit {
+        Cli::from_spark_submit(&args)?
+    } else {
+        Cli::parse()
+    };
     let state = FakeState::with_options(FakeOptions {
         token: cli.token.filter(|t| !t.is_empty()),
         log_calls: cli.log_calls,

@@ -40,23 +40,38 @@ pub fn executor_service_account(v: &ValidCluster) -> Result<ServiceAccount, Erro
     }))?)
 }
 
+/// The verb on `sparkconnectclusters` that lets a driver's executors mount secrets and host
+/// paths or run privileged: the chart's admission policy refuses such executor pods from a
+/// driver without it. Granted to the drivers of clusters with `security.allowPrivileged`.
+pub const PRIVILEGED_EXECUTORS_VERB: &str = "privileged-executors";
+
 /// What a Spark driver needs to run executors in its namespace: executor pods and their
-/// ConfigMap (PersistentVolumeClaims only for privileged clusters, which may mount volumes).
-/// No Services, no Secrets.
+/// ConfigMap; for privileged clusters also PersistentVolumeClaims and the verb that lets its
+/// executors be privileged. No Services, no Secrets.
 pub fn driver_role(v: &ValidCluster) -> Result<Role, Error> {
+    let privileged = v.cluster.spec.security.allow_privileged;
     let mut resources = vec!["pods", "configmaps"];
-    if v.cluster.spec.security.allow_privileged {
+    if privileged {
         resources.push("persistentvolumeclaims");
+    }
+    let mut rules = vec![json!({
+        "apiGroups": [""],
+        "resources": resources,
+        "verbs": ["create", "get", "list", "watch", "patch", "delete", "deletecollection"]
+    })];
+    if privileged {
+        rules.push(json!({
+            "apiGroups": [crate::crd::GROUP],
+            "resources": ["sparkconnectclusters"],
+            "resourceNames": [v.name],
+            "verbs": [PRIVILEGED_EXECUTORS_VERB]
+        }));
     }
     Ok(serde_json::from_value(json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": metadata(v),
-        "rules": [{
-            "apiGroups": [""],
-            "resources": resources,
-            "verbs": ["create", "get", "list", "watch", "patch", "delete", "deletecollection"]
-        }]
+        "rules": rules
     }))?)
 }
 
@@ -96,6 +111,7 @@ mod tests {
         assert!(!resources.contains(&"services".to_string()));
         let executors = executor_service_account(&v).unwrap();
         assert_eq!(executors.automount_service_account_token, Some(false));
+        assert_eq!(role_rules(&v).len(), 1, "no privileged executors");
         let binding = driver_role_binding(&v).unwrap();
         assert_eq!(binding.subjects.unwrap()[0].name, "analytics-spark");
         assert_eq!(
@@ -106,6 +122,30 @@ mod tests {
                 .unwrap()[0]
                 .kind,
             "SparkConnectCluster"
+        );
+    }
+
+    fn role_rules(v: &ValidCluster) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
+        driver_role(v).unwrap().rules.unwrap()
+    }
+
+    #[test]
+    fn a_privileged_clusters_drivers_may_run_privileged_executors_of_that_cluster_only() {
+        let mut c = cluster();
+        c.spec.security.allow_privileged = true;
+        let v = validate(&c).unwrap();
+        let rules = role_rules(&v);
+        let verb = rules
+            .iter()
+            .find(|r| r.verbs.contains(&PRIVILEGED_EXECUTORS_VERB.to_string()))
+            .unwrap();
+        assert_eq!(verb.resource_names, Some(vec!["analytics".to_string()]));
+        assert!(
+            rules[0]
+                .resources
+                .as_ref()
+                .unwrap()
+                .contains(&"persistentvolumeclaims".to_string())
         );
     }
 }

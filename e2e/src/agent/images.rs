@@ -59,6 +59,9 @@ fn repository(image: &str) -> (&str, &str) {
     (repo.rsplit('/').next().unwrap_or(repo), tag)
 }
 
+/// Where Spark's launcher is in an image.
+const SPARK_SUBMIT: &str = "/opt/spark/bin/spark-submit";
+
 /// The layout of `image`, or why it cannot be pulled.
 pub fn resolve(image: &str, state_dir: &std::path::Path) -> Result<ImageLayout, String> {
     let (name, tag) = repository(image);
@@ -71,13 +74,22 @@ pub fn resolve(image: &str, state_dir: &std::path::Path) -> Result<ImageLayout, 
             if !binary.is_file() {
                 return Err(format!("{image}: binary {} is not built", binary.display()));
             }
+            // The fake Connect server also answers to Spark's launcher, so that a pool of fake
+            // servers runs the operator's own command line.
+            let targets = match name {
+                "sco-fake-connect" => vec![format!("/{name}"), SPARK_SUBMIT.to_string()],
+                _ => vec![format!("/{name}")],
+            };
             Ok(ImageLayout {
-                mounts: vec![Mount::Bind {
-                    source: binary,
-                    target: format!("/{name}"),
-                    read_only: true,
-                    recursive: false,
-                }],
+                mounts: targets
+                    .into_iter()
+                    .map(|target| Mount::Bind {
+                        source: binary.clone(),
+                        target,
+                        read_only: true,
+                        recursive: false,
+                    })
+                    .collect(),
                 env: base_env(""),
                 default_argv: vec![format!("/{name}")],
                 workdir: "/".into(),

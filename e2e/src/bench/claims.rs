@@ -313,12 +313,7 @@ fn fake_spec(idle: i32) -> serde_json::Value {
         "image": "sco-fake-connect:latest",
         "shared": 0,
         "hotPool": {"idle": idle, "max": idle.max(1) * 2, "maxServers": (idle.max(1) * 2).max(100), "maxWaitingClaims": 1000},
-        "probe": {"period": "2s", "timeout": "1s"},
-        // Its own command in the server container needs the opt-in.
-        "security": {"allowPrivileged": true},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
-        }]}}}
+        "probe": {"period": "2s", "timeout": "1s"}
     })
 }
 

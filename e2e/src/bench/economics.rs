@@ -80,12 +80,8 @@ fn spec(autoscale: Option<Autoscale>, idle: i32, day: Day) -> serde_json::Value 
             "autoscale": autoscale
         },
         "probe": {"period": "1s", "timeout": "500ms"},
-        // Its own command in the server container needs the opt-in.
-        "security": {"allowPrivileged": true},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"],
-            "args": ["--listen", "0.0.0.0:15002", "--start-millis", START_MILLIS.to_string()]
-        }]}}}
+        // The fake servers take as long to start as a small JVM.
+        "sparkConf": {"spark.sco.fake.startMillis": START_MILLIS.to_string()}
     })
 }
 

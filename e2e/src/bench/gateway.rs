@@ -184,10 +184,6 @@ fn fake(mut spec: Value) -> Value {
     spec["image"] = json!("sco-fake-connect:latest");
     spec["probe"] = json!({"period": "5s", "timeout": "2s"});
     spec["auth"] = json!({"mode": "Token"});
-    // Its own command in the server container needs the opt-in.
-    spec["security"] = json!({"allowPrivileged": true});
-    spec["server"] = json!({"podTemplate": {"spec": {"containers": [{
-        "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]}]}}});
     spec
 }
 

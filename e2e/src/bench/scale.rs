@@ -29,12 +29,7 @@ fn spec(idle: i32) -> serde_json::Value {
         "image": "sco-fake-connect:latest",
         "shared": 0,
         "hotPool": {"idle": idle, "max": 2},
-        "probe": {"period": "10s", "timeout": "1s"},
-        // Its own command in the server container needs the opt-in.
-        "security": {"allowPrivileged": true},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
-        }]}}}
+        "probe": {"period": "10s", "timeout": "1s"}
     })
 }
 

@@ -273,12 +273,7 @@ pub fn fake_spec(idle: i32, max: i32, max_waiting: i32) -> serde_json::Value {
         "image": "sco-fake-connect:latest",
         "shared": 0,
         "hotPool": {"idle": idle, "max": max, "maxWaitingClaims": max_waiting},
-        "probe": {"period": "2s", "timeout": "1s"},
-        // Its own command in the server container needs the opt-in.
-        "security": {"allowPrivileged": true},
-        "server": {"podTemplate": {"spec": {"containers": [{
-            "name": "spark-connect-server", "command": ["/sco-fake-connect"], "args": ["--listen", "0.0.0.0:15002"]
-        }]}}}
+        "probe": {"period": "2s", "timeout": "1s"}
     })
 }
 
