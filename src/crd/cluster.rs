@@ -97,10 +97,12 @@ pub struct SparkConnectClusterSpec {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecuritySpec {
-    /// Let `server.podTemplate` and `sparkConf` use privileged settings (privileged or root
-    /// containers, added capabilities, host namespaces, hostPath volumes, another
-    /// ServiceAccount, secret or volume mounts on executors). Setting it needs the RBAC verb
-    /// `allow-privileged` on `sparkconnectclusters` when the chart's admission policy is on.
+    /// Let `server.podTemplate`, `sparkConf` and the executor pods the drivers start use
+    /// privileged settings (privileged or root containers, added capabilities, host namespaces
+    /// and ports, hostPath volumes, seccomp or AppArmor off, another ServiceAccount, the
+    /// server's own command line, Secrets or volumes on executors). Setting it needs the RBAC
+    /// verb `allow-privileged` on `sparkconnectclusters` when the chart's admission policy is
+    /// on.
     #[serde(default)]
     pub allow_privileged: bool,
 }
