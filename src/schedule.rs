@@ -270,6 +270,53 @@ mod tests {
         assert!(refused.iter().all(|r| r.starts_with("hotPool.schedule[")));
     }
 
+    /// A cron field as a user might write it: mostly ordinary for its place, sometimes odd.
+    fn cron_field(
+        ordinary: Vec<&'static str>,
+    ) -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::prop_oneof![
+            6 => proptest::sample::select(ordinary),
+            1 => proptest::sample::select(vec![
+                "*/0", "60", "5-1", "L", "?", "0-59/7", "1#2", "99999999999", "-1", "31",
+            ]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 1000,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_window_a_user_writes_is_refused_or_answers_without_panicking(
+            minute in cron_field(vec!["*", "0", "30", "*/15", "0,30", "59"]),
+            hour in cron_field(vec!["*", "9", "0-23/2", "1-5", "23"]),
+            day in cron_field(vec!["*", "1", "29", "31", "1-5"]),
+            month in cron_field(vec!["*", "1", "Feb", "2", "12", "1-6"]),
+            weekday in cron_field(vec!["*", "Mon-Fri", "Sun", "Mon,Wed", "Sat,Sun"]),
+            raw in proptest::option::weighted(0.05, ".{0,24}"),
+            zone in proptest::sample::select(vec![None, Some("UTC"), Some("Europe/Berlin"), Some("Australia/Lord_Howe"), Some("America/St_Johns"), Some("Mars/Olympus"), Some("")]),
+            duration in proptest::sample::select(vec!["1m", "8h", "168h", "1m", "8h", "0s", "forever"]),
+            idle in proptest::prelude::any::<i32>(),
+            // 2020 to 2080: the cron library looks for openings up to the year 2100.
+            now_secs in 1_577_836_800i64..3_471_292_800,
+            lead_secs in 0u64..86_400,
+        ) {
+            let start = raw.unwrap_or_else(|| format!("{minute} {hour} {day} {month} {weekday}"));
+            let (schedule, refused) = Schedule::parse(&[window(&start, duration, idle, zone)]);
+            proptest::prop_assert_eq!(schedule.windows.len() + refused.len(), 1);
+            let now = Timestamp::from_second(now_secs).unwrap_or(Timestamp::UNIX_EPOCH);
+            let wanted = schedule.at(now, Duration::from_secs(lead_secs));
+            proptest::prop_assert!(wanted.next_change.is_none_or(|d| d >= SOONEST_CHANGE));
+            proptest::prop_assert!(wanted.idle == 0 || wanted.idle == usize::try_from(idle).unwrap_or(0));
+            proptest::prop_assert!(wanted.window.is_none() || !schedule.is_empty());
+            // Five fields name no year: a window that parsed opens again, so a change is ahead.
+            proptest::prop_assert!(schedule.is_empty() || wanted.next_change.is_some(), "{start}");
+        }
+    }
+
     #[test]
     fn an_empty_schedule_wants_nothing_and_never_changes() {
         let s = Schedule::default();
