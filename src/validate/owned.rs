@@ -1,5 +1,5 @@
 //! The parts of a server pod the operator owns: how it is named, labelled and restarted, and
-//! the environment its server reads. A `server.podTemplate` may not set them, whatever the
+//! the address and token its server reads. A `server.podTemplate` may not set them, whatever the
 //! cluster's security settings, since a server built otherwise would not be the one the
 //! operator probes, counts and hands out. Pure; reads the template as given, so that a `null`
 //! (which removes what the operator sets) is seen too.
@@ -15,8 +15,9 @@ pub const BIND_ADDRESS_ENV: &str = "SPARK_DRIVER_BIND_ADDRESS";
 pub const USER_ENV: &str = "SPARK_USER";
 /// The token clients must present (token mode).
 pub const TOKEN_ENV: &str = "SPARK_CONNECT_AUTHENTICATE_TOKEN";
-/// Environment the operator gives the server container.
-pub const MANAGED_ENV: &[&str] = &[BIND_ADDRESS_ENV, USER_ENV, TOKEN_ENV];
+/// Environment the server's wiring depends on (`SPARK_USER` is the team's to change, e.g. for
+/// the user Hadoop sees).
+const MANAGED_ENV: &[&str] = &[BIND_ADDRESS_ENV, TOKEN_ENV];
 
 /// Prefix of every label and annotation the operator reads on its servers.
 const OPERATOR_PREFIX: &str = "sparkconnect.dev/";

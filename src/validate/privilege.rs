@@ -140,11 +140,10 @@ fn shared_problems(
 
 fn container_problems(where_: &str, container: &Container, out: &mut Vec<String>) {
     for port in container.ports.iter().flatten() {
-        if port.host_port.is_some_and(|p| p != 0) {
-            out.push(format!(
-                "{where_} binds host port {}",
-                port.host_port.unwrap_or_default()
-            ));
+        if let Some(host_port) = port.host_port
+            && host_port != 0
+        {
+            out.push(format!("{where_} binds host port {host_port}"));
         }
     }
     let Some(sc) = container.security_context.as_ref() else {
