@@ -156,6 +156,9 @@ fn container(names: Vec<&'static str>) -> impl Strategy<Value = Value> {
             json!([{"name": "v", "mountPath": "/opt/spark/conf"}]),
             json!([{"name": "v", "mountPath": "/opt"}]),
             json!([{"name": "v", "mountPath": "/data"}]),
+            json!([{"name": "v", "mountPath": "/opt//spark/./conf/"}]),
+            json!([{"name": "v", "mountPath": "/opt/jars/../spark/conf"}]),
+            json!([{"name": "v", "mountPath": "/opt/sp"}]),
         ]),
         maybe(vec![
             json!([{"name": "connect", "hostPort": 15002}]),
@@ -491,15 +494,7 @@ fn assert_unprivileged(pod: &Pod, plain: &Pod) {
             env.name
         );
     }
-    for mount in server.volume_mounts.iter().flatten() {
-        assert!(
-            mount.mount_path == "/tmp"
-                || !"/opt/spark/conf".starts_with(mount.mount_path.trim_end_matches('/'))
-                    && !mount.mount_path.starts_with("/opt/spark/conf"),
-            "{}",
-            mount.mount_path
-        );
-    }
+    assert_conf_not_mounted_over(server);
     // The command line: no executor setting beyond the operator's own accounts.
     let args = server.args.as_deref().unwrap_or_default();
     for arg in args {
@@ -557,6 +552,23 @@ proptest! {
         if !privileged {
             assert_unprivileged(&pod, &plain);
         }
+    }
+
+    #[test]
+    fn a_mount_path_however_spelled_is_refused_or_clear_of_the_conf_directory(path in mount_path()) {
+        let spec = json!({
+            "image": "apache/spark:4.3.0",
+            "server": {"podTemplate": {"spec": {
+                "volumes": [{"name": "v", "emptyDir": {}}],
+                "containers": [{"name": SERVER_CONTAINER, "volumeMounts": [{"name": "v", "mountPath": path}]}],
+            }}},
+        });
+        let cluster = cluster(spec).ok_or_else(|| TestCaseError::fail("the spec parses"))?;
+        let Ok(valid) = validate(&cluster) else {
+            return Ok(());
+        };
+        let pod = server_pod(&valid, pool_server()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        assert_conf_not_mounted_over(server_container(&pod));
     }
 
     #[test]
@@ -670,4 +682,42 @@ fn any_spec() -> impl Strategy<Value = Value> {
         }
         spec
     })
+}
+
+/// No mount of `server` at, under or above Spark's conf directory, its path resolved as a
+/// container runtime resolves it.
+fn assert_conf_not_mounted_over(server: &Container) {
+    let conf = resolved("/opt/spark/conf");
+    for mount in server.volume_mounts.iter().flatten() {
+        let path = resolved(&mount.mount_path);
+        assert!(
+            !path.starts_with(&conf) && !conf.starts_with(&path),
+            "{}",
+            mount.mount_path
+        );
+    }
+}
+
+/// A mount path spelled with separators, `.` and `..` among the directories around Spark's.
+fn mount_path() -> impl Strategy<Value = String> {
+    let part = proptest::sample::select(vec!["opt", "spark", "conf", "jars", "sp", ".", "..", ""]);
+    (proptest::bool::ANY, proptest::collection::vec(part, 0..7)).prop_map(|(rooted, parts)| {
+        let path = parts.join("/");
+        if rooted { format!("/{path}") } else { path }
+    })
+}
+
+/// `path` from the root with `.`, repeated separators and `..` resolved.
+fn resolved(path: &str) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::from("/");
+    for component in std::path::Path::new(path).components() {
+        match component {
+            std::path::Component::Normal(name) => out.push(name),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
 }

@@ -377,6 +377,14 @@ fn cases() -> Vec<(Value, Expect)> {
             ),
             Degraded("InvalidSpec", "annotations sparkconnect.dev/claim"),
         ),
+        (
+            cluster(
+                "o18",
+                spec(template(json!({"volumes": [{"name": "v", "emptyDir": {}}],
+                           "containers": [{"name": "spark-connect-server", "volumeMounts": [{"name": "v", "mountPath": "/opt//spark/./conf/"}]}]}))),
+            ),
+            Degraded("InvalidSpec", "mounts over /opt/spark/conf"),
+        ),
         // Claims.
         (
             claim(

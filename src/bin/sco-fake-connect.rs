@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use spark_connect_operator::probe::fake::{FakeOptions, FakeState, Mode, serve};
+use spark_connect_operator::validate::TOKEN_ENV;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
@@ -18,7 +19,7 @@ struct Cli {
     #[arg(long, default_value = "0.0.0.0:15002")]
     listen: SocketAddr,
     /// Required bearer token (Spark's variable name).
-    #[arg(long, env = "SPARK_CONNECT_AUTHENTICATE_TOKEN")]
+    #[arg(long, env = TOKEN_ENV)]
     token: Option<String>,
     /// Log every call and whether it carried a bearer token (never the token).
     #[arg(long)]
@@ -54,7 +55,7 @@ impl Cli {
             .map_err(|e| format!("the Connect port: {e}"))?;
         Ok(Self {
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
-            token: std::env::var("SPARK_CONNECT_AUTHENTICATE_TOKEN").ok(),
+            token: std::env::var(TOKEN_ENV).ok(),
             log_calls: false,
             query_millis: number(&format!("{FAKE_CONF}queryMillis"))?,
             start_millis: number(&format!("{FAKE_CONF}startMillis"))?,

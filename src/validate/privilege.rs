@@ -208,14 +208,31 @@ fn server_container_problems(container: &Container, out: &mut Vec<String>) {
             out.push(format!("{where_} sets env {}", env.name));
         }
     }
+    let conf = path_components(SPARK_CONF_DIR);
     for mount in container.volume_mounts.iter().flatten() {
-        let path = mount.mount_path.trim_end_matches('/');
-        let over =
-            |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}/"));
-        if over(path, SPARK_CONF_DIR) || over(SPARK_CONF_DIR, path) {
+        // At, under or above the directory: one path's components begin the other's.
+        let path = path_components(&mount.mount_path);
+        if path.starts_with(&conf) || conf.starts_with(&path) {
             out.push(format!("{where_} mounts over {SPARK_CONF_DIR}"));
         }
     }
+}
+
+/// The components of a container path as the runtime resolves it: from the root, empty and `.`
+/// parts dropped, `..` going up (never above the root), so `/opt//spark/./x/../conf/` is
+/// `/opt/spark/conf`.
+fn path_components(path: &str) -> Vec<&str> {
+    let mut components = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                components.pop();
+            }
+            name => components.push(name),
+        }
+    }
+    components
 }
 
 /// Refuses a pod template overlay that would run privileged, as root, in host namespaces, with
@@ -461,5 +478,31 @@ mod tests {
         assert!(message.contains("hostPath"));
         assert!(message.contains("serviceAccountName"));
         assert!(!message.contains("shuffle"));
+    }
+    #[test]
+    fn a_mount_over_the_conf_directory_is_found_however_its_path_is_spelled() {
+        let mounts_at = |path: &str| {
+            template(
+                serde_json::json!({"containers": [{"name": "spark-connect-server",
+                "volumeMounts": [{"name": "v", "mountPath": path}]}]}),
+            )
+        };
+        for path in [
+            "/opt/spark/conf",
+            "/opt//spark/conf/",
+            "/opt/./spark/conf",
+            "/opt/x/../spark/conf",
+            "opt/spark/conf",
+            "/opt/spark/conf/x",
+            "/opt/spark",
+            "/",
+            "/../opt",
+        ] {
+            let message = refuse_privileged_template(&mounts_at(path)).unwrap_err();
+            assert!(message.to_string().contains("mounts over"), "{path}");
+        }
+        for path in ["/opt/sp", "/opt/spark/confx", "/opt/spark/jars", "/data"] {
+            refuse_privileged_template(&mounts_at(path)).unwrap();
+        }
     }
 }
