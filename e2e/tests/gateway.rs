@@ -31,6 +31,42 @@ for url in sys.argv[1:]:
         print(json.dumps({"error": str(e)[:600]}), flush=True)
 "#;
 
+/// Guesses tokens over one gRPC channel: `N` Config calls, each with a token of its own; prints
+/// the status codes it got.
+const GUESSER: &str = r#"
+import json, sys, grpc
+from pyspark.sql.connect.proto import base_pb2, base_pb2_grpc
+target, n = sys.argv[1], int(sys.argv[2])
+stub = base_pb2_grpc.SparkConnectServiceStub(grpc.secure_channel(target, grpc.ssl_channel_credentials()))
+codes = []
+for i in range(n):
+    try:
+        stub.Config(base_pb2.ConfigRequest(session_id="s", operation=base_pb2.ConfigRequest.Operation(
+            get=base_pb2.ConfigRequest.Get(keys=["k"]))), metadata=[("authorization", "Bearer guess-%d" % i)], timeout=30)
+        codes.append("OK")
+    except grpc.RpcError as e:
+        codes.append(e.code().name)
+print(json.dumps({"codes": codes}), flush=True)
+"#;
+
+/// Connections the gateway replicas closed for failed authentications, summed.
+async fn connections_closed_for_guessing(world: &World) -> f64 {
+    let replicas = sco_e2e::gateway::replicas(&world.client)
+        .await
+        .expect("gateway pods");
+    replicas
+        .iter()
+        .map(|(_, ip)| {
+            let text = sco_e2e::gateway::metrics(&World::world_bin(), &world.state, ip);
+            sco_e2e::operator::metric_sum(
+                &text,
+                "spark_connect_gateway_connections_closed_total",
+                "failed_authentications",
+            )
+        })
+        .sum()
+}
+
 fn jwt(key: &[u8], subject: &str, team: &str, audience: &str, expires_in: i64) -> String {
     sco_e2e::gateway::sign_jwt(key, subject, team, audience, expires_in).expect("a signed JWT")
 }
@@ -395,6 +431,49 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
         "gateway: {} audit lines; bob on {bob_server}, carol on {carol_server} after bob's release",
         lines.len()
     );
+
+    // A client guessing tokens is refused each time, and its connection is closed after
+    // every few guesses (it reconnects: each reconnection is a new TLS handshake).
+    let closed_before = connections_closed_for_guessing(&world).await;
+    let guesses = 40;
+    let python = std::env::var("SCO_PYTHON").expect("SCO_PYTHON (set by e2e/run-e2e.sh)");
+    let ca_env = format!("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", ca.display());
+    let target = format!("{GATEWAY_HOST}:443");
+    let out = world.exec(&[
+        "env",
+        &ca_env,
+        &python,
+        "-c",
+        GUESSER,
+        &target,
+        &guesses.to_string(),
+    ]);
+    let answer: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the guesser's answer; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let codes: Vec<&str> = answer["codes"]
+        .as_array()
+        .expect("codes")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        codes,
+        vec!["UNAUTHENTICATED"; guesses],
+        "every guess is refused"
+    );
+    let closed = connections_closed_for_guessing(&world).await - closed_before;
+    assert!(
+        closed >= 2.0,
+        "{guesses} failed authentications on one channel closed {closed} connections"
+    );
+    println!("gateway: {guesses} guessed tokens refused; {closed} connections closed for it");
 }
 
 /// Runs a query and an artifact upload through the gateway with real Spark, then two long

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use serde_json::Value;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, Semaphore};
 
 use super::cache::TtlCache;
 
@@ -93,18 +93,31 @@ pub struct JwtIssuer {
     pub keys: Arc<RwLock<JwkSet>>,
 }
 
-/// Checks bearer tokens.
+/// Checks bearer tokens. Answers are remembered by the token's hash: acceptances and refusals
+/// apart, so a flood of bad tokens never pushes out the callers who are let in; TokenReviews in
+/// flight are bounded, so unauthenticated callers cannot turn the gateway into a load on the
+/// apiserver.
 pub struct Authenticator {
     client: Option<kube::Client>,
     review_audience: Option<String>,
     jwt: Option<JwtIssuer>,
-    cache: TtlCache<[u8; 32], Result<Identity, AuthnError>>,
+    accepted: TtlCache<[u8; 32], Identity>,
+    refused: TtlCache<[u8; 32], AuthnError>,
+    reviews: Semaphore,
 }
 
 /// Longest a positive answer is reused (never past the token's own expiry).
 const TRUST_FOR: Duration = Duration::from_secs(30);
 /// Longest a refusal is reused (short: a fixed token is accepted soon).
 const REFUSE_FOR: Duration = Duration::from_secs(3);
+/// Longest token read: service-account and OIDC tokens are a few kilobytes.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// TokenReviews in flight at once; callers beyond wait their turn.
+pub const REVIEWS_IN_FLIGHT: usize = 32;
+/// Longest a caller waits for a turn to have its token reviewed.
+const REVIEW_WAIT: Duration = Duration::from_secs(5);
+/// Answers remembered, of each kind.
+const REMEMBERED: usize = 10_000;
 
 impl Authenticator {
     /// TokenReview through `client` for `review_audience` (when given), and the gateway's own
@@ -119,7 +132,9 @@ impl Authenticator {
             client,
             review_audience,
             jwt,
-            cache: TtlCache::new(10_000),
+            accepted: TtlCache::new(REMEMBERED),
+            refused: TtlCache::new(REMEMBERED),
+            reviews: Semaphore::new(REVIEWS_IN_FLIGHT),
         }
     }
 
@@ -133,19 +148,31 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthnError::Missing)?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthnError::Refused(format!(
+                "the token is {} bytes long; this gateway reads tokens of at most {MAX_TOKEN_BYTES}",
+                token.len()
+            )));
+        }
         let key = super::cache::hash(token.as_bytes());
-        if let Some(answer) = self.cache.get(&key) {
-            return answer;
+        if let Some(identity) = self.accepted.get(&key) {
+            return Ok(identity);
+        }
+        if let Some(refusal) = self.refused.get(&key) {
+            return Err(refusal);
         }
         let unverified = unverified_claims(token);
         let answer = self.check(token, unverified.as_ref()).await;
-        let ttl = match &answer {
-            Ok(_) => expiry_in(unverified.as_ref()).map_or(TRUST_FOR, |left| left.min(TRUST_FOR)),
-            Err(AuthnError::Unavailable(_)) => Duration::ZERO,
-            Err(_) => REFUSE_FOR,
-        };
-        if !ttl.is_zero() {
-            self.cache.insert(key, answer.clone(), ttl);
+        match &answer {
+            Ok(identity) => {
+                let ttl =
+                    expiry_in(unverified.as_ref()).map_or(TRUST_FOR, |left| left.min(TRUST_FOR));
+                if !ttl.is_zero() {
+                    self.accepted.insert(key, identity.clone(), ttl);
+                }
+            }
+            Err(AuthnError::Unavailable(_)) => {}
+            Err(refusal) => self.refused.insert(key, refusal.clone(), REFUSE_FOR),
         }
         answer
     }
@@ -160,7 +187,17 @@ impl Authenticator {
             return jwt.validate(token).await;
         }
         match (&self.client, &self.review_audience) {
-            (Some(client), Some(audience)) => review(client, token, audience, unverified).await,
+            (Some(client), Some(audience)) => {
+                let _turn = tokio::time::timeout(REVIEW_WAIT, self.reviews.acquire())
+                    .await
+                    .map_err(|_| {
+                        AuthnError::Unavailable(format!(
+                            "{REVIEWS_IN_FLIGHT} token reviews are under way; try again"
+                        ))
+                    })?
+                    .map_err(|_| AuthnError::Unavailable("the gateway is stopping".into()))?;
+                review(client, token, audience, unverified).await
+            }
             _ => Err(match (&self.jwt, issuer) {
                 (Some(jwt), Some(issuer)) => {
                     AuthnError::UnknownIssuer(issuer.into(), jwt.issuer.clone())
@@ -264,6 +301,7 @@ impl JwtIssuer {
                 keys.keys.len()
             ))
         })?;
+        key_signs_with(jwk, header.alg)?;
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| AuthnError::Refused(format!("the issuer's key is unusable: {e}")))?;
         let mut validation = Validation::new(header.alg);
@@ -324,10 +362,23 @@ impl JwtIssuer {
     }
 }
 
+/// The issuer's key may verify a token signed with `alg`: the key is not one for encryption,
+/// and where it names its algorithm, the token's is that one (a token cannot choose how the
+/// key is read).
+fn key_signs_with(jwk: &Jwk, alg: Algorithm) -> Result<(), AuthnError> {
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(AuthnError::BadSignature);
+    }
+    match jwk.common.key_algorithm {
+        Some(named) if named.to_string() != format!("{alg:?}") => Err(AuthnError::BadSignature),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use jsonwebtoken::{EncodingKey, Header};
 
     const SECRET: &[u8] = b"a test key that is long enough for HS256";
 
@@ -419,5 +470,136 @@ mod tests {
             .expect_err("unknown issuer");
         assert_eq!(unknown.reason(), "unknown_issuer");
         assert!(unknown.to_string().contains("https://evil.test"));
+    }
+    /// A gateway that reviews tokens through a mock apiserver.
+    fn reviewing() -> (Authenticator, crate::test_support::MockApiserver) {
+        let (service, apiserver) = tower_test::mock::pair();
+        let client = kube::Client::new(service, "default");
+        let authn = Authenticator::new(Some(client), Some("spark".into()), None);
+        (authn, apiserver)
+    }
+
+    /// The token a TokenReview request asks about.
+    async fn reviewed_token(request: http::Request<kube::client::Body>) -> String {
+        let body = http_body_util::BodyExt::collect(request.into_body())
+            .await
+            .expect("a body")
+            .to_bytes();
+        let review: TokenReview = serde_json::from_slice(&body).expect("a TokenReview");
+        review.spec.token
+    }
+
+    /// Answers TokenReviews: `good` is alice, anything else is refused; counts reviews by token.
+    async fn answer_reviews(
+        mut apiserver: crate::test_support::MockApiserver,
+        reviewed: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    ) {
+        while let Some((request, send)) = apiserver.next_request().await {
+            let token = reviewed_token(request).await;
+            *reviewed.lock().unwrap().entry(token.clone()).or_default() += 1;
+            let status = if token == "good" {
+                serde_json::json!({"authenticated": true, "user": {"username": "alice"}})
+            } else {
+                serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+            };
+            let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview", "spec": {}, "status": status});
+            send.send_response(
+                http::Response::builder()
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&answer).unwrap(),
+                    ))
+                    .unwrap(),
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_bad_tokens_never_pushes_out_a_caller_who_was_let_in() {
+        let (authn, apiserver) = reviewing();
+        let reviewed = Arc::default();
+        tokio::spawn(answer_reviews(apiserver, Arc::clone(&reviewed)));
+        let good = authn.authenticate(Some("Bearer good")).await;
+        assert_eq!(good.map(|id| id.user), Ok("alice".to_string()));
+        for i in 0..=REMEMBERED {
+            let bad = authn.authenticate(Some(&format!("Bearer bad-{i}"))).await;
+            assert!(matches!(bad, Err(AuthnError::Refused(_))), "{bad:?}");
+        }
+        let again = authn.authenticate(Some("Bearer good")).await;
+        assert_eq!(again.map(|id| id.user), Ok("alice".to_string()));
+        let reviewed = reviewed.lock().unwrap();
+        assert_eq!(reviewed.get("good"), Some(&1), "alice was remembered");
+        assert_eq!(reviewed.len(), REMEMBERED + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_reviews_in_flight_are_bounded_and_a_caller_past_its_wait_is_told_to_retry() {
+        let (authn, mut apiserver) = reviewing();
+        let authn = Arc::new(authn);
+        let callers: Vec<_> = (0..=REVIEWS_IN_FLIGHT)
+            .map(|i| {
+                let authn = Arc::clone(&authn);
+                tokio::spawn(
+                    async move { authn.authenticate(Some(&format!("Bearer token-{i}"))).await },
+                )
+            })
+            .collect();
+        // The apiserver takes the first reviews and answers none of them.
+        let mut held = Vec::new();
+        for _ in 0..REVIEWS_IN_FLIGHT {
+            held.push(apiserver.next_request().await.expect("a review"));
+        }
+        // Time passes only while every task waits: the one caller without a turn gives up.
+        tokio::time::sleep(REVIEW_WAIT + Duration::from_secs(1)).await;
+        let (finished, waiting): (Vec<_>, Vec<_>) =
+            callers.into_iter().partition(|c| c.is_finished());
+        assert_eq!((finished.len(), waiting.len()), (1, REVIEWS_IN_FLIGHT));
+        for caller in finished {
+            let answer = caller.await.expect("the caller ran");
+            assert!(
+                matches!(&answer, Err(AuthnError::Unavailable(m)) if m.contains("token reviews are under way")),
+                "{answer:?}"
+            );
+        }
+        assert!(
+            futures::FutureExt::now_or_never(apiserver.next_request()).is_none(),
+            "no review beyond the bound reached the apiserver"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_token_is_refused_without_asking_the_apiserver() {
+        let (authn, mut apiserver) = reviewing();
+        let huge = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        let refused = authn.authenticate(Some(&huge)).await.expect_err("refused");
+        assert!(refused.to_string().contains("at most 16384"), "{refused}");
+        assert!(futures::FutureExt::now_or_never(apiserver.next_request()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_token_cannot_choose_another_algorithm_than_its_key_names() {
+        let mut header = Header::new(Algorithm::HS384);
+        header.kid = Some("k1".into());
+        let other_hash = jsonwebtoken::encode(
+            &header,
+            &claims("spark", 600),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .expect("signs");
+        let answer = gateway()
+            .authenticate(Some(&format!("Bearer {other_hash}")))
+            .await;
+        assert_eq!(answer, Err(AuthnError::BadSignature));
+
+        let encryption_key: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "oct", "kid": "k1", "use": "enc",
+            "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)
+        }))
+        .expect("a JWK");
+        assert_eq!(
+            key_signs_with(&encryption_key, Algorithm::HS256),
+            Err(AuthnError::BadSignature)
+        );
     }
 }

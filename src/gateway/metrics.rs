@@ -22,6 +22,8 @@ pub struct GatewayMetrics {
     pub quota_refusals: IntCounterVec,
     /// Dedicated claims by event (created, idle, ended).
     pub dedicated_claims: IntCounterVec,
+    /// Client connections the gateway closed, by reason.
+    pub connections_closed: IntCounterVec,
 }
 
 impl GatewayMetrics {
@@ -59,6 +61,13 @@ impl GatewayMetrics {
             ),
             &["event"],
         )?;
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "connections_closed_total",
+                "Client connections the gateway closed, by reason",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(call_seconds.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
@@ -66,6 +75,7 @@ impl GatewayMetrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(quota_refusals.clone()))?;
         registry.register(Box::new(dedicated_claims.clone()))?;
+        registry.register(Box::new(connections_closed.clone()))?;
         Ok(Self {
             registry,
             calls,
@@ -75,6 +85,7 @@ impl GatewayMetrics {
             auth_failures,
             quota_refusals,
             dedicated_claims,
+            connections_closed,
         })
     }
 

@@ -69,6 +69,15 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
+/// How a call ended, as its connection counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallEnd {
+    /// The caller could not be authenticated.
+    Unauthenticated,
+    /// Anything else.
+    Other,
+}
+
 /// A call the gateway answers itself.
 #[derive(Debug)]
 struct Refusal {
@@ -210,7 +219,7 @@ impl Gateway {
         self: Arc<Self>,
         request: Request<RecvStream>,
         mut respond: SendResponse<Bytes>,
-    ) {
+    ) -> CallEnd {
         let started = Instant::now();
         let rpc = request
             .uri()
@@ -227,6 +236,10 @@ impl Gateway {
         self.metrics.active_streams.inc();
         let result = self.call(&rpc, request, &mut respond, &mut record).await;
         self.metrics.active_streams.dec();
+        let end = match &result {
+            Err(refusal) if refusal.code == Code::Unauthenticated => CallEnd::Unauthenticated,
+            _ => CallEnd::Other,
+        };
         match result {
             Ok(status) => {
                 record.grpc_status = status.0;
@@ -272,6 +285,7 @@ impl Gateway {
             .with_label_values(&["out"])
             .inc_by(record.bytes_out);
         self.audit.record(record);
+        end
     }
 
     /// The call's pipeline; `Ok` carries the server's gRPC status and message.
