@@ -91,3 +91,28 @@ pub fn candidate(
         created,
     }
 }
+
+/// The JSON body of a request the mock apiserver received, as a `T`.
+pub async fn request_json<T: serde::de::DeserializeOwned>(
+    request: http::Request<kube::client::Body>,
+) -> T {
+    let body = http_body_util::BodyExt::collect(request.into_body())
+        .await
+        .expect("a request body")
+        .to_bytes();
+    serde_json::from_slice(&body).expect("the request's JSON")
+}
+
+/// Answers a request of the mock apiserver with `body` (200 OK).
+pub fn respond_json(
+    send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+    body: &serde_json::Value,
+) {
+    send.send_response(
+        http::Response::builder()
+            .body(kube::client::Body::from(
+                serde_json::to_vec(body).expect("JSON"),
+            ))
+            .expect("a response"),
+    );
+}

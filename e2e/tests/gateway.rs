@@ -49,7 +49,7 @@ for i in range(n):
 print(json.dumps({"codes": codes}), flush=True)
 "#;
 
-/// Connections the gateway replicas closed for failed authentications, summed.
+/// Connections the gateway replicas closed for calls not allowed, summed.
 async fn connections_closed_for_guessing(world: &World) -> f64 {
     let replicas = sco_e2e::gateway::replicas(&world.client)
         .await
@@ -61,7 +61,7 @@ async fn connections_closed_for_guessing(world: &World) -> f64 {
             sco_e2e::operator::metric_sum(
                 &text,
                 "spark_connect_gateway_connections_closed_total",
-                "failed_authentications",
+                "calls_not_allowed",
             )
         })
         .sum()
@@ -433,7 +433,7 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     );
 
     // A client guessing tokens is refused each time, and its connection is closed after
-    // every few guesses (it reconnects: each reconnection is a new TLS handshake).
+    // every 16 guesses (it reconnects: each reconnection is a new TLS handshake).
     let closed_before = connections_closed_for_guessing(&world).await;
     let guesses = 40;
     let python = std::env::var("SCO_PYTHON").expect("SCO_PYTHON (set by e2e/run-e2e.sh)");

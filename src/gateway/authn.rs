@@ -11,9 +11,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 use serde_json::Value;
-use tokio::sync::{RwLock, Semaphore};
+use tokio::sync::RwLock;
 
 use super::cache::TtlCache;
+use super::turns::Turns;
 
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,7 +104,7 @@ pub struct Authenticator {
     jwt: Option<JwtIssuer>,
     accepted: TtlCache<[u8; 32], Identity>,
     refused: TtlCache<[u8; 32], AuthnError>,
-    reviews: Semaphore,
+    reviews: Turns,
 }
 
 /// Longest a positive answer is reused (never past the token's own expiry).
@@ -112,10 +113,6 @@ const TRUST_FOR: Duration = Duration::from_secs(30);
 const REFUSE_FOR: Duration = Duration::from_secs(3);
 /// Longest token read: service-account and OIDC tokens are a few kilobytes.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// TokenReviews in flight at once; callers beyond wait their turn.
-pub const REVIEWS_IN_FLIGHT: usize = 32;
-/// Longest a caller waits for a turn to have its token reviewed.
-const REVIEW_WAIT: Duration = Duration::from_secs(5);
 /// Answers remembered, of each kind.
 const REMEMBERED: usize = 10_000;
 
@@ -134,7 +131,7 @@ impl Authenticator {
             jwt,
             accepted: TtlCache::new(REMEMBERED),
             refused: TtlCache::new(REMEMBERED),
-            reviews: Semaphore::new(REVIEWS_IN_FLIGHT),
+            reviews: Turns::new("token reviews"),
         }
     }
 
@@ -188,14 +185,7 @@ impl Authenticator {
         }
         match (&self.client, &self.review_audience) {
             (Some(client), Some(audience)) => {
-                let _turn = tokio::time::timeout(REVIEW_WAIT, self.reviews.acquire())
-                    .await
-                    .map_err(|_| {
-                        AuthnError::Unavailable(format!(
-                            "{REVIEWS_IN_FLIGHT} token reviews are under way; try again"
-                        ))
-                    })?
-                    .map_err(|_| AuthnError::Unavailable("the gateway is stopping".into()))?;
+                let _turn = self.reviews.take().await.map_err(AuthnError::Unavailable)?;
                 review(client, token, audience, unverified).await
             }
             _ => Err(match (&self.jwt, issuer) {
@@ -378,6 +368,7 @@ fn key_signs_with(jwk: &Jwk, alg: Algorithm) -> Result<(), AuthnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::turns::{REVIEWS_IN_FLIGHT, TURN_WAIT};
     use jsonwebtoken::{EncodingKey, Header};
 
     const SECRET: &[u8] = b"a test key that is long enough for HS256";
@@ -479,23 +470,14 @@ mod tests {
         (authn, apiserver)
     }
 
-    /// The token a TokenReview request asks about.
-    async fn reviewed_token(request: http::Request<kube::client::Body>) -> String {
-        let body = http_body_util::BodyExt::collect(request.into_body())
-            .await
-            .expect("a body")
-            .to_bytes();
-        let review: TokenReview = serde_json::from_slice(&body).expect("a TokenReview");
-        review.spec.token
-    }
-
     /// Answers TokenReviews: `good` is alice, anything else is refused; counts reviews by token.
     async fn answer_reviews(
         mut apiserver: crate::test_support::MockApiserver,
         reviewed: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     ) {
         while let Some((request, send)) = apiserver.next_request().await {
-            let token = reviewed_token(request).await;
+            let review: TokenReview = crate::test_support::request_json(request).await;
+            let token = review.spec.token;
             *reviewed.lock().unwrap().entry(token.clone()).or_default() += 1;
             let status = if token == "good" {
                 serde_json::json!({"authenticated": true, "user": {"username": "alice"}})
@@ -504,13 +486,7 @@ mod tests {
             };
             let answer = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
                 "kind": "TokenReview", "spec": {}, "status": status});
-            send.send_response(
-                http::Response::builder()
-                    .body(kube::client::Body::from(
-                        serde_json::to_vec(&answer).unwrap(),
-                    ))
-                    .unwrap(),
-            );
+            crate::test_support::respond_json(send, &answer);
         }
     }
 
@@ -550,7 +526,7 @@ mod tests {
             held.push(apiserver.next_request().await.expect("a review"));
         }
         // Time passes only while every task waits: the one caller without a turn gives up.
-        tokio::time::sleep(REVIEW_WAIT + Duration::from_secs(1)).await;
+        tokio::time::sleep(TURN_WAIT + Duration::from_secs(1)).await;
         let (finished, waiting): (Vec<_>, Vec<_>) =
             callers.into_iter().partition(|c| c.is_finished());
         assert_eq!((finished.len(), waiting.len()), (1, REVIEWS_IN_FLIGHT));

@@ -1,7 +1,9 @@
 //! May this caller use this cluster: a `SubjectAccessReview` for the verb `connect` on
 //! `sparkconnectclusters` (so access is granted with ordinary Roles and RoleBindings), cached
-//! briefly so a new RoleBinding takes effect within seconds, without a restart; then, when
-//! configured, the external authorizer for the call's RPC.
+//! briefly so a new RoleBinding takes effect within seconds, without a restart (allows and
+//! denials apart: a caller naming cluster after cluster never pushes out another's allow; the
+//! reviews in flight are bounded); then, when configured, the external authorizer for the
+//! call's RPC.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use super::authn::Identity;
 use super::cache::TtlCache;
 use super::ext_authz::{ExtAuthz, Refused};
 use super::route::ClusterRef;
+use super::turns::Turns;
 
 /// The verb a RoleBinding must grant on `sparkconnectclusters` to use a cluster.
 pub const CONNECT_VERB: &str = "connect";
@@ -38,12 +41,20 @@ pub enum AuthzError {
     Unavailable(String),
 }
 
+/// Who asks for which cluster: user, groups, `namespace/name`.
+type Question = (String, Vec<String>, String);
+
 /// Answers access questions.
 pub struct Authorizer {
     client: kube::Client,
     external: Option<ExtAuthz>,
-    cache: TtlCache<(String, Vec<String>, String), Result<(), AuthzError>>,
+    allowed: TtlCache<Question, ()>,
+    denied: TtlCache<Question, AuthzError>,
+    reviews: Turns,
 }
+
+/// Answers remembered, of each kind.
+const REMEMBERED: usize = 10_000;
 
 /// Longest an allow is reused: a removed RoleBinding stops working within this.
 const ALLOW_FOR: Duration = Duration::from_secs(10);
@@ -56,7 +67,9 @@ impl Authorizer {
         Self {
             client,
             external,
-            cache: TtlCache::new(10_000),
+            allowed: TtlCache::new(REMEMBERED),
+            denied: TtlCache::new(REMEMBERED),
+            reviews: Turns::new("access reviews"),
         }
     }
 
@@ -83,13 +96,21 @@ impl Authorizer {
     /// Whether RBAC lets `who` connect to `cluster`.
     async fn may_connect(&self, who: &Identity, cluster: &ClusterRef) -> Result<(), AuthzError> {
         let key = (who.user.clone(), who.groups.clone(), cluster.to_string());
-        if let Some(answer) = self.cache.get(&key) {
-            return answer;
+        if self.allowed.get(&key).is_some() {
+            return Ok(());
         }
-        let answer = self.review(who, cluster).await;
+        if let Some(denial) = self.denied.get(&key) {
+            return Err(denial);
+        }
+        let answer = {
+            let _turn = self.reviews.take().await.map_err(AuthzError::Unavailable)?;
+            self.review(who, cluster).await
+        };
         match &answer {
-            Ok(()) => self.cache.insert(key, answer.clone(), ALLOW_FOR),
-            Err(AuthzError::Denied { .. }) => self.cache.insert(key, answer.clone(), DENY_FOR),
+            Ok(()) => self.allowed.insert(key, (), ALLOW_FOR),
+            Err(denial @ AuthzError::Denied { .. }) => {
+                self.denied.insert(key, denial.clone(), DENY_FOR);
+            }
             Err(AuthzError::Unavailable(_)) => {}
         }
         answer
@@ -136,5 +157,87 @@ fn denied(who: &Identity, cluster: &ClusterRef, reason: String) -> AuthzError {
         } else {
             format!(": {}", reason.trim())
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{request_json, respond_json};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    fn caller(user: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: vec!["team".into()],
+            namespace_claim: None,
+        }
+    }
+
+    fn cluster(name: &str) -> ClusterRef {
+        ClusterRef {
+            namespace: "data".into(),
+            name: name.into(),
+        }
+    }
+
+    /// Answers SubjectAccessReviews: alice may connect to `analytics`, nobody to anything else;
+    /// counts the reviews by user and cluster name.
+    async fn answer_reviews(
+        mut apiserver: crate::test_support::MockApiserver,
+        reviewed: Arc<Mutex<HashMap<(String, String), usize>>>,
+    ) {
+        while let Some((request, send)) = apiserver.next_request().await {
+            let review: SubjectAccessReview = request_json(request).await;
+            let user = review.spec.user.unwrap_or_default();
+            let name = review
+                .spec
+                .resource_attributes
+                .and_then(|r| r.name)
+                .unwrap_or_default();
+            let allowed = user == "alice" && name == "analytics";
+            *reviewed.lock().unwrap().entry((user, name)).or_default() += 1;
+            let answer = serde_json::json!({"apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview", "spec": {}, "status": {"allowed": allowed}});
+            respond_json(send, &answer);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caller_naming_cluster_after_cluster_never_pushes_out_anothers_allow() {
+        let (service, apiserver) = tower_test::mock::pair();
+        let authz = Authorizer::new(kube::Client::new(service, "default"), None);
+        let reviewed = Arc::default();
+        tokio::spawn(answer_reviews(apiserver, Arc::clone(&reviewed)));
+        let (alice, mallory) = (caller("alice"), caller("mallory"));
+        assert_eq!(
+            authz
+                .may_call(&alice, &cluster("analytics"), "Config")
+                .await,
+            Ok(())
+        );
+        for i in 0..=REMEMBERED {
+            let denial = authz
+                .may_call(&mallory, &cluster(&format!("c{i}")), "Config")
+                .await;
+            assert!(
+                matches!(denial, Err(AuthzError::Denied { .. })),
+                "{denial:?}"
+            );
+        }
+        assert_eq!(
+            authz
+                .may_call(&alice, &cluster("analytics"), "Config")
+                .await,
+            Ok(())
+        );
+        let reviewed = reviewed.lock().unwrap();
+        assert_eq!(
+            reviewed.get(&("alice".to_string(), "analytics".to_string())),
+            Some(&1),
+            "alice's allow was remembered"
+        );
+        assert_eq!(reviewed.len(), REMEMBERED + 2);
     }
 }

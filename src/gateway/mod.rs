@@ -19,6 +19,7 @@ pub mod route;
 pub mod secret_watch;
 pub mod server;
 pub mod tls;
+pub mod turns;
 pub mod wire;
 
 use std::collections::BTreeMap;

@@ -72,8 +72,8 @@ pub enum Code {
 /// How a call ended, as its connection counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallEnd {
-    /// The caller could not be authenticated.
-    Unauthenticated,
+    /// The caller could not be authenticated, or may not make the call.
+    NotAllowed,
     /// Anything else.
     Other,
 }
@@ -237,7 +237,11 @@ impl Gateway {
         let result = self.call(&rpc, request, &mut respond, &mut record).await;
         self.metrics.active_streams.dec();
         let end = match &result {
-            Err(refusal) if refusal.code == Code::Unauthenticated => CallEnd::Unauthenticated,
+            Err(refusal)
+                if matches!(refusal.code, Code::Unauthenticated | Code::PermissionDenied) =>
+            {
+                CallEnd::NotAllowed
+            }
             _ => CallEnd::Other,
         };
         match result {

@@ -1,9 +1,9 @@
 //! The listener: TLS (or plaintext for a mesh that terminates TLS) and HTTP/2, one task per
 //! connection and per call. On shutdown it stops accepting, tells every client to go away
 //! (HTTP/2 GOAWAY: in-flight calls continue, new ones go elsewhere) and waits for calls to
-//! finish until the grace period ends. A connection whose calls keep failing to authenticate
-//! is told to go away the same way: a client guessing tokens pays a new handshake for every
-//! few guesses.
+//! finish until the grace period ends. A connection whose calls keep being refused as
+//! unauthenticated or not allowed is told to go away the same way: a client guessing tokens or
+//! cluster names pays a new handshake for every few guesses.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,8 +33,9 @@ pub enum Transport {
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Calls on one connection that may fail to authenticate before the connection is closed.
-pub const FAILED_AUTHENTICATIONS_PER_CONNECTION: usize = 16;
+/// Calls on one connection that may be refused as unauthenticated or not allowed before the
+/// connection is closed.
+pub const NOT_ALLOWED_CALLS_PER_CONNECTION: usize = 16;
 /// Largest header block a client may send (gRPC clients send at most 8 KiB of metadata by
 /// default; tokens are at most 16 KiB).
 const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
@@ -134,12 +135,12 @@ async fn connection(
             }
         }
     };
-    if end == ConnectionEnd::FailedAuthentications {
-        tracing::info!(%peer, "closed a connection whose calls kept failing to authenticate");
+    if end == ConnectionEnd::NotAllowedCalls {
+        tracing::info!(%peer, "closed a connection whose calls kept being refused");
         gateway
             .metrics
             .connections_closed
-            .with_label_values(&["failed_authentications"])
+            .with_label_values(&["calls_not_allowed"])
             .inc();
     }
 }
@@ -149,12 +150,12 @@ async fn connection(
 enum ConnectionEnd {
     /// The client closed it, it broke, or the gateway is stopping.
     Closed,
-    /// Its calls failed to authenticate [`FAILED_AUTHENTICATIONS_PER_CONNECTION`] times.
-    FailedAuthentications,
+    /// [`NOT_ALLOWED_CALLS_PER_CONNECTION`] of its calls were not allowed.
+    NotAllowedCalls,
 }
 
 /// Serves the calls of one HTTP/2 connection with `handle` until the client goes, `shutdown`,
-/// or too many of its calls fail to authenticate; then lets the calls in flight finish.
+/// or too many of its calls are not allowed; then lets the calls in flight finish.
 async fn http2_connection<S, H, F>(
     stream: S,
     handle: H,
@@ -188,7 +189,7 @@ where
             _ = too_many_failed.cancelled(), if !draining => {
                 connection.graceful_shutdown();
                 draining = true;
-                end = ConnectionEnd::FailedAuthentications;
+                end = ConnectionEnd::NotAllowedCalls;
                 continue;
             }
             next = connection.accept() => next,
@@ -198,9 +199,9 @@ where
                 let call = handle(request, respond);
                 let (failed, too_many_failed) = (failed.clone(), too_many_failed.clone());
                 calls.spawn(async move {
-                    if call.await == CallEnd::Unauthenticated
+                    if call.await == CallEnd::NotAllowed
                         && failed.fetch_add(1, Ordering::Relaxed) + 1
-                            >= FAILED_AUTHENTICATIONS_PER_CONNECTION
+                            >= NOT_ALLOWED_CALLS_PER_CONNECTION
                     {
                         too_many_failed.cancel();
                     }
@@ -272,26 +273,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_whose_calls_keep_failing_to_authenticate_is_closed() {
-        let (mut client, server) = served(CallEnd::Unauthenticated).await;
-        let tried = FAILED_AUTHENTICATIONS_PER_CONNECTION + 5;
+    async fn a_connection_whose_calls_keep_being_refused_is_closed() {
+        let (mut client, server) = served(CallEnd::NotAllowed).await;
+        let tried = NOT_ALLOWED_CALLS_PER_CONNECTION + 5;
         let answered = calls(&mut client, tried).await;
         // Calls the client sent before the GOAWAY reached it may still be answered.
         assert!(
-            (FAILED_AUTHENTICATIONS_PER_CONNECTION..tried).contains(&answered),
+            (NOT_ALLOWED_CALLS_PER_CONNECTION..tried).contains(&answered),
             "{answered} of {tried} calls answered"
         );
         assert_eq!(
             server.await.expect("the server ran"),
-            ConnectionEnd::FailedAuthentications
+            ConnectionEnd::NotAllowedCalls
         );
     }
 
     #[tokio::test]
     async fn a_connection_of_other_calls_stays_open() {
         let (mut client, server) = served(CallEnd::Other).await;
-        let answered = calls(&mut client, FAILED_AUTHENTICATIONS_PER_CONNECTION * 2).await;
-        assert_eq!(answered, FAILED_AUTHENTICATIONS_PER_CONNECTION * 2);
+        let answered = calls(&mut client, NOT_ALLOWED_CALLS_PER_CONNECTION * 2).await;
+        assert_eq!(answered, NOT_ALLOWED_CALLS_PER_CONNECTION * 2);
         drop(client);
         assert_eq!(server.await.expect("the server ran"), ConnectionEnd::Closed);
     }
