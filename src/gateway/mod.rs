@@ -130,6 +130,10 @@ pub struct GatewayArgs {
     /// On SIGTERM, how long in-flight calls may continue before they are cut.
     #[arg(long, env = "SCO_GATEWAY_DRAIN_GRACE", default_value = "30s")]
     pub drain_grace: String,
+    /// Client connections open at once (each idle one costs about 16 KB); one more is closed
+    /// as soon as it is accepted.
+    #[arg(long, env = "SCO_GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "SCO_NAMESPACE")]
     pub namespace: Option<String>,
@@ -182,6 +186,9 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let sweep_period = time(&args.sweep_period, "--sweep-period")?;
     let grace = time(&args.drain_grace, "--drain-grace")?;
     let routes = route_table(&args)?;
+    if args.max_connections == 0 {
+        return Err(ConfigError("--max-connections must be at least 1".into()).into());
+    }
     if args.tls_secret.is_none() && !args.plaintext {
         return Err(ConfigError(
             "set --tls-secret, or --plaintext behind a proxy that terminates TLS".into(),
@@ -237,7 +244,15 @@ pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %args.listen, tls = args.tls_secret.is_some(), "gateway listening");
-    server::serve(listener, transport, gateway, shutdown.clone(), grace).await;
+    server::serve(
+        listener,
+        transport,
+        gateway,
+        args.max_connections,
+        shutdown.clone(),
+        grace,
+    )
+    .await;
     shutdown.cancel();
     let _ = admin.await;
     // The writer ends once the last call's record is written.

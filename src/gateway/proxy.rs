@@ -74,7 +74,9 @@ pub enum Code {
 pub enum CallEnd {
     /// The caller could not be authenticated, or may not make the call.
     NotAllowed,
-    /// Anything else.
+    /// The caller was authenticated (whatever became of the call then).
+    Authenticated,
+    /// Refused before the caller was known (not a Spark Connect call, or no answer on who).
     Other,
 }
 
@@ -242,6 +244,7 @@ impl Gateway {
             {
                 CallEnd::NotAllowed
             }
+            _ if !record.user.is_empty() => CallEnd::Authenticated,
             _ => CallEnd::Other,
         };
         match result {

@@ -1,13 +1,15 @@
 //! The listener: TLS (or plaintext for a mesh that terminates TLS) and HTTP/2, one task per
 //! connection and per call. On shutdown it stops accepting, tells every client to go away
 //! (HTTP/2 GOAWAY: in-flight calls continue, new ones go elsewhere) and waits for calls to
-//! finish until the grace period ends. A connection whose calls keep being refused as
-//! unauthenticated or not allowed is told to go away the same way: a client guessing tokens or
-//! cluster names pays a new handshake for every few guesses.
+//! finish until the grace period ends. A client that shows no right to a connection is told to
+//! go away the same way: one whose calls keep being refused as unauthenticated or not allowed
+//! (guessing tokens or cluster names costs a new handshake every few guesses), or that holds
+//! a connection without an authenticated call. Handshakes are timed, and the open connections
+//! are bounded.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,10 +17,12 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::Request;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::metrics::GatewayMetrics;
 use super::proxy::{CallEnd, Gateway};
 use super::tls::Certificate;
 
@@ -36,6 +40,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls on one connection that may be refused as unauthenticated or not allowed before the
 /// connection is closed.
 pub const NOT_ALLOWED_CALLS_PER_CONNECTION: usize = 16;
+/// How long a connection may stay with no call in flight before its first authenticated call.
+pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
 /// Largest header block a client may send (gRPC clients send at most 8 KiB of metadata by
 /// default; tokens are at most 16 KiB).
 const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
@@ -53,15 +59,46 @@ fn http2() -> h2::server::Builder {
     builder
 }
 
-/// Serves until `shutdown`, then drains for at most `grace`.
+/// Serves until `shutdown`, then drains for at most `grace`. At most `max_connections` client
+/// connections are open at once: one more is closed as soon as it is accepted.
 pub async fn serve(
     listener: TcpListener,
     transport: Transport,
     gateway: Arc<Gateway>,
+    max_connections: usize,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let metrics = gateway.metrics.clone();
+    let handle = move |request, respond| gateway.clone().handle(request, respond);
+    let limits = Limits {
+        max_connections,
+        grace,
+    };
+    accept(listener, transport, handle, &metrics, limits, shutdown).await;
+}
+
+/// How much the listener lets in, and how long it drains.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_connections: usize,
+    grace: Duration,
+}
+
+/// The accept loop of [`serve`], every call served by `handle`.
+async fn accept<H, F>(
+    listener: TcpListener,
+    transport: Transport,
+    handle: H,
+    metrics: &GatewayMetrics,
+    limits: Limits,
+    shutdown: CancellationToken,
+) where
+    H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = CallEnd> + Send + 'static,
+{
     let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -75,50 +112,67 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "refused a connection: {} are open", limits.max_connections);
+            closed(metrics, ConnectionEnd::TooManyConnections);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        connections.spawn(connection(
-            stream,
-            transport.clone(),
-            gateway.clone(),
-            shutdown.clone(),
-            peer,
-        ));
+        let (transport, handle, metrics) = (transport.clone(), handle.clone(), metrics.clone());
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let end = connection(stream, transport, handle, shutdown, peer).await;
+            closed(&metrics, end);
+            drop(slot);
+        });
     }
     drop(listener);
     connections.close();
     tracing::info!(
-        calls = gateway.metrics.active_streams.get(),
-        ?grace,
+        calls = metrics.active_streams.get(),
+        grace = ?limits.grace,
         "draining"
     );
-    if tokio::time::timeout(grace, connections.wait())
+    if tokio::time::timeout(limits.grace, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            calls = gateway.metrics.active_streams.get(),
+            calls = metrics.active_streams.get(),
             "grace period over; cutting the remaining calls"
         );
     }
 }
 
-async fn connection(
+/// Counts a connection the gateway closed (not one the client closed or that broke).
+fn closed(metrics: &GatewayMetrics, end: ConnectionEnd) {
+    let Some(reason) = end.reason() else {
+        return;
+    };
+    metrics
+        .connections_closed
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// One client connection: TLS (unless plaintext), then HTTP/2.
+async fn connection<H, F>(
     stream: TcpStream,
     transport: Transport,
-    gateway: Arc<Gateway>,
+    handle: H,
     shutdown: CancellationToken,
     peer: std::net::SocketAddr,
-) {
-    let handle = {
-        let gateway = gateway.clone();
-        move |request, respond| gateway.clone().handle(request, respond)
-    };
+) -> ConnectionEnd
+where
+    H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
+    F: Future<Output = CallEnd> + Send + 'static,
+{
     let end = match transport {
         Transport::Plaintext => http2_connection(stream, handle, shutdown).await,
         Transport::Tls(certificate) => {
             let Some(config) = certificate.current() else {
                 tracing::warn!(%peer, "no usable certificate yet; refusing the TLS connection");
-                return;
+                return ConnectionEnd::Closed;
             };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream))
                 .await
@@ -126,23 +180,16 @@ async fn connection(
                 Ok(Ok(tls)) => http2_connection(tls, handle, shutdown).await,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
+                    ConnectionEnd::Closed
                 }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+                Err(_) => ConnectionEnd::HandshakeTimedOut,
             }
         }
     };
-    if end == ConnectionEnd::NotAllowedCalls {
-        tracing::info!(%peer, "closed a connection whose calls kept being refused");
-        gateway
-            .metrics
-            .connections_closed
-            .with_label_values(&["calls_not_allowed"])
-            .inc();
+    if end.reason().is_some() {
+        tracing::info!(%peer, ?end, "closed a client connection");
     }
+    end
 }
 
 /// Why a client connection ended.
@@ -150,12 +197,71 @@ async fn connection(
 enum ConnectionEnd {
     /// The client closed it, it broke, or the gateway is stopping.
     Closed,
+    /// Its TLS or HTTP/2 handshake took longer than [`HANDSHAKE_TIMEOUT`].
+    HandshakeTimedOut,
     /// [`NOT_ALLOWED_CALLS_PER_CONNECTION`] of its calls were not allowed.
     NotAllowedCalls,
+    /// It went [`UNAUTHENTICATED_IDLE`] with no call in flight and none authenticated yet.
+    NoAuthenticatedCall,
+    /// [`Limits::max_connections`] others were open.
+    TooManyConnections,
 }
 
-/// Serves the calls of one HTTP/2 connection with `handle` until the client goes, `shutdown`,
-/// or too many of its calls are not allowed; then lets the calls in flight finish.
+impl ConnectionEnd {
+    /// The metric label of a connection the gateway closed.
+    fn reason(self) -> Option<&'static str> {
+        match self {
+            Self::Closed => None,
+            Self::HandshakeTimedOut => Some("handshake_timed_out"),
+            Self::NotAllowedCalls => Some("calls_not_allowed"),
+            Self::NoAuthenticatedCall => Some("no_authenticated_call"),
+            Self::TooManyConnections => Some("too_many_connections"),
+        }
+    }
+}
+
+/// What one connection's calls have shown of its client.
+#[derive(Default)]
+struct Standing {
+    not_allowed: AtomicUsize,
+    authenticated: AtomicBool,
+    too_many_not_allowed: CancellationToken,
+}
+
+impl Standing {
+    fn record(&self, end: CallEnd) {
+        match end {
+            CallEnd::NotAllowed => {
+                if self.not_allowed.fetch_add(1, Ordering::Relaxed) + 1
+                    >= NOT_ALLOWED_CALLS_PER_CONNECTION
+                {
+                    self.too_many_not_allowed.cancel();
+                }
+            }
+            CallEnd::Authenticated => self.authenticated.store(true, Ordering::Relaxed),
+            CallEnd::Other => {}
+        }
+    }
+
+    fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
+}
+
+/// What the connection loop does next.
+enum Next {
+    /// Tell the client to go away, for this reason; calls in flight finish.
+    GoAway(ConnectionEnd),
+    /// The connection ended or broke.
+    Stop,
+    /// Wait for what comes.
+    Wait,
+}
+
+/// Serves the calls of one HTTP/2 connection with `handle` until the client goes or
+/// `shutdown`, or until its client has shown no right to hold it: too many calls not allowed,
+/// or no authenticated call in its first [`UNAUTHENTICATED_IDLE`] without one in flight. Then
+/// lets the calls in flight finish.
 async fn http2_connection<S, H, F>(
     stream: S,
     handle: H,
@@ -166,52 +272,64 @@ where
     H: Fn(Request<RecvStream>, SendResponse<Bytes>) -> F,
     F: Future<Output = CallEnd> + Send + 'static,
 {
-    let mut connection = match http2().handshake::<_, Bytes>(stream).await {
-        Ok(connection) => connection,
-        Err(e) => {
+    let mut connection = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        http2().handshake::<_, Bytes>(stream),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "HTTP/2 handshake failed");
             return ConnectionEnd::Closed;
         }
+        Err(_) => return ConnectionEnd::HandshakeTimedOut,
     };
     let calls = TaskTracker::new();
-    let failed = Arc::new(AtomicUsize::new(0));
-    let too_many_failed = CancellationToken::new();
+    let standing = Arc::new(Standing::default());
+    let mut unauthenticated_idle = tokio::time::interval_at(
+        tokio::time::Instant::now() + UNAUTHENTICATED_IDLE,
+        UNAUTHENTICATED_IDLE,
+    );
     let mut end = ConnectionEnd::Closed;
     let mut draining = false;
     loop {
         let next = tokio::select! {
             biased;
-            _ = shutdown.cancelled(), if !draining => {
-                connection.graceful_shutdown();
-                draining = true;
-                continue;
+            _ = shutdown.cancelled(), if !draining => Next::GoAway(ConnectionEnd::Closed),
+            _ = standing.too_many_not_allowed.cancelled(), if !draining => {
+                Next::GoAway(ConnectionEnd::NotAllowedCalls)
             }
-            _ = too_many_failed.cancelled(), if !draining => {
-                connection.graceful_shutdown();
-                draining = true;
-                end = ConnectionEnd::NotAllowedCalls;
-                continue;
+            _ = unauthenticated_idle.tick(), if !draining && !standing.authenticated() => {
+                // A call may have authenticated since this wait began.
+                if calls.is_empty() && !standing.authenticated() {
+                    Next::GoAway(ConnectionEnd::NoAuthenticatedCall)
+                } else {
+                    Next::Wait
+                }
             }
-            next = connection.accept() => next,
+            call = connection.accept() => match call {
+                Some(Ok((request, respond))) => {
+                    let call = handle(request, respond);
+                    let standing = standing.clone();
+                    calls.spawn(async move { standing.record(call.await) });
+                    Next::Wait
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "client connection failed");
+                    Next::Stop
+                }
+                None => Next::Stop,
+            },
         };
         match next {
-            Some(Ok((request, respond))) => {
-                let call = handle(request, respond);
-                let (failed, too_many_failed) = (failed.clone(), too_many_failed.clone());
-                calls.spawn(async move {
-                    if call.await == CallEnd::NotAllowed
-                        && failed.fetch_add(1, Ordering::Relaxed) + 1
-                            >= NOT_ALLOWED_CALLS_PER_CONNECTION
-                    {
-                        too_many_failed.cancel();
-                    }
-                });
+            Next::GoAway(why) => {
+                connection.graceful_shutdown();
+                draining = true;
+                end = why;
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "client connection failed");
-                break;
-            }
-            None => break,
+            Next::Stop => break,
+            Next::Wait => {}
         }
     }
     calls.close();
@@ -223,8 +341,8 @@ where
 mod tests {
     use super::*;
 
-    /// A client's HTTP/2 connection to `http2_connection` over memory, every call answered by
-    /// `answer` with `end`; returns the client side and the server's task.
+    /// A client's HTTP/2 connection to `http2_connection` over memory, every call answered at
+    /// once and ending as `end`; returns the client side and the server's task.
     async fn served(
         end: CallEnd,
     ) -> (
@@ -232,14 +350,8 @@ mod tests {
         tokio::task::JoinHandle<ConnectionEnd>,
     ) {
         let (client_io, server_io) = tokio::io::duplex(1 << 16);
-        let handle = move |_request: Request<RecvStream>, mut respond: SendResponse<Bytes>| async move {
-            let response = http::Response::builder()
-                .header("grpc-status", "16")
-                .body(())
-                .expect("a response");
-            let _ = respond.send_response(response, true);
-            end
-        };
+        let handle =
+            move |_request: Request<RecvStream>, respond: SendResponse<Bytes>| answer(respond, end);
         let server = tokio::spawn(http2_connection(
             server_io,
             handle,
@@ -248,6 +360,16 @@ mod tests {
         let (client, connection) = h2::client::handshake(client_io).await.expect("handshake");
         tokio::spawn(connection);
         (client, server)
+    }
+
+    /// Answers a call at once; the call ended as `end`.
+    async fn answer(mut respond: SendResponse<Bytes>, end: CallEnd) -> CallEnd {
+        let response = http::Response::builder()
+            .header("grpc-status", "0")
+            .body(())
+            .expect("a response");
+        let _ = respond.send_response(response, true);
+        end
     }
 
     /// Makes `n` calls one after another; returns how many were answered.
@@ -286,6 +408,91 @@ mod tests {
             server.await.expect("the server ran"),
             ConnectionEnd::NotAllowedCalls
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_an_authenticated_call_is_closed_once_idle() {
+        let (client, server) = served(CallEnd::Other).await;
+        // Virtual time runs on while nothing happens.
+        let end = tokio::time::timeout(UNAUTHENTICATED_IDLE * 2, server).await;
+        assert_eq!(
+            end.expect("closed within the idle time")
+                .expect("the server ran"),
+            ConnectionEnd::NoAuthenticatedCall
+        );
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_an_authenticated_call_stays_open_while_idle() {
+        let (mut client, server) = served(CallEnd::Authenticated).await;
+        assert_eq!(calls(&mut client, 1).await, 1);
+        tokio::time::sleep(UNAUTHENTICATED_IDLE * 10).await;
+        assert!(!server.is_finished(), "the connection is still open");
+        drop(client);
+        assert_eq!(server.await.expect("the server ran"), ConnectionEnd::Closed);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_are_closed_at_once_and_slots_come_back() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let address = listener.local_addr().expect("its address");
+        let metrics = GatewayMetrics::new().expect("metrics");
+        let limits = Limits {
+            max_connections: 2,
+            grace: Duration::from_secs(1),
+        };
+        let shutdown = CancellationToken::new();
+        let handle = |_request: Request<RecvStream>, respond: SendResponse<Bytes>| {
+            answer(respond, CallEnd::Authenticated)
+        };
+        let server = tokio::spawn({
+            let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+            async move {
+                accept(
+                    listener,
+                    Transport::Plaintext,
+                    handle,
+                    &metrics,
+                    limits,
+                    shutdown,
+                )
+                .await;
+            }
+        });
+        let connect = || async move {
+            let tcp = TcpStream::connect(address).await.expect("connects");
+            let (client, connection) = h2::client::handshake(tcp).await.ok()?;
+            tokio::spawn(connection);
+            let mut client = client;
+            (calls(&mut client, 1).await == 1).then_some(client)
+        };
+        let first = connect().await.expect("the first connection is served");
+        let _second = connect().await.expect("the second connection is served");
+        assert!(connect().await.is_none(), "a third is closed");
+        let refused = || {
+            metrics
+                .connections_closed
+                .with_label_values(&["too_many_connections"])
+                .get()
+        };
+        assert_eq!(refused(), 1);
+        drop(first);
+        let mut again = None;
+        for _ in 0..200 {
+            again = connect().await;
+            if again.is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(again.is_some(), "a closed connection's slot comes back");
+        shutdown.cancel();
+        drop(again);
+        drop(_second);
+        server.await.expect("the listener drained");
     }
 
     #[tokio::test]
