@@ -1,5 +1,6 @@
 //! The chart's alerts (`files/alerts.yaml`, with the values' defaults filled in) are valid
-//! PromQL and name only metrics the operator exports: an alert on a misspelt metric never fires.
+//! PromQL and name only metrics the operator or the gateway exports: an alert on a misspelt
+//! metric never fires.
 
 use std::collections::BTreeSet;
 
@@ -67,9 +68,18 @@ fn unknown_metrics(expr: &Expr, exported: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Every metric family the operator and the gateway export.
+fn exported() -> Vec<String> {
+    let operator = spark_connect_operator::metrics::Metrics::new().expect("metrics");
+    let gateway = spark_connect_operator::gateway::metrics::GatewayMetrics::new().expect("metrics");
+    let mut names = operator.names().to_vec();
+    names.extend(gateway.names());
+    names
+}
+
 #[test]
 fn every_alert_parses_and_reads_only_metrics_that_exist() {
-    let metrics = spark_connect_operator::metrics::Metrics::new().expect("metrics");
+    let exported = exported();
     let rules = rules();
     assert!(rules.len() >= 5, "{} rules", rules.len());
     for rule in rules {
@@ -79,7 +89,7 @@ fn every_alert_parses_and_reads_only_metrics_that_exist() {
         let mut names = BTreeSet::new();
         selected(&parsed, &mut names);
         assert!(!names.is_empty(), "{alert} reads no metric");
-        let unknown = unknown_metrics(&parsed, metrics.names());
+        let unknown = unknown_metrics(&parsed, &exported);
         assert!(
             unknown.is_empty(),
             "{alert} reads {unknown:?}, which no one exports"
@@ -97,8 +107,8 @@ fn every_alert_parses_and_reads_only_metrics_that_exist() {
 
 #[test]
 fn a_misspelt_metric_is_unknown_and_a_histograms_series_are_known() {
-    let metrics = spark_connect_operator::metrics::Metrics::new().expect("metrics");
-    let unknown = |q: &str| unknown_metrics(&parser::parse(q).expect("parses"), metrics.names());
+    let exported = exported();
+    let unknown = |q: &str| unknown_metrics(&parser::parse(q).expect("parses"), &exported);
     assert_eq!(
         unknown("sum(rate(spark_connect_operator_claim_wait_secs_count[1h])) > 0"),
         ["spark_connect_operator_claim_wait_secs_count"]
@@ -106,5 +116,19 @@ fn a_misspelt_metric_is_unknown_and_a_histograms_series_are_known() {
     assert_eq!(
         unknown("rate(spark_connect_operator_claim_wait_seconds_count[5m]) / up"),
         Vec::<String>::new()
+    );
+}
+
+#[test]
+fn the_gateways_metrics_are_known_by_their_scraped_names() {
+    let exported = exported();
+    let unknown = |q: &str| unknown_metrics(&parser::parse(q).expect("parses"), &exported);
+    assert_eq!(
+        unknown("rate(spark_connect_gateway_connections_closed_total[5m]) > 0"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        unknown("rate(spark_connect_gateway_connection_closed_total[5m]) > 0"),
+        ["spark_connect_gateway_connection_closed_total"]
     );
 }

@@ -1,8 +1,12 @@
 //! Prometheus metrics of the gateway.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+/// What every gateway metric's name begins with.
+const PREFIX: &str = "spark_connect_gateway";
 
 /// Every metric the gateway exports.
 #[derive(Clone)]
@@ -29,7 +33,7 @@ pub struct GatewayMetrics {
 impl GatewayMetrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new_custom(Some("spark_connect_gateway".into()), None)?;
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
         let calls = IntCounterVec::new(
             Opts::new("calls_total", "Calls by RPC, outcome and cluster"),
             &["rpc", "outcome", "cluster"],
@@ -87,6 +91,26 @@ impl GatewayMetrics {
             dedicated_claims,
             connections_closed,
         })
+    }
+
+    /// The name of every metric family exported, as a scrape shows it (alerts are checked
+    /// against these).
+    pub fn names(&self) -> Vec<String> {
+        let collectors: [&dyn Collector; 8] = [
+            &self.calls,
+            &self.call_seconds,
+            &self.bytes,
+            &self.active_streams,
+            &self.auth_failures,
+            &self.quota_refusals,
+            &self.dedicated_claims,
+            &self.connections_closed,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| format!("{PREFIX}_{}", d.fq_name))
+            .collect()
     }
 
     /// The text exposition format.
