@@ -69,10 +69,7 @@ pub struct Metrics {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
-        let r = Registrar {
-            registry: Registry::new_custom(Some(PREFIX.into()), None)?,
-            names: RefCell::new(Vec::new()),
-        };
+        let r = Registrar::new(PREFIX)?;
         Ok(Self {
             reconciles: r.counters("reconciles_total", "Reconciles run", &["controller"])?,
             reconcile_errors: r.counters(
@@ -204,27 +201,41 @@ impl Metrics {
     }
 }
 
-/// Registers metrics, noting the name each is exported under.
-struct Registrar {
-    registry: Registry,
-    names: RefCell<Vec<String>>,
+/// Registers metrics, noting the name each is exported under (the operator's and the
+/// gateway's).
+pub(crate) struct Registrar {
+    pub(crate) registry: Registry,
+    pub(crate) names: RefCell<Vec<String>>,
+    prefix: &'static str,
 }
 
 impl Registrar {
+    /// A registry whose metric names begin with `prefix`.
+    pub(crate) fn new(prefix: &'static str) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            registry: Registry::new_custom(Some(prefix.into()), None)?,
+            names: RefCell::new(Vec::new()),
+            prefix,
+        })
+    }
+
     /// Registers `metric` and hands it back.
-    fn add<M: Collector + Clone + 'static>(&self, metric: M) -> Result<M, prometheus::Error> {
+    pub(crate) fn add<M: Collector + Clone + 'static>(
+        &self,
+        metric: M,
+    ) -> Result<M, prometheus::Error> {
         self.names.borrow_mut().extend(
             metric
                 .desc()
                 .iter()
-                .map(|d| format!("{PREFIX}_{}", d.fq_name)),
+                .map(|d| format!("{}_{}", self.prefix, d.fq_name)),
         );
         self.registry.register(Box::new(metric.clone()))?;
         Ok(metric)
     }
 
     /// A registered counter family.
-    fn counters(
+    pub(crate) fn counters(
         &self,
         name: &str,
         help: &str,

@@ -73,7 +73,7 @@ fn exported() -> Vec<String> {
     let operator = spark_connect_operator::metrics::Metrics::new().expect("metrics");
     let gateway = spark_connect_operator::gateway::metrics::GatewayMetrics::new().expect("metrics");
     let mut names = operator.names().to_vec();
-    names.extend(gateway.names());
+    names.extend_from_slice(gateway.names());
     names
 }
 

@@ -49,6 +49,32 @@ for i in range(n):
 print(json.dumps({"codes": codes}), flush=True)
 "#;
 
+/// The status codes of `n` calls with guessed tokens over one channel.
+fn guess_tokens(world: &World, ca: &Path, n: usize) -> Vec<String> {
+    let python = std::env::var("SCO_PYTHON").expect("SCO_PYTHON (set by e2e/run-e2e.sh)");
+    let ca_env = format!("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", ca.display());
+    let target = format!("{GATEWAY_HOST}:443");
+    let out = world.exec(&[
+        "env",
+        &ca_env,
+        &python,
+        "-c",
+        GUESSER,
+        &target,
+        &n.to_string(),
+    ]);
+    let answer: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the guesser's answer; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_value(answer["codes"].clone()).expect("a list of codes")
+}
+
 /// Connections the gateway replicas closed for calls not allowed, summed.
 async fn connections_closed_for_guessing(world: &World) -> f64 {
     let replicas = sco_e2e::gateway::replicas(&world.client)
@@ -436,33 +462,7 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     // every 16 guesses (it reconnects: each reconnection is a new TLS handshake).
     let closed_before = connections_closed_for_guessing(&world).await;
     let guesses = 40;
-    let python = std::env::var("SCO_PYTHON").expect("SCO_PYTHON (set by e2e/run-e2e.sh)");
-    let ca_env = format!("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={}", ca.display());
-    let target = format!("{GATEWAY_HOST}:443");
-    let out = world.exec(&[
-        "env",
-        &ca_env,
-        &python,
-        "-c",
-        GUESSER,
-        &target,
-        &guesses.to_string(),
-    ]);
-    let answer: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the guesser's answer; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-    let codes: Vec<&str> = answer["codes"]
-        .as_array()
-        .expect("codes")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let codes = guess_tokens(&world, &ca, guesses);
     assert_eq!(
         codes,
         vec!["UNAUTHENTICATED"; guesses],

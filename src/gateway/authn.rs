@@ -112,7 +112,7 @@ const TRUST_FOR: Duration = Duration::from_secs(30);
 /// Longest a refusal is reused (short: a fixed token is accepted soon).
 const REFUSE_FOR: Duration = Duration::from_secs(3);
 /// Longest token read: service-account and OIDC tokens are a few kilobytes.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Answers remembered, of each kind.
 const REMEMBERED: usize = 10_000;
 
@@ -462,6 +462,7 @@ mod tests {
         assert_eq!(unknown.reason(), "unknown_issuer");
         assert!(unknown.to_string().contains("https://evil.test"));
     }
+
     /// A gateway that reviews tokens through a mock apiserver.
     fn reviewing() -> (Authenticator, crate::test_support::MockApiserver) {
         let (service, apiserver) = tower_test::mock::pair();

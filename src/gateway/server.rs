@@ -39,9 +39,9 @@ pub enum Transport {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Calls on one connection that may be refused as unauthenticated or not allowed before the
 /// connection is closed.
-pub const NOT_ALLOWED_CALLS_PER_CONNECTION: usize = 16;
+const NOT_ALLOWED_CALLS_PER_CONNECTION: usize = 16;
 /// How long a connection may stay with no call in flight before its first authenticated call.
-pub const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
+const UNAUTHENTICATED_IDLE: Duration = Duration::from_secs(30);
 /// Largest header block a client may send (gRPC clients send at most 8 KiB of metadata by
 /// default; tokens are at most 16 KiB).
 const MAX_HEADER_LIST_BYTES: u32 = 64 << 10;
