@@ -180,14 +180,20 @@ fn route_table(args: &GatewayArgs) -> Result<route::RouteTable, ConfigError> {
     })
 }
 
+/// The most `--max-connections` may be (the chart's schema says the same).
+const MAX_CONNECTIONS_BOUND: usize = 1_000_000;
+
 /// Runs the gateway until SIGTERM or SIGINT, then drains.
 pub async fn run(args: GatewayArgs) -> Result<(), Box<dyn std::error::Error>> {
     let claim_wait = time(&args.claim_wait, "--claim-wait")?;
     let sweep_period = time(&args.sweep_period, "--sweep-period")?;
     let grace = time(&args.drain_grace, "--drain-grace")?;
     let routes = route_table(&args)?;
-    if args.max_connections == 0 {
-        return Err(ConfigError("--max-connections must be at least 1".into()).into());
+    if !(1..=MAX_CONNECTIONS_BOUND).contains(&args.max_connections) {
+        return Err(ConfigError(format!(
+            "--max-connections must be from 1 to {MAX_CONNECTIONS_BOUND}"
+        ))
+        .into());
     }
     if args.tls_secret.is_none() && !args.plaintext {
         return Err(ConfigError(
