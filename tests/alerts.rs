@@ -105,10 +105,13 @@ fn every_alert_parses_and_reads_only_metrics_that_exist() {
     }
 }
 
+/// The metrics `query` reads that no one exports.
+fn unknown(query: &str) -> Vec<String> {
+    unknown_metrics(&parser::parse(query).expect("parses"), &exported())
+}
+
 #[test]
 fn a_misspelt_metric_is_unknown_and_a_histograms_series_are_known() {
-    let exported = exported();
-    let unknown = |q: &str| unknown_metrics(&parser::parse(q).expect("parses"), &exported);
     assert_eq!(
         unknown("sum(rate(spark_connect_operator_claim_wait_secs_count[1h])) > 0"),
         ["spark_connect_operator_claim_wait_secs_count"]
@@ -121,8 +124,6 @@ fn a_misspelt_metric_is_unknown_and_a_histograms_series_are_known() {
 
 #[test]
 fn the_gateways_metrics_are_known_by_their_scraped_names() {
-    let exported = exported();
-    let unknown = |q: &str| unknown_metrics(&parser::parse(q).expect("parses"), &exported);
     assert_eq!(
         unknown("rate(spark_connect_gateway_connections_closed_total[5m]) > 0"),
         Vec::<String>::new()
