@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use spark_connect_operator::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use spark_connect_operator::builders::labels::GATEWAY_USER_LABEL;
+use spark_connect_operator::crd::{
+    ClaimPhase, DEDICATED_QUOTA_REACHED, SparkConnectClaim, SparkConnectCluster,
+};
 use support::{World, bound, create_pool, fake_spec, live_pods, succeeded, wait_until};
 
 fn cluster(name: &str, spec: serde_json::Value) -> SparkConnectCluster {
@@ -196,6 +199,104 @@ async fn fifty_claims_at_once_never_share_a_server() {
         bound.len() >= 35,
         "the 5 idle and the 30 allowed to wait are all bound"
     );
+}
+
+#[tokio::test]
+async fn gateway_claims_past_their_clusters_quota_are_refused_however_many_arrive_at_once() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-quota").await;
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let mut spec = fake_spec(6, 12, 30);
+    spec["gateway"] = serde_json::json!({"mode": "Dedicated", "maxDedicatedServers": 3});
+    create_pool(&clusters, "quota", spec, 6, Duration::from_secs(120)).await;
+    // Ten users' gateway claims (as gateway replicas make them, each one before the others
+    // show in its store) and two claims made with kubectl, all at once.
+    let gateway_claim = |i: usize| {
+        let mut c = claim(&format!("gw{i:02}"), "quota");
+        c.labels_mut()
+            .insert(GATEWAY_USER_LABEL.into(), format!("user{i:02}"));
+        c
+    };
+    let mut burst: Vec<SparkConnectClaim> = (0..10).map(gateway_claim).collect();
+    burst.extend(["kubectl0", "kubectl1"].map(|n| claim(n, "quota")));
+    let post = PostParams::default();
+    let creates = burst.iter().map(|c| claims.create(&post, c));
+    for result in futures::future::join_all(creates).await {
+        result.expect("create claim");
+    }
+    wait_until(Duration::from_secs(120), "every claim settled", || async {
+        claims.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items
+                .iter()
+                .all(|c| matches!(phase(c), ClaimPhase::Bound | ClaimPhase::Failed))
+        })
+    })
+    .await;
+    let listed = claims.list(&ListParams::default()).await.unwrap().items;
+    let is_gateway = |c: &SparkConnectClaim| c.labels().contains_key(GATEWAY_USER_LABEL);
+    let count = |gateway: bool, p: ClaimPhase| {
+        listed
+            .iter()
+            .filter(|c| is_gateway(c) == gateway && phase(c) == p)
+            .count()
+    };
+    assert_eq!(count(true, ClaimPhase::Bound), 3, "the quota holds");
+    assert_eq!(
+        count(false, ClaimPhase::Bound),
+        2,
+        "kubectl claims are not under it"
+    );
+    for c in listed.iter().filter(|c| phase(c) == ClaimPhase::Failed) {
+        let condition = &c.status.as_ref().unwrap().conditions[0];
+        assert_eq!(
+            condition.reason,
+            DEDICATED_QUOTA_REACHED,
+            "{}",
+            c.name_any()
+        );
+        assert!(
+            condition
+                .message
+                .contains("gateway.maxDedicatedServers = 3"),
+            "{}",
+            condition.message
+        );
+    }
+    println!(
+        "10 gateway claims at once under a quota of 3: {} bound, {} refused",
+        count(true, ClaimPhase::Bound),
+        count(true, ClaimPhase::Failed)
+    );
+    // A released server makes room for the next user.
+    let holder = listed
+        .iter()
+        .find(|c| is_gateway(c) && phase(c) == ClaimPhase::Bound)
+        .map(ResourceExt::name_any)
+        .expect("a bound gateway claim");
+    claims
+        .delete(&holder, &DeleteParams::default())
+        .await
+        .expect("release");
+    wait_until(
+        Duration::from_secs(60),
+        "the released claim gone",
+        || async { claims.get_opt(&holder).await.is_ok_and(|c| c.is_none()) },
+    )
+    .await;
+    claims
+        .create(&PostParams::default(), &gateway_claim(10))
+        .await
+        .expect("create claim");
+    wait_until(Duration::from_secs(60), "the next user settled", || async {
+        claims
+            .get_opt("gw10")
+            .await
+            .is_ok_and(|c| c.is_some_and(|c| phase(&c) != ClaimPhase::Pending))
+    })
+    .await;
+    let next = claims.get("gw10").await.expect("gw10");
+    assert_eq!(phase(&next), ClaimPhase::Bound, "{:?}", next.status);
 }
 
 #[tokio::test]

@@ -228,6 +228,50 @@ async fn prepare(world: &World) -> (PathBuf, Vec<u8>) {
     (ca, jwt_key)
 }
 
+/// New users of a Dedicated cluster whose quota is 1 connect all at once, through both
+/// replicas: exactly one gets a server; the others are refused by the quota, whether their
+/// replica saw the winner's claim in time or the operator refused theirs. Returns the
+/// refusals.
+fn a_burst_of_new_users_gets_one_server(
+    world: &World,
+    ca: &Path,
+    jwt_key: &[u8],
+    namespace: &str,
+) -> usize {
+    let users: Vec<String> = (0..4).map(|i| format!("burst{i}")).collect();
+    for user in &users {
+        bind(
+            world,
+            namespace,
+            &format!("{user}-connects"),
+            &format!("--user=oidc:{user}"),
+        );
+    }
+    let seen: Vec<Seen> = std::thread::scope(|scope| {
+        let clients: Vec<_> = users
+            .iter()
+            .map(|user| {
+                let token = jwt(jwt_key, user, namespace, AUDIENCE, 600);
+                scope.spawn(move || run_client(world, ca, &[url(&token, Some("science"), "")]))
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread"))
+            .collect()
+    });
+    let served = seen.iter().filter(|s| matches!(s, Seen::User(_))).count();
+    assert_eq!(served, 1, "one server under a quota of 1: {seen:?}");
+    for refused in seen.iter().filter(|s| matches!(s, Seen::Error(_))) {
+        expect_error(
+            refused,
+            "RESOURCE_EXHAUSTED",
+            &["gateway.maxDedicatedServers = 1"],
+        );
+    }
+    seen.len() - served
+}
+
 #[tokio::test]
 async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_quotas_and_audit() {
     let world = World::connect().await;
@@ -457,6 +501,21 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
         "gateway: {} audit lines; bob on {bob_server}, carol on {carol_server} after bob's release",
         lines.len()
     );
+
+    // Once carol's server is released, four new users at once get one server between them.
+    wait_until(
+        Duration::from_secs(60),
+        "carol's idle claim to be released",
+        || async {
+            claims
+                .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        },
+    )
+    .await;
+    let refused = a_burst_of_new_users_gets_one_server(&world, &ca, &jwt_key, &science.name);
+    println!("gateway: 4 new users at once under a quota of 1: 1 served, {refused} refused");
 
     // A client guessing tokens is refused each time, and its connection is closed after
     // every 16 guesses (it reconnects: each reconnection is a new TLS handshake).

@@ -18,6 +18,9 @@ pub const STATE_LABEL: &str = "sparkconnect.dev/state";
 pub const SPEC_HASH_LABEL: &str = "sparkconnect.dev/spec-hash";
 /// Label with the server's role: endpoint (shared endpoint and its standby) or pool.
 pub const ROLE_LABEL: &str = "sparkconnect.dev/role";
+/// Label on every claim the gateway makes: a hash of the user it is for. These claims are under
+/// their cluster's `gateway.maxDedicatedServers`.
+pub const GATEWAY_USER_LABEL: &str = "sparkconnect.dev/gateway-user";
 /// Annotation with the claim a server is bound to.
 pub const CLAIM_ANNOTATION: &str = "sparkconnect.dev/claim";
 /// Annotation with the uid of the claim a server is bound to (a claim deleted and created

@@ -3,6 +3,7 @@
 //! reports claims whose cluster does not exist. What happens to a bound claim later (lost,
 //! expired) is the cluster reconcile's.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +19,13 @@ use super::bind;
 use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
+use super::pool::allocator::{Cap, Refused};
 use crate::builders::bind_lease::{BindHolder, holder_of};
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, SERVER_LABEL, ServerState,
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, SERVER_LABEL,
+    ServerState,
 };
-use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use crate::crd::{ClaimPhase, DEDICATED_QUOTA_REACHED, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
 
 const CONTROLLER: &str = "claim";
@@ -84,27 +87,8 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
         .as_ref()
         .map_or_else(Timestamp::now, |t| t.0);
     tracing::debug!(claim = %name, "claim joins the line");
-    if let Err(full) = ctx
-        .allocator
-        .enqueue(&cluster_key, &name, uid, created, Timestamp::now())
-    {
-        let message = format!(
-            "{} claims already wait for this cluster (hotPool.maxWaitingClaims)",
-            full.max_waiting
-        );
-        let result = finish_claim(
-            ctx,
-            claim,
-            ClaimPhase::Failed,
-            "TooManyWaitingClaims",
-            &message,
-            Timestamp::now(),
-        )
-        .await;
-        if ignore_gone(result)? {
-            ctx.metrics.claims.with_label_values(&["failed"]).inc();
-            ctx.event(claim, EventType::Warning, "TooManyWaitingClaims", &message);
-        }
+    if let Err(refused) = join_line(claim, &cluster, ctx, &cluster_key, uid, created) {
+        refuse(claim, ctx, refused).await?;
         return Ok(Action::await_change());
     }
     bind::serve(ctx, &cluster_key).await;
@@ -191,6 +175,95 @@ async fn finish_interrupted_bind(
     )?;
     ctx.allocator.forget_claim(cluster_key, &name, claim_uid);
     Ok(true)
+}
+
+/// Puts the claim in its cluster's line; a gateway claim is under the cluster's
+/// `gateway.maxDedicatedServers`, counted with the gateway claims that hold a server (by their
+/// status or, before it is written, by the bind Lease that names them).
+fn join_line(
+    claim: &SparkConnectClaim,
+    cluster: &SparkConnectCluster,
+    ctx: &Context,
+    cluster_key: &str,
+    uid: &str,
+    created: Timestamp,
+) -> Result<(), Refused> {
+    let name = claim.name_any();
+    let now = Timestamp::now();
+    if !claim.labels().contains_key(GATEWAY_USER_LABEL) {
+        return ctx.allocator.enqueue(cluster_key, &name, uid, created, now);
+    }
+    let ns = claim.namespace().unwrap_or_default();
+    let holding = gateway_claims_holding(ctx, &ns, &claim.spec.cluster);
+    let cap = Cap {
+        limit: usize::try_from(cluster.spec.gateway.max_dedicated_servers).unwrap_or(0),
+        holding: &holding,
+    };
+    ctx.allocator
+        .enqueue_capped(cluster_key, &name, uid, created, now, cap)
+}
+
+/// Fails a claim that could not join the line, with an Event.
+async fn refuse(claim: &SparkConnectClaim, ctx: &Context, refused: Refused) -> Result<(), Error> {
+    let (reason, message) = match refused {
+        Refused::QueueFull { max_waiting } => (
+            "TooManyWaitingClaims",
+            format!(
+                "{max_waiting} claims already wait for this cluster (hotPool.maxWaitingClaims)"
+            ),
+        ),
+        Refused::CapReached { limit } => (
+            DEDICATED_QUOTA_REACHED,
+            format!(
+                "quota gateway.maxDedicatedServers = {limit} (cluster {}/{}) is used up: release a server or ask for a larger quota",
+                claim.namespace().unwrap_or_default(),
+                claim.spec.cluster
+            ),
+        ),
+    };
+    let result = finish_claim(
+        ctx,
+        claim,
+        ClaimPhase::Failed,
+        reason,
+        &message,
+        Timestamp::now(),
+    )
+    .await;
+    if ignore_gone(result)? {
+        ctx.metrics.claims.with_label_values(&["failed"]).inc();
+        ctx.event(claim, EventType::Warning, reason, &message);
+    }
+    Ok(())
+}
+
+/// The live gateway claims of a cluster that hold a server: bound, or named by a bind Lease
+/// whose claim status is not written yet.
+fn gateway_claims_holding(ctx: &Context, ns: &str, cluster: &str) -> BTreeSet<String> {
+    let claims = ctx.stores.claims.of_cluster(ns, cluster);
+    let live_gateway_claims: BTreeMap<String, Arc<SparkConnectClaim>> = claims
+        .into_iter()
+        .filter(|c| {
+            c.labels().contains_key(GATEWAY_USER_LABEL)
+                && c.metadata.deletion_timestamp.is_none()
+                && !c.status.as_ref().is_some_and(|s| s.phase.is_final())
+        })
+        .map(|c| (c.name_any(), c))
+        .collect();
+    let leased = ctx.stores.leases.of_cluster(ns, cluster);
+    let named_by_leases = leased.iter().filter_map(|lease| {
+        let server = lease.labels().get(SERVER_LABEL)?;
+        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns))?;
+        let name = holder_of(lease, &pod)?.claim()?;
+        live_gateway_claims
+            .contains_key(name)
+            .then(|| name.to_string())
+    });
+    let bound = live_gateway_claims
+        .iter()
+        .filter(|(_, c)| c.status.as_ref().is_some_and(|s| s.server.is_some()))
+        .map(|(name, _)| name.clone());
+    bound.chain(named_by_leases).collect()
 }
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.
@@ -329,5 +402,109 @@ mod tests {
         assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
         assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
         assert_eq!(body["status"]["phase"], "Pending", "{body}");
+    }
+
+    /// A claim the gateway made for `name`, bound to `server` when given.
+    fn gateway_claim(name: &str, server: Option<&str>) -> SparkConnectClaim {
+        let mut claim = claim(name);
+        claim
+            .labels_mut()
+            .insert(GATEWAY_USER_LABEL.into(), format!("user-{name}"));
+        if let Some(server) = server {
+            claim.status = Some(
+                serde_json::from_value(json!({
+                "phase": "Bound", "server": server}))
+                .unwrap(),
+            );
+        }
+        claim
+    }
+
+    fn server_pod(name: &str) -> Pod {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("pod-uid-{name}"),
+                         "labels": {CLUSTER_LABEL: "c", SERVER_LABEL: name}}}))
+        .unwrap()
+    }
+
+    /// Stores with the cluster (its gateway quota `quota`), a bound gateway claim, a gateway
+    /// claim whose bind Lease is made but whose status is not written, a bound claim made with
+    /// kubectl, a Lease naming a gateway claim that its server does not own, and `newcomer`.
+    fn quota_world(quota: i32, newcomer: &SparkConnectClaim) -> (Arc<Context>, MockApiserver) {
+        let mut cluster = cluster();
+        cluster.spec.gateway.max_dedicated_servers = quota;
+        let (s2, s4) = (server_pod("s2"), server_pod("s4"));
+        let taken = BindHolder::Claim {
+            name: "leased",
+            uid: "uid-leased",
+        };
+        let lease = crate::builders::bind_lease::bind_lease("c", &s2, taken, None).unwrap();
+        let forged_for = BindHolder::Claim {
+            name: "named-by-a-forgery",
+            uid: "uid-named-by-a-forgery",
+        };
+        let mut forged =
+            crate::builders::bind_lease::bind_lease("c", &s4, forged_for, None).unwrap();
+        forged.metadata.owner_references = None;
+        let mut kubectl = claim("kubectl");
+        kubectl.status =
+            Some(serde_json::from_value(json!({"phase": "Bound", "server": "s3"})).unwrap());
+        let held = Held {
+            clusters: vec![cluster],
+            claims: vec![
+                gateway_claim("bound", Some("s1")),
+                gateway_claim("leased", None),
+                gateway_claim("named-by-a-forgery", None),
+                kubectl,
+                newcomer.clone(),
+            ],
+            pods: vec![s2, s4],
+            leases: vec![lease, forged],
+            ..Held::default()
+        };
+        let (ctx, handle) = context_over(held, NS);
+        ctx.allocator.publish(KEY, pool_terms());
+        (ctx, handle)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_claim_past_its_clusters_quota_fails_and_says_why() {
+        let newcomer = gateway_claim("newcomer", None);
+        // Holding: "bound" by its status, "leased" by its bind Lease; the forged Lease and the
+        // kubectl claim do not count, nor does the waiting "named-by-a-forgery" (not in line).
+        let (ctx, apiserver) = quota_world(2, &newcomer);
+        let answered = tokio::spawn(answer_next_with_conflict(apiserver));
+        tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&newcomer, &ctx))
+            .await
+            .expect("the reconcile ends")
+            .expect("reported, not an error");
+        let (path, body) = answered.await.unwrap();
+        assert!(
+            path.ends_with("/sparkconnectclaims/newcomer/status"),
+            "{path}"
+        );
+        assert_eq!(body["status"]["phase"], "Failed", "{body}");
+        let condition = &body["status"]["conditions"][0];
+        assert_eq!(condition["reason"], DEDICATED_QUOTA_REACHED, "{body}");
+        let message = condition["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("gateway.maxDedicatedServers = 2 (cluster ns/c)"),
+            "{message}"
+        );
+        assert_eq!(ctx.allocator.waiting(KEY), 0);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_claim_within_its_clusters_quota_joins_the_line() {
+        let newcomer = gateway_claim("newcomer", None);
+        let (ctx, apiserver) = quota_world(3, &newcomer);
+        let answered = tokio::spawn(answer_next_with_conflict(apiserver));
+        tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&newcomer, &ctx))
+            .await
+            .expect("the reconcile ends")
+            .expect("no error");
+        let (_, body) = answered.await.unwrap();
+        assert_eq!(body["status"]["phase"], "Pending", "{body}");
+        assert_eq!(ctx.allocator.waiting(KEY), 1);
     }
 }

@@ -57,6 +57,10 @@ pub struct SparkConnectClaimSpec {
     pub ttl: Option<String>,
 }
 
+/// Reason of the `Bound` condition of a gateway claim refused because its cluster's
+/// `gateway.maxDedicatedServers` is reached.
+pub const DEDICATED_QUOTA_REACHED: &str = "DedicatedQuotaReached";
+
 /// Where a claim is in its life. Lost, Expired and Failed are final.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum ClaimPhase {

@@ -554,7 +554,8 @@ pub struct GatewaySpec {
     #[schemars(length(max = 28))]
     pub idle_timeout: String,
     /// Most dedicated servers the gateway holds for this cluster's users at once; a new user
-    /// beyond it is refused with RESOURCE_EXHAUSTED.
+    /// beyond it is refused with RESOURCE_EXHAUSTED. The operator fails a gateway claim past it
+    /// (reason DedicatedQuotaReached), so users arriving together never pass it.
     #[serde(default = "default_max_dedicated_servers")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_dedicated_servers: i32,

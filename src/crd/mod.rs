@@ -5,7 +5,10 @@ pub mod cluster;
 #[cfg(test)]
 mod tests;
 
-pub use claim::{ClaimPhase, SparkConnectClaim, SparkConnectClaimSpec, SparkConnectClaimStatus};
+pub use claim::{
+    ClaimPhase, DEDICATED_QUOTA_REACHED, SparkConnectClaim, SparkConnectClaimSpec,
+    SparkConnectClaimStatus,
+};
 pub use cluster::*;
 
 use kube::CustomResourceExt;

@@ -5,7 +5,7 @@
 //! `gateway.idleTimeout` with no call in flight, and the operator retires the server and refills
 //! the pool.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::authn::Identity;
-use super::directory::{
-    Directory, GATEWAY_USER_ANNOTATION, GATEWAY_USER_LABEL, LAST_CALL_ANNOTATION, Server,
-};
+use super::directory::{Directory, GATEWAY_USER_ANNOTATION, LAST_CALL_ANNOTATION, Server};
 use super::metrics::GatewayMetrics;
 use super::route::{ClusterRef, claim_name, user_key};
-use crate::builders::labels::CLUSTER_LABEL;
-use crate::crd::{ClaimPhase, SparkConnectClaim, SparkConnectCluster};
+use crate::builders::labels::{CLUSTER_LABEL, GATEWAY_USER_LABEL};
+use crate::crd::{ClaimPhase, DEDICATED_QUOTA_REACHED, SparkConnectClaim, SparkConnectCluster};
 use crate::duration::GATEWAY_IDLE_TIMEOUT;
 
 /// Why no dedicated server can be given.
@@ -77,6 +75,28 @@ pub struct Dedicated {
     in_flight: Mutex<HashMap<ClaimKey, usize>>,
     /// When this replica last wrote a claim's last-call time, and how often it writes it.
     touched: Mutex<HashMap<ClaimKey, (Instant, Duration)>>,
+    /// Claims this replica is making (its store may not show them yet): their cluster and
+    /// user key.
+    making: Mutex<BTreeMap<ClaimKey, (ClusterRef, String)>>,
+}
+
+/// A claim noted as being made by this replica, until dropped.
+struct Making<'a> {
+    making: &'a Mutex<BTreeMap<ClaimKey, (ClusterRef, String)>>,
+    /// The claim, when this call noted it (another call making it already keeps it noted).
+    key: Option<ClaimKey>,
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            let mut making = self
+                .making
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            making.remove(key);
+        }
+    }
 }
 
 fn idle_timeout(cluster: Option<&SparkConnectCluster>) -> Duration {
@@ -103,6 +123,37 @@ fn is_live(claim: &SparkConnectClaim) -> bool {
         && claim.meta().deletion_timestamp.is_none()
 }
 
+/// Whether the operator refused the claim for the cluster's quota.
+fn refused_by_quota(claim: &SparkConnectClaim) -> bool {
+    claim.status.as_ref().is_some_and(|s| {
+        s.phase == ClaimPhase::Failed
+            && s.conditions
+                .iter()
+                .any(|c| c.reason == DEDICATED_QUOTA_REACHED)
+    })
+}
+
+/// The message of an ended claim's condition.
+fn why_ended(claim: &SparkConnectClaim) -> String {
+    claim
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.first())
+        .map_or_else(|| "no reason given".into(), |c| c.message.clone())
+}
+
+fn dedicated_quota(spec: &SparkConnectCluster) -> usize {
+    usize::try_from(spec.spec.gateway.max_dedicated_servers).unwrap_or(0)
+}
+
+fn cluster_quota(cluster: &ClusterRef, spec: &SparkConnectCluster) -> DedicatedError {
+    DedicatedError::Quota {
+        quota: "gateway.maxDedicatedServers",
+        scope: format!("cluster {cluster}"),
+        value: dedicated_quota(spec),
+    }
+}
+
 impl Dedicated {
     /// At most `max_per_user` dedicated servers per user over all clusters; a call waits at most
     /// `claim_wait` for its claim to be bound.
@@ -119,6 +170,7 @@ impl Dedicated {
             metrics,
             in_flight: Mutex::default(),
             touched: Mutex::default(),
+            making: Mutex::default(),
         }
     }
 
@@ -134,12 +186,30 @@ impl Dedicated {
         let deadline = tokio::time::Instant::now() + self.claim_wait;
         let changed = self.directory.claims_changed();
         let mut created = false;
+        let mut _making = None;
         loop {
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.directory.claim(&cluster.namespace, &name) {
-                Some(claim) if !is_live(&claim) => self.remove_final(&claim).await,
+                Some(claim) if !is_live(&claim) => {
+                    self.remove_final(&claim).await;
+                    // The claim this call made ended: the operator refused it. It counts the
+                    // cluster's gateway claims exactly, and refuses those that pass the quota
+                    // together (made by two replicas, or before this replica's store showed
+                    // the others). An older claim that ended is replaced.
+                    if created {
+                        return Err(if refused_by_quota(&claim) {
+                            cluster_quota(cluster, spec)
+                        } else {
+                            DedicatedError::Unavailable(format!(
+                                "claim {}/{name} ended: {}",
+                                cluster.namespace,
+                                why_ended(&claim)
+                            ))
+                        });
+                    }
+                }
                 Some(claim) => {
                     let status = claim.status.clone().unwrap_or_default();
                     if status.phase == ClaimPhase::Bound
@@ -161,7 +231,7 @@ impl Dedicated {
                     }
                 }
                 None if !created => {
-                    self.check_quotas(cluster, spec, who)?;
+                    _making = Some(self.reserve(cluster, spec, who, &key)?);
                     self.create(cluster, &name, who).await?;
                     created = true;
                 }
@@ -182,39 +252,62 @@ impl Dedicated {
         }
     }
 
-    fn check_quotas(
+    /// Checks both quotas for a new claim `key` and, when they allow it, notes the claim as
+    /// being made by this replica until the returned guard drops: checked and noted under one
+    /// lock, so calls arriving together on this replica never pass a quota together. The
+    /// counts are the live claims the store shows and the claims being made here, each once;
+    /// `key` itself, when another call is making it, is not counted against itself.
+    fn reserve(
         &self,
         cluster: &ClusterRef,
         spec: &SparkConnectCluster,
         who: &Identity,
-    ) -> Result<(), DedicatedError> {
-        let claims = self.directory.claims();
-        let live = claims.iter().filter(|c| is_live(c));
-        let for_cluster = live
-            .clone()
-            .filter(|c| c.namespace().as_deref() == Some(cluster.namespace.as_str()))
-            .filter(|c| c.spec.cluster == cluster.name)
-            .count();
-        let limit = usize::try_from(spec.spec.gateway.max_dedicated_servers).unwrap_or(0);
-        if for_cluster >= limit {
-            return Err(DedicatedError::Quota {
-                quota: "gateway.maxDedicatedServers",
-                scope: format!("cluster {cluster}"),
-                value: limit,
-            });
-        }
+        key: &ClaimKey,
+    ) -> Result<Making<'_>, DedicatedError> {
+        let mut making = self
+            .making
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let user = user_key(&who.user);
-        let for_user = live
-            .filter(|c| c.labels().get(GATEWAY_USER_LABEL) == Some(&user))
-            .count();
-        if for_user >= self.max_per_user {
+        let mut for_cluster: BTreeSet<ClaimKey> = BTreeSet::new();
+        let mut for_user: BTreeSet<ClaimKey> = BTreeSet::new();
+        for claim in self.directory.claims().iter().filter(|c| is_live(c)) {
+            let other = (claim.namespace().unwrap_or_default(), claim.name_any());
+            if other.0 == cluster.namespace && claim.spec.cluster == cluster.name {
+                for_cluster.insert(other.clone());
+            }
+            if claim.labels().get(GATEWAY_USER_LABEL) == Some(&user) {
+                for_user.insert(other);
+            }
+        }
+        for (other, (of_cluster, of_user)) in making.iter() {
+            if of_cluster == cluster {
+                for_cluster.insert(other.clone());
+            }
+            if *of_user == user {
+                for_user.insert(other.clone());
+            }
+        }
+        for_cluster.remove(key);
+        for_user.remove(key);
+        if for_cluster.len() >= dedicated_quota(spec) {
+            return Err(cluster_quota(cluster, spec));
+        }
+        if for_user.len() >= self.max_per_user {
             return Err(DedicatedError::Quota {
                 quota: "maxDedicatedServersPerUser",
                 scope: format!("user {}", who.user),
                 value: self.max_per_user,
             });
         }
-        Ok(())
+        let noted = !making.contains_key(key);
+        if noted {
+            making.insert(key.clone(), (cluster.clone(), user));
+        }
+        Ok(Making {
+            making: &self.making,
+            key: noted.then(|| key.clone()),
+        })
     }
 
     async fn create(
@@ -400,5 +493,109 @@ impl Dedicated {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(user: &str) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: Vec::new(),
+            namespace_claim: None,
+        }
+    }
+
+    fn cluster(name: &str, quota: i32) -> (ClusterRef, SparkConnectCluster) {
+        let mut spec = crate::test_support::cluster();
+        spec.spec.gateway.max_dedicated_servers = quota;
+        let at = ClusterRef {
+            namespace: "data".into(),
+            name: name.into(),
+        };
+        (at, spec)
+    }
+
+    fn key(at: &ClusterRef, user: &str) -> ClaimKey {
+        (at.namespace.clone(), claim_name(&at.name, user))
+    }
+
+    /// A replica whose watches never answer (its store stays empty), `max_per_user` per user.
+    fn replica(max_per_user: usize) -> (Dedicated, crate::test_support::MockApiserver) {
+        let (service, apiserver) = tower_test::mock::pair();
+        let client = kube::Client::new(service, "data");
+        let (directory, _watches) = Directory::start(client, None);
+        let metrics = GatewayMetrics::new().expect("metrics");
+        let dedicated = Dedicated::new(directory, max_per_user, Duration::from_secs(5), metrics);
+        (dedicated, apiserver)
+    }
+
+    #[tokio::test]
+    async fn users_arriving_together_on_one_replica_never_pass_the_clusters_quota_together() {
+        let (replica, _apiserver) = replica(10);
+        let (at, spec) = cluster("science", 1);
+        let alice = replica
+            .reserve(&at, &spec, &who("alice"), &key(&at, "alice"))
+            .expect("alice is first");
+        let refused = replica.reserve(&at, &spec, &who("bob"), &key(&at, "bob"));
+        assert!(
+            matches!(
+                &refused,
+                Err(DedicatedError::Quota {
+                    quota: "gateway.maxDedicatedServers",
+                    value: 1,
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+        // Alice's second session, at the same moment, is the same claim: not counted twice.
+        let again = replica.reserve(&at, &spec, &who("alice"), &key(&at, "alice"));
+        assert!(again.is_ok(), "{:?}", again.err());
+        drop(again);
+        // Once alice's claim is no longer being made here (made and seen, or failed), bob may.
+        drop(alice);
+        assert!(
+            replica
+                .reserve(&at, &spec, &who("bob"), &key(&at, "bob"))
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_user_on_many_clusters_at_once_never_passes_the_per_user_quota() {
+        let (replica, _apiserver) = replica(2);
+        let mut held = Vec::new();
+        for name in ["a", "b"] {
+            let (at, spec) = cluster(name, 10);
+            held.push(
+                replica
+                    .reserve(&at, &spec, &who("carol"), &key(&at, "carol"))
+                    .expect("within the per-user quota"),
+            );
+        }
+        let (at, spec) = cluster("c", 10);
+        let refused = replica.reserve(&at, &spec, &who("carol"), &key(&at, "carol"));
+        assert!(
+            matches!(
+                &refused,
+                Err(DedicatedError::Quota {
+                    quota: "maxDedicatedServersPerUser",
+                    value: 2,
+                    ..
+                })
+            ),
+            "{:?}",
+            refused.err()
+        );
+        assert!(
+            replica
+                .reserve(&at, &spec, &who("dave"), &key(&at, "dave"))
+                .is_ok(),
+            "another user is not under carol's quota"
+        );
     }
 }

@@ -16,12 +16,10 @@ use tokio::sync::Notify;
 
 use super::cache::TtlCache;
 use super::route::ClusterRef;
-use crate::builders::labels::{ServerState, TOKEN_KEY};
+use crate::builders::labels::{GATEWAY_USER_LABEL, ServerState, TOKEN_KEY};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 use crate::store_index::{Indexed, indexed, labelled};
 
-/// Label on every claim the gateway makes: a hash of the user it is for.
-pub const GATEWAY_USER_LABEL: &str = "sparkconnect.dev/gateway-user";
 /// Annotation with the full user name of a gateway claim.
 pub const GATEWAY_USER_ANNOTATION: &str = "sparkconnect.dev/gateway-user";
 /// Annotation with the time of the last call through any replica (RFC 3339).

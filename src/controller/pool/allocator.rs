@@ -58,13 +58,34 @@ pub struct Assignment {
     pub server: Candidate,
     /// When this process first saw the claim.
     pub first_seen: Timestamp,
+    /// The claim is under the cluster's [`Cap`].
+    pub capped: bool,
 }
 
 /// Why a claim could not join the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueFull {
-    /// The limit that was reached.
-    pub max_waiting: usize,
+pub enum Refused {
+    /// `hotPool.maxWaitingClaims` claims wait already.
+    QueueFull {
+        /// The limit that was reached.
+        max_waiting: usize,
+    },
+    /// The claim is under a cap (the gateway's `maxDedicatedServers`) that is reached.
+    CapReached {
+        /// The cap.
+        limit: usize,
+    },
+}
+
+/// A cap on the claims of one kind (the gateway's, one per user) that hold, are being bound
+/// to or wait for a server of a cluster at once. Decided under the allocator's lock, so claims
+/// arriving together never pass it together.
+#[derive(Clone, Copy, Debug)]
+pub struct Cap<'a> {
+    /// Most such claims at once.
+    pub limit: usize,
+    /// The claims under the cap that the stores show holding a server.
+    pub holding: &'a BTreeSet<String>,
 }
 
 /// A claim in line, ordered by creation time, then name: the first is served first.
@@ -73,6 +94,8 @@ struct InLine {
     created: Timestamp,
     name: String,
     uid: String,
+    /// Under the cluster's [`Cap`].
+    capped: bool,
 }
 
 /// The claim a server was handed to.
@@ -80,6 +103,7 @@ struct InLine {
 struct HandedTo {
     name: String,
     uid: String,
+    capped: bool,
 }
 
 #[derive(Default)]
@@ -106,6 +130,22 @@ struct ClusterQueue {
     unreplaced_since: Option<Instant>,
     /// Servers handed out since then: the grace spares one claimant, never a busy pool.
     unreplaced: usize,
+}
+
+impl ClusterQueue {
+    /// Claims under the cap other than `claim` that hold a server (`holding`, as the stores
+    /// show them), are being bound or wait in line, each counted once.
+    fn under_cap(&self, holding: &BTreeSet<String>, claim: &str) -> usize {
+        let waiting = self.waiting.iter().filter(|c| c.capped).map(|c| &c.name);
+        let handed_out = self
+            .handed_out
+            .values()
+            .filter(|c| c.capped)
+            .map(|c| &c.name);
+        let mut counted: BTreeSet<&String> = holding.iter().collect();
+        counted.extend(waiting.chain(handed_out));
+        counted.iter().filter(|name| name.as_str() != claim).count()
+    }
 }
 
 /// The allocators of every cluster.
@@ -209,7 +249,33 @@ impl Allocator {
         uid: &str,
         created: Timestamp,
         now: Timestamp,
-    ) -> Result<(), QueueFull> {
+    ) -> Result<(), Refused> {
+        self.join(key, claim, uid, created, now, None)
+    }
+
+    /// Puts a claim under `cap` in line as [`Allocator::enqueue`] does; refused as well when
+    /// the claims under the cap holding a server, being bound or in line reach it.
+    pub fn enqueue_capped(
+        &self,
+        key: &str,
+        claim: &str,
+        uid: &str,
+        created: Timestamp,
+        now: Timestamp,
+        cap: Cap<'_>,
+    ) -> Result<(), Refused> {
+        self.join(key, claim, uid, created, now, Some(cap))
+    }
+
+    fn join(
+        &self,
+        key: &str,
+        claim: &str,
+        uid: &str,
+        created: Timestamp,
+        now: Timestamp,
+        cap: Option<Cap<'_>>,
+    ) -> Result<(), Refused> {
         self.with(key, |q| {
             let this = |name: &str, u: &str| name == claim && u == uid;
             if q.waiting.iter().any(|c| this(&c.name, &c.uid))
@@ -221,7 +287,12 @@ impl Allocator {
             q.waiting.retain(|c| !namesake(&c.name, &c.uid));
             let max_waiting = q.terms.as_ref().map_or(usize::MAX, |t| t.max_waiting);
             if q.waiting.len() >= max_waiting {
-                return Err(QueueFull { max_waiting });
+                return Err(Refused::QueueFull { max_waiting });
+            }
+            if let Some(cap) = cap
+                && q.under_cap(cap.holding, claim) >= cap.limit
+            {
+                return Err(Refused::CapReached { limit: cap.limit });
             }
             let seen = q
                 .first_seen
@@ -234,6 +305,7 @@ impl Allocator {
                 created,
                 name: claim.to_string(),
                 uid: uid.to_string(),
+                capped: cap.is_some(),
             });
             Ok(())
         })
@@ -329,6 +401,7 @@ impl Allocator {
                         HandedTo {
                             name: claim.name.clone(),
                             uid: claim.uid.clone(),
+                            capped: claim.capped,
                         },
                     );
                     let first_seen = q
@@ -342,6 +415,7 @@ impl Allocator {
                         created: claim.created,
                         server,
                         first_seen,
+                        capped: claim.capped,
                     }
                 })
                 .collect()
@@ -376,6 +450,7 @@ impl Allocator {
                     created: assignment.created,
                     name: assignment.claim.clone(),
                     uid: assignment.claim_uid.clone(),
+                    capped: assignment.capped,
                 });
             }
         });
@@ -815,7 +890,83 @@ mod tests {
         a.enqueue("ns/c", "b", "uid-b", at(2), at(2)).unwrap();
         assert_eq!(
             a.enqueue("ns/c", "c", "uid-c", at(3), at(3)),
-            Err(QueueFull { max_waiting: 2 })
+            Err(Refused::QueueFull { max_waiting: 2 })
         );
+    }
+
+    fn capped(
+        a: &Allocator,
+        name: &str,
+        created: i64,
+        limit: usize,
+        holding: &[&str],
+    ) -> Result<(), Refused> {
+        let holding: BTreeSet<String> = holding.iter().map(|h| h.to_string()).collect();
+        let cap = Cap {
+            limit,
+            holding: &holding,
+        };
+        a.enqueue_capped(
+            "ns/c",
+            name,
+            &format!("uid-{name}"),
+            at(created),
+            at(created),
+            cap,
+        )
+    }
+
+    #[test]
+    fn claims_under_a_cap_count_those_holding_being_bound_and_waiting_once_each() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 100));
+        // Claims of other kinds never count against the cap.
+        a.enqueue("ns/c", "kubectl", "uid-kubectl", at(5), at(5))
+            .unwrap();
+        capped(&a, "being-bound", 2, 3, &[]).unwrap();
+        let handed = a.assign("ns/c", &[server("s1", 9)], |_| true, Instant::now());
+        assert_eq!(handed[0].claim, "being-bound");
+        // The store already shows the one being bound as holding its server: counted once.
+        assert_eq!(
+            capped(&a, "waiting", 3, 2, &["holding", "being-bound"]),
+            Err(Refused::CapReached { limit: 2 })
+        );
+        capped(&a, "waiting", 3, 3, &["holding", "being-bound"]).unwrap();
+        assert_eq!(
+            capped(&a, "one-too-many", 4, 3, &["holding", "being-bound"]),
+            Err(Refused::CapReached { limit: 3 })
+        );
+        // A claim already counted joins again without being refused.
+        capped(&a, "waiting", 3, 3, &["holding", "being-bound"]).unwrap();
+        assert_eq!(a.waiting("ns/c"), 2, "kubectl and waiting");
+    }
+
+    #[test]
+    fn a_claim_put_back_in_line_after_a_conflict_stays_under_the_cap() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 100));
+        capped(&a, "first", 1, 1, &[]).unwrap();
+        let handed = a.assign("ns/c", &[server("s1", 9)], |_| true, Instant::now());
+        assert!(handed[0].capped);
+        a.undo("ns/c", &handed[0], true);
+        assert_eq!(
+            capped(&a, "second", 2, 1, &[]),
+            Err(Refused::CapReached { limit: 1 }),
+            "the first claim, back in line, still fills the cap"
+        );
+        let again = a.assign("ns/c", &[server("s2", 9)], |_| true, Instant::now());
+        assert_eq!(again[0].claim, "first");
+        assert!(again[0].capped);
+    }
+
+    #[test]
+    fn a_cap_of_zero_refuses_every_claim_under_it() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 100));
+        assert_eq!(
+            capped(&a, "any", 1, 0, &[]),
+            Err(Refused::CapReached { limit: 0 })
+        );
+        assert_eq!(a.waiting("ns/c"), 0);
     }
 }
