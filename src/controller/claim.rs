@@ -3,7 +3,7 @@
 //! reports claims whose cluster does not exist. What happens to a bound claim later (lost,
 //! expired) is the cluster reconcile's.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,8 +178,9 @@ async fn finish_interrupted_bind(
 }
 
 /// Puts the claim in its cluster's line; a gateway claim is under the cluster's
-/// `gateway.maxDedicatedServers`, counted with the gateway claims that hold a server (by their
-/// status or, before it is written, by the bind Lease that names them).
+/// `gateway.maxDedicatedServers`, counted with the live gateway claims that hold a server (by
+/// their status or, before it is written, by the bind Lease that names them), are being bound
+/// or wait in line.
 fn join_line(
     claim: &SparkConnectClaim,
     cluster: &SparkConnectCluster,
@@ -194,10 +195,10 @@ fn join_line(
         return ctx.allocator.enqueue(cluster_key, &name, uid, created, now);
     }
     let ns = claim.namespace().unwrap_or_default();
-    let holding = gateway_claims_holding(ctx, &ns, &claim.spec.cluster);
+    let live = live_gateway_claims(ctx, &ns, &claim.spec.cluster);
     let cap = Cap {
         limit: usize::try_from(cluster.spec.gateway.max_dedicated_servers).unwrap_or(0),
-        holding: &holding,
+        live: &live,
     };
     ctx.allocator
         .enqueue_capped(cluster_key, &name, uid, created, now, cap)
@@ -237,33 +238,39 @@ async fn refuse(claim: &SparkConnectClaim, ctx: &Context, refused: Refused) -> R
     Ok(())
 }
 
-/// The live gateway claims of a cluster that hold a server: bound, or named by a bind Lease
-/// whose claim status is not written yet.
-fn gateway_claims_holding(ctx: &Context, ns: &str, cluster: &str) -> BTreeSet<String> {
-    let claims = ctx.stores.claims.of_cluster(ns, cluster);
-    let live_gateway_claims: BTreeMap<String, Arc<SparkConnectClaim>> = claims
+/// The live gateway claims of a cluster, each with whether it holds a server: bound, or named
+/// by a bind Lease while its status is not written yet.
+fn live_gateway_claims(ctx: &Context, ns: &str, cluster: &str) -> BTreeMap<String, bool> {
+    let mut live: BTreeMap<String, bool> = ctx
+        .stores
+        .claims
+        .of_cluster(ns, cluster)
         .into_iter()
         .filter(|c| {
             c.labels().contains_key(GATEWAY_USER_LABEL)
                 && c.metadata.deletion_timestamp.is_none()
                 && !c.status.as_ref().is_some_and(|s| s.phase.is_final())
         })
-        .map(|c| (c.name_any(), c))
+        .map(|c| {
+            let bound = c.status.as_ref().is_some_and(|s| s.server.is_some());
+            (c.name_any(), bound)
+        })
         .collect();
-    let leased = ctx.stores.leases.of_cluster(ns, cluster);
-    let named_by_leases = leased.iter().filter_map(|lease| {
-        let server = lease.labels().get(SERVER_LABEL)?;
-        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns))?;
-        let name = holder_of(lease, &pod)?.claim()?;
-        live_gateway_claims
-            .contains_key(name)
-            .then(|| name.to_string())
-    });
-    let bound = live_gateway_claims
-        .iter()
-        .filter(|(_, c)| c.status.as_ref().is_some_and(|s| s.server.is_some()))
-        .map(|(name, _)| name.clone());
-    bound.chain(named_by_leases).collect()
+    for lease in ctx.stores.leases.of_cluster(ns, cluster) {
+        let Some(server) = lease.labels().get(SERVER_LABEL) else {
+            continue;
+        };
+        let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(server).within(ns)) else {
+            continue;
+        };
+        if let Some(holds) = holder_of(&lease, &pod)
+            .and_then(|h| h.claim())
+            .and_then(|name| live.get_mut(name))
+        {
+            *holds = true;
+        }
+    }
+    live
 }
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.

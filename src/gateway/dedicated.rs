@@ -123,23 +123,27 @@ fn is_live(claim: &SparkConnectClaim) -> bool {
         && claim.meta().deletion_timestamp.is_none()
 }
 
-/// Whether the operator refused the claim for the cluster's quota.
-fn refused_by_quota(claim: &SparkConnectClaim) -> bool {
-    claim.status.as_ref().is_some_and(|s| {
-        s.phase == ClaimPhase::Failed
-            && s.conditions
-                .iter()
-                .any(|c| c.reason == DEDICATED_QUOTA_REACHED)
-    })
-}
-
-/// The message of an ended claim's condition.
-fn why_ended(claim: &SparkConnectClaim) -> String {
-    claim
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.first())
-        .map_or_else(|| "no reason given".into(), |c| c.message.clone())
+/// Why a claim this call made ended: refused by the operator for the cluster's quota (the
+/// quota refusal a replica gives itself), or what its condition says.
+fn ended(
+    claim: &SparkConnectClaim,
+    cluster: &ClusterRef,
+    spec: &SparkConnectCluster,
+) -> DedicatedError {
+    let status = claim.status.clone().unwrap_or_default();
+    let condition = status.conditions.first();
+    if status.phase == ClaimPhase::Failed
+        && condition.is_some_and(|c| c.reason == DEDICATED_QUOTA_REACHED)
+    {
+        return cluster_quota(cluster, spec);
+    }
+    DedicatedError::Unavailable(format!(
+        "claim {}/{} ended ({:?}): {}",
+        cluster.namespace,
+        claim.name_any(),
+        status.phase,
+        condition.map_or("no reason given", |c| c.message.as_str())
+    ))
 }
 
 fn dedicated_quota(spec: &SparkConnectCluster) -> usize {
@@ -199,15 +203,7 @@ impl Dedicated {
                     // together (made by two replicas, or before this replica's store showed
                     // the others). An older claim that ended is replaced.
                     if created {
-                        return Err(if refused_by_quota(&claim) {
-                            cluster_quota(cluster, spec)
-                        } else {
-                            DedicatedError::Unavailable(format!(
-                                "claim {}/{name} ended: {}",
-                                cluster.namespace,
-                                why_ended(&claim)
-                            ))
-                        });
+                        return Err(ended(&claim, cluster, spec));
                     }
                 }
                 Some(claim) => {
@@ -530,6 +526,38 @@ mod tests {
         let metrics = GatewayMetrics::new().expect("metrics");
         let dedicated = Dedicated::new(directory, max_per_user, Duration::from_secs(5), metrics);
         (dedicated, apiserver)
+    }
+
+    fn ended_claim(reason: &str, message: &str) -> SparkConnectClaim {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
+            "metadata": {"name": "science-alice", "namespace": "data"},
+            "spec": {"cluster": "science"},
+            "status": {"phase": "Failed", "conditions": [{"type": "Bound", "status": "False",
+                "reason": reason, "message": message,
+                "lastTransitionTime": "2026-11-28T12:00:00Z"}]}}))
+        .expect("a claim")
+    }
+
+    #[test]
+    fn a_claim_the_operator_refused_for_the_quota_is_the_replicas_own_quota_refusal() {
+        let (at, spec) = cluster("science", 3);
+        let refused = ended_claim(DEDICATED_QUOTA_REACHED, "quota ... is used up");
+        assert_eq!(
+            ended(&refused, &at, &spec).to_string(),
+            "quota gateway.maxDedicatedServers = 3 (cluster data/science) is used up: release a server or ask for a larger quota"
+        );
+        let full = ended_claim(
+            "TooManyWaitingClaims",
+            "30 claims already wait for this cluster",
+        );
+        assert_eq!(
+            ended(&full, &at, &spec),
+            DedicatedError::Unavailable(
+                "claim data/science-alice ended (Failed): 30 claims already wait for this cluster"
+                    .into()
+            )
+        );
     }
 
     #[tokio::test]

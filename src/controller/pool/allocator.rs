@@ -84,8 +84,10 @@ pub enum Refused {
 pub struct Cap<'a> {
     /// Most such claims at once.
     pub limit: usize,
-    /// The claims under the cap that the stores show holding a server.
-    pub holding: &'a BTreeSet<String>,
+    /// The live claims under the cap, as the stores show them, each with whether it holds a
+    /// server. A claim this process has in line or is binding counts only while listed here:
+    /// a claim deleted meanwhile frees its place at once.
+    pub live: &'a BTreeMap<String, bool>,
 }
 
 /// A claim in line, ordered by creation time, then name: the first is served first.
@@ -133,18 +135,19 @@ struct ClusterQueue {
 }
 
 impl ClusterQueue {
-    /// Claims under the cap other than `claim` that hold a server (`holding`, as the stores
-    /// show them), are being bound or wait in line, each counted once.
-    fn under_cap(&self, holding: &BTreeSet<String>, claim: &str) -> usize {
+    /// Live claims under the cap other than `claim` that hold a server, are being bound or
+    /// wait in line, each counted once.
+    fn under_cap(&self, live: &BTreeMap<String, bool>, claim: &str) -> usize {
         let waiting = self.waiting.iter().filter(|c| c.capped).map(|c| &c.name);
         let handed_out = self
             .handed_out
             .values()
             .filter(|c| c.capped)
             .map(|c| &c.name);
-        let mut counted: BTreeSet<&String> = holding.iter().collect();
-        counted.extend(waiting.chain(handed_out));
-        counted.iter().filter(|name| name.as_str() != claim).count()
+        let in_hand: BTreeSet<&String> = waiting.chain(handed_out).collect();
+        live.iter()
+            .filter(|(name, holds)| name.as_str() != claim && (**holds || in_hand.contains(name)))
+            .count()
     }
 }
 
@@ -290,7 +293,7 @@ impl Allocator {
                 return Err(Refused::QueueFull { max_waiting });
             }
             if let Some(cap) = cap
-                && q.under_cap(cap.holding, claim) >= cap.limit
+                && q.under_cap(cap.live, claim) >= cap.limit
             {
                 return Err(Refused::CapReached { limit: cap.limit });
             }
@@ -894,6 +897,8 @@ mod tests {
         );
     }
 
+    /// Enqueues `name` under a cap of `limit`, the stores showing `holding` (and every other
+    /// claim of these tests) live.
     fn capped(
         a: &Allocator,
         name: &str,
@@ -901,11 +906,18 @@ mod tests {
         limit: usize,
         holding: &[&str],
     ) -> Result<(), Refused> {
-        let holding: BTreeSet<String> = holding.iter().map(|h| h.to_string()).collect();
-        let cap = Cap {
-            limit,
-            holding: &holding,
-        };
+        let others = [
+            "being-bound",
+            "waiting",
+            "one-too-many",
+            "first",
+            "second",
+            "any",
+        ];
+        let mut live: BTreeMap<String, bool> =
+            others.iter().map(|c| (c.to_string(), false)).collect();
+        live.extend(holding.iter().map(|h| (h.to_string(), true)));
+        let cap = Cap { limit, live: &live };
         a.enqueue_capped(
             "ns/c",
             name,
@@ -968,5 +980,28 @@ mod tests {
             Err(Refused::CapReached { limit: 0 })
         );
         assert_eq!(a.waiting("ns/c"), 0);
+    }
+
+    #[test]
+    fn a_claim_deleted_while_being_bound_frees_its_place_under_the_cap_at_once() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 100));
+        capped(&a, "first", 1, 1, &[]).unwrap();
+        assert_eq!(
+            a.assign("ns/c", &[server("s1", 9)], |_| true, Instant::now())
+                .len(),
+            1
+        );
+        // "first" is still handed out here (its pod not yet seen stamped), but the stores no
+        // longer list it: deleted.
+        let live = BTreeMap::from([("second".to_string(), false)]);
+        let cap = Cap {
+            limit: 1,
+            live: &live,
+        };
+        assert_eq!(
+            a.enqueue_capped("ns/c", "second", "uid-second", at(2), at(2), cap),
+            Ok(())
+        );
     }
 }
