@@ -25,14 +25,37 @@ fn claim(name: &str, cluster: &str) -> SparkConnectClaim {
 
 /// Creates `n` claims `<prefix>00..` on `cluster`, all at once.
 async fn create_claims(claims: &Api<SparkConnectClaim>, cluster: &str, prefix: &str, n: usize) {
-    let creates = (0..n).map(|i| {
-        let claims = claims.clone();
-        let claim = claim(&format!("{prefix}{i:02}"), cluster);
-        async move { claims.create(&PostParams::default(), &claim).await }
-    });
+    let burst: Vec<SparkConnectClaim> = (0..n)
+        .map(|i| claim(&format!("{prefix}{i:02}"), cluster))
+        .collect();
+    create_all(claims, &burst).await;
+}
+
+/// Creates every claim of `burst`, all at once.
+async fn create_all(claims: &Api<SparkConnectClaim>, burst: &[SparkConnectClaim]) {
+    let post = PostParams::default();
+    let creates = burst.iter().map(|c| claims.create(&post, c));
     for result in futures::future::join_all(creates).await {
         result.expect("create claim");
     }
+}
+
+/// Every claim of the namespace, once each is Bound or Failed (failing the test after
+/// `timeout`).
+async fn all_settled(claims: &Api<SparkConnectClaim>, timeout: Duration) -> Vec<SparkConnectClaim> {
+    wait_until(timeout, "every claim settled", || async {
+        claims.list(&ListParams::default()).await.is_ok_and(|l| {
+            l.items
+                .iter()
+                .all(|c| matches!(phase(c), ClaimPhase::Bound | ClaimPhase::Failed))
+        })
+    })
+    .await;
+    claims
+        .list(&ListParams::default())
+        .await
+        .expect("claims")
+        .items
 }
 
 fn phase(c: &SparkConnectClaim) -> ClaimPhase {
@@ -158,15 +181,7 @@ async fn fifty_claims_at_once_never_share_a_server() {
     .await;
     create_claims(&claims, "burst", "c", 50).await;
     // Every claim ends Bound, or Failed with a clear reason; none stays waiting for long.
-    wait_until(Duration::from_secs(180), "every claim settled", || async {
-        claims.list(&ListParams::default()).await.is_ok_and(|l| {
-            l.items
-                .iter()
-                .all(|c| matches!(phase(c), ClaimPhase::Bound | ClaimPhase::Failed))
-        })
-    })
-    .await;
-    let listed = claims.list(&ListParams::default()).await.unwrap().items;
+    let listed = all_settled(&claims, Duration::from_secs(180)).await;
     let bound: Vec<&SparkConnectClaim> = listed
         .iter()
         .filter(|c| phase(c) == ClaimPhase::Bound)
@@ -220,20 +235,8 @@ async fn gateway_claims_past_their_clusters_quota_are_refused_however_many_arriv
     };
     let mut burst: Vec<SparkConnectClaim> = (0..10).map(gateway_claim).collect();
     burst.extend(["kubectl0", "kubectl1"].map(|n| claim(n, "quota")));
-    let post = PostParams::default();
-    let creates = burst.iter().map(|c| claims.create(&post, c));
-    for result in futures::future::join_all(creates).await {
-        result.expect("create claim");
-    }
-    wait_until(Duration::from_secs(120), "every claim settled", || async {
-        claims.list(&ListParams::default()).await.is_ok_and(|l| {
-            l.items
-                .iter()
-                .all(|c| matches!(phase(c), ClaimPhase::Bound | ClaimPhase::Failed))
-        })
-    })
-    .await;
-    let listed = claims.list(&ListParams::default()).await.unwrap().items;
+    create_all(&claims, &burst).await;
+    let listed = all_settled(&claims, Duration::from_secs(120)).await;
     let is_gateway = |c: &SparkConnectClaim| c.labels().contains_key(GATEWAY_USER_LABEL);
     let count = |gateway: bool, p: ClaimPhase| {
         listed

@@ -474,18 +474,25 @@ mod tests {
         (ctx, handle)
     }
 
-    #[tokio::test]
-    async fn a_gateway_claim_past_its_clusters_quota_fails_and_says_why() {
+    /// Reconciles a new gateway claim under a quota of `quota` in [`quota_world`]; returns the
+    /// context and the path and body of the one write it makes (answered with a conflict).
+    async fn newcomer_under(quota: i32) -> (Arc<Context>, String, serde_json::Value) {
         let newcomer = gateway_claim("newcomer", None);
-        // Holding: "bound" by its status, "leased" by its bind Lease; the forged Lease and the
-        // kubectl claim do not count, nor does the waiting "named-by-a-forgery" (not in line).
-        let (ctx, apiserver) = quota_world(2, &newcomer);
+        let (ctx, apiserver) = quota_world(quota, &newcomer);
         let answered = tokio::spawn(answer_next_with_conflict(apiserver));
         tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&newcomer, &ctx))
             .await
             .expect("the reconcile ends")
             .expect("reported, not an error");
         let (path, body) = answered.await.unwrap();
+        (ctx, path, body)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_claim_past_its_clusters_quota_fails_and_says_why() {
+        // Holding: "bound" by its status, "leased" by its bind Lease; the forged Lease and the
+        // kubectl claim do not count, nor does the waiting "named-by-a-forgery" (not in line).
+        let (ctx, path, body) = newcomer_under(2).await;
         assert!(
             path.ends_with("/sparkconnectclaims/newcomer/status"),
             "{path}"
@@ -503,14 +510,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gateway_claim_within_its_clusters_quota_joins_the_line() {
-        let newcomer = gateway_claim("newcomer", None);
-        let (ctx, apiserver) = quota_world(3, &newcomer);
-        let answered = tokio::spawn(answer_next_with_conflict(apiserver));
-        tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&newcomer, &ctx))
-            .await
-            .expect("the reconcile ends")
-            .expect("no error");
-        let (_, body) = answered.await.unwrap();
+        let (ctx, _, body) = newcomer_under(3).await;
         assert_eq!(body["status"]["phase"], "Pending", "{body}");
         assert_eq!(ctx.allocator.waiting(KEY), 1);
     }

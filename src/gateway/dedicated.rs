@@ -560,6 +560,18 @@ mod tests {
         );
     }
 
+    fn assert_refused_by(reserved: Result<Making<'_>, DedicatedError>, quota: &str, value: usize) {
+        match reserved {
+            Err(DedicatedError::Quota {
+                quota: q, value: v, ..
+            }) => {
+                assert_eq!((q, v), (quota, value));
+            }
+            Err(other) => panic!("refused by {other}, not by quota {quota}"),
+            Ok(_) => panic!("not refused by quota {quota}"),
+        }
+    }
+
     #[tokio::test]
     async fn users_arriving_together_on_one_replica_never_pass_the_clusters_quota_together() {
         let (replica, _apiserver) = replica(10);
@@ -568,18 +580,7 @@ mod tests {
             .reserve(&at, &spec, &who("alice"), &key(&at, "alice"))
             .expect("alice is first");
         let refused = replica.reserve(&at, &spec, &who("bob"), &key(&at, "bob"));
-        assert!(
-            matches!(
-                &refused,
-                Err(DedicatedError::Quota {
-                    quota: "gateway.maxDedicatedServers",
-                    value: 1,
-                    ..
-                })
-            ),
-            "{:?}",
-            refused.err()
-        );
+        assert_refused_by(refused, "gateway.maxDedicatedServers", 1);
         // Alice's second session, at the same moment, is the same claim: not counted twice.
         let again = replica.reserve(&at, &spec, &who("alice"), &key(&at, "alice"));
         assert!(again.is_ok(), "{:?}", again.err());
@@ -607,18 +608,7 @@ mod tests {
         }
         let (at, spec) = cluster("c", 10);
         let refused = replica.reserve(&at, &spec, &who("carol"), &key(&at, "carol"));
-        assert!(
-            matches!(
-                &refused,
-                Err(DedicatedError::Quota {
-                    quota: "maxDedicatedServersPerUser",
-                    value: 2,
-                    ..
-                })
-            ),
-            "{:?}",
-            refused.err()
-        );
+        assert_refused_by(refused, "maxDedicatedServersPerUser", 2);
         assert!(
             replica
                 .reserve(&at, &spec, &who("dave"), &key(&at, "dave"))
