@@ -22,6 +22,8 @@ use super::{cpu, first_result};
 
 /// The bench, and the first part of its namespace's name.
 const BENCH: &str = "bench-claims";
+/// Parallel writes in a round of either floor.
+const FLOOR_WRITES: usize = 300;
 
 fn phase(c: &SparkConnectClaim) -> ClaimPhase {
     c.status.as_ref().map(|s| s.phase).unwrap_or_default()
@@ -82,21 +84,24 @@ impl Bench {
         Ok(bench)
     }
 
-    /// `rounds` bursts of `concurrency` claims on a pool of as many idle fake servers.
+    /// `rounds` bursts of `concurrency` claims on a pool of as many idle fake servers, each
+    /// right after a round of the status floor on the same machine state (pool up, refilled).
     async fn warm_pool(
         &self,
         concurrency: usize,
         rounds: usize,
         floors: &[(String, f64)],
+        status_floor: &floor::StatusFloor,
     ) -> anyhow::Result<serde_json::Value> {
         let cluster = format!("fake-{concurrency}");
         self.pool(&cluster, fake_spec(concurrency as i32), concurrency as i32)
             .await?;
         let mut added = Rounds::default();
         for round in 0..rounds {
+            let paired_floor = status_floor.round().await?;
             let burst = self.burst(&cluster, concurrency, round).await?;
             let held = burst.held.clone();
-            added.add(round, rounds, burst);
+            added.add(round, rounds, burst, &paired_floor);
             self.release_all(&cluster, concurrency as i32, &held)
                 .await?;
         }
@@ -332,9 +337,11 @@ pub async fn run(
     // The floors' p99, to read each claim p99 against.
     let mut floors: Vec<(String, f64)> = Vec::new();
     if !only_spark {
+        let status_floor =
+            floor::StatusFloor::prepare(&bench.client, &bench.namespace, FLOOR_WRITES).await?;
         for row in [
-            floor::configmaps(&bench.client, &bench.namespace, 300, 10).await?,
-            floor::custom_status(&bench.client, &bench.namespace, 300, 10).await?,
+            floor::configmaps(&bench.client, &bench.namespace, FLOOR_WRITES, 10).await?,
+            floor::custom_status(&status_floor, 10).await?,
         ] {
             if let (Some(scenario), Some(p99)) = (row["scenario"].as_str(), row["p99_ms"].as_f64())
             {
@@ -344,8 +351,13 @@ pub async fn run(
         }
         for &concurrency in concurrency {
             let rounds = rounds.unwrap_or(if concurrency == 1 { 20 } else { 10 });
-            rows.push(bench.warm_pool(concurrency, rounds, &floors).await?);
+            rows.push(
+                bench
+                    .warm_pool(concurrency, rounds, &floors, &status_floor)
+                    .await?,
+            );
         }
+        status_floor.remove().await?;
     }
     if spark {
         let spark_rows =
@@ -375,11 +387,15 @@ struct Rounds {
     requests: BTreeMap<String, f64>,
     /// Mean CPU seconds per burst, by process.
     cpu_seconds: BTreeMap<String, f64>,
+    /// The p99 of the status-floor round run just before each burst, ms.
+    paired_floor_p99s: Vec<f64>,
 }
 
 impl Rounds {
     /// Adds one of `rounds` bursts.
-    fn add(&mut self, round: usize, rounds: usize, burst: Burst) {
+    fn add(&mut self, round: usize, rounds: usize, burst: Burst, paired_floor: &[Duration]) {
+        self.paired_floor_p99s
+            .push(report::percentile(paired_floor, 0.99));
         for (request, n) in burst.requests {
             *self.requests.entry(request).or_default() += n / rounds as f64;
         }
@@ -398,6 +414,25 @@ impl Rounds {
             }));
         }
         self.phases.extend(burst.phases);
+    }
+
+    /// Each round's claim p99 over the p99 of the status-floor round just before it: the same
+    /// machine state on both sides of the ratio (the floor measured once at the start of the
+    /// run sees an apiserver without the pool, and its CPU per write drifts between runs).
+    fn paired(&self) -> serde_json::Value {
+        let ratios: Vec<f64> = self
+            .per_round
+            .iter()
+            .zip(&self.paired_floor_p99s)
+            .map(|(claims, floor)| report::percentile(claims, 0.99) / floor)
+            .collect();
+        let floor = report::Spread::of(&self.paired_floor_p99s);
+        let ratio = report::Spread::of(&ratios);
+        serde_json::json!({
+            "floor_p99_ms": floor.median, "floor_p99_ms_spread": [floor.min, floor.max],
+            "claim_p99_over_floor_p99": ratio.median,
+            "claim_p99_over_floor_p99_spread": [ratio.min, ratio.max],
+        })
     }
 
     /// The scenario's row, printed as it is made.
@@ -431,6 +466,8 @@ impl Rounds {
             .map(|(floor, p99)| (floor.as_str(), p99s.median / p99))
             .collect();
         println!("  p99 over the floors' p99: {p99_vs_floors:?}");
+        let paired = self.paired();
+        println!("  paired with a status-floor round just before each burst: {paired}");
         serde_json::json!({
             "scenario": "claim_to_bound_warm_pool", "concurrency": concurrency, "rounds": rounds,
             "samples": self.samples.len(),
@@ -439,6 +476,7 @@ impl Rounds {
             "p50_ms_all": report::percentile(&self.samples, 0.5), "p99_ms_all": report::percentile(&self.samples, 0.99),
             "breakdown": breakdown, "apiserver_requests_per_burst": self.requests,
             "cpu_ms_per_burst_by_process": cpu_ms, "p99_vs_floor_p99": p99_vs_floors,
+            "paired_status_floor": paired,
             "slowest_claim_per_round": self.slowest,
         })
     }

@@ -2,7 +2,9 @@
 //! their figures read as a ratio to it: `n` parallel patches on warm connections (one
 //! unmeasured round first), of ConfigMaps (the cheapest write there is) and of a custom
 //! resource's status subresource (the kind of write a bind makes: a claim's status), the
-//! latter on a bench-only CustomResourceDefinition that no controller watches.
+//! latter on a bench-only CustomResourceDefinition that no controller watches. Its objects stay
+//! for the whole run, so the claims bench can also run a single round of it right before each
+//! burst and read the burst against the machine as it is at that moment.
 
 use std::time::{Duration, Instant};
 
@@ -59,76 +61,112 @@ pub async fn configmaps(
     Ok(row)
 }
 
-/// `n` parallel merge patches of a custom resource's status (`status.round` and a timestamp,
-/// about the size of a claim's Bound status change).
-pub async fn custom_status(
-    client: &Client,
-    namespace: &str,
-    n: usize,
-    rounds: usize,
-) -> anyhow::Result<serde_json::Value> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    if crds.get_opt(FLOOR_CRD).await?.is_none() {
-        crds.create(
-            &PostParams::default(),
-            &serde_json::from_value(floor_crd())?,
+/// The bench-only resources whose status the second floor patches, kept for the whole run so
+/// that single rounds of the floor can be paired with the claim bursts.
+pub struct StatusFloor {
+    crds: Api<CustomResourceDefinition>,
+    objects: Api<DynamicObject>,
+    names: Vec<String>,
+    /// Rounds patched so far (each patch writes a new round, so none is a no-op).
+    rounds: std::sync::atomic::AtomicUsize,
+}
+
+impl StatusFloor {
+    /// Creates the resource definition and `n` objects of it in `namespace`.
+    pub async fn prepare(client: &Client, namespace: &str, n: usize) -> anyhow::Result<Self> {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        if crds.get_opt(FLOOR_CRD).await?.is_none() {
+            crds.create(
+                &PostParams::default(),
+                &serde_json::from_value(floor_crd())?,
+            )
+            .await?;
+        }
+        sco_e2e::poll::until(
+            "the write-floor resource established",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                crds.get_opt(FLOOR_CRD)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| {
+                        c.status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            },
         )
         .await?;
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("bench.sparkconnect.dev", "v1", "WriteFloor"),
+            "writefloors",
+        );
+        let objects: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &resource);
+        let names = names(n);
+        for name in &names {
+            let object: DynamicObject = serde_json::from_value(serde_json::json!({
+                "apiVersion": "bench.sparkconnect.dev/v1", "kind": "WriteFloor",
+                "metadata": {"name": name}, "spec": {}
+            }))?;
+            objects.create(&PostParams::default(), &object).await?;
+        }
+        Ok(Self {
+            crds,
+            objects,
+            names,
+            rounds: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
-    sco_e2e::poll::until(
-        "the write-floor resource established",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || async {
-            crds.get_opt(FLOOR_CRD)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|c| {
-                    c.status
-                        .and_then(|s| s.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        },
-    )
-    .await?;
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("bench.sparkconnect.dev", "v1", "WriteFloor"),
-        "writefloors",
-    );
-    let objects: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let names = names(n);
-    for name in &names {
-        let object: DynamicObject = serde_json::from_value(serde_json::json!({
-            "apiVersion": "bench.sparkconnect.dev/v1", "kind": "WriteFloor",
-            "metadata": {"name": name}, "spec": {}
-        }))?;
-        objects.create(&PostParams::default(), &object).await?;
+
+    /// Patches the status of object `name` to a new round.
+    async fn patch(&self, name: String) -> anyhow::Result<()> {
+        let round = self
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let patch = serde_json::json!({"status": {
+            "round": round, "phase": "Bound", "at": jiff::Timestamp::now().to_string(),
+            "message": format!("round {round} of {name}")
+        }});
+        self.objects
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
     }
-    let row = measure(
+
+    /// One round: every object's status patched at once; each patch's latency.
+    pub async fn round(&self) -> anyhow::Result<Vec<Duration>> {
+        let (samples, _) = one_round(&self.names, |name| self.patch(name)).await?;
+        Ok(samples)
+    }
+
+    /// Deletes the resource definition and with it every object of it.
+    pub async fn remove(self) -> anyhow::Result<()> {
+        self.crds
+            .delete(FLOOR_CRD, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+}
+
+/// `rounds` rounds of parallel merge patches of a custom resource's status (`status.round`
+/// and a timestamp, about the size of a claim's Bound status change).
+pub async fn custom_status(
+    floor: &StatusFloor,
+    rounds: usize,
+) -> anyhow::Result<serde_json::Value> {
+    measure(
         "apiserver_status_write_floor",
         "status patches of a custom resource",
-        &names,
+        &floor.names,
         rounds,
-        |name, round| {
-            let objects = objects.clone();
-            async move {
-                let patch = serde_json::json!({"status": {
-                    "round": round, "phase": "Bound", "at": jiff::Timestamp::now().to_string(),
-                    "message": format!("round {round} of {name}")
-                }});
-                objects
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-                anyhow::Ok(())
-            }
-        },
+        |name, _| floor.patch(name),
     )
-    .await?;
-    crds.delete(FLOOR_CRD, &DeleteParams::default()).await?;
-    Ok(row)
+    .await
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -157,17 +195,7 @@ where
         if round == 1 {
             cpu_before = cpu::by_process();
         }
-        let started = Instant::now();
-        let writes = names.iter().map(|name| {
-            let write = write(name.clone(), round);
-            async move {
-                let t = Instant::now();
-                write.await?;
-                anyhow::Ok(t.elapsed())
-            }
-        });
-        let samples = futures::future::try_join_all(writes).await?;
-        let wall = started.elapsed();
+        let (samples, wall) = one_round(names, |name| write(name, round)).await?;
         if round == 0 {
             continue; // warms the connections
         }
@@ -197,6 +225,25 @@ where
         "apiserver_cpu_ms_per_write": apiserver_cpu_ms_per_write,
         "p50_ms_all": report::percentile(&all, 0.5), "p99_ms_all": report::percentile(&all, 0.99),
     }))
+}
+
+/// Runs `write` for every name at once; each write's latency and the round's wall time.
+async fn one_round<F, Fut>(names: &[String], write: F) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let writes = names.iter().map(|name| {
+        let write = write(name.clone());
+        async move {
+            let t = Instant::now();
+            write.await?;
+            anyhow::Ok(t.elapsed())
+        }
+    });
+    let samples = futures::future::try_join_all(writes).await?;
+    Ok((samples, started.elapsed()))
 }
 
 /// A namespaced resource with a status subresource and an open schema.
