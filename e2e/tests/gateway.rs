@@ -228,6 +228,32 @@ async fn prepare(world: &World) -> (PathBuf, Vec<u8>) {
     (ca, jwt_key)
 }
 
+/// Calls `urls` at once, each from a client process of its own (so over connections of their
+/// own, which the gateway Service spreads over both replicas).
+fn calls_at_once(world: &World, ca: &Path, urls: &[String]) -> Vec<Seen> {
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = urls
+            .iter()
+            .map(|url| scope.spawn(move || run_client(world, ca, std::slice::from_ref(url))))
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread"))
+            .collect()
+    })
+}
+
+/// Asserts that `served` of the calls got a server and that every other call was refused by
+/// the quota `quota`; returns the refusals.
+fn served_within_quota(seen: &[Seen], served: usize, quota: &str) -> usize {
+    let got = seen.iter().filter(|s| matches!(s, Seen::User(_))).count();
+    assert_eq!(got, served, "{served} served under {quota}: {seen:?}");
+    for refused in seen.iter().filter(|s| matches!(s, Seen::Error(_))) {
+        expect_error(refused, "RESOURCE_EXHAUSTED", &[quota]);
+    }
+    seen.len() - got
+}
+
 /// New users of a Dedicated cluster whose quota is 1 connect all at once, through both
 /// replicas: exactly one gets a server; the others are refused by the quota, whether their
 /// replica saw the winner's claim in time or the operator refused theirs. Returns the
@@ -247,29 +273,65 @@ fn a_burst_of_new_users_gets_one_server(
             &format!("--user=oidc:{user}"),
         );
     }
-    let seen: Vec<Seen> = std::thread::scope(|scope| {
-        let clients: Vec<_> = users
-            .iter()
-            .map(|user| {
-                let token = jwt(jwt_key, user, namespace, AUDIENCE, 600);
-                scope.spawn(move || run_client(world, ca, &[url(&token, Some("science"), "")]))
-            })
-            .collect();
-        clients
-            .into_iter()
-            .flat_map(|c| c.join().expect("a client thread"))
-            .collect()
-    });
-    let served = seen.iter().filter(|s| matches!(s, Seen::User(_))).count();
-    assert_eq!(served, 1, "one server under a quota of 1: {seen:?}");
-    for refused in seen.iter().filter(|s| matches!(s, Seen::Error(_))) {
-        expect_error(
-            refused,
-            "RESOURCE_EXHAUSTED",
-            &["gateway.maxDedicatedServers = 1"],
-        );
-    }
-    seen.len() - served
+    let urls: Vec<String> = users
+        .iter()
+        .map(|user| {
+            url(
+                &jwt(jwt_key, user, namespace, AUDIENCE, 600),
+                Some("science"),
+                "",
+            )
+        })
+        .collect();
+    let seen = calls_at_once(world, ca, &urls);
+    served_within_quota(&seen, 1, "gateway.maxDedicatedServers = 1")
+}
+
+/// One new user calls three Dedicated clusters at once, through both replicas, under the
+/// chart's per-user quota of 2: two calls get a server and the third is refused by that quota,
+/// however the calls fall on the replicas (a replica checks the quota again once its watch
+/// shows the claim it made, against the user's claims created before it). Afterwards the user
+/// holds exactly two claims. Returns the refusals.
+async fn one_user_on_three_clusters_at_once_gets_two_servers(
+    world: &World,
+    ca: &Path,
+    jwt_key: &[u8],
+    namespace: &str,
+    clusters: &[&str],
+) -> usize {
+    bind(world, namespace, "wide-connects", "--user=oidc:wide");
+    let token = jwt(jwt_key, "wide", namespace, AUDIENCE, 600);
+    let urls: Vec<String> = clusters
+        .iter()
+        .map(|cluster| url(&token, Some(cluster), ""))
+        .collect();
+    let seen = calls_at_once(world, ca, &urls);
+    let refused = served_within_quota(&seen, 2, "maxDedicatedServersPerUser = 2");
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), namespace);
+    wait_until(
+        Duration::from_secs(30),
+        "the user to hold exactly two claims",
+        || async {
+            claims
+                .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
+                .await
+                .is_ok_and(|l| {
+                    l.items
+                        .iter()
+                        .filter(|c| {
+                            c.metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get("sparkconnect.dev/gateway-user"))
+                                .is_some_and(|u| u == "oidc:wide")
+                        })
+                        .count()
+                        == 2
+                })
+        },
+    )
+    .await;
+    refused
 }
 
 #[tokio::test]
@@ -299,7 +361,16 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
         2,
         Duration::from_secs(120),
     );
-    tokio::join!(a_create, s_create);
+    // Three more Dedicated clusters of team science, for one user calling them all at once.
+    let labs = ["lab-a", "lab-b", "lab-c"];
+    let mut lab = fake_spec(1, 2, 10);
+    lab["auth"] = json!({"mode": "Token"});
+    lab["gateway"] = json!({"mode": "Dedicated", "idleTimeout": "10s", "maxDedicatedServers": 5});
+    let l_create = futures::future::join_all(
+        labs.iter()
+            .map(|name| create_pool(&s_clusters, name, lab.clone(), 1, Duration::from_secs(120))),
+    );
+    tokio::join!(a_create, s_create, l_create);
 
     let alice = service_account_token(&world, &analytics.name, "alice", AUDIENCE);
     let alice_elsewhere =
@@ -516,6 +587,17 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     .await;
     let refused = a_burst_of_new_users_gets_one_server(&world, &ca, &jwt_key, &science.name);
     println!("gateway: 4 new users at once under a quota of 1: 1 served, {refused} refused");
+    let refused = one_user_on_three_clusters_at_once_gets_two_servers(
+        &world,
+        &ca,
+        &jwt_key,
+        &science.name,
+        &labs,
+    )
+    .await;
+    println!(
+        "gateway: one user on 3 clusters at once under a per-user quota of 2: 2 served, {refused} refused"
+    );
 
     // A client guessing tokens is refused each time, and its connection is closed after
     // every 16 guesses (it reconnects: each reconnection is a new TLS handshake).

@@ -4,6 +4,12 @@
 //! server. The claim records its last call; any replica deletes it after the cluster's
 //! `gateway.idleTimeout` with no call in flight, and the operator retires the server and refills
 //! the pool.
+//!
+//! Quotas: the operator counts a cluster's gateway claims exactly (`maxDedicatedServers`). The
+//! per-user quota spans clusters, so the gateway keeps it: a replica checks it before making a
+//! claim, against its store and the claims it is making, and again when its watch first shows
+//! the claim, against the user's claims that arrived before it (see `arrivals`). Replicas
+//! see claims arrive in the order they were created, so they agree on which claim passes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -60,6 +66,34 @@ pub struct Assignment {
     pub token_secret: Option<String>,
     /// The claim, for activity tracking.
     pub claim: ClaimKey,
+}
+
+/// Why a replica deletes a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Release {
+    /// The claim ended (failed, or its server is gone).
+    Ended,
+    /// No call for the cluster's idle timeout.
+    Idle,
+    /// Made past the per-user quota by replicas at once.
+    OverQuota,
+}
+
+impl Release {
+    /// The `event` label of `dedicated_claims_total`.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Ended => "ended",
+            Self::Idle => "idle",
+            Self::OverQuota => "over-quota",
+        }
+    }
+
+    /// Whether the claim is deleted only as it was read (an idle claim that another replica
+    /// has just used is kept); a claim past the quota goes whatever changed since.
+    fn only_as_read(self) -> bool {
+        !matches!(self, Self::OverQuota)
+    }
 }
 
 /// A claim by namespace and name.
@@ -121,6 +155,26 @@ fn last_call(claim: &SparkConnectClaim) -> Option<jiff::Timestamp> {
 fn is_live(claim: &SparkConnectClaim) -> bool {
     !claim.status.as_ref().is_some_and(|s| s.phase.is_final())
         && claim.meta().deletion_timestamp.is_none()
+}
+
+/// Whether claim `ours` keeps within a per-user quota of `max`: fewer than `max` live claims of
+/// its user arrived before it. A claim whose arrival is unknown counts as earlier; so does
+/// every claim when the arrival of `ours` is unknown.
+fn within_user_quota(
+    ours: &SparkConnectClaim,
+    claims: &[Arc<SparkConnectClaim>],
+    arrival: impl Fn(&SparkConnectClaim) -> Option<u64>,
+    max: usize,
+) -> bool {
+    let user = ours.labels().get(GATEWAY_USER_LABEL);
+    let ours_at = arrival(ours).unwrap_or(u64::MAX);
+    let earlier = claims
+        .iter()
+        .filter(|c| c.uid() != ours.uid() && is_live(c))
+        .filter(|c| c.labels().get(GATEWAY_USER_LABEL) == user)
+        .filter(|c| arrival(c).is_none_or(|at| at < ours_at))
+        .count();
+    earlier < max
 }
 
 /// Why a claim this call made ended: refused by the operator for the cluster's quota (the
@@ -190,6 +244,7 @@ impl Dedicated {
         let deadline = tokio::time::Instant::now() + self.claim_wait;
         let changed = self.directory.claims_changed();
         let mut created = false;
+        let mut confirmed = false;
         let mut _making = None;
         loop {
             let notified = changed.notified();
@@ -207,6 +262,10 @@ impl Dedicated {
                     }
                 }
                 Some(claim) => {
+                    if created && !confirmed {
+                        self.confirm_user_quota(&claim, who).await?;
+                        confirmed = true;
+                    }
                     let status = claim.status.clone().unwrap_or_default();
                     if status.phase == ClaimPhase::Bound
                         && let Some(server) = status.server.as_deref()
@@ -290,11 +349,7 @@ impl Dedicated {
             return Err(cluster_quota(cluster, spec));
         }
         if for_user.len() >= self.max_per_user {
-            return Err(DedicatedError::Quota {
-                quota: "maxDedicatedServersPerUser",
-                scope: format!("user {}", who.user),
-                value: self.max_per_user,
-            });
+            return Err(self.user_quota(who));
         }
         let noted = !making.contains_key(key);
         if noted {
@@ -304,6 +359,31 @@ impl Dedicated {
             making: &self.making,
             key: noted.then(|| key.clone()),
         })
+    }
+
+    fn user_quota(&self, who: &Identity) -> DedicatedError {
+        DedicatedError::Quota {
+            quota: "maxDedicatedServersPerUser",
+            scope: format!("user {}", who.user),
+            value: self.max_per_user,
+        }
+    }
+
+    /// Checks a claim this call made (or found being made) against the per-user quota once the
+    /// watch shows it; a claim past the quota is deleted and the call refused. Another replica
+    /// making a claim of the same user at the same time reaches the same verdict on both.
+    async fn confirm_user_quota(
+        &self,
+        claim: &SparkConnectClaim,
+        who: &Identity,
+    ) -> Result<(), DedicatedError> {
+        let claims = self.directory.claims();
+        let arrival = |c: &SparkConnectClaim| self.directory.arrival(c);
+        if within_user_quota(claim, &claims, arrival, self.max_per_user) {
+            return Ok(());
+        }
+        self.delete(claim, Release::OverQuota).await;
+        Err(self.user_quota(who))
     }
 
     async fn create(
@@ -358,10 +438,10 @@ impl Dedicated {
 
     /// Deletes a claim that ended (lost its server, failed), so the next call claims anew.
     async fn remove_final(&self, claim: &SparkConnectClaim) {
-        self.delete(claim, "ended").await;
+        self.delete(claim, Release::Ended).await;
     }
 
-    async fn delete(&self, claim: &SparkConnectClaim, why: &'static str) {
+    async fn delete(&self, claim: &SparkConnectClaim, why: Release) {
         let (Some(namespace), Some(uid)) = (claim.namespace(), claim.uid()) else {
             return;
         };
@@ -370,7 +450,7 @@ impl Dedicated {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(uid),
-                resource_version: claim.resource_version(),
+                resource_version: claim.resource_version().filter(|_| why.only_as_read()),
             }),
             ..DeleteParams::default()
         };
@@ -378,9 +458,9 @@ impl Dedicated {
             Ok(_) => {
                 self.metrics
                     .dedicated_claims
-                    .with_label_values(&[why])
+                    .with_label_values(&[why.label()])
                     .inc();
-                tracing::info!(claim = %claim.name_any(), %namespace, why, "released a dedicated server");
+                tracing::info!(claim = %claim.name_any(), %namespace, why = why.label(), "released a dedicated server");
             }
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => {
@@ -471,7 +551,7 @@ impl Dedicated {
                 continue;
             }
             if !is_live(&claim) {
-                self.delete(&claim, "ended").await;
+                self.delete(&claim, Release::Ended).await;
                 continue;
             }
             let cluster = self.directory.cluster(&ClusterRef {
@@ -483,7 +563,7 @@ impl Dedicated {
                 .and_then(|at| now.duration_since(at).try_into().ok())
                 .unwrap_or(Duration::ZERO);
             if idle >= timeout {
-                self.delete(&claim, "idle").await;
+                self.delete(&claim, Release::Idle).await;
                 if let Ok(mut touched) = self.touched.lock() {
                     touched.remove(&key);
                 }
@@ -592,6 +672,65 @@ mod tests {
                 .reserve(&at, &spec, &who("bob"), &key(&at, "bob"))
                 .is_ok()
         );
+    }
+
+    /// A live gateway claim of `user` on `cluster`, with `uid`.
+    fn gateway_claim(uid: &str, user: &str, cluster: &str) -> Arc<SparkConnectClaim> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectClaim",
+                "metadata": {"name": claim_name(cluster, user), "namespace": "data", "uid": uid,
+                    "labels": {GATEWAY_USER_LABEL: user_key(user)}},
+                "spec": {"cluster": cluster}
+            }))
+            .expect("a claim"),
+        )
+    }
+
+    #[test]
+    fn replicas_making_one_users_claims_at_once_agree_on_which_pass_the_per_user_quota() {
+        // Two replicas each made one of carol's claims at the same moment, with a per-user
+        // quota of 1. The watch showed claim "x" first on both replicas.
+        let x = gateway_claim("x", "carol", "a");
+        let y = gateway_claim("y", "carol", "b");
+        let order = |c: &SparkConnectClaim| match c.uid().as_deref() {
+            Some("x") => Some(1),
+            Some("y") => Some(2),
+            _ => None,
+        };
+        // The replica that made "x" checks it before its store shows "y", or after: it passes.
+        assert!(within_user_quota(&x, std::slice::from_ref(&x), order, 1));
+        assert!(within_user_quota(&x, &[x.clone(), y.clone()], order, 1));
+        // The replica that made "y" sees "x" first: "y" is past the quota.
+        assert!(!within_user_quota(&y, &[x.clone(), y.clone()], order, 1));
+        assert!(within_user_quota(&y, &[x.clone(), y.clone()], order, 2));
+    }
+
+    #[test]
+    fn only_the_users_live_claims_count_against_the_per_user_quota() {
+        let mine = gateway_claim("mine", "carol", "c");
+        let others = gateway_claim("others", "dave", "a");
+        let mut ended = (*gateway_claim("ended", "carol", "b")).clone();
+        ended.status = Some(crate::crd::SparkConnectClaimStatus {
+            phase: ClaimPhase::Failed,
+            ..Default::default()
+        });
+        let earlier = |c: &SparkConnectClaim| match c.uid().as_deref() {
+            Some("mine") => Some(9),
+            _ => Some(1),
+        };
+        let claims = [mine.clone(), others, Arc::new(ended)];
+        assert!(within_user_quota(&mine, &claims, earlier, 1));
+        // A claim the watch has not numbered counts as earlier.
+        let unknown = gateway_claim("unknown", "carol", "d");
+        let unnumbered =
+            |c: &SparkConnectClaim| earlier(c).filter(|_| c.uid().as_deref() != Some("unknown"));
+        assert!(!within_user_quota(
+            &mine,
+            &[mine.clone(), unknown],
+            unnumbered,
+            1
+        ));
     }
 
     #[tokio::test]

@@ -2,8 +2,8 @@
 //! gateway's own claims; and the servers' tokens, read from their Secrets on demand and cached.
 //! Every replica watches the same objects, so every replica routes alike.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -14,6 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use super::arrivals::Arrivals;
 use super::cache::TtlCache;
 use super::route::ClusterRef;
 use crate::builders::labels::{GATEWAY_USER_LABEL, ServerState, TOKEN_KEY};
@@ -46,6 +47,8 @@ pub struct Directory {
     /// Server pods, by the cluster each serves.
     pods: Indexed<Pod>,
     claims: Store<SparkConnectClaim>,
+    /// The order the claims watch first showed each claim in.
+    arrivals: Arc<Mutex<Arrivals>>,
     claims_changed: Arc<Notify>,
     synced: Arc<AtomicUsize>,
     tokens: Arc<TtlCache<(String, String), String>>,
@@ -139,9 +142,19 @@ impl Directory {
             synced.clone(),
             None,
         );
-        let (claims, c) = watch(
+        let (claims, mut claims_writer) = reflector::store();
+        let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+        let noted = arrivals.clone();
+        let c = drive(
             api::<SparkConnectClaim>(&client, namespace),
             watcher::Config::default().labels(GATEWAY_USER_LABEL),
+            claims.clone(),
+            move |e| {
+                noted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .apply_around(e, || claims_writer.apply_watcher_event(e));
+            },
             synced.clone(),
             Some(claims_changed.clone()),
         );
@@ -150,6 +163,7 @@ impl Directory {
             clusters,
             pods,
             claims,
+            arrivals,
             claims_changed,
             synced,
             tokens: Arc::new(TtlCache::new(100_000)),
@@ -225,6 +239,16 @@ impl Directory {
     /// Every gateway claim.
     pub fn claims(&self) -> Vec<Arc<SparkConnectClaim>> {
         self.claims.state()
+    }
+
+    /// Where a gateway claim stands in the order this replica's watch first showed the claims
+    /// (the order they were created in); `None` for a claim the watch has not shown.
+    pub fn arrival(&self, claim: &SparkConnectClaim) -> Option<u64> {
+        let uid = claim.metadata.uid.as_deref()?;
+        self.arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of(uid)
     }
 
     /// Resolves on the next change to any gateway claim. Create it before looking, then await.

@@ -5,6 +5,7 @@
 //! the server's own token and the authenticated user stamped on every request, and audits
 //! every call. Replicas keep no state of their own: routing follows from watched objects.
 
+pub mod arrivals;
 pub mod audit;
 pub mod authn;
 pub mod authz;
