@@ -57,6 +57,21 @@ world_start() {
 HELM=$SCO_CACHE/helm-${HELM_VERSION:-v3.21.4}/bin/helm
 export SCO_OPERATOR_NAMESPACE=sco-system
 
+# Prints why a chart install did not become ready: each pod's readiness, the Deployments'
+# rollout, recent Events and the tail of every operator-namespace pod's log.
+operator_install_report() {
+  echo "the chart did not become ready in time:" >&2
+  "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get deployments,pods -o wide >&2 || true
+  "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get pods \
+    -o jsonpath='{range .items[*]}{.metadata.name}{" ready="}{.status.conditions[?(@.type=="Ready")].status}{" "}{.status.conditions[?(@.type=="Ready")].message}{"\n"}{end}' >&2 || true
+  "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get events --sort-by=.lastTimestamp 2>/dev/null | tail -n 30 >&2 || true
+  for log in "$SCO_WORLD"/pods/"$SCO_OPERATOR_NAMESPACE"_*/log; do
+    [ -f "$log" ] || continue
+    echo "--- $log" >&2
+    tail -n 20 "$log" >&2
+  done
+}
+
 # Installs the operator with its Helm chart (CRDs, RBAC, two replicas with leader election):
 # it runs as pods inside the world under the chart's ServiceAccount, so a missing RBAC rule
 # fails the e2e suite.
@@ -70,7 +85,7 @@ operator_start() {
     --set gateway.jwt.issuer=https://idp.sco.test --set gateway.jwt.jwksSecret=sco-gateway-jwks \
     --set gateway.jwt.namespaceClaim=team --set gateway.auditSql=text --set gateway.claimWait=60s \
     --set gateway.extAuthz.address=http://sco-opa-authz.$SCO_OPERATOR_NAMESPACE.svc.cluster.local:9191 \
-    --wait --timeout 180s
+    --wait --timeout 180s || { operator_install_report; return 1; }
   "$SCO_KUBECTL" wait --for=condition=Established crd --all --timeout=60s >/dev/null
   for _ in $(seq 1 300); do
     if "$SCO_KUBECTL" -n "$SCO_OPERATOR_NAMESPACE" get lease spark-connect-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null | grep -q .; then
