@@ -292,6 +292,15 @@ fn a_burst_of_new_users_gets_one_server(
 /// however the calls fall on the replicas (a replica checks the quota again once its watch
 /// shows the claim it made, against the user's claims created before it). Afterwards the user
 /// holds exactly two claims. Returns the refusals.
+/// The claims the gateway made in the namespace of `claims` (`None` when listing failed).
+async fn gateway_claims(claims: &Api<SparkConnectClaim>) -> Option<Vec<SparkConnectClaim>> {
+    claims
+        .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
+        .await
+        .ok()
+        .map(|l| l.items)
+}
+
 async fn one_user_on_three_clusters_at_once_gets_two_servers(
     world: &World,
     ca: &Path,
@@ -312,22 +321,19 @@ async fn one_user_on_three_clusters_at_once_gets_two_servers(
         Duration::from_secs(30),
         "the user to hold exactly two claims",
         || async {
-            claims
-                .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
-                .await
-                .is_ok_and(|l| {
-                    l.items
-                        .iter()
-                        .filter(|c| {
-                            c.metadata
-                                .annotations
-                                .as_ref()
-                                .and_then(|a| a.get("sparkconnect.dev/gateway-user"))
-                                .is_some_and(|u| u == "oidc:wide")
-                        })
-                        .count()
-                        == 2
-                })
+            gateway_claims(&claims).await.is_some_and(|claims| {
+                claims
+                    .iter()
+                    .filter(|c| {
+                        c.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get("sparkconnect.dev/gateway-user"))
+                            .is_some_and(|u| u == "oidc:wide")
+                    })
+                    .count()
+                    == 2
+            })
         },
     )
     .await;
@@ -425,12 +431,9 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     expect_user(&seen[1], "oidc:bob");
     expect_user(&seen[2], "oidc:bob");
     let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &science.name);
-    let held = claims
-        .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
-        .await
-        .expect("claims");
-    assert_eq!(held.items.len(), 1, "bob's two sessions share one claim");
-    let bob_claim = &held.items[0];
+    let held = gateway_claims(&claims).await.expect("claims");
+    assert_eq!(held.len(), 1, "bob's two sessions share one claim");
+    let bob_claim = &held[0];
     assert_eq!(bob_claim.spec.user.as_deref(), Some("oidc:bob"));
     let bob_server = bob_claim
         .status
@@ -512,12 +515,9 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     .await;
     let seen = run_client(&world, &ca, &[url(&carol, Some("science.gw-science"), "")]);
     expect_user(&seen[0], "system:serviceaccount:gw-science:carol");
-    let held = claims
-        .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
-        .await
-        .expect("claims");
-    assert_eq!(held.items.len(), 1);
-    let carol_server = held.items[0]
+    let held = gateway_claims(&claims).await.expect("claims");
+    assert_eq!(held.len(), 1);
+    let carol_server = held[0]
         .status
         .as_ref()
         .and_then(|s| s.server.clone())
@@ -577,12 +577,7 @@ async fn users_of_two_teams_reach_their_clusters_through_the_gateway_under_rbac_
     wait_until(
         Duration::from_secs(60),
         "carol's idle claim to be released",
-        || async {
-            claims
-                .list(&ListParams::default().labels("sparkconnect.dev/gateway-user"))
-                .await
-                .is_ok_and(|l| l.items.is_empty())
-        },
+        || async { gateway_claims(&claims).await.is_some_and(|c| c.is_empty()) },
     )
     .await;
     let refused = a_burst_of_new_users_gets_one_server(&world, &ca, &jwt_key, &science.name);
