@@ -1,7 +1,8 @@
 //! The prober: probes every server the operator owns on its own schedule, spread over the
 //! period, with bounded concurrency, independent of the reconcile loop. Targets wait in a
 //! due-time queue, so a round costs only the probes that are due, never a scan of all
-//! targets. A verdict change triggers a reconcile of the server's cluster.
+//! targets, and probes due within a moment of each other go out in one wake-up. A verdict
+//! change triggers a reconcile of the server's cluster.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -131,6 +132,10 @@ struct Inner {
 
 /// Warm-ups that may run at once (each keeps a server's Spark busy for seconds).
 const MAX_WARMUPS_IN_FLIGHT: usize = 16;
+/// Probes due within this moment after the first are sent in the same wake-up: with
+/// thousands of servers spread over a period, the prober wakes a few dozen times a second
+/// instead of once per probe. A probe goes out at most this much early, and keeps its phase.
+const COALESCE: Duration = Duration::from_millis(50);
 
 /// Handle on the prober; cheap to clone.
 #[derive(Clone)]
@@ -310,7 +315,8 @@ impl Prober {
         }
     }
 
-    /// The probes due now (their next turn already queued) and when the next one is due.
+    /// The probes due now or within [`COALESCE`] of it (their next turn already queued), and
+    /// when the next one is due.
     fn take_due(&self, now: Instant) -> (Vec<DueProbe>, Instant) {
         let mut due = Vec::new();
         let mut next = now + Duration::from_secs(1);
@@ -319,7 +325,7 @@ impl Prober {
         };
         let targets = &mut *targets;
         while let Some(Reverse((when, generation, uid))) = targets.due.peek().cloned() {
-            if when > now {
+            if when > now + COALESCE {
                 next = next.min(when);
                 break;
             }
@@ -585,6 +591,48 @@ mod tests {
         prober.sync(&a, &targets_at(&["a1", "a3"]), &settings);
         assert_eq!(book.get("gone").verdict, Verdict::Unknown);
         assert_eq!(book.recorded(), 2);
+    }
+
+    #[tokio::test]
+    async fn probes_due_within_a_moment_of_each_other_go_out_in_one_wake_up() {
+        let (trigger, _triggered) = futures::channel::mpsc::unbounded();
+        let prober = Prober::new(Arc::default(), Metrics::new().unwrap(), trigger, 8, 8);
+        let settings = ProbeSettings {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 1,
+        };
+        let uids: Vec<String> = (0..2000).map(|i| format!("uid-{i}")).collect();
+        let names: Vec<&str> = uids.iter().map(String::as_str).collect();
+        let synced = Instant::now();
+        prober.sync(
+            &ObjectRef::new("c").within("ns"),
+            &targets_at(&names),
+            &settings,
+        );
+        let halfway = Duration::from_secs(5);
+        let (due, next) = prober.take_due(synced + halfway);
+        let taken: HashSet<&str> = due.iter().map(|d| d.uid.as_str()).collect();
+        // `sync` queued each target at its phase after an instant just past `synced`.
+        let margin = Duration::from_millis(5);
+        for uid in &uids {
+            let at = phase(uid, settings.period);
+            if at + margin <= halfway + COALESCE {
+                assert!(taken.contains(uid.as_str()), "{uid} at {at:?} is due");
+            } else if at > halfway + COALESCE + margin {
+                assert!(!taken.contains(uid.as_str()), "{uid} at {at:?} is not due");
+            }
+        }
+        let due_by_now = uids
+            .iter()
+            .filter(|uid| phase(uid, settings.period) <= halfway)
+            .count();
+        assert!(
+            due.len() > due_by_now,
+            "probes due a moment later go out with those due now: {} vs {due_by_now}",
+            due.len()
+        );
+        assert!(next + margin > synced + halfway + COALESCE, "{next:?}");
     }
 
     #[test]
