@@ -604,17 +604,15 @@ mod tests {
         };
         let uids: Vec<String> = (0..2000).map(|i| format!("uid-{i}")).collect();
         let names: Vec<&str> = uids.iter().map(String::as_str).collect();
+        let (cluster, targets) = (ObjectRef::new("c").within("ns"), targets_at(&names));
         let synced = Instant::now();
-        prober.sync(
-            &ObjectRef::new("c").within("ns"),
-            &targets_at(&names),
-            &settings,
-        );
+        prober.sync(&cluster, &targets, &settings);
         let halfway = Duration::from_secs(5);
         let (due, next) = prober.take_due(synced + halfway);
         let taken: HashSet<&str> = due.iter().map(|d| d.uid.as_str()).collect();
-        // `sync` queued each target at its phase after an instant just past `synced`.
-        let margin = Duration::from_millis(5);
+        // `sync` queued each target at its phase after an instant just past `synced` (six of
+        // the phases fall within 30 ms after `halfway`).
+        let margin = Duration::from_millis(20);
         for uid in &uids {
             let at = phase(uid, settings.period);
             if at + margin <= halfway + COALESCE {
