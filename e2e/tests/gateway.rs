@@ -287,11 +287,6 @@ fn a_burst_of_new_users_gets_one_server(
     served_within_quota(&seen, 1, "gateway.maxDedicatedServers = 1")
 }
 
-/// One new user calls three Dedicated clusters at once, through both replicas, under the
-/// chart's per-user quota of 2: two calls get a server and the third is refused by that quota,
-/// however the calls fall on the replicas (a replica checks the quota again once its watch
-/// shows the claim it made, against the user's claims created before it). Afterwards the user
-/// holds exactly two claims. Returns the refusals.
 /// The claims the gateway made in the namespace of `claims` (`None` when listing failed).
 async fn gateway_claims(claims: &Api<SparkConnectClaim>) -> Option<Vec<SparkConnectClaim>> {
     claims
@@ -301,6 +296,11 @@ async fn gateway_claims(claims: &Api<SparkConnectClaim>) -> Option<Vec<SparkConn
         .map(|l| l.items)
 }
 
+/// One new user calls three Dedicated clusters at once, through both replicas, under the
+/// chart's per-user quota of 2: two calls get a server and the third is refused by that quota,
+/// however the calls fall on the replicas (a replica checks the quota again once its watch
+/// shows the claim it made, against the user's claims created before it). Afterwards the user
+/// holds exactly two claims. Returns the refusals.
 async fn one_user_on_three_clusters_at_once_gets_two_servers(
     world: &World,
     ca: &Path,

@@ -369,8 +369,8 @@ impl Dedicated {
         }
     }
 
-    /// Checks a claim this call made (or found being made) against the per-user quota once the
-    /// watch shows it; a claim past the quota is deleted and the call refused. Another replica
+    /// Checks a claim this call made against the per-user quota once the watch shows it; a
+    /// claim past the quota is deleted and the call refused. Another replica
     /// making a claim of the same user at the same time reaches the same verdict on both.
     async fn confirm_user_quota(
         &self,
