@@ -31,6 +31,9 @@ pub enum Error {
         /// Its name.
         name: String,
     },
+    /// Other writers kept changing an object the operator writes conditionally.
+    #[error("{0} kept changing while it was written; trying again")]
+    Contended(String),
     /// A reconcile panicked; the panic was caught and this object backs off.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
@@ -115,7 +118,7 @@ impl Error {
         match self {
             Self::InvalidSpec(_) | Self::MissingObjectKey(_) | Self::Serialization(_) => true,
             Self::Kube { .. } | Self::NotOwned { .. } => self.refusal().is_some(),
-            Self::Panicked(_) | Self::TimedOut(_) => false,
+            Self::Contended(_) | Self::Panicked(_) | Self::TimedOut(_) => false,
         }
     }
 
@@ -132,6 +135,7 @@ impl Error {
             },
             Self::NotOwned { .. } => "not_owned",
             Self::Serialization(_) => "serialization",
+            Self::Contended(_) => "contended",
             Self::Panicked(_) => "panicked",
             Self::TimedOut(_) => "timed_out",
         }

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -562,8 +562,8 @@ rules:
   - apiGroups: ["sparkconnect.dev"]
     resources: ["sparkconnectclusters", "sparkconnectclaims"]
     verbs: ["get", "list", "create", "patch", "update", "delete"]
-  - apiGroups: ["coordination.k8s.io"]
-    resources: ["leases"]
+  - apiGroups: [""]
+    resources: ["configmaps"]
     verbs: ["get", "list", "create", "patch", "update", "delete"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -585,6 +585,80 @@ fn pod_manifest(name: &str, labels: Value, extra_args: &[&str]) -> Value {
            "metadata": {"name": name, "labels": labels},
            "spec": {"containers": [{"name": "spark-connect-server", "image": "sco-fake-connect:latest",
                                      "command": ["/sco-fake-connect"], "args": args}]}})
+}
+
+/// A ConfigMap someone made under the name of a cluster's bind ledger before the operator
+/// could (`make_tenant` may create ConfigMaps) takes nothing: the cluster's claims wait, and
+/// the cluster says why with a Warning Event and its Degraded condition; once it is removed,
+/// they bind.
+#[tokio::test]
+async fn a_configmap_squatting_a_clusters_ledger_name_keeps_its_claims_waiting_and_says_so() {
+    let world = World::connect().await;
+    let ns = world.namespace("e2e-squat").await;
+    let tenant = make_tenant(&world, &ns.name);
+    let squatter = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "squat-binds"}, "data": {"note": "mine"}});
+    let out = world.kubectl(
+        &["--as", &tenant, "create", "-n", &ns.name, "-f", "-"],
+        Some(&squatter.to_string()),
+    );
+    assert!(
+        support::succeeded(&out),
+        "an unlabelled ConfigMap is allowed"
+    );
+    let clusters: Api<SparkConnectCluster> = Api::namespaced(world.client.clone(), &ns.name);
+    create_pool(
+        &clusters,
+        "squat",
+        fake_spec(1, 3, 10),
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    let claims: Api<SparkConnectClaim> = Api::namespaced(world.client.clone(), &ns.name);
+    let claim: SparkConnectClaim = serde_json::from_value(
+        json!({"metadata": {"name": "waits"}, "spec": {"cluster": "squat"}}),
+    )
+    .unwrap();
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    wait_until(Duration::from_secs(60), "the conflict reported", || async {
+        clusters.get("squat").await.ok().is_some_and(|c| {
+            condition(&c, "Degraded").is_some_and(|d| d.message.contains("ConfigMap squat-binds"))
+        })
+    })
+    .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(world.client.clone(), &ns.name);
+    wait_until(
+        Duration::from_secs(30),
+        "a NameConflict Warning Event",
+        || async {
+            events.list(&ListParams::default()).await.is_ok_and(|l| {
+                l.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("NameConflict")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.contains("squat-binds"))
+                })
+            })
+        },
+    )
+    .await;
+    let waiting = claims.get("waits").await.unwrap().status.unwrap();
+    assert_eq!(waiting.phase, ClaimPhase::Pending, "{waiting:?}");
+    assert!(waiting.server.is_none());
+
+    let config_maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), &ns.name);
+    config_maps
+        .delete("squat-binds", &DeleteParams::default())
+        .await
+        .unwrap();
+    let claim = bound(&claims, "waits").await;
+    let ledger = config_maps.get("squat-binds").await.unwrap();
+    let server = claim.status.and_then(|s| s.server).unwrap();
+    assert!(
+        ledger.data.unwrap_or_default().contains_key(&server),
+        "the operator's own ledger now holds {server}"
+    );
 }
 
 #[tokio::test]
@@ -640,31 +714,51 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("set by the spark-connect-operator only")
     );
-    // Nor hand a server to a claim by making its bind Lease.
-    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": format!("{real}-bind"),
-                     "labels": {"sparkconnect.dev/cluster": "pool", "sparkconnect.dev/server": real}},
-        "spec": {"holderIdentity": "mine"}});
+    // Nor hand a server to a claim by writing the cluster's bind ledger (made when the shared
+    // server was taken), or by making one.
+    let config_maps: Api<ConfigMap> = Api::namespaced(world.client.clone(), &ns.name);
+    wait_until(Duration::from_secs(60), "the bind ledger", || async {
+        config_maps
+            .get_opt("pool-binds")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await;
+    let entry = json!({"pod": "any", "holder": "mine"}).to_string();
+    let patch = json!({"data": {real.clone(): entry}}).to_string();
     let out = world.kubectl(
-        &["--as", &tenant, "create", "-n", &ns.name, "-f", "-"],
-        Some(&lease.to_string()),
+        &[
+            "--as",
+            &tenant,
+            "patch",
+            "-n",
+            &ns.name,
+            "configmap",
+            "pool-binds",
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+        None,
     );
-    assert!(!out.status.success(), "a tenant cannot make a bind Lease");
+    assert!(!out.status.success(), "a tenant cannot write a bind ledger");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("written by the spark-connect-operator only"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // An unlabelled Lease of that name is outside the policy: it cannot hand the server to
-    // anyone, but it would keep it from ever being handed out. The first claim that meets it
-    // gets another server; the blocked one is removed, replaced and reported.
-    let forged = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": format!("{real}-bind")}, "spec": {"holderIdentity": "mine"}});
+    let labelled = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "other-binds",
+                     "labels": {"sparkconnect.dev/cluster": "other", "app.kubernetes.io/component": "server-binds"}},
+        "data": {real.clone(): entry}});
     let out = world.kubectl(
         &["--as", &tenant, "create", "-n", &ns.name, "-f", "-"],
-        Some(&forged.to_string()),
+        Some(&labelled.to_string()),
     );
-    assert!(support::succeeded(&out), "an unlabelled Lease is allowed");
+    assert!(!out.status.success(), "a tenant cannot make a bind ledger");
 
     // An admin (allowed to manage servers) can make such a pod; the operator ignores it
     // because it does not own it.
@@ -715,33 +809,7 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
             .server
             .unwrap();
         assert_ne!(server, "impostor");
-        assert_ne!(
-            server, real,
-            "the server the forged Lease blocks is never handed out"
-        );
     }
-    wait_until(
-        Duration::from_secs(60),
-        "the blocked server removed",
-        || support::pod_gone_or_leaving(&pods, &real),
-    )
-    .await;
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(world.client.clone(), &ns.name);
-    wait_until(
-        Duration::from_secs(30),
-        "a BindLeaseForged Event",
-        || async {
-            events.list(&Default::default()).await.is_ok_and(|l| {
-                l.items.iter().any(|e| {
-                    e.reason.as_deref() == Some("BindLeaseForged")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.note.as_deref().is_some_and(|n| n.contains(&real))
-                })
-            })
-        },
-    )
-    .await;
     // Never behind the shared Service, never probed (its call log stays empty).
     let slices: Api<EndpointSlice> = Api::namespaced(world.client.clone(), &ns.name);
     let shared = slices.get("pool").await.unwrap();

@@ -1,6 +1,6 @@
 //! Pure builders: a validated spec in, Kubernetes objects out. No I/O here.
 
-pub mod bind_lease;
+pub mod bind_ledger;
 pub mod labels;
 pub mod merge;
 pub mod pod;

@@ -1,10 +1,11 @@
-//! Binding: makes the allocator's pairings real. For each pairing the server's bind Lease is
-//! created naming the claim (the apiserver creates a name once, so two leaders or a racing
-//! scale-down can never give one server twice), then the claim's status says Bound: two small
-//! writes on the claim's path. The server pod is stamped with its claim after the burst (see
-//! `cluster::act`). Pairings are written in parallel, bounded; a taken server puts the claim
-//! back at the head of the line; a refused write fails only that claim. Events never sit
-//! between a claim and its bind.
+//! Binding: makes the allocator's pairings real. One serve at a time per cluster pairs every
+//! claim in line and takes all their servers in one write of the cluster's bind ledger
+//! (conditional on the version read, so two leaders or a racing scale-down can never give one
+//! server twice); then each claim's status says Bound, in parallel, bounded. A claim waits for
+//! at most the ledger write before its own, and the writes of a burst of claims are one per
+//! claim plus a few for the ledger. The server pod is stamped with its claim after the burst
+//! (see `cluster::act`). A taken server puts the claim back at the head of the line; a claim
+//! whose status is refused fails alone. Events never sit between a claim and its bind.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -19,10 +21,10 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{controlled_by, status_patch};
 use super::claim_status::{bound_status, finish_claim};
-use super::context::Context;
-use super::fence::{self, Take};
+use super::context::{Context, cluster_key};
+use super::ledger::{Ask, LedgerOf, LedgerTurn, Take};
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
-use crate::builders::bind_lease::{BindHolder, bind_lease_name};
+use crate::builders::bind_ledger::{BindHolder, entry_of, ledger_name};
 use crate::builders::labels::{
     ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
     server_token_secret_name,
@@ -41,17 +43,18 @@ const ROUNDS: usize = 4;
 enum Outcome {
     /// Both writes made.
     Bound,
-    /// The server is not free: its bind Lease exists (another claim, another leader), or its
-    /// pod is gone or was replaced since it was read.
+    /// The server is not free: the ledger hands it to someone else (another claim, another
+    /// leader), or its pod is gone or was replaced since it was read.
     ServerTaken,
-    /// The claim was deleted meanwhile; `server_taken` says whether its bind Lease was made.
+    /// The claim was deleted meanwhile; `server_taken` says whether its ledger entry was made.
     ClaimGone { server_taken: bool },
-    /// The apiserver refused the server write for this claim (e.g. its user does not fit).
+    /// The apiserver refused the ledger write (e.g. an admission rule, or a ledger grown too
+    /// large): the claims of that write fail with its reason.
     Refused(String),
     /// A transient error before the server was taken; the claim goes back in line.
-    Failed(Error),
+    Failed(String),
     /// The server was taken but the claim's status could not be written: the claim's next
-    /// reconcile finds the Lease that names it and finishes the bind.
+    /// reconcile finds the ledger entry that names it and finishes the bind.
     Unreported(Error),
 }
 
@@ -61,6 +64,9 @@ pub async fn serve(ctx: &Context, key: &str) {
         let Some(terms) = ctx.allocator.terms(key) else {
             return;
         };
+        // One serve at a time writes the cluster's ledger: whoever waited for the turn pairs
+        // every claim in line by then, and takes all their servers in one write.
+        let mut turn = ctx.ledgers.turn(key).await;
         let (candidates, idle) = candidates(ctx, &terms);
         let assignments = ctx.allocator.assign(
             key,
@@ -79,14 +85,21 @@ pub async fn serve(ctx: &Context, key: &str) {
         if assignments.is_empty() {
             return;
         }
-        let results: Vec<(Assignment, Outcome)> = futures::stream::iter(assignments)
-            .map(|a| async {
-                let outcome = bind_one(ctx, &terms, &a).await;
-                (a, outcome)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        let _under_way = ctx.binds.begin();
+        let taken = take_servers(ctx, &terms, &mut turn, &assignments).await;
+        drop(turn);
+        let results: Vec<(Assignment, Outcome)> =
+            futures::stream::iter(assignments.into_iter().zip(taken))
+                .map(|(a, taken)| async {
+                    let outcome = match taken {
+                        Taken::Yes(claim) => report_bound(ctx, &terms, &a, &claim).await,
+                        Taken::No(outcome) => outcome,
+                    };
+                    (a, outcome)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
         let mut conflict = false;
         for (assignment, outcome) in results {
             conflict |= settle(ctx, key, &terms, &assignment, outcome).await;
@@ -121,7 +134,7 @@ async fn settle(
             false
         }
         Outcome::ServerTaken => {
-            // Whatever took it (another leader, a Lease this process cannot see), the server is
+            // Whatever took it (another leader, an entry this process has not seen yet), the server is
             // not tried again while the store shows it idle.
             ctx.allocator.undo(key, assignment, true);
             ctx.allocator.withhold(key, &assignment.server.name);
@@ -143,8 +156,8 @@ async fn settle(
             fail_claim(ctx, terms, &assignment.claim, &message).await;
             false
         }
-        Outcome::Failed(e) => {
-            tracing::warn!(claim = %assignment.claim, error = %e, "binding failed; the claim waits");
+        Outcome::Failed(error) => {
+            tracing::warn!(claim = %assignment.claim, %error, "binding failed; the claim waits");
             ctx.allocator.undo(key, assignment, true);
             false
         }
@@ -190,10 +203,11 @@ fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnec
 /// the servers the store shows idle.
 fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
     let book = ctx.prober.book();
-    let leased = |server: &str| {
-        let lease = ObjectRef::new(&bind_lease_name(server)).within(&terms.namespace);
-        ctx.stores.leases.get(&lease).is_some()
-    };
+    let ledger = ctx
+        .stores
+        .ledgers
+        .get(&ObjectRef::new(&ledger_name(&terms.cluster)).within(&terms.namespace));
+    let held = |pod: &Pod| ledger.as_deref().and_then(|l| entry_of(l, pod)).is_some();
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
     for pod in ctx.stores.pods.of_cluster(&terms.namespace, &terms.cluster) {
@@ -207,7 +221,7 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
             continue;
         }
         idle.insert(name.clone());
-        if leased(&name) {
+        if held(&pod) {
             continue;
         }
         let current = labels.get(SPEC_HASH_LABEL) == Some(&terms.server_hash);
@@ -234,47 +248,27 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
     (candidates, idle)
 }
 
-/// Takes the server for the claim (creates its bind Lease), then marks the claim Bound. The
-/// server pod is stamped with the claim later, when the burst of binds is over.
-async fn bind_one(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Outcome {
-    let _under_way = ctx.binds.begin();
-    let claim = claim(ctx, terms, &a.claim)
-        .filter(|c| c.metadata.uid.as_deref() == Some(a.claim_uid.as_str()));
-    let Some(claim) = claim else {
-        return Outcome::ClaimGone {
-            server_taken: false,
-        };
-    };
-    let started = std::time::Instant::now();
-    match take_server(ctx, terms, a, claim.spec.user.as_deref()).await {
-        Ok(()) => {}
-        Err(outcome) => return outcome,
-    }
-    let taken_in = started.elapsed();
-    let written = write_bound(ctx, terms, &claim, &a.server.name, a.first_seen).await;
-    tracing::debug!(
-        claim = %a.claim,
-        server = %a.server.name,
-        server_write = ?taken_in,
-        claim_write = ?started.elapsed().saturating_sub(taken_in),
-        "bind written"
-    );
-    match written {
-        Ok(()) => Outcome::Bound,
-        Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone { server_taken: true },
-        Err(e) => Outcome::Unreported(e),
-    }
+/// Whether a pairing's server was taken for its claim (the claim as the store shows it), or
+/// what became of the pairing instead.
+enum Taken {
+    Yes(Arc<SparkConnectClaim>),
+    No(Outcome),
 }
 
-/// Creates the server's bind Lease naming the claim: the one write that decides the server is
-/// the claim's. A Lease already there is someone else's (the server is taken) unless it names
-/// this very claim (an earlier try that got no further); a forged one gets its server removed.
-async fn take_server(
-    ctx: &Context,
-    terms: &PoolTerms,
-    a: &Assignment,
-    user: Option<&str>,
-) -> Result<(), Outcome> {
+/// A pairing's claim and server as the store shows them.
+struct Found {
+    claim: Arc<SparkConnectClaim>,
+    pod: Arc<Pod>,
+}
+
+/// The claim and server of pairing `a` as the store shows them, or what became of it: a claim
+/// or server gone (or replaced) meanwhile ends the pairing.
+fn find(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Result<Found, Outcome> {
+    let claim = claim(ctx, terms, &a.claim)
+        .filter(|c| c.metadata.uid.as_deref() == Some(a.claim_uid.as_str()))
+        .ok_or(Outcome::ClaimGone {
+            server_taken: false,
+        })?;
     let pod = ctx
         .stores
         .pods
@@ -284,23 +278,111 @@ async fn take_server(
                 && p.metadata.uid.as_deref() == Some(a.server.uid.as_str())
         })
         .ok_or(Outcome::ServerTaken)?;
-    let holder = BindHolder::Claim {
-        name: &a.claim,
-        uid: &a.claim_uid,
+    Ok(Found { claim, pod })
+}
+
+/// Takes the servers of `assignments` for their claims in one ledger write. A server already
+/// held by someone else puts its claim back at the head of the line.
+async fn take_servers(
+    ctx: &Context,
+    terms: &PoolTerms,
+    turn: &mut LedgerTurn,
+    assignments: &[Assignment],
+) -> Vec<Taken> {
+    let found: Vec<Result<Found, Outcome>> =
+        assignments.iter().map(|a| find(ctx, terms, a)).collect();
+    let asks: Vec<Ask<'_>> = found
+        .iter()
+        .zip(assignments)
+        .filter_map(|(found, a)| {
+            let Found { pod, .. } = found.as_ref().ok()?;
+            Some(Ask {
+                pod: pod.as_ref(),
+                holder: BindHolder::Claim {
+                    name: &a.claim,
+                    uid: &a.claim_uid,
+                },
+            })
+        })
+        .collect();
+    let of = LedgerOf {
+        client: &ctx.client,
+        stored: &ctx.stores.ledgers,
+        namespace: &terms.namespace,
+        cluster: &terms.cluster,
+        cluster_uid: &terms.cluster_uid,
     };
-    match fence::take(ctx, &terms.cluster, &pod, holder, user).await {
-        Ok(Take::Won) => Ok(()),
-        Ok(Take::Lost) => Err(Outcome::ServerTaken),
-        Ok(Take::Forged) => {
-            if let Err(e) = fence::remove_blocked(ctx, &terms.cluster, &pod).await {
-                tracing::warn!(server = %a.server.name, error = %e, "removing a server a forged bind Lease blocks failed");
-            }
-            Err(Outcome::ServerTaken)
+    let started = Instant::now();
+    let squatted_before = ctx
+        .ledgers
+        .squatted(&cluster_key(&terms.namespace, &terms.cluster));
+    let written = turn.take(of, &asks).await;
+    tracing::debug!(cluster = %terms.cluster, servers = asks.len(), took = ?started.elapsed(), "bind ledger written");
+    match written {
+        Ok(takes) => {
+            let mut takes = takes.into_iter();
+            found
+                .into_iter()
+                .map(|found| match found {
+                    Err(outcome) => Taken::No(outcome),
+                    Ok(Found { claim, .. }) => match takes.next() {
+                        Some(Take::Won) => Taken::Yes(claim),
+                        Some(Take::Lost) | None => Taken::No(Outcome::ServerTaken),
+                    },
+                })
+                .collect()
         }
-        Err(error) => Err(match error.refusal() {
-            Some(_) => Outcome::Refused(error.to_string()),
-            None => Outcome::Failed(error),
-        }),
+        Err(error) => {
+            let squatted = matches!(error, Error::NotOwned { .. });
+            if squatted && !squatted_before {
+                ledger_squatted(ctx, terms, &error);
+            }
+            // A refusal fails the claims it was for; a squatted name or a transient error
+            // leaves them in line.
+            let refused = error.refusal().is_some() && !squatted;
+            let outcome = || {
+                if refused {
+                    Outcome::Refused(error.to_string())
+                } else {
+                    Outcome::Failed(error.to_string())
+                }
+            };
+            found
+                .into_iter()
+                .map(|found| Taken::No(found.err().unwrap_or_else(outcome)))
+                .collect()
+        }
+    }
+}
+
+/// Says on the cluster, with a Warning Event (once, when it is first met), that a ConfigMap of
+/// its ledger's name that is not its own keeps every claim waiting.
+fn ledger_squatted(ctx: &Context, terms: &PoolTerms, error: &Error) {
+    let owner = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(&terms.cluster).within(&terms.namespace));
+    if let Some(owner) = owner {
+        ctx.event(
+            owner.as_ref(),
+            EventType::Warning,
+            "NameConflict",
+            &format!("claims wait: {}", error.brief()),
+        );
+    }
+}
+
+/// Marks the claim of a taken server Bound.
+async fn report_bound(
+    ctx: &Context,
+    terms: &PoolTerms,
+    a: &Assignment,
+    claim: &SparkConnectClaim,
+) -> Outcome {
+    match write_bound(ctx, terms, claim, &a.server.name, a.first_seen).await {
+        Ok(()) => Outcome::Bound,
+        Err(e) if e.api_code() == Some(404) => Outcome::ClaimGone { server_taken: true },
+        Err(e) => Outcome::Unreported(e),
     }
 }
 
@@ -350,13 +432,12 @@ pub async fn write_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::bind_lease::bind_lease;
+    use crate::builders::bind_ledger::{Entry, ledger};
     use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL};
     use crate::controller::stores::Held;
     use crate::test_support::{MockApiserver, candidate, context_over, pool_terms};
     use http::{Request, Response};
-    use k8s_openapi::api::coordination::v1::Lease;
-    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::core::v1::ConfigMap;
     use kube::client::Body;
     use serde_json::json;
 
@@ -421,14 +502,6 @@ mod tests {
         (method, path, body)
     }
 
-    /// `:<name>` of a Lease being created, or nothing.
-    fn lease_name(body: &serde_json::Value) -> String {
-        match (body["kind"].as_str(), body["metadata"]["name"].as_str()) {
-            (Some("Lease"), Some(name)) => format!(":{name}"),
-            _ => String::new(),
-        }
-    }
-
     fn respond(status: u16, body: serde_json::Value) -> Response<Body> {
         Response::builder()
             .status(status)
@@ -436,52 +509,84 @@ mod tests {
             .unwrap()
     }
 
-    /// Serves claims `first` and `second` with two servers, where the oldest one's bind Lease
-    /// already exists (every time it is tried) and reads back as `found`; the other bind goes
-    /// through. Returns the requests seen and the context after serving.
-    async fn serve_with_the_oldest_server_taken(found: Lease) -> (Vec<String>, Arc<Context>) {
-        let held = Held {
-            pods: vec![server("s-old", 60), server("s-new", 10)],
-            claims: vec![claim("first", 1), claim("second", 2)],
-            ..Held::default()
-        };
-        let (ctx, mut handle) = serving(held, &[("first", 1), ("second", 2)]);
-        let apiserver = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some((request, send)) = handle.next_request().await {
-                let (method, path, body) = read(request).await;
-                let target = lease_name(&body);
-                seen.push(format!("{method} {path}{target}"));
-                let reply = if target == ":s-old-bind" {
-                    respond(
-                        409,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "leases \"s-old-bind\" already exists", "reason": "AlreadyExists", "code": 409}),
-                    )
-                } else if method == http::Method::GET && path.ends_with("/leases/s-old-bind") {
-                    respond(200, serde_json::to_value(&found).unwrap())
-                } else if method == http::Method::DELETE {
-                    respond(
-                        200,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-                    )
-                } else if path.ends_with("/sparkconnectclaims/second/status") {
-                    respond(200, serde_json::to_value(claim("second", 2)).unwrap())
-                } else {
-                    respond(201, body)
-                };
-                send.send_response(reply);
-                let read_back = seen
-                    .iter()
-                    .any(|s| s.starts_with("GET") && s.ends_with("s-old-bind"));
-                let forged = found.metadata.owner_references.is_none();
-                let answered = !forged || seen.iter().any(|s| s.starts_with("DELETE"));
-                if read_back && answered && seen.iter().any(|s| s.ends_with("/second/status")) {
-                    break;
+    const LEDGERS: &str = "/api/v1/namespaces/ns/configmaps";
+    const LEDGER: &str = "/api/v1/namespaces/ns/configmaps/c-binds";
+
+    /// A ledger of `c` on the apiserver (resourceVersion 5), as another leader wrote it.
+    fn their_ledger(entries: &[(&Pod, BindHolder<'_>)]) -> ConfigMap {
+        let data = entries
+            .iter()
+            .map(|(pod, holder)| {
+                let entry = Entry::new(pod, *holder).unwrap();
+                (pod.name_any(), entry.encode())
+            })
+            .collect();
+        let mut theirs = ledger("c", UID, NS, data);
+        theirs.metadata.resource_version = Some("5".into());
+        theirs
+    }
+
+    /// Answers like an apiserver holding `existing` as the ledger's name (when given): a create
+    /// conflicts, a read returns it, a patch conditional on its version merges into it; claim
+    /// status writes succeed. Stops after `statuses` status writes, or at the first request
+    /// `stop` matches; returns what it saw as "METHOD path servers-written".
+    async fn apiserver(
+        mut handle: MockApiserver,
+        existing: Option<ConfigMap>,
+        statuses: usize,
+        stop: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let (method, path, body) = read(request).await;
+            let servers: Vec<&str> = body["data"]
+                .as_object()
+                .map(|d| d.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            let line = format!("{method} {path} {}", servers.join(","));
+            seen.push(line.trim_end().to_string());
+            let reply = match (method.as_str(), existing.as_ref()) {
+                ("POST", Some(_)) if path == LEDGERS => respond(
+                    409,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "AlreadyExists", "code": 409}),
+                ),
+                ("GET", Some(theirs)) if path == LEDGER => {
+                    respond(200, serde_json::to_value(theirs).unwrap())
                 }
+                ("PATCH", Some(theirs)) if path == LEDGER => {
+                    assert_eq!(body["metadata"]["resourceVersion"], "5", "{body}");
+                    let mut written = theirs.clone();
+                    let data = written.data.get_or_insert_default();
+                    for (server, entry) in body["data"].as_object().into_iter().flatten() {
+                        data.insert(server.clone(), entry.as_str().unwrap().to_string());
+                    }
+                    respond(200, serde_json::to_value(&written).unwrap())
+                }
+                ("PATCH", _) if path.ends_with("/status") => {
+                    respond(200, serde_json::to_value(claim("x", 1)).unwrap())
+                }
+                _ => respond(201, body),
+            };
+            send.send_response(reply);
+            let written = seen.iter().filter(|s| s.ends_with("/status")).count();
+            if written >= statuses || stop(seen.last().map_or("", String::as_str)) {
+                break;
             }
-            seen
-        });
+        }
+        seen
+    }
+
+    /// Serves `line` with `held`, against [`apiserver`]; returns what it saw and the context.
+    async fn serve_against(
+        held: Held,
+        line: &[(&str, i64)],
+        existing: Option<ConfigMap>,
+        statuses: usize,
+        stop: impl Fn(&str) -> bool + Send + 'static,
+    ) -> (Vec<String>, Arc<Context>) {
+        let (ctx, handle) = serving(held, line);
+        let apiserver = tokio::spawn(apiserver(handle, existing, statuses, stop));
         tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, KEY))
             .await
             .expect("serving ends");
@@ -490,6 +595,24 @@ mod tests {
             .expect("the apiserver saw it all")
             .unwrap();
         (seen, ctx)
+    }
+
+    #[tokio::test]
+    async fn one_ledger_write_takes_the_servers_of_every_claim_in_line() {
+        let held = Held {
+            pods: vec![server("s1", 60), server("s2", 30), server("s3", 10)],
+            claims: vec![claim("a", 1), claim("b", 2), claim("c", 3)],
+            ..Held::default()
+        };
+        let line = [("a", 1), ("b", 2), ("c", 3)];
+        let (seen, ctx) = serve_against(held, &line, None, 3, |_| false).await;
+        assert_eq!(
+            seen[0],
+            format!("POST {LEDGERS} s1,s2,s3"),
+            "one write, the oldest server for the first claim: {seen:?}"
+        );
+        assert_eq!(seen.len(), 4, "then one status write per claim: {seen:?}");
+        assert_eq!(ctx.allocator.waiting(KEY), 0);
     }
 
     /// Asserts that the claim `first`, whose server was taken, still waits first in line and
@@ -523,72 +646,86 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_already_taken_leaves_the_claim_first_in_line_and_others_still_bind() {
-        // Another leader's bind Lease, naming another claim, is not in this process's store.
-        let theirs = bind_lease(
-            "c",
-            &server("s-old", 60),
-            BindHolder::Claim {
-                name: "other",
-                uid: "uid-other",
-            },
-            None,
-        );
-        let (seen, ctx) = serve_with_the_oldest_server_taken(theirs.unwrap()).await;
-        first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
-        assert!(
-            !seen.iter().any(|s| s.starts_with("DELETE")),
-            "a server another claim holds is left alone: {seen:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_server_a_forged_bind_lease_blocks_is_removed_and_the_claim_stays_first() {
-        let mut forged = bind_lease(
-            "c",
-            &server("s-old", 60),
-            BindHolder::Claim {
-                name: "mine",
-                uid: "uid-mine",
-            },
-            None,
-        )
-        .unwrap();
-        forged.metadata.owner_references = None;
-        forged.metadata.labels = None;
-        let (seen, ctx) = serve_with_the_oldest_server_taken(forged).await;
-        first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
-        assert!(
-            seen.iter()
-                .any(|s| s == "DELETE /api/v1/namespaces/ns/pods/s-old"),
-            "the blocked server is removed: {seen:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_bind_fails_only_that_claim() {
+        // Another leader's ledger hands the oldest server to another claim; this process's
+        // store does not show it yet.
+        let other = BindHolder::Claim {
+            name: "other",
+            uid: "uid-other",
+        };
+        let theirs = their_ledger(&[(&server("s-old", 60), other)]);
         let held = Held {
-            pods: vec![server("s1", 60), server("s2", 10)],
-            claims: vec![claim("refused", 1), claim("fine", 2)],
+            pods: vec![server("s-old", 60), server("s-new", 10)],
+            claims: vec![claim("first", 1), claim("second", 2)],
             ..Held::default()
         };
-        let (ctx, mut handle) = serving(held, &[("refused", 1), ("fine", 2)]);
-        let key = KEY;
-        // The oldest claim's server write is refused (422); the other claim binds, and the
-        // refused one ends Failed with the apiserver's reason.
+        let line = [("first", 1), ("second", 2)];
+        let (seen, ctx) = serve_against(held, &line, Some(theirs), 1, |_| false).await;
+        assert_eq!(
+            seen[..3],
+            [
+                format!("POST {LEDGERS} s-new,s-old"),
+                format!("GET {LEDGER}"),
+                format!("PATCH {LEDGER} s-new"),
+            ],
+            "read again on the conflict, only the free server written: {seen:?}"
+        );
+        first_still_first_and_the_taken_server_not_tried(&ctx, &seen);
+    }
+
+    #[tokio::test]
+    async fn a_ledger_the_cluster_does_not_own_keeps_every_claim_waiting_and_says_so() {
+        let held = Held {
+            clusters: vec![
+                serde_json::from_value(json!({
+                "apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
+                "metadata": {"name": "c", "namespace": NS, "uid": UID},
+                "spec": {"image": "apache/spark:4.3.0"}}))
+                .unwrap(),
+            ],
+            pods: vec![server("s1", 60), server("s2", 10)],
+            claims: vec![claim("first", 1), claim("second", 2)],
+            ..Held::default()
+        };
+        // Someone allowed to create ConfigMaps took the ledger's name first.
+        let mut squatter = their_ledger(&[]);
+        squatter.metadata.owner_references = None;
+        squatter.metadata.labels = None;
+        let is_event = |line: &str| line.contains("/events");
+        let line = [("first", 1), ("second", 2)];
+        let (seen, ctx) = serve_against(held, &line, Some(squatter), 1, is_event).await;
+        assert_eq!(
+            seen,
+            vec![
+                format!("POST {LEDGERS} s1,s2"),
+                format!("GET {LEDGER}"),
+                "POST /apis/events.k8s.io/v1/namespaces/ns/events".to_string(),
+            ],
+            "no server taken, no claim written, a Warning Event: {seen:?}"
+        );
+        assert_eq!(ctx.allocator.waiting(KEY), 2, "both claims wait");
+        assert!(ctx.ledgers.squatted(KEY), "the cluster reports it");
+    }
+
+    #[tokio::test]
+    async fn a_refused_ledger_write_fails_the_claims_it_was_for_with_the_reason() {
+        let held = Held {
+            pods: vec![server("s1", 60), server("s2", 10)],
+            claims: vec![claim("refused", 1), claim("also", 2)],
+            ..Held::default()
+        };
+        let (ctx, mut handle) = serving(held, &[("refused", 1), ("also", 2)]);
         let apiserver = tokio::spawn(async move {
             let mut seen = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
                 let (_, path, body) = read(request).await;
-                let reply = if lease_name(&body) == ":s1-bind" {
+                let reply = if path == LEDGERS {
                     respond(
                         422,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": "metadata.annotations: Too long", "reason": "Invalid", "code": 422}),
+                        "message": "data: Too long", "reason": "Invalid", "code": 422}),
                     )
-                } else if path.ends_with("/status") {
-                    respond(200, serde_json::to_value(claim("x", 1)).unwrap())
                 } else {
-                    respond(201, body.clone())
+                    respond(200, serde_json::to_value(claim("x", 1)).unwrap())
                 };
                 seen.push((path, body.to_string()));
                 send.send_response(reply);
@@ -599,23 +736,22 @@ mod tests {
             }
             seen
         });
-        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, key))
+        tokio::time::timeout(std::time::Duration::from_secs(10), serve(&ctx, KEY))
             .await
             .expect("serving ends");
         let seen = tokio::time::timeout(std::time::Duration::from_secs(10), apiserver)
             .await
             .expect("both claims written")
             .unwrap();
-        let status_of = |claim: &str| {
-            seen.iter()
+        for claim in ["refused", "also"] {
+            let status = seen
+                .iter()
                 .find(|(p, _)| p.ends_with(&format!("/sparkconnectclaims/{claim}/status")))
                 .map(|(_, body)| body.clone())
-                .unwrap_or_default()
-        };
-        assert!(status_of("fine").contains("\"Bound\""), "{seen:?}");
-        let refused = status_of("refused");
-        assert!(refused.contains("\"Failed\""), "{refused}");
-        assert!(refused.contains("Too long"), "{refused}");
-        assert_eq!(ctx.allocator.waiting(key), 0);
+                .unwrap_or_default();
+            assert!(status.contains("\"Failed\""), "{status}");
+            assert!(status.contains("Too long"), "{status}");
+        }
+        assert_eq!(ctx.allocator.waiting(KEY), 0);
     }
 }

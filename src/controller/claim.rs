@@ -20,10 +20,9 @@ use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::{Cap, Refused};
-use crate::builders::bind_lease::{BindHolder, holder_of};
+use crate::builders::bind_ledger::{BindHolder, Entry, entries, is_ledger_of, ledger_name};
 use crate::builders::labels::{
-    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, SERVER_LABEL,
-    ServerState,
+    CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
 };
 use crate::crd::{ClaimPhase, DEDICATED_QUOTA_REACHED, SparkConnectClaim, SparkConnectCluster};
 use crate::error::Error;
@@ -103,7 +102,7 @@ async fn reconcile_claim(claim: &SparkConnectClaim, ctx: &Context) -> Result<Act
     Ok(Action::await_change())
 }
 
-/// A server already stamped with this claim, or whose bind Lease names it (the operator
+/// A server already stamped with this claim, or whose ledger entry names it (the operator
 /// stopped between the two bind writes, or the status write failed), is the claim's: only the
 /// claim's status is written. The claim is this very one, by uid: a namesake deleted before
 /// it never hands on its server.
@@ -149,17 +148,12 @@ async fn finish_interrupted_bind(
                     .map(String::as_str)
                     == Some(claim_uid)
         });
-    // Or a bind Lease names the claim while its server is not stamped yet.
+    // Or the bind ledger names the claim while its server is not stamped yet.
     let stamped = stamped.or_else(|| {
-        ctx.stores
-            .leases
-            .of_cluster(&ns, cluster_name)
+        ledger_holds(ctx, &ns, cluster_name, uid)
             .into_iter()
-            .find_map(|lease| {
-                let server = lease.labels().get(SERVER_LABEL)?;
-                let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(&ns))?;
-                (live_server(&pod) && holder_of(&lease, &pod) == Some(this_claim)).then_some(pod)
-            })
+            .find(|(pod, entry)| live_server(pod) && entry.holder() == this_claim)
+            .map(|(pod, _)| pod)
     });
     let Some(server) = stamped else {
         return Ok(false);
@@ -179,7 +173,7 @@ async fn finish_interrupted_bind(
 
 /// Puts the claim in its cluster's line; a gateway claim is under the cluster's
 /// `gateway.maxDedicatedServers`, counted with the live gateway claims that hold a server (by
-/// their status or, before it is written, by the bind Lease that names them), are being bound
+/// their status or, before it is written, by the ledger entry that names them), are being bound
 /// or wait in line.
 fn join_line(
     claim: &SparkConnectClaim,
@@ -239,7 +233,7 @@ async fn refuse(claim: &SparkConnectClaim, ctx: &Context, refused: Refused) -> R
 }
 
 /// The live gateway claims of a cluster, each with whether it holds a server: bound, or named
-/// by a bind Lease while its status is not written yet.
+/// in the bind ledger while its status is not written yet.
 fn live_gateway_claims(ctx: &Context, ns: &str, cluster: &str) -> BTreeMap<String, bool> {
     let mut live: BTreeMap<String, bool> = ctx
         .stores
@@ -256,21 +250,42 @@ fn live_gateway_claims(ctx: &Context, ns: &str, cluster: &str) -> BTreeMap<Strin
             (c.name_any(), bound)
         })
         .collect();
-    for lease in ctx.stores.leases.of_cluster(ns, cluster) {
-        let Some(server) = lease.labels().get(SERVER_LABEL) else {
-            continue;
-        };
-        let Some(pod) = ctx.stores.pods.get(&ObjectRef::new(server).within(ns)) else {
-            continue;
-        };
-        if let Some(holds) = holder_of(&lease, &pod)
-            .and_then(|h| h.claim())
-            .and_then(|name| live.get_mut(name))
-        {
+    let cluster_uid = ctx
+        .stores
+        .clusters
+        .get(&ObjectRef::new(cluster).within(ns))
+        .and_then(|c| c.metadata.uid.clone())
+        .unwrap_or_default();
+    for (_, entry) in ledger_holds(ctx, ns, cluster, &cluster_uid) {
+        if let Some(holds) = entry.holder().claim().and_then(|name| live.get_mut(name)) {
             *holds = true;
         }
     }
     live
+}
+
+/// The servers (as the store shows them) that cluster `cluster` (uid `cluster_uid`) has taken
+/// in its bind ledger, each with its entry.
+fn ledger_holds(
+    ctx: &Context,
+    ns: &str,
+    cluster: &str,
+    cluster_uid: &str,
+) -> Vec<(Arc<Pod>, Entry)> {
+    let ledger = ctx
+        .stores
+        .ledgers
+        .get(&ObjectRef::new(&ledger_name(cluster)).within(ns))
+        .filter(|l| is_ledger_of(l, cluster_uid));
+    let Some(ledger) = ledger else {
+        return Vec::new();
+    };
+    entries(&ledger)
+        .filter_map(|(server, entry)| {
+            let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns))?;
+            (pod.metadata.uid.as_deref() == Some(entry.pod.as_str())).then_some((pod, entry))
+        })
+        .collect()
 }
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.
@@ -430,29 +445,34 @@ mod tests {
     fn server_pod(name: &str) -> Pod {
         serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": NS, "uid": format!("pod-uid-{name}"),
-                         "labels": {CLUSTER_LABEL: "c", SERVER_LABEL: name}}}))
+                         "labels": {CLUSTER_LABEL: "c", crate::builders::labels::SERVER_LABEL: name}}}))
         .unwrap()
     }
 
     /// Stores with the cluster (its gateway quota `quota`), a bound gateway claim, a gateway
-    /// claim whose bind Lease is made but whose status is not written, a bound claim made with
-    /// kubectl, a Lease naming a gateway claim that its server does not own, and `newcomer`.
+    /// claim whose ledger entry is made but whose status is not written, a bound claim made
+    /// with kubectl, an entry naming a gateway claim for an earlier pod of its server's name,
+    /// and `newcomer`.
     fn quota_world(quota: i32, newcomer: &SparkConnectClaim) -> (Arc<Context>, MockApiserver) {
         let mut cluster = cluster();
         cluster.spec.gateway.max_dedicated_servers = quota;
         let (s2, s4) = (server_pod("s2"), server_pod("s4"));
         let taken = BindHolder::Claim {
-            name: "leased",
-            uid: "uid-leased",
+            name: "in-ledger",
+            uid: "uid-in-ledger",
         };
-        let lease = crate::builders::bind_lease::bind_lease("c", &s2, taken, None).unwrap();
-        let forged_for = BindHolder::Claim {
-            name: "named-by-a-forgery",
-            uid: "uid-named-by-a-forgery",
+        let stale_for = BindHolder::Claim {
+            name: "named-by-a-stale-entry",
+            uid: "uid-named-by-a-stale-entry",
         };
-        let mut forged =
-            crate::builders::bind_lease::bind_lease("c", &s4, forged_for, None).unwrap();
-        forged.metadata.owner_references = None;
+        let mut earlier_s4 = s4.clone();
+        earlier_s4.metadata.uid = Some("pod-uid-earlier".into());
+        let entry = |pod: &Pod, holder| {
+            let entry = crate::builders::bind_ledger::Entry::new(pod, holder).unwrap();
+            (pod.name_any(), entry.encode())
+        };
+        let data = BTreeMap::from([entry(&s2, taken), entry(&earlier_s4, stale_for)]);
+        let ledger = crate::builders::bind_ledger::ledger("c", "cluster-uid", NS, data);
         let mut kubectl = claim("kubectl");
         kubectl.status =
             Some(serde_json::from_value(json!({"phase": "Bound", "server": "s3"})).unwrap());
@@ -460,13 +480,13 @@ mod tests {
             clusters: vec![cluster],
             claims: vec![
                 gateway_claim("bound", Some("s1")),
-                gateway_claim("leased", None),
-                gateway_claim("named-by-a-forgery", None),
+                gateway_claim("in-ledger", None),
+                gateway_claim("named-by-a-stale-entry", None),
                 kubectl,
                 newcomer.clone(),
             ],
             pods: vec![s2, s4],
-            leases: vec![lease, forged],
+            ledgers: vec![ledger],
             ..Held::default()
         };
         let (ctx, handle) = context_over(held, NS);
@@ -490,8 +510,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_gateway_claim_past_its_clusters_quota_fails_and_says_why() {
-        // Holding: "bound" by its status, "leased" by its bind Lease; the forged Lease and the
-        // kubectl claim do not count, nor does the waiting "named-by-a-forgery" (not in line).
+        // Holding: "bound" by its status, "in-ledger" by its ledger entry; the stale entry and the
+        // kubectl claim do not count, nor does the waiting "named-by-a-stale-entry" (not in
+        // line).
         let (ctx, path, body) = newcomer_under(2).await;
         assert!(
             path.ends_with("/sparkconnectclaims/newcomer/status"),

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::applied::Applied;
 use super::guard::{Liveness, Retries};
 use super::known_tokens::KnownTokens;
+use super::ledger::Ledgers;
 use super::pool::allocator::Allocator;
 use super::pool::autoscale::Autoscaler;
 use super::pool::backoff::StartBackoff;
@@ -62,6 +63,8 @@ pub struct Context {
     pub tokens: KnownTokens,
     /// Bind writes under way: Events wait until they are quiet.
     pub binds: Arc<BindActivity>,
+    /// Each cluster's turn at its bind ledger.
+    pub ledgers: Ledgers,
     /// Events being published at once (see [`Context::event`]).
     events_in_flight: Arc<Semaphore>,
     me: Weak<Context>,
@@ -89,6 +92,7 @@ impl Context {
             retries: Retries::default(),
             liveness: Liveness::default(),
             binds: Arc::default(),
+            ledgers: Ledgers::default(),
             events_in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
         })
     }

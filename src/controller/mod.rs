@@ -11,9 +11,9 @@ pub mod claim_status;
 pub mod cluster;
 pub mod conditions;
 pub mod context;
-pub mod fence;
 pub mod guard;
 pub mod known_tokens;
+pub mod ledger;
 pub mod pool;
 pub mod stores;
 
@@ -58,14 +58,12 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(CLUSTER_RECONCILES))
         // Pods map to their cluster by label, so a pod that only copies the labels is noticed.
         .watches_stream(triggers.pods, |pod| cluster_of_labelled(&pod.metadata))
-        .watches_stream(triggers.leases, |lease| {
-            cluster_of_labelled(&lease.metadata)
-        })
         .owns_stream(triggers.services)
         .owns_stream(triggers.slices)
         .owns_stream(triggers.accounts)
         .owns_stream(triggers.roles)
         .owns_stream(triggers.bindings)
+        .owns_stream(triggers.ledgers)
         .reconcile_on(futures::stream::select(probed, claimed_clusters))
         .graceful_shutdown_on(shutdown.clone())
         .run(cluster::reconcile, cluster::error_policy, ctx.clone())

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::runtime::reflector::{self, Store};
@@ -47,8 +46,8 @@ pub struct Stores {
     pub roles: Store<Role>,
     /// The operator's RoleBindings.
     pub bindings: Store<RoleBinding>,
-    /// Bind Leases (each hands one server to a claim, or to its cluster), by cluster label.
-    pub leases: Indexed<Lease>,
+    /// Bind ledgers (one per cluster: who holds each taken server), by cluster label.
+    pub ledgers: Indexed<ConfigMap>,
     health: Arc<BTreeMap<&'static str, WatchHealth>>,
 }
 
@@ -82,8 +81,8 @@ pub struct Triggers {
     pub roles: Trigger<Role>,
     /// Owned children, for the cluster controller.
     pub bindings: Trigger<RoleBinding>,
-    /// For the cluster controller (bind Leases map to their cluster by label).
-    pub leases: Trigger<Lease>,
+    /// Owned children (bind ledgers), for the cluster controller.
+    pub ledgers: Trigger<ConfigMap>,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -180,7 +179,7 @@ fn by_cluster<K: Watched>(
 pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
     let kinds = [
         "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
-        "leases",
+        "ledgers",
     ];
     let health: Arc<BTreeMap<&'static str, WatchHealth>> =
         Arc::new(kinds.iter().map(|k| (*k, WatchHealth::default())).collect());
@@ -194,9 +193,9 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         "{}={FIELD_MANAGER}",
         crate::builders::service::SLICE_MANAGER_LABEL
     ));
-    let bind_leases = watcher::Config::default().labels(&format!(
+    let bind_ledgers = watcher::Config::default().labels(&format!(
         "{CLUSTER_LABEL},app.kubernetes.io/component={}",
-        crate::builders::bind_lease::BIND_COMPONENT
+        crate::builders::bind_ledger::BIND_COMPONENT
     ));
     let (clusters, t_clusters) = plain(api(client, namespace), all(), h("clusters"));
     let (claims, t_claims) = by_cluster(api(client, namespace), all(), h("claims"), claimed);
@@ -212,7 +211,8 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
     let (accounts, t_accounts) = plain(api(client, namespace), managed(), h("accounts"));
     let (roles, t_roles) = plain(api(client, namespace), managed(), h("roles"));
     let (bindings, t_bindings) = plain(api(client, namespace), managed(), h("bindings"));
-    let (leases, t_leases) = by_cluster(api(client, namespace), bind_leases, h("leases"), labelled);
+    let (ledgers, t_ledgers) =
+        by_cluster(api(client, namespace), bind_ledgers, h("ledgers"), labelled);
     let stores = Stores {
         clusters,
         claims,
@@ -222,7 +222,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         accounts,
         roles,
         bindings,
-        leases,
+        ledgers,
         health,
     };
     let triggers = Triggers {
@@ -234,7 +234,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         accounts: t_accounts,
         roles: t_roles,
         bindings: t_bindings,
-        leases: t_leases,
+        ledgers: t_ledgers,
     };
     (stores, triggers)
 }
@@ -287,8 +287,8 @@ pub struct Held {
     pub roles: Vec<Role>,
     /// RoleBindings.
     pub bindings: Vec<RoleBinding>,
-    /// Bind Leases.
-    pub leases: Vec<Lease>,
+    /// Bind ledgers.
+    pub ledgers: Vec<ConfigMap>,
 }
 
 #[cfg(test)]
@@ -324,7 +324,7 @@ impl Stores {
         }
         let kinds = [
             "clusters", "claims", "pods", "services", "slices", "accounts", "roles", "bindings",
-            "leases",
+            "ledgers",
         ];
         let health = kinds
             .iter()
@@ -343,7 +343,7 @@ impl Stores {
             accounts: filled(held.accounts),
             roles: filled(held.roles),
             bindings: filled(held.bindings),
-            leases: filed(held.leases, labelled),
+            ledgers: filed(held.ledgers, labelled),
             health: Arc::new(health),
         }
     }

@@ -20,7 +20,7 @@ use super::children::ClusterToken;
 use super::observe::{Observed, Taken};
 use super::report::Problems;
 use super::tokens::Tokens;
-use crate::builders::bind_lease::BindHolder;
+use crate::builders::bind_ledger::{BindHolder, ledger_name};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, FIELD_MANAGER, STATE_LABEL, ServerRole, ServerState,
     USER_ANNOTATION, new_server_name,
@@ -32,13 +32,14 @@ use crate::controller::applied::Scope;
 use crate::controller::apply::{apply_owned, apply_owned_without};
 use crate::controller::claim_status::{finish_claim, ignore_gone};
 use crate::controller::context::{BINDS_QUIET, Context};
-use crate::controller::fence::{self, Take};
+use crate::controller::ledger::{Ask, LedgerOf, Take};
 use crate::controller::pool::Decision;
 use crate::controller::pool::claims::ClaimEnd;
 use crate::controller::pool::plan::PoolPlan;
 use crate::controller::pool::plan::RemoveReason;
 use crate::crd::AuthMode;
 use crate::error::Error;
+use crate::probe::health::Verdict;
 use crate::probe::prober::{ProbeSettings, ProbeTarget};
 use crate::validate::ValidCluster;
 
@@ -61,7 +62,7 @@ pub async fn execute(
         .filter_map(|server| Some((server, observed.servers.get(server)?)))
         .collect();
     in_batches(&retiring, |(server, pod)| async move {
-        fence::remove_server(ctx, pod).await?;
+        remove_server(ctx, pod).await?;
         ctx.server_event(
             valid.cluster,
             server,
@@ -146,7 +147,7 @@ async fn end_claims(
 /// Writes of one kind (creates, relabels, removals, stamps) one reconcile keeps in flight.
 const WRITES_IN_FLIGHT: usize = 32;
 
-/// Stamps the servers that bind Leases hand to claims with their claim (state label and
+/// Stamps the servers that the bind ledger hands to claims with their claim (state label and
 /// annotations), once the burst of binds is over so the stamps never compete with a claim's
 /// bind; each stamp is conditional on the resourceVersion the store shows (a conflict waits
 /// for the store). Returns how soon to look again while binds are still under way.
@@ -209,7 +210,7 @@ async fn stamp(api: Api<Pod>, pod: Arc<Pod>, taken: Taken) -> Result<(), Error> 
 /// Relabels and removes the plan's servers. An idle server is changed only if this process
 /// has not handed it to a claim meanwhile (the allocator holds it back while it changes), and a
 /// change that must never meet a bind by another process (removal, promotion to the shared
-/// Service) first takes the server by its bind Lease.
+/// Service) first takes the server in the bind ledger.
 async fn change_servers(
     valid: &ValidCluster<'_>,
     ctx: &Context,
@@ -256,19 +257,33 @@ async fn change_servers(
         Ok(())
     })
     .await?;
-    let removals: Vec<(&String, &RemoveReason)> = plan.remove.iter().collect();
-    in_batches(&removals, |(name, reason)| async move {
-        let reason = *reason;
-        let Some(pod) = observed.servers.get(name) else {
-            return Ok(());
-        };
-        if !withhold(pod) {
-            return Ok(());
+    // Every server to remove is taken in one ledger write, then removed in parallel.
+    let held: Vec<(&String, RemoveReason, &Arc<Pod>)> = plan
+        .remove
+        .iter()
+        .filter_map(|(name, reason)| Some((name, *reason, observed.servers.get(name)?)))
+        .filter(|(_, _, pod)| withhold(pod))
+        .collect();
+    let pods: Vec<&Pod> = held.iter().map(|(_, _, pod)| pod.as_ref()).collect();
+    let taken = match take_all(valid, ctx, observed, &pods, BindHolder::Retiring).await {
+        Ok(taken) => taken,
+        Err(e) => {
+            for (name, _, _) in &held {
+                ctx.allocator.release(key, name);
+            }
+            return Err(e);
         }
-        let removed = match take(valid, ctx, observed, pod, BindHolder::Retiring).await {
-            Ok(true) => fence::remove_server(ctx, pod).await,
-            other => other,
-        };
+    };
+    let mut removals = Vec::new();
+    for (server, won) in held.into_iter().zip(taken) {
+        if won {
+            removals.push(server);
+        } else {
+            ctx.allocator.release(key, server.0);
+        }
+    }
+    in_batches(&removals, |(name, reason, pod)| async move {
+        let removed = remove_server(ctx, pod).await;
         if !matches!(removed, Ok(true)) {
             ctx.allocator.release(key, name);
         }
@@ -291,6 +306,34 @@ async fn change_servers(
     .await
 }
 
+/// Deletes a server pod as it was read (its Service, slice and ledger entry follow by pruning,
+/// its token Secret and executors by garbage collection); releases its probe session first.
+/// Says whether it deleted the pod.
+pub async fn remove_server(ctx: &Context, pod: &Pod) -> Result<bool, Error> {
+    let (name, Some(namespace)) = (pod.name_any(), pod.namespace()) else {
+        return Ok(false);
+    };
+    if let Some(uid) = pod.uid() {
+        if ctx.prober.book().get(&uid).verdict == Verdict::Healthy {
+            ctx.prober.release(&uid).await;
+        }
+        ctx.tokens.forget(&uid);
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: pod.resource_version(),
+        }),
+        ..DeleteParams::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    match pods.delete(&name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+        Err(e) => Err(Error::kube(format!("delete server {name}"), e)),
+    }
+}
+
 /// Runs `write` on every item, [`WRITES_IN_FLIGHT`] at a time (a burst of hundreds of servers
 /// changes in seconds, not one request after another); the first error ends it after its
 /// batch.
@@ -307,9 +350,8 @@ where
     Ok(())
 }
 
-/// Takes server `pod` for the cluster (`holder`: Shared or Retiring) by its bind Lease, unless
-/// it is already a claim's (its end decided the change). Says whether the change may go ahead;
-/// a server a forged Lease blocks is removed and reported instead.
+/// Takes server `pod` for the cluster (`holder`: Shared or Retiring) in its bind ledger, unless
+/// it is already a claim's (its end decided the change). Says whether the change may go ahead.
 async fn take(
     valid: &ValidCluster<'_>,
     ctx: &Context,
@@ -317,18 +359,72 @@ async fn take(
     pod: &Pod,
     holder: BindHolder<'_>,
 ) -> Result<bool, Error> {
-    let claims = ServerState::of(pod) == ServerState::Claimed
-        || observed.handed_out.contains_key(&pod.name_any());
-    if claims {
-        return Ok(true);
+    let taken = take_all(valid, ctx, observed, &[pod], holder).await?;
+    Ok(taken.first() == Some(&true))
+}
+
+/// Takes servers `pods` for the cluster (`holder`) in one ledger write, but for those already a
+/// claim's (whose end decided the change); says for each whether its change may go ahead.
+async fn take_all(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    pods: &[&Pod],
+    holder: BindHolder<'_>,
+) -> Result<Vec<bool>, Error> {
+    let claims = |pod: &Pod| {
+        ServerState::of(pod) == ServerState::Claimed
+            || observed.handed_out.contains_key(&pod.name_any())
+    };
+    let asks: Vec<Ask<'_>> = pods
+        .iter()
+        .filter(|pod| !claims(pod))
+        .map(|pod| Ask { pod, holder })
+        .collect();
+    let mut takes = if asks.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        let mut turn = ctx.ledgers.turn(&super::observe::key(valid)).await;
+        turn.take(ledger_of(valid, ctx), &asks).await?.into_iter()
+    };
+    Ok(pods
+        .iter()
+        .map(|pod| claims(pod) || takes.next() == Some(Take::Won))
+        .collect())
+}
+
+/// The cluster's bind ledger.
+fn ledger_of<'a>(valid: &ValidCluster<'a>, ctx: &'a Context) -> LedgerOf<'a> {
+    LedgerOf {
+        client: &ctx.client,
+        stored: &ctx.stores.ledgers,
+        namespace: valid.namespace,
+        cluster: valid.name,
+        cluster_uid: valid.uid,
     }
-    match fence::take(ctx, valid.name, pod, holder, None).await? {
-        Take::Won => Ok(true),
-        Take::Lost => Ok(false),
-        Take::Forged => fence::remove_blocked(ctx, valid.name, pod)
-            .await
-            .map(|_| false),
+}
+
+/// Removes the ledger entries of servers that are gone, and reports a ConfigMap of the
+/// ledger's name that the cluster does not own (it keeps every claim waiting).
+pub async fn tend_ledger(
+    valid: &ValidCluster<'_>,
+    ctx: &Context,
+    observed: &Observed,
+    problems: &mut Problems,
+) -> Result<(), Error> {
+    let key = super::observe::key(valid);
+    if ctx.ledgers.squatted(&key) {
+        problems.absorb(Err(Error::NotOwned {
+            kind: "ConfigMap",
+            name: ledger_name(valid.name),
+        }))?;
     }
+    if observed.gone_from_ledger.is_empty() {
+        return Ok(());
+    }
+    let mut turn = ctx.ledgers.turn(&key).await;
+    turn.prune(ledger_of(valid, ctx), &observed.gone_from_ledger)
+        .await
 }
 
 /// Changes a server's state label, only if the pod is still as it was read; a conflict waits
@@ -433,7 +529,7 @@ async fn create_server(
         if let Err(e) = created {
             // Without its own Secret (or with one someone else made first) the server must
             // not run: it would start with a token the operator did not choose.
-            fence::remove_server(ctx, &pod).await?;
+            remove_server(ctx, &pod).await?;
             return Err(Error::kube(
                 format!("create token secret of {}", id.name),
                 e,
@@ -717,22 +813,25 @@ mod tests {
 
     #[tokio::test]
     async fn a_scale_down_takes_each_server_first_and_leaves_one_another_leader_handed_out() {
+        use crate::builders::bind_ledger::{Entry, ledger, ledger_name};
         let mut c = cluster();
         c.spec.shared = 0;
         let valid = validate(&c).unwrap();
         let (free, taken) = ("analytics-free1", "analytics-took1");
         let (free_pod, taken_pod) = (idle_server(&valid, free), idle_server(&valid, taken));
-        // Another leader bound `taken` a moment ago: its Lease is not in this process's store.
-        let theirs = crate::builders::bind_lease::bind_lease(
-            valid.name,
-            &taken_pod,
-            BindHolder::Claim {
-                name: "someone",
-                uid: "uid-someone",
-            },
-            None,
-        )
-        .unwrap();
+        // Another leader bound `taken` a moment ago: its ledger is not in this process's store.
+        let someone = BindHolder::Claim {
+            name: "someone",
+            uid: "uid-someone",
+        };
+        let entry = Entry::new(&taken_pod, someone).unwrap();
+        let data = BTreeMap::from([(taken.to_string(), entry.encode())]);
+        let mut theirs = ledger(valid.name, valid.uid, valid.namespace, data);
+        theirs.metadata.resource_version = Some("5".into());
+        let ledger_path = format!(
+            "/api/v1/namespaces/data/configmaps/{}",
+            ledger_name(valid.name)
+        );
         let held = Held {
             pods: vec![free_pod, taken_pod],
             ..Held::default()
@@ -747,16 +846,20 @@ mod tests {
                     .map(|b| b.to_bytes())
                     .unwrap_or_default();
                 let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let lease = body["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
                 if path.contains("/events") {
                     let related = body["related"]["name"].as_str().unwrap_or_default();
                     let reason = body["reason"].as_str().unwrap_or_default();
                     seen.push(format!("EVENT {reason} about {related}"));
                 } else {
-                    seen.push(format!("{method} {path} {lease}").trim_end().to_string());
+                    let servers: Vec<&str> = body["data"]
+                        .as_object()
+                        .map(|d| d.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
+                    seen.push(
+                        format!("{method} {path} {}", servers.join(","))
+                            .trim_end()
+                            .to_string(),
+                    );
                 }
                 let reply = |status: u16, body: serde_json::Value| {
                     Response::builder()
@@ -764,14 +867,27 @@ mod tests {
                         .body(Body::from(serde_json::to_vec(&body).unwrap()))
                         .unwrap()
                 };
-                let response = match (method.as_str(), lease.as_str()) {
-                    ("POST", "analytics-took1-bind") => reply(
+                let response = match method.as_str() {
+                    // The ledger exists: another leader made it.
+                    "POST" if path.ends_with("/configmaps") => reply(
                         409,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                "reason": "AlreadyExists", "code": 409}),
                     ),
-                    ("GET", _) => reply(200, serde_json::to_value(&theirs).unwrap()),
-                    ("DELETE", _) => reply(200, json!({"kind": "Status", "status": "Success"})),
+                    "GET" if path == ledger_path => {
+                        reply(200, serde_json::to_value(&theirs).unwrap())
+                    }
+                    "PATCH" if path == ledger_path => {
+                        assert_eq!(body["metadata"]["resourceVersion"], "5", "{body}");
+                        let mut written = theirs.clone();
+                        let data = written.data.get_or_insert_default();
+                        for (server, entry) in body["data"].as_object().into_iter().flatten() {
+                            data.insert(server.clone(), entry.as_str().unwrap().to_string());
+                        }
+                        written.metadata.resource_version = Some("6".into());
+                        reply(200, serde_json::to_value(&written).unwrap())
+                    }
+                    "DELETE" => reply(200, json!({"kind": "Status", "status": "Success"})),
                     _ => reply(201, body),
                 };
                 send.send_response(response);
@@ -812,27 +928,18 @@ mod tests {
             .map(String::as_str)
             .filter(|s| !s.starts_with("EVENT"))
             .collect();
-        let of = |server: &str| -> Vec<&str> {
-            seen.iter()
-                .copied()
-                .filter(|s| s.contains(server))
-                .collect()
-        };
+        // One take for both meets the other leader's ledger and writes only the free server
+        // into it, conditionally; the taken server is left.
+        let ledger = "/api/v1/namespaces/data/configmaps";
         assert_eq!(
-            of("analytics-free1"),
+            seen,
             vec![
-                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-free1-bind",
-                "DELETE /api/v1/namespaces/data/pods/analytics-free1",
-            ]
-        );
-        assert_eq!(
-            of("analytics-took1"),
-            vec![
-                "POST /apis/coordination.k8s.io/v1/namespaces/data/leases analytics-took1-bind",
-                "GET /apis/coordination.k8s.io/v1/namespaces/data/leases/analytics-took1-bind",
+                format!("POST {ledger} analytics-free1,analytics-took1"),
+                format!("GET {ledger}/analytics-binds"),
+                format!("PATCH {ledger}/analytics-binds analytics-free1"),
+                "DELETE /api/v1/namespaces/data/pods/analytics-free1".to_string(),
             ],
             "the server another leader handed out is not deleted"
         );
-        assert_eq!(seen.len(), 4, "{seen:?}");
     }
 }

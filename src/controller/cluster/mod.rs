@@ -140,6 +140,7 @@ async fn run(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action, Err
     .await?;
     act::publish_endpoints(&valid, ctx, &observed, &decision, &seen, &mut problems).await?;
     let stamps_wait = act::stamp_taken_servers(&valid, ctx, &observed, &mut problems).await?;
+    act::tend_ledger(&valid, ctx, &observed, &mut problems).await?;
     publish_terms(&valid, ctx, &observed, &key, token_mode);
 
     let summary = Summary {
@@ -317,6 +318,7 @@ async fn cleanup(cluster: &SparkConnectCluster, ctx: &Context) -> Result<Action,
     }
     ctx.prober.forget_cluster(&ObjectRef::from_obj(cluster));
     ctx.allocator.forget_cluster(&key);
+    ctx.ledgers.forget_cluster(&key);
     ctx.autoscaler.forget(&key);
     ctx.applied.forget(&key);
     ctx.retries.succeeded(&key);

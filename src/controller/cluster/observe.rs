@@ -7,18 +7,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
-use crate::builders::bind_lease::{BindHolder, bind_lease_name, holder_of};
+use crate::builders::bind_ledger::{BindHolder, entries, is_ledger_of, ledger_name};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
-    ServerRole, ServerState, USER_ANNOTATION,
+    ServerRole, ServerState,
 };
 use crate::controller::apply::controlled_by;
 use crate::controller::context::{Context, cluster_key};
@@ -49,10 +48,12 @@ pub struct Observed {
     /// Claimed server → the claim named on it.
     pub claimed_servers: BTreeMap<String, ClaimedBy>,
     /// Servers handed to a claim whose pod the store does not show stamped yet (by this
-    /// process, or by a bind Lease): server → claim.
+    /// process, or in the bind ledger): server → claim.
     pub handed_out: BTreeMap<String, String>,
-    /// Servers a bind Lease hands to a claim whose pod is not stamped with it yet.
+    /// Servers the bind ledger hands to a claim whose pod is not stamped with it yet.
     pub unstamped: BTreeMap<String, Taken>,
+    /// Servers whose ledger entry outlived their pod.
+    pub gone_from_ledger: Vec<String>,
     /// The cluster's Services, by name.
     pub services: BTreeMap<String, Arc<Service>>,
     /// The cluster's EndpointSlices, by name.
@@ -65,14 +66,14 @@ pub struct Observed {
     pub failed_warmups: Vec<(String, String)>,
 }
 
-/// What a bind Lease says of its server.
+/// What a ledger entry says of its server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Taken {
     /// The claim the server is handed to.
     pub claim: String,
-    /// Its uid (empty on Leases that predate it).
+    /// Its uid.
     pub claim_uid: String,
-    /// The claim's user, if it names one.
+    /// The claim's user, if it names one (read from the claim).
     pub user: Option<String>,
 }
 
@@ -111,7 +112,8 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
     let warmup_on = valid.warmup.is_some();
-    let fenced = fenced(&servers, &stores.leases);
+    let ledger = ledger_of(valid, &stores.ledgers);
+    let fenced = fenced(ledger.as_deref(), &servers, &all_servers);
     let views = servers
         .values()
         .filter_map(|p| server_view(p, book, warmup_on))
@@ -122,7 +124,8 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         .collect();
     let (last_warmup, failed_warmups) = warmups(&servers, book);
     let claimed_servers = claimed_servers(&servers);
-    let unstamped = fenced.unstamped;
+    let mut unstamped = fenced.unstamped;
+    let gone_from_ledger = fenced.gone;
     let still_idle = |server: &str| {
         servers.get(server).is_some_and(|pod| {
             pod.metadata.deletion_timestamp.is_none() && ServerState::of(pod) == ServerState::Idle
@@ -132,6 +135,12 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     handed_out.extend(unstamped.iter().map(|(s, t)| (s.clone(), t.claim.clone())));
 
     let claims = claims_of(valid, stores);
+    for taken in unstamped.values_mut() {
+        taken.user = claims
+            .get(&taken.claim)
+            .filter(|c| c.metadata.uid.as_deref() == Some(taken.claim_uid.as_str()))
+            .and_then(|c| c.spec.user.clone());
+    }
     let claim_views = claims.values().filter_map(|c| claim_view(c)).collect();
 
     let services = owned_by(&stores.services, valid);
@@ -147,6 +156,7 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
         claimed_servers,
         handed_out,
         unstamped,
+        gone_from_ledger,
         services,
         slices,
         hashes: hashes(&valid.spec_hash, token),
@@ -221,46 +231,66 @@ fn claims_of(
         .collect()
 }
 
-/// What the servers' bind Leases say.
+/// What the cluster's bind ledger says.
 #[derive(Debug, Default, PartialEq)]
 struct Fenced {
-    /// Servers a bind Lease hands to a claim while their pod is not stamped claimed.
+    /// Servers the ledger hands to a claim while their pod is not stamped claimed.
     unstamped: BTreeMap<String, Taken>,
     /// Servers the cluster took for itself, with what for (Shared or Retiring), while their
     /// pod's label does not say so.
     by_cluster: BTreeMap<String, ServerState>,
+    /// Servers with an entry whose pod is gone.
+    gone: Vec<String>,
 }
 
-/// Reads the bind Lease of each server (only the operator's own count: named after the very
-/// pod and owned by it).
-fn fenced(servers: &BTreeMap<String, Arc<Pod>>, leases: &Indexed<Lease>) -> Fenced {
+/// The cluster's own bind ledger, if the store shows one.
+fn ledger_of(valid: &ValidCluster<'_>, ledgers: &Indexed<ConfigMap>) -> Option<Arc<ConfigMap>> {
+    ledgers
+        .get(&ObjectRef::new(&ledger_name(valid.name)).within(valid.namespace))
+        .filter(|l| is_ledger_of(l, valid.uid))
+}
+
+/// Reads the cluster's bind ledger for each of its servers (`all_servers`: the live and the
+/// terminating).
+fn fenced(
+    ledger: Option<&ConfigMap>,
+    servers: &BTreeMap<String, Arc<Pod>>,
+    all_servers: &[String],
+) -> Fenced {
     let mut fenced = Fenced::default();
-    for (name, pod) in servers {
-        let Some(namespace) = pod.namespace() else {
+    let Some(ledger) = ledger else {
+        return fenced;
+    };
+    for (name, entry) in entries(ledger) {
+        let pod = servers.get(name);
+        let live = pod.is_some_and(|p| p.metadata.uid.as_deref() == Some(entry.pod.as_str()));
+        if !live {
+            // Terminating servers keep their entry until they are gone.
+            let leaving = pod.is_none() && all_servers.iter().any(|s| s == name);
+            if !leaving {
+                fenced.gone.push(name.to_string());
+            }
             continue;
-        };
-        let Some(lease) = leases.get(&ObjectRef::new(&bind_lease_name(name)).within(&namespace))
-        else {
-            continue;
-        };
-        let label = ServerState::of(pod);
-        match holder_of(&lease, pod) {
-            Some(BindHolder::Claim { name: claim, uid }) if label != ServerState::Claimed => {
-                let user = lease.annotations().get(USER_ANNOTATION).cloned();
+        }
+        let label = pod.map_or(ServerState::Idle, |p| ServerState::of(p));
+        match entry.holder() {
+            BindHolder::Claim { name: claim, uid } if label != ServerState::Claimed => {
                 let taken = Taken {
                     claim: claim.to_string(),
                     claim_uid: uid.to_string(),
-                    user,
+                    user: None,
                 };
-                fenced.unstamped.insert(name.clone(), taken);
+                fenced.unstamped.insert(name.to_string(), taken);
             }
-            Some(BindHolder::Shared) if label != ServerState::Shared => {
-                fenced.by_cluster.insert(name.clone(), ServerState::Shared);
-            }
-            Some(BindHolder::Retiring) if label != ServerState::Retiring => {
+            BindHolder::Shared if label != ServerState::Shared => {
                 fenced
                     .by_cluster
-                    .insert(name.clone(), ServerState::Retiring);
+                    .insert(name.to_string(), ServerState::Shared);
+            }
+            BindHolder::Retiring if label != ServerState::Retiring => {
+                fenced
+                    .by_cluster
+                    .insert(name.to_string(), ServerState::Retiring);
             }
             _ => {}
         }
@@ -390,7 +420,7 @@ fn claim_view(claim: &SparkConnectClaim) -> Option<ClaimView> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::bind_lease::bind_lease;
+    use crate::builders::bind_ledger::{Entry, ledger};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn starting_pod() -> Pod {
@@ -409,34 +439,34 @@ mod tests {
         }
     }
 
-    fn store_of(leases: Vec<Lease>) -> Indexed<Lease> {
-        let held = crate::controller::stores::Held {
-            leases,
-            ..Default::default()
-        };
-        Stores::holding(held).leases
+    /// A ledger of cluster `c` handing `pod` to `holder`.
+    fn ledger_holding(pod: &Pod, holder: BindHolder<'_>) -> ConfigMap {
+        let entry = Entry::new(pod, holder).expect("an entry");
+        let data = BTreeMap::from([(pod.name_any(), entry.encode())]);
+        ledger("c", "cluster-uid", "ns", data)
     }
 
     #[test]
-    fn a_server_its_lease_hands_to_a_claim_is_unstamped_until_its_pod_says_claimed() {
+    fn a_server_its_entry_hands_to_a_claim_is_unstamped_until_its_pod_says_claimed() {
         let mut pod = starting_pod();
         pod.metadata.namespace = Some("ns".into());
         let holder = BindHolder::Claim {
             name: "claim-1",
             uid: "cu1",
         };
-        let lease = bind_lease("c", &pod, holder, Some("ana"));
-        let leases = store_of(vec![lease.expect("a lease")]);
+        let ledger = ledger_holding(&pod, holder);
         let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
-        let unstamped = |servers: &BTreeMap<_, _>, leases: &_| fenced(servers, leases).unstamped;
-        let taken = unstamped(&servers, &leases);
+        let all = vec!["s-1".to_string()];
+        let unstamped = |servers: &BTreeMap<_, _>| fenced(Some(&ledger), servers, &all).unstamped;
+        let taken = unstamped(&servers);
         assert_eq!(
             taken.get("s-1"),
             Some(&Taken {
                 claim: "claim-1".into(),
                 claim_uid: "cu1".into(),
-                user: Some("ana".into())
-            })
+                user: None
+            }),
+            "the user is read from the claim"
         );
         // Stamped: the pod says so itself.
         let mut stamped = pod.clone();
@@ -445,12 +475,33 @@ mod tests {
             ServerState::Claimed.as_str().to_string(),
         )]));
         servers.insert("s-1".into(), Arc::new(stamped));
-        assert!(unstamped(&servers, &leases).is_empty());
-        // A later pod of the same name is not handed out by the earlier pod's Lease.
+        assert!(unstamped(&servers).is_empty());
+        // A later pod of the same name is not handed out by the earlier pod's entry.
         let mut later = pod;
         later.metadata.uid = Some("uid-2".into());
         servers.insert("s-1".into(), Arc::new(later));
-        assert!(unstamped(&servers, &leases).is_empty());
+        assert!(unstamped(&servers).is_empty());
+    }
+
+    #[test]
+    fn an_entry_outliving_its_pod_is_gone_but_a_terminating_one_stays() {
+        let mut pod = starting_pod();
+        pod.metadata.namespace = Some("ns".into());
+        let ledger = ledger_holding(&pod, BindHolder::Shared);
+        let none = BTreeMap::new();
+        let seen = fenced(Some(&ledger), &none, &["s-1".to_string()]);
+        assert!(seen.gone.is_empty(), "terminating: {seen:?}");
+        let seen = fenced(Some(&ledger), &none, &[]);
+        assert_eq!(seen.gone, vec!["s-1".to_string()]);
+        let mut later = pod;
+        later.metadata.uid = Some("uid-2".into());
+        let replaced = BTreeMap::from([("s-1".to_string(), Arc::new(later))]);
+        let seen = fenced(Some(&ledger), &replaced, &["s-1".to_string()]);
+        assert_eq!(
+            seen.gone,
+            vec!["s-1".to_string()],
+            "a later pod of the name"
+        );
     }
 
     #[test]
@@ -462,8 +513,9 @@ mod tests {
             (BindHolder::Shared, ServerState::Shared),
             (BindHolder::Retiring, ServerState::Retiring),
         ] {
-            let leases = store_of(vec![bind_lease("c", &pod, holder, None).unwrap()]);
-            let seen = fenced(&servers, &leases);
+            let ledger = ledger_holding(&pod, holder);
+            let all = vec!["s-1".to_string()];
+            let seen = fenced(Some(&ledger), &servers, &all);
             assert_eq!(seen.by_cluster.get("s-1"), Some(&state));
             assert!(seen.unstamped.is_empty());
             let mut labelled = pod.clone();
@@ -473,7 +525,7 @@ mod tests {
             )]));
             servers.insert("s-1".into(), Arc::new(labelled));
             assert_eq!(
-                fenced(&servers, &leases),
+                fenced(Some(&ledger), &servers, &all),
                 Fenced::default(),
                 "the label caught up"
             );

@@ -39,7 +39,7 @@ pub struct PoolTerms {
 pub struct Candidate {
     /// Pod name.
     pub name: String,
-    /// Pod uid: the bind Lease is owned by this very pod.
+    /// Pod uid: a ledger entry holds this very pod.
     pub uid: String,
     /// Pod creation time (oldest is handed out first).
     pub created: Timestamp,

@@ -27,8 +27,8 @@ pub struct ServerView {
     pub spec_hash: String,
     /// Pod creation time.
     pub created: Timestamp,
-    /// What the cluster took it for by its bind Lease (Shared or Retiring) when its label does
-    /// not say so yet: the change the Lease began is carried through.
+    /// What the cluster took it for in its bind ledger (Shared or Retiring) when its label does
+    /// not say so yet: the change the entry began is carried through.
     pub taken_for: Option<ServerState>,
 }
 

@@ -1,0 +1,258 @@
+//! The fence: takes servers for claims or for the cluster by writing the cluster's bind ledger
+//! (see `builders/bind_ledger.rs`). Each cluster's ledger is written by one turn at a time in
+//! this process, and every write is conditional on the resourceVersion it was decided on, so
+//! no server is ever taken twice, here or by another leader; a conflict re-reads the ledger
+//! and decides again. One write takes the servers of a whole burst.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::builders::bind_ledger::{
+    BindHolder, Entry, Verdict, is_ledger_of, ledger, ledger_name, verdict,
+};
+use crate::builders::labels::FIELD_MANAGER;
+use crate::error::Error;
+use crate::store_index::Indexed;
+
+/// Writes a take makes while other writers keep changing the ledger under it.
+const ATTEMPTS: usize = 4;
+
+/// What trying to take a server came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// The holder has the server: its entry was written now, or by an earlier try.
+    Won,
+    /// The ledger hands the server to someone else.
+    Lost,
+}
+
+/// The cluster whose ledger a turn writes, and where to write and read it.
+#[derive(Clone, Copy)]
+pub struct LedgerOf<'a> {
+    /// The API client.
+    pub client: &'a Client,
+    /// The ledgers the watch has seen.
+    pub stored: &'a Indexed<ConfigMap>,
+    /// The cluster's namespace.
+    pub namespace: &'a str,
+    /// The cluster's name.
+    pub cluster: &'a str,
+    /// The cluster's uid (the ledger is the cluster's only when it controls it).
+    pub cluster_uid: &'a str,
+}
+
+/// A server asked for, and for whom.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    /// The server pod as the store shows it.
+    pub pod: &'a Pod,
+    /// Who is to hold it.
+    pub holder: BindHolder<'a>,
+}
+
+/// Each cluster's turn at its ledger, holding the ledger as this process last wrote or read it.
+#[derive(Default)]
+pub struct Ledgers {
+    turns: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Option<ConfigMap>>>>>,
+    /// Clusters whose last take met a ConfigMap of the ledger's name that is not theirs.
+    squatted: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Ledgers {
+    /// Waits for cluster `key`'s turn at its ledger (writers of one cluster go one at a time;
+    /// whoever waited takes what is due by then in one write).
+    pub async fn turn(&self, key: &str) -> LedgerTurn {
+        let turn = lock(&self.turns)
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        LedgerTurn {
+            last: turn.lock_owned().await,
+            key: key.to_string(),
+            squatted: self.squatted.clone(),
+        }
+    }
+
+    /// Whether cluster `key`'s last take met a ConfigMap of its ledger's name that it does not
+    /// own.
+    pub fn squatted(&self, key: &str) -> bool {
+        lock(&self.squatted).contains(key)
+    }
+
+    /// Forgets a deleted cluster.
+    pub fn forget_cluster(&self, key: &str) {
+        lock(&self.turns).remove(key);
+        lock(&self.squatted).remove(key);
+    }
+}
+
+/// A lock whose holder cannot leave its data half-changed (a poisoned lock is taken as is).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One cluster's turn at its ledger.
+pub struct LedgerTurn {
+    last: OwnedMutexGuard<Option<ConfigMap>>,
+    key: String,
+    squatted: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl LedgerTurn {
+    /// Takes every asked server for its holder, in one write; says for each ask, in order,
+    /// whether it was won. A ledger of that name the cluster does not own takes nothing and is
+    /// an error ([`Error::NotOwned`]).
+    pub async fn take(&mut self, of: LedgerOf<'_>, asks: &[Ask<'_>]) -> Result<Vec<Take>, Error> {
+        let api: Api<ConfigMap> = Api::namespaced(of.client.clone(), of.namespace);
+        let name = ledger_name(of.cluster);
+        if self.last.is_none() {
+            *self.last = stored(of, &name);
+        }
+        for _ in 0..ATTEMPTS {
+            let current = self.last.as_ref();
+            if current.is_some_and(|l| !is_ledger_of(l, of.cluster_uid)) {
+                // Read again next time: the squatter may be gone (an old cluster's ledger
+                // waiting for garbage collection, or a ConfigMap someone removes).
+                *self.last = None;
+                lock(&self.squatted).insert(self.key.clone());
+                return Err(Error::NotOwned {
+                    kind: "ConfigMap",
+                    name,
+                });
+            }
+            lock(&self.squatted).remove(&self.key);
+            let (takes, entries) = decide(current, asks);
+            if entries.is_empty() {
+                return Ok(takes);
+            }
+            match write(&api, current, of, &name, entries).await {
+                Ok(written) => {
+                    *self.last = Some(written);
+                    return Ok(takes);
+                }
+                // Changed or made meanwhile: read it again and decide again.
+                Err(e) if e.api_code() == Some(409) => {
+                    *self.last = read(&api, &name).await?;
+                }
+                // Deleted meanwhile: made again on the next try.
+                Err(e) if e.api_code() == Some(404) => *self.last = None,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Contended(name))
+    }
+
+    /// Removes the entries of servers `gone` (pods that no longer exist), in one write.
+    pub async fn prune(&mut self, of: LedgerOf<'_>, gone: &[String]) -> Result<(), Error> {
+        let api: Api<ConfigMap> = Api::namespaced(of.client.clone(), of.namespace);
+        let name = ledger_name(of.cluster);
+        if self.last.is_none() {
+            *self.last = stored(of, &name);
+        }
+        let Some(current) = self.last.as_ref() else {
+            return Ok(());
+        };
+        let data: serde_json::Map<String, serde_json::Value> = gone
+            .iter()
+            .filter(|server| {
+                current
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(*server))
+            })
+            .map(|server| (server.clone(), serde_json::Value::Null))
+            .collect();
+        if data.is_empty() || !is_ledger_of(current, of.cluster_uid) {
+            return Ok(());
+        }
+        // An entry of a server that is gone holds nothing: no need to write it conditionally.
+        let patch = json!({"data": data});
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(written) => *self.last = Some(written),
+            Err(kube::Error::Api(s)) if s.code == 404 => *self.last = None,
+            Err(e) => return Err(Error::kube(format!("prune bind ledger {name}"), e)),
+        }
+        Ok(())
+    }
+}
+
+/// The ledger as the store shows it.
+fn stored(of: LedgerOf<'_>, name: &str) -> Option<ConfigMap> {
+    let key = ObjectRef::new(name).within(of.namespace);
+    of.stored.get(&key).map(|l| (*l).clone())
+}
+
+/// Reads the ledger from the apiserver.
+async fn read(api: &Api<ConfigMap>, name: &str) -> Result<Option<ConfigMap>, Error> {
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read bind ledger {name}"), e))
+}
+
+/// What `ledger` says to each ask, and the entries to write for those that are free (an ask
+/// for a server already asked for earlier in the same batch loses).
+fn decide(ledger: Option<&ConfigMap>, asks: &[Ask<'_>]) -> (Vec<Take>, BTreeMap<String, String>) {
+    let mut entries = BTreeMap::new();
+    let takes = asks
+        .iter()
+        .map(|ask| {
+            let name = ask.pod.name_any();
+            match verdict(ledger, ask.pod, ask.holder) {
+                Verdict::Held => Take::Won,
+                Verdict::Taken => Take::Lost,
+                Verdict::Free if entries.contains_key(&name) => Take::Lost,
+                Verdict::Free => match Entry::new(ask.pod, ask.holder) {
+                    Some(entry) => {
+                        entries.insert(name, entry.encode());
+                        Take::Won
+                    }
+                    None => Take::Lost,
+                },
+            }
+        })
+        .collect();
+    (takes, entries)
+}
+
+/// Writes `entries` into the ledger as last seen (`current`): a patch conditional on its
+/// resourceVersion, or a create when there is none yet.
+async fn write(
+    api: &Api<ConfigMap>,
+    current: Option<&ConfigMap>,
+    of: LedgerOf<'_>,
+    name: &str,
+    entries: BTreeMap<String, String>,
+) -> Result<ConfigMap, Error> {
+    let action = || format!("write bind ledger {name}");
+    match current {
+        None => {
+            let new = ledger(of.cluster, of.cluster_uid, of.namespace, entries);
+            let params = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            };
+            api.create(&params, &new).await
+        }
+        Some(current) => {
+            let patch = json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "data": entries,
+            });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    }
+    .map_err(|e| Error::kube(action(), e))
+}
