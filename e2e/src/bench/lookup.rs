@@ -3,7 +3,7 @@
 //! through the operator's per-cluster index (`src/store_index.rs`) and, for comparison, by a
 //! scan of the whole store filtered by namespace and cluster label (how every reconcile and
 //! every bind read before the index). Each cluster reconcile reads its pods, claims, Services
-//! and slices this way, and each claim's bind its pods and bind Leases. Also reported: the
+//! and slices this way, and each claim's bind its pods and its cluster's bind ledger. Also reported: the
 //! memory the index adds beside kube's store, as the allocator counts it.
 
 use std::time::Instant;

@@ -309,7 +309,7 @@ async fn change_servers(
 /// Deletes a server pod as it was read (its Service, slice and ledger entry follow by pruning,
 /// its token Secret and executors by garbage collection); releases its probe session first.
 /// Says whether it deleted the pod.
-pub async fn remove_server(ctx: &Context, pod: &Pod) -> Result<bool, Error> {
+async fn remove_server(ctx: &Context, pod: &Pod) -> Result<bool, Error> {
     let (name, Some(namespace)) = (pod.name_any(), pod.namespace()) else {
         return Ok(false);
     };
@@ -385,7 +385,12 @@ async fn take_all(
         Vec::new().into_iter()
     } else {
         let mut turn = ctx.ledgers.turn(&super::observe::key(valid)).await;
-        turn.take(ledger_of(valid, ctx), &asks).await?.into_iter()
+        match turn.take(ledger_of(valid, ctx), &asks).await {
+            Ok(takes) => takes.into_iter(),
+            // A squatted ledger name takes nothing; `tend_ledger` reports it.
+            Err(Error::NotOwned { .. }) => Vec::new().into_iter(),
+            Err(e) => return Err(e),
+        }
     };
     Ok(pods
         .iter()
@@ -940,6 +945,73 @@ mod tests {
                 "DELETE /api/v1/namespaces/data/pods/analytics-free1".to_string(),
             ],
             "the server another leader handed out is not deleted"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_squatted_ledger_name_removes_nothing_and_is_left_to_the_report() {
+        use crate::builders::bind_ledger::{ledger, ledger_name};
+        let mut c = cluster();
+        c.spec.shared = 0;
+        let valid = validate(&c).unwrap();
+        let name = "analytics-free1";
+        let held = Held {
+            pods: vec![idle_server(&valid, name)],
+            ..Held::default()
+        };
+        let mut squatter = ledger(valid.name, valid.uid, valid.namespace, BTreeMap::new());
+        squatter.metadata.owner_references = None;
+        let (ctx, mut handle) = context_over(held, "data");
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let (method, path) = (request.method().clone(), request.uri().path().to_string());
+                seen.push(format!("{method} {path}"));
+                let (status, body) = match method.as_str() {
+                    "POST" => (
+                        409,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "AlreadyExists", "code": 409}),
+                    ),
+                    _ => (200, serde_json::to_value(&squatter).unwrap()),
+                };
+                let body = Body::from(serde_json::to_vec(&body).unwrap());
+                send.send_response(Response::builder().status(status).body(body).unwrap());
+            }
+            seen
+        });
+        let observed = observe(&valid, &ctx, &ClusterToken::NotUsed);
+        let plan = PoolPlan {
+            remove: BTreeMap::from([(
+                name.to_string(),
+                crate::controller::pool::plan::RemoveReason::ScaledDown,
+            )]),
+            ..PoolPlan::default()
+        };
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), valid.namespace);
+        change_servers(&valid, &ctx, &observed, &pods, &plan)
+            .await
+            .expect("not an error: the report says it");
+        let mut problems = Problems::default();
+        tend_ledger(&valid, &ctx, &observed, &mut problems)
+            .await
+            .unwrap();
+        assert_eq!(problems.list()[0].reason, "NameConflict");
+        assert!(
+            problems.list()[0]
+                .message
+                .contains(&ledger_name(valid.name)),
+            "{:?}",
+            problems.list()
+        );
+        drop((ctx, pods));
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), apiserver)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !seen.iter().any(|s| s.starts_with("DELETE")),
+            "nothing removed: {seen:?}"
         );
     }
 }
