@@ -21,10 +21,10 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{controlled_by, status_patch};
 use super::claim_status::{bound_status, finish_claim};
-use super::context::{Context, cluster_key};
+use super::context::Context;
 use super::ledger::{Ask, LedgerOf, LedgerTurn, Take};
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
-use crate::builders::bind_ledger::{BindHolder, entry_of, ledger_name};
+use crate::builders::bind_ledger::{BindHolder, entry_of};
 use crate::builders::labels::{
     ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
     server_token_secret_name,
@@ -86,7 +86,7 @@ pub async fn serve(ctx: &Context, key: &str) {
             return;
         }
         let _under_way = ctx.binds.begin();
-        let taken = take_servers(ctx, &terms, &mut turn, &assignments).await;
+        let taken = take_servers(ctx, key, &terms, &mut turn, &assignments).await;
         drop(turn);
         let results: Vec<(Assignment, Outcome)> =
             futures::stream::iter(assignments.into_iter().zip(taken))
@@ -205,8 +205,7 @@ fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<Str
     let book = ctx.prober.book();
     let ledger = ctx
         .stores
-        .ledgers
-        .get(&ObjectRef::new(&ledger_name(&terms.cluster)).within(&terms.namespace));
+        .ledger_of(&terms.namespace, &terms.cluster, &terms.cluster_uid);
     let held = |pod: &Pod| ledger.as_deref().and_then(|l| entry_of(l, pod)).is_some();
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
@@ -281,10 +280,11 @@ fn find(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Result<Found, Outco
     Ok(Found { claim, pod })
 }
 
-/// Takes the servers of `assignments` for their claims in one ledger write. A server already
+/// Takes the servers of `assignments` for their claims (of cluster `key`) in one ledger write. A server already
 /// held by someone else puts its claim back at the head of the line.
 async fn take_servers(
     ctx: &Context,
+    key: &str,
     terms: &PoolTerms,
     turn: &mut LedgerTurn,
     assignments: &[Assignment],
@@ -313,9 +313,7 @@ async fn take_servers(
         cluster_uid: &terms.cluster_uid,
     };
     let started = Instant::now();
-    let squatted_before = ctx
-        .ledgers
-        .squatted(&cluster_key(&terms.namespace, &terms.cluster));
+    let squatted_before = ctx.ledgers.squatted(key);
     let written = turn.take(of, &asks).await;
     tracing::debug!(cluster = %terms.cluster, servers = asks.len(), took = ?started.elapsed(), "bind ledger written");
     match written {

@@ -20,7 +20,7 @@ use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::{Cap, Refused};
-use crate::builders::bind_ledger::{BindHolder, Entry, entries, is_ledger_of, ledger_name};
+use crate::builders::bind_ledger::{BindHolder, Entry, entries};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
 };
@@ -272,12 +272,7 @@ fn ledger_holds(
     cluster: &str,
     cluster_uid: &str,
 ) -> Vec<(Arc<Pod>, Entry)> {
-    let ledger = ctx
-        .stores
-        .ledgers
-        .get(&ObjectRef::new(&ledger_name(cluster)).within(ns))
-        .filter(|l| is_ledger_of(l, cluster_uid));
-    let Some(ledger) = ledger else {
+    let Some(ledger) = ctx.stores.ledger_of(ns, cluster, cluster_uid) else {
         return Vec::new();
     };
     entries(&ledger)

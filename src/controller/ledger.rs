@@ -112,11 +112,7 @@ impl LedgerTurn {
     /// whether it was won. A ledger of that name the cluster does not own takes nothing and is
     /// an error ([`Error::NotOwned`]).
     pub async fn take(&mut self, of: LedgerOf<'_>, asks: &[Ask<'_>]) -> Result<Vec<Take>, Error> {
-        let api: Api<ConfigMap> = Api::namespaced(of.client.clone(), of.namespace);
-        let name = ledger_name(of.cluster);
-        if self.last.is_none() {
-            *self.last = stored(of, &name);
-        }
+        let (api, name) = self.current(of);
         for _ in 0..ATTEMPTS {
             let current = self.last.as_ref();
             if current.is_some_and(|l| !is_ledger_of(l, of.cluster_uid)) {
@@ -151,13 +147,19 @@ impl LedgerTurn {
         Err(Error::Contended(name))
     }
 
-    /// Removes the entries of servers `gone` (pods that no longer exist), in one write.
-    pub async fn prune(&mut self, of: LedgerOf<'_>, gone: &[String]) -> Result<(), Error> {
-        let api: Api<ConfigMap> = Api::namespaced(of.client.clone(), of.namespace);
+    /// The ledger's API and name, with the ledger as last written or read, or else as the store
+    /// shows it.
+    fn current(&mut self, of: LedgerOf<'_>) -> (Api<ConfigMap>, String) {
         let name = ledger_name(of.cluster);
         if self.last.is_none() {
             *self.last = stored(of, &name);
         }
+        (Api::namespaced(of.client.clone(), of.namespace), name)
+    }
+
+    /// Removes the entries of servers `gone` (pods that no longer exist), in one write.
+    pub async fn prune(&mut self, of: LedgerOf<'_>, gone: &[String]) -> Result<(), Error> {
+        let (api, name) = self.current(of);
         let Some(current) = self.last.as_ref() else {
             return Ok(());
         };

@@ -14,11 +14,12 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
+use crate::builders::bind_ledger::{is_ledger_of, ledger_name};
 use crate::builders::labels::{CLUSTER_LABEL, FIELD_MANAGER};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 use crate::store_index::{ClusterOf, Indexed, claimed, indexed, labelled};
@@ -240,6 +241,19 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
 }
 
 impl Stores {
+    /// Cluster `cluster`'s (uid `cluster_uid`) own bind ledger, if the store shows one: a
+    /// ConfigMap of the ledger's name that the cluster does not control is not it.
+    pub fn ledger_of(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        cluster_uid: &str,
+    ) -> Option<Arc<ConfigMap>> {
+        self.ledgers
+            .get(&ObjectRef::new(&ledger_name(cluster)).within(namespace))
+            .filter(|l| is_ledger_of(l, cluster_uid))
+    }
+
     /// The kinds whose watch has not delivered its first full list yet.
     pub fn unsynced_watches(&self) -> Vec<&'static str> {
         self.health

@@ -700,6 +700,13 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::client::Body;
 
+    /// The fixture cluster without a shared Service (every server is a pool server).
+    fn unshared_cluster() -> crate::crd::SparkConnectCluster {
+        let mut c = cluster();
+        c.spec.shared = 0;
+        c
+    }
+
     /// An idle server as the apiserver would hold it, built by the operator's own builders.
     fn idle_server(valid: &ValidCluster, name: &str) -> Pod {
         let mut pod = server_pod(
@@ -736,8 +743,7 @@ mod tests {
 
     #[tokio::test]
     async fn steady_state_makes_no_writes() {
-        let mut c = cluster();
-        c.spec.shared = 0;
+        let c = unshared_cluster();
         let valid = validate(&c).unwrap();
         let name = "analytics-bcdfg";
         let pod = idle_server(&valid, name);
@@ -819,8 +825,7 @@ mod tests {
     #[tokio::test]
     async fn a_scale_down_takes_each_server_first_and_leaves_one_another_leader_handed_out() {
         use crate::builders::bind_ledger::{Entry, ledger, ledger_name};
-        let mut c = cluster();
-        c.spec.shared = 0;
+        let c = unshared_cluster();
         let valid = validate(&c).unwrap();
         let (free, taken) = ("analytics-free1", "analytics-took1");
         let (free_pod, taken_pod) = (idle_server(&valid, free), idle_server(&valid, taken));
@@ -951,8 +956,7 @@ mod tests {
     #[tokio::test]
     async fn a_squatted_ledger_name_removes_nothing_and_is_left_to_the_report() {
         use crate::builders::bind_ledger::{ledger, ledger_name};
-        let mut c = cluster();
-        c.spec.shared = 0;
+        let c = unshared_cluster();
         let valid = validate(&c).unwrap();
         let name = "analytics-free1";
         let held = Held {

@@ -10,11 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
-use crate::builders::bind_ledger::{BindHolder, entries, is_ledger_of, ledger_name};
+use crate::builders::bind_ledger::{BindHolder, entries};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
     ServerRole, ServerState,
@@ -112,7 +111,7 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
     let warmup_on = valid.warmup.is_some();
-    let ledger = ledger_of(valid, &stores.ledgers);
+    let ledger = stores.ledger_of(valid.namespace, valid.name, valid.uid);
     let fenced = fenced(ledger.as_deref(), &servers, &all_servers);
     let views = servers
         .values()
@@ -241,13 +240,6 @@ struct Fenced {
     by_cluster: BTreeMap<String, ServerState>,
     /// Servers with an entry whose pod is gone.
     gone: Vec<String>,
-}
-
-/// The cluster's own bind ledger, if the store shows one.
-fn ledger_of(valid: &ValidCluster<'_>, ledgers: &Indexed<ConfigMap>) -> Option<Arc<ConfigMap>> {
-    ledgers
-        .get(&ObjectRef::new(&ledger_name(valid.name)).within(valid.namespace))
-        .filter(|l| is_ledger_of(l, valid.uid))
 }
 
 /// Reads the cluster's bind ledger for each of its servers (`all_servers`: the live and the
