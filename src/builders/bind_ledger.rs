@@ -171,6 +171,31 @@ pub fn entries(map: &ConfigMap) -> impl Iterator<Item = (&str, Entry)> {
     })
 }
 
+/// An entry whose server pod is gone: the server's name and the pod uid it was written for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleEntry {
+    /// The server's name (the entry's key).
+    pub server: String,
+    /// UID of the pod the entry was written for.
+    pub pod: String,
+}
+
+/// Of `stale`, the servers whose entry `map` still holds as it was found stale: an entry
+/// written since for a later pod of the same name hands that pod out and stays.
+pub fn still_stale<'a>(map: &ConfigMap, stale: &'a [StaleEntry]) -> Vec<&'a str> {
+    stale
+        .iter()
+        .filter(|gone| {
+            map.data
+                .as_ref()
+                .and_then(|d| d.get(&gone.server))
+                .and_then(|value| serde_json::from_str::<Entry>(value).ok())
+                .is_some_and(|entry| entry.pod == gone.pod)
+        })
+        .map(|gone| gone.server.as_str())
+        .collect()
+}
+
 /// The entry of server `pod` in a ledger, if it was written for this very pod.
 pub fn entry_of(map: &ConfigMap, pod: &Pod) -> Option<Entry> {
     let (name, uid) = (pod.metadata.name.as_deref()?, pod.metadata.uid.as_deref()?);
@@ -342,5 +367,30 @@ mod tests {
             Verdict::Free,
             "an entry of an earlier pod of the name holds nothing"
         );
+    }
+
+    #[test]
+    fn a_stale_entry_rewritten_for_a_later_pod_of_its_name_is_no_longer_stale() {
+        let (gone, later) = (pod("s-1", "uid-1"), pod("s-1", "uid-2"));
+        let other = pod("s-2", "uid-3");
+        let stale = [
+            StaleEntry {
+                server: "s-1".into(),
+                pod: "uid-1".into(),
+            },
+            StaleEntry {
+                server: "s-2".into(),
+                pod: "uid-3".into(),
+            },
+            StaleEntry {
+                server: "s-3".into(),
+                pod: "uid-4".into(),
+            },
+        ];
+        let found = ledger_with(&[(&gone, CLAIM_1), (&other, BindHolder::Shared)]);
+        assert_eq!(still_stale(&found, &stale), vec!["s-1", "s-2"]);
+        // The server's name was taken again, for a later pod, after the entries were read.
+        let rewritten = ledger_with(&[(&later, CLAIM_1), (&other, BindHolder::Shared)]);
+        assert_eq!(still_stale(&rewritten, &stale), vec!["s-2"]);
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::builders::bind_ledger::{
-    BindHolder, Entry, Verdict, is_ledger_of, ledger, ledger_name, verdict,
+    BindHolder, Entry, StaleEntry, Verdict, is_ledger_of, ledger, ledger_name, still_stale, verdict,
 };
 use crate::builders::labels::FIELD_MANAGER;
 use crate::error::Error;
@@ -157,26 +157,25 @@ impl LedgerTurn {
         (Api::namespaced(of.client.clone(), of.namespace), name)
     }
 
-    /// Removes the entries of servers `gone` (pods that no longer exist), in one write.
-    pub async fn prune(&mut self, of: LedgerOf<'_>, gone: &[String]) -> Result<(), Error> {
+    /// Removes the entries found `stale` (their pods no longer exist), in one write; an entry
+    /// written since for a later pod of the same name stays.
+    pub async fn prune(&mut self, of: LedgerOf<'_>, stale: &[StaleEntry]) -> Result<(), Error> {
         let (api, name) = self.current(of);
         let Some(current) = self.last.as_ref() else {
             return Ok(());
         };
-        let data: serde_json::Map<String, serde_json::Value> = gone
-            .iter()
-            .filter(|server| {
-                current
-                    .data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(*server))
-            })
-            .map(|server| (server.clone(), serde_json::Value::Null))
-            .collect();
-        if data.is_empty() || !is_ledger_of(current, of.cluster_uid) {
+        if !is_ledger_of(current, of.cluster_uid) {
             return Ok(());
         }
-        // An entry of a server that is gone holds nothing: no need to write it conditionally.
+        let data: serde_json::Map<String, serde_json::Value> = still_stale(current, stale)
+            .into_iter()
+            .map(|server| (server.to_string(), serde_json::Value::Null))
+            .collect();
+        if data.is_empty() {
+            return Ok(());
+        }
+        // An entry of a pod that is gone holds nothing, and this turn wrote every entry since
+        // `current`: no need to write it conditionally.
         let patch = json!({"data": data});
         match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -257,4 +256,131 @@ async fn write(
         }
     }
     .map_err(|e| Error::kube(action(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::stores::Held;
+    use crate::test_support::context_over;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::sync::Mutex as StdMutex;
+
+    fn server(name: &str, uid: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                ..ObjectMeta::default()
+            },
+            ..Pod::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_prune_leaves_an_entry_taken_since_for_a_later_pod_of_the_same_name() {
+        let (earlier, later, gone) = (
+            server("s-1", "uid-1"),
+            server("s-1", "uid-2"),
+            server("s-2", "uid-9"),
+        );
+        let data = [
+            (&earlier, BindHolder::Shared),
+            (&gone, BindHolder::Retiring),
+        ]
+        .iter()
+        .map(|(p, h)| (p.name_any(), Entry::new(p, *h).unwrap().encode()))
+        .collect();
+        let mut found = ledger("c", "cluster-uid", "ns", data);
+        found.metadata.resource_version = Some("5".into());
+        let (ctx, mut handle) = context_over(
+            Held {
+                ledgers: vec![found.clone()],
+                ..Held::default()
+            },
+            "ns",
+        );
+        // An apiserver merging each patch into the ledger, recording "METHOD server=value".
+        let seen = Arc::new(StdMutex::new(Vec::<String>::new()));
+        let record = seen.clone();
+        let apiserver = tokio::spawn(async move {
+            let mut stored = found;
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let body = http_body_util::BodyExt::collect(request.into_body())
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let data = stored.data.get_or_insert_default();
+                for (server, value) in body["data"].as_object().into_iter().flatten() {
+                    let change = match value.as_str() {
+                        Some(entry) => {
+                            data.insert(server.clone(), entry.to_string());
+                            "entry"
+                        }
+                        None => {
+                            data.remove(server);
+                            "null"
+                        }
+                    };
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(format!("{method} {server}={change}"));
+                }
+                let reply = serde_json::to_vec(&stored).unwrap();
+                send.send_response(
+                    http::Response::builder()
+                        .body(kube::client::Body::from(reply))
+                        .unwrap(),
+                );
+            }
+        });
+        let of = LedgerOf {
+            client: &ctx.client,
+            stored: &ctx.stores.ledgers,
+            namespace: "ns",
+            cluster: "c",
+            cluster_uid: "cluster-uid",
+        };
+        // Both entries were found stale (their pods gone) before this turn took `s-1` again,
+        // for a later pod of the name.
+        let stale = [
+            StaleEntry {
+                server: "s-1".into(),
+                pod: "uid-1".into(),
+            },
+            StaleEntry {
+                server: "s-2".into(),
+                pod: "uid-9".into(),
+            },
+        ];
+        let ledgers = Ledgers::default();
+        let mut turn = ledgers.turn("ns/c").await;
+        let holder = BindHolder::Claim {
+            name: "claim-1",
+            uid: "cu1",
+        };
+        let took = turn
+            .take(
+                of,
+                &[Ask {
+                    pod: &later,
+                    holder,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(took, vec![Take::Won]);
+        turn.prune(of, &stale).await.unwrap();
+        // Every request was answered before its call returned.
+        apiserver.abort();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["PATCH s-1=entry", "PATCH s-2=null"],
+            "the later pod's entry stays"
+        );
+    }
 }

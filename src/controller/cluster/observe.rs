@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
-use crate::builders::bind_ledger::{BindHolder, entries};
+use crate::builders::bind_ledger::{BindHolder, StaleEntry, entries};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
     ServerRole, ServerState,
@@ -51,8 +51,8 @@ pub struct Observed {
     pub handed_out: BTreeMap<String, String>,
     /// Servers the bind ledger hands to a claim whose pod is not stamped with it yet.
     pub unstamped: BTreeMap<String, Taken>,
-    /// Servers whose ledger entry outlived their pod.
-    pub gone_from_ledger: Vec<String>,
+    /// Ledger entries that outlived their pod.
+    pub gone_from_ledger: Vec<StaleEntry>,
     /// The cluster's Services, by name.
     pub services: BTreeMap<String, Arc<Service>>,
     /// The cluster's EndpointSlices, by name.
@@ -238,8 +238,8 @@ struct Fenced {
     /// Servers the cluster took for itself, with what for (Shared or Retiring), while their
     /// pod's label does not say so.
     by_cluster: BTreeMap<String, ServerState>,
-    /// Servers with an entry whose pod is gone.
-    gone: Vec<String>,
+    /// Entries whose pod is gone.
+    gone: Vec<StaleEntry>,
 }
 
 /// Reads the cluster's bind ledger for each of its servers (`all_servers`: the live and the
@@ -260,7 +260,10 @@ fn fenced(
             // Terminating servers keep their entry until they are gone.
             let leaving = pod.is_none() && all_servers.iter().any(|s| s == name);
             if !leaving {
-                fenced.gone.push(name.to_string());
+                fenced.gone.push(StaleEntry {
+                    server: name.to_string(),
+                    pod: entry.pod.clone(),
+                });
             }
             continue;
         }
@@ -484,16 +487,16 @@ mod tests {
         let seen = fenced(Some(&ledger), &none, &["s-1".to_string()]);
         assert!(seen.gone.is_empty(), "terminating: {seen:?}");
         let seen = fenced(Some(&ledger), &none, &[]);
-        assert_eq!(seen.gone, vec!["s-1".to_string()]);
+        let stale = vec![StaleEntry {
+            server: "s-1".into(),
+            pod: "uid-1".into(),
+        }];
+        assert_eq!(seen.gone, stale);
         let mut later = pod;
         later.metadata.uid = Some("uid-2".into());
         let replaced = BTreeMap::from([("s-1".to_string(), Arc::new(later))]);
         let seen = fenced(Some(&ledger), &replaced, &["s-1".to_string()]);
-        assert_eq!(
-            seen.gone,
-            vec!["s-1".to_string()],
-            "a later pod of the name"
-        );
+        assert_eq!(seen.gone, stale, "a later pod of the name");
     }
 
     #[test]
