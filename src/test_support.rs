@@ -116,3 +116,16 @@ pub fn respond_json(
             .expect("a response"),
     );
 }
+
+/// A pod with just a namespace, a name and a uid.
+pub fn pod_of(namespace: &str, name: &str, uid: &str) -> k8s_openapi::api::core::v1::Pod {
+    k8s_openapi::api::core::v1::Pod {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}

@@ -180,6 +180,16 @@ pub struct StaleEntry {
     pub pod: String,
 }
 
+impl StaleEntry {
+    /// The entry of server `server` written for pod `pod` (a uid).
+    pub fn new(server: &str, pod: &str) -> Self {
+        Self {
+            server: server.into(),
+            pod: pod.into(),
+        }
+    }
+}
+
 /// Of `stale`, the servers whose entry `map` still holds as it was found stale: an entry
 /// written since for a later pod of the same name hands that pod out and stays.
 pub fn still_stale<'a>(map: &ConfigMap, stale: &'a [StaleEntry]) -> Vec<&'a str> {
@@ -235,15 +245,7 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, uid: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("team".into()),
-                uid: Some(uid.into()),
-                ..ObjectMeta::default()
-            },
-            ..Pod::default()
-        }
+        crate::test_support::pod_of("team", name, uid)
     }
 
     const CLAIM_1: BindHolder<'static> = BindHolder::Claim {
@@ -374,18 +376,9 @@ mod tests {
         let (gone, later) = (pod("s-1", "uid-1"), pod("s-1", "uid-2"));
         let other = pod("s-2", "uid-3");
         let stale = [
-            StaleEntry {
-                server: "s-1".into(),
-                pod: "uid-1".into(),
-            },
-            StaleEntry {
-                server: "s-2".into(),
-                pod: "uid-3".into(),
-            },
-            StaleEntry {
-                server: "s-3".into(),
-                pod: "uid-4".into(),
-            },
+            StaleEntry::new("s-1", "uid-1"),
+            StaleEntry::new("s-2", "uid-3"),
+            StaleEntry::new("s-3", "uid-4"),
         ];
         let found = ledger_with(&[(&gone, CLAIM_1), (&other, BindHolder::Shared)]);
         assert_eq!(still_stale(&found, &stale), vec!["s-1", "s-2"]);

@@ -263,19 +263,10 @@ mod tests {
     use super::*;
     use crate::controller::stores::Held;
     use crate::test_support::context_over;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::sync::Mutex as StdMutex;
 
     fn server(name: &str, uid: &str) -> Pod {
-        Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                uid: Some(uid.into()),
-                ..ObjectMeta::default()
-            },
-            ..Pod::default()
-        }
+        crate::test_support::pod_of("ns", name, uid)
     }
 
     #[tokio::test]
@@ -348,14 +339,8 @@ mod tests {
         // Both entries were found stale (their pods gone) before this turn took `s-1` again,
         // for a later pod of the name.
         let stale = [
-            StaleEntry {
-                server: "s-1".into(),
-                pod: "uid-1".into(),
-            },
-            StaleEntry {
-                server: "s-2".into(),
-                pod: "uid-9".into(),
-            },
+            StaleEntry::new("s-1", "uid-1"),
+            StaleEntry::new("s-2", "uid-9"),
         ];
         let ledgers = Ledgers::default();
         let mut turn = ledgers.turn("ns/c").await;

@@ -260,10 +260,7 @@ fn fenced(
             // Terminating servers keep their entry until they are gone.
             let leaving = pod.is_none() && all_servers.iter().any(|s| s == name);
             if !leaving {
-                fenced.gone.push(StaleEntry {
-                    server: name.to_string(),
-                    pod: entry.pod.clone(),
-                });
+                fenced.gone.push(StaleEntry::new(name, &entry.pod));
             }
             continue;
         }
@@ -487,10 +484,7 @@ mod tests {
         let seen = fenced(Some(&ledger), &none, &["s-1".to_string()]);
         assert!(seen.gone.is_empty(), "terminating: {seen:?}");
         let seen = fenced(Some(&ledger), &none, &[]);
-        let stale = vec![StaleEntry {
-            server: "s-1".into(),
-            pod: "uid-1".into(),
-        }];
+        let stale = vec![StaleEntry::new("s-1", "uid-1")];
         assert_eq!(seen.gone, stale);
         let mut later = pod;
         later.metadata.uid = Some("uid-2".into());
