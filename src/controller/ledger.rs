@@ -174,8 +174,9 @@ impl LedgerTurn {
         if data.is_empty() {
             return Ok(());
         }
-        // An entry of a pod that is gone holds nothing, and this turn wrote every entry since
-        // `current`: no need to write it conditionally.
+        // An entry of a pod that is gone holds nothing, and this process writes the ledger
+        // only in turns, each keeping what it wrote in `current`: an entry still naming the
+        // gone pod there is stale, so the write needs no condition.
         let patch = json!({"data": data});
         match api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
