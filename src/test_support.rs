@@ -108,8 +108,18 @@ pub fn respond_json(
     send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
     body: &serde_json::Value,
 ) {
+    respond_status(send, 200, body);
+}
+
+/// Answers a request of the mock apiserver with `status` and `body`.
+pub fn respond_status(
+    send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>,
+    status: u16,
+    body: &serde_json::Value,
+) {
     send.send_response(
         http::Response::builder()
+            .status(status)
             .body(kube::client::Body::from(
                 serde_json::to_vec(body).expect("JSON"),
             ))

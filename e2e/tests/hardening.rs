@@ -759,6 +759,28 @@ async fn pods_copying_pool_labels_are_refused_or_ignored_never_probed_exposed_or
         Some(&labelled.to_string()),
     );
     assert!(!out.status.success(), "a tenant cannot make a bind ledger");
+    // Nor free the servers it holds by deleting it.
+    let out = world.kubectl(
+        &[
+            "--as",
+            &tenant,
+            "delete",
+            "-n",
+            &ns.name,
+            "configmap",
+            "pool-binds",
+        ],
+        None,
+    );
+    assert!(
+        !out.status.success(),
+        "a tenant cannot delete a bind ledger"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("written by the spark-connect-operator only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // An admin (allowed to manage servers) can make such a pod; the operator ignores it
     // because it does not own it.

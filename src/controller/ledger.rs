@@ -2,7 +2,9 @@
 //! (see `builders/bind_ledger.rs`). Each cluster's ledger is written by one turn at a time in
 //! this process, and every write is conditional on the resourceVersion it was decided on, so
 //! no server is ever taken twice, here or by another leader; a conflict re-reads the ledger
-//! and decides again. One write takes the servers of a whole burst.
+//! and decides again. One write takes the servers of a whole burst. A ledger deleted under
+//! this process (only the garbage collector, the namespace controller and server managers may)
+//! is made again from its last copy, so the servers it held stay held.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -127,7 +129,7 @@ impl LedgerTurn {
             }
             lock(&self.squatted).remove(&self.key);
             let (takes, entries) = decide(current, asks);
-            if entries.is_empty() {
+            if entries.is_empty() && !current.is_some_and(is_lost) {
                 return Ok(takes);
             }
             match write(&api, current, of, &name, entries).await {
@@ -139,8 +141,8 @@ impl LedgerTurn {
                 Err(e) if e.api_code() == Some(409) => {
                     *self.last = read(&api, &name).await?;
                 }
-                // Deleted meanwhile: made again on the next try.
-                Err(e) if e.api_code() == Some(404) => *self.last = None,
+                // Deleted meanwhile: made again on the next try, with the entries it held.
+                Err(e) if e.api_code() == Some(404) => *self.last = self.last.take().map(lost),
                 Err(e) => return Err(e),
             }
         }
@@ -183,7 +185,7 @@ impl LedgerTurn {
             .await
         {
             Ok(written) => *self.last = Some(written),
-            Err(kube::Error::Api(s)) if s.code == 404 => *self.last = None,
+            Err(kube::Error::Api(s)) if s.code == 404 => *self.last = self.last.take().map(lost),
             Err(e) => return Err(Error::kube(format!("prune bind ledger {name}"), e)),
         }
         Ok(())
@@ -194,6 +196,20 @@ impl LedgerTurn {
 fn stored(of: LedgerOf<'_>, name: &str) -> Option<ConfigMap> {
     let key = ObjectRef::new(name).within(of.namespace);
     of.stored.get(&key).map(|l| (*l).clone())
+}
+
+/// The ledger as this process last saw it, after someone deleted it: its entries still hold
+/// their servers, so the next take decides on them and makes the ledger again with them.
+fn lost(mut ledger: ConfigMap) -> ConfigMap {
+    ledger.metadata.resource_version = None;
+    ledger.metadata.uid = None;
+    ledger
+}
+
+/// Whether `ledger` is one that was deleted under this process ([`lost`]); a copy from the
+/// apiserver always has a resourceVersion.
+fn is_lost(ledger: &ConfigMap) -> bool {
+    ledger.metadata.resource_version.is_none()
 }
 
 /// Reads the ledger from the apiserver.
@@ -229,7 +245,8 @@ fn decide(ledger: Option<&ConfigMap>, asks: &[Ask<'_>]) -> (Vec<Take>, BTreeMap<
 }
 
 /// Writes `entries` into the ledger as last seen (`current`): a patch conditional on its
-/// resourceVersion, or a create when there is none yet.
+/// resourceVersion, or a create when there is none yet, or none any more (then with the
+/// entries the lost ledger held).
 async fn write(
     api: &Api<ConfigMap>,
     current: Option<&ConfigMap>,
@@ -239,13 +256,11 @@ async fn write(
 ) -> Result<ConfigMap, Error> {
     let action = || format!("write bind ledger {name}");
     match current {
-        None => {
-            let new = ledger(of.cluster, of.cluster_uid, of.namespace, entries);
-            let params = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            };
-            api.create(&params, &new).await
+        None => create(api, of, entries).await,
+        Some(deleted) if is_lost(deleted) => {
+            let mut held = deleted.data.clone().unwrap_or_default();
+            held.extend(entries);
+            create(api, of, held).await
         }
         Some(current) => {
             let patch = json!({
@@ -259,15 +274,41 @@ async fn write(
     .map_err(|e| Error::kube(action(), e))
 }
 
+/// Makes the cluster's ledger with `entries`.
+async fn create(
+    api: &Api<ConfigMap>,
+    of: LedgerOf<'_>,
+    entries: BTreeMap<String, String>,
+) -> Result<ConfigMap, kube::Error> {
+    let new = ledger(of.cluster, of.cluster_uid, of.namespace, entries);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    api.create(&params, &new).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::Context;
     use crate::controller::stores::Held;
-    use crate::test_support::context_over;
+    use crate::test_support::{context_over, request_json, respond_json, respond_status};
     use std::sync::Mutex as StdMutex;
 
     fn server(name: &str, uid: &str) -> Pod {
         crate::test_support::pod_of("ns", name, uid)
+    }
+
+    /// The ledger of cluster `c` (uid `cluster-uid`) in namespace `ns`, through `ctx`.
+    fn ledger_of(ctx: &Context) -> LedgerOf<'_> {
+        LedgerOf {
+            client: &ctx.client,
+            stored: &ctx.stores.ledgers,
+            namespace: "ns",
+            cluster: "c",
+            cluster_uid: "cluster-uid",
+        }
     }
 
     #[tokio::test]
@@ -300,11 +341,7 @@ mod tests {
             let mut stored = found;
             while let Some((request, send)) = handle.next_request().await {
                 let method = request.method().to_string();
-                let body = http_body_util::BodyExt::collect(request.into_body())
-                    .await
-                    .unwrap()
-                    .to_bytes();
-                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let body: serde_json::Value = request_json(request).await;
                 let data = stored.data.get_or_insert_default();
                 for (server, value) in body["data"].as_object().into_iter().flatten() {
                     let change = match value.as_str() {
@@ -322,21 +359,10 @@ mod tests {
                         .unwrap()
                         .push(format!("{method} {server}={change}"));
                 }
-                let reply = serde_json::to_vec(&stored).unwrap();
-                send.send_response(
-                    http::Response::builder()
-                        .body(kube::client::Body::from(reply))
-                        .unwrap(),
-                );
+                respond_json(send, &serde_json::to_value(&stored).unwrap());
             }
         });
-        let of = LedgerOf {
-            client: &ctx.client,
-            stored: &ctx.stores.ledgers,
-            namespace: "ns",
-            cluster: "c",
-            cluster_uid: "cluster-uid",
-        };
+        let of = ledger_of(&ctx);
         // Both entries were found stale (their pods gone) before this turn took `s-1` again,
         // for a later pod of the name.
         let stale = [
@@ -367,6 +393,83 @@ mod tests {
             *seen.lock().unwrap(),
             vec!["PATCH s-1=entry", "PATCH s-2=null"],
             "the later pod's entry stays"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ledger_deleted_under_the_operator_is_made_again_with_the_servers_it_held() {
+        let (held, free) = (server("s-1", "uid-1"), server("s-2", "uid-2"));
+        let theirs = BindHolder::Claim {
+            name: "claim-a",
+            uid: "ua",
+        };
+        let data = BTreeMap::from([(
+            "s-1".to_string(),
+            Entry::new(&held, theirs).unwrap().encode(),
+        )]);
+        let mut found = ledger("c", "cluster-uid", "ns", data);
+        found.metadata.resource_version = Some("5".into());
+        let (ctx, mut handle) = context_over(
+            Held {
+                ledgers: vec![found],
+                ..Held::default()
+            },
+            "ns",
+        );
+        // An apiserver on which someone deleted the ledger: a patch finds nothing, a create
+        // makes it; it records "METHOD servers".
+        let apiserver = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let mut body: serde_json::Value = request_json(request).await;
+                let servers: Vec<String> = body["data"]
+                    .as_object()
+                    .map(|d| d.keys().cloned().collect())
+                    .unwrap_or_default();
+                seen.push(format!("{method} {}", servers.join(",")));
+                let (status, reply) = if method == "PATCH" {
+                    let gone = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                      "reason": "NotFound", "code": 404});
+                    (404, gone)
+                } else {
+                    body["metadata"]["resourceVersion"] = json!("9");
+                    (201, body)
+                };
+                respond_status(send, status, &reply);
+                if method == "POST" {
+                    return seen;
+                }
+            }
+            seen
+        });
+        let of = ledger_of(&ctx);
+        let ledgers = Ledgers::default();
+        let mut turn = ledgers.turn("ns/c").await;
+        let ours = BindHolder::Claim {
+            name: "claim-b",
+            uid: "ub",
+        };
+        let asks = [
+            Ask {
+                pod: &held,
+                holder: ours,
+            },
+            Ask {
+                pod: &free,
+                holder: ours,
+            },
+        ];
+        let took = turn.take(of, &asks).await.unwrap();
+        assert_eq!(
+            took,
+            vec![Take::Lost, Take::Won],
+            "the lost ledger's server stays held"
+        );
+        assert_eq!(
+            apiserver.await.unwrap(),
+            vec!["PATCH s-2", "POST s-1,s-2"],
+            "made again with the entry it held"
         );
     }
 }
