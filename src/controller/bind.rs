@@ -280,8 +280,8 @@ fn find(ctx: &Context, terms: &PoolTerms, a: &Assignment) -> Result<Found, Outco
     Ok(Found { claim, pod })
 }
 
-/// Takes the servers of `assignments` for their claims (of cluster `key`) in one ledger write. A server already
-/// held by someone else puts its claim back at the head of the line.
+/// Takes the servers of `assignments` for their claims (of cluster `key`) in one ledger write.
+/// A server already held by someone else puts its claim back at the head of the line.
 async fn take_servers(
     ctx: &Context,
     key: &str,
