@@ -139,3 +139,18 @@ pub fn pod_of(namespace: &str, name: &str, uid: &str) -> k8s_openapi::api::core:
         ..Default::default()
     }
 }
+
+/// Claim `claim` (uid `uid`, created at `created`) arriving at its cluster's line at `now`.
+pub fn arrival<'a>(
+    claim: &'a str,
+    uid: &'a str,
+    created: jiff::Timestamp,
+    now: jiff::Timestamp,
+) -> crate::controller::pool::allocator::Arrival<'a> {
+    crate::controller::pool::allocator::Arrival {
+        claim,
+        uid,
+        created,
+        now,
+    }
+}

@@ -195,13 +195,7 @@ impl StaleEntry {
 pub fn still_stale<'a>(map: &ConfigMap, stale: &'a [StaleEntry]) -> Vec<&'a str> {
     stale
         .iter()
-        .filter(|gone| {
-            map.data
-                .as_ref()
-                .and_then(|d| d.get(&gone.server))
-                .and_then(|value| serde_json::from_str::<Entry>(value).ok())
-                .is_some_and(|entry| entry.pod == gone.pod)
-        })
+        .filter(|gone| entry_named(map, &gone.server).is_some_and(|e| e.pod == gone.pod))
         .map(|gone| gone.server.as_str())
         .collect()
 }
@@ -209,9 +203,12 @@ pub fn still_stale<'a>(map: &ConfigMap, stale: &'a [StaleEntry]) -> Vec<&'a str>
 /// The entry of server `pod` in a ledger, if it was written for this very pod.
 pub fn entry_of(map: &ConfigMap, pod: &Pod) -> Option<Entry> {
     let (name, uid) = (pod.metadata.name.as_deref()?, pod.metadata.uid.as_deref()?);
-    let value = map.data.as_ref()?.get(name)?;
-    let entry: Entry = serde_json::from_str(value).ok()?;
-    (entry.pod == uid).then_some(entry)
+    entry_named(map, name).filter(|entry| entry.pod == uid)
+}
+
+/// The readable entry under server name `server`, whichever pod it was written for.
+fn entry_named(map: &ConfigMap, server: &str) -> Option<Entry> {
+    serde_json::from_str(map.data.as_ref()?.get(server)?).ok()
 }
 
 /// What a ledger says of a server asked for `wanted`.

@@ -201,7 +201,7 @@ fn claim(ctx: &Context, terms: &PoolTerms, name: &str) -> Option<Arc<SparkConnec
 
 /// Idle, healthy, current servers of the cluster as the store shows them, and the names of all
 /// the servers the store shows idle.
-fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
+pub fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet<String>) {
     let book = ctx.prober.book();
     let ledger = ctx
         .stores
@@ -433,7 +433,7 @@ mod tests {
     use crate::builders::bind_ledger::{Entry, ledger};
     use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL};
     use crate::controller::stores::Held;
-    use crate::test_support::{MockApiserver, candidate, context_over, pool_terms};
+    use crate::test_support::{MockApiserver, arrival, candidate, context_over, pool_terms};
     use http::{Request, Response};
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::client::Body;
@@ -483,7 +483,11 @@ mod tests {
         for (name, created) in line {
             let created = Timestamp::from_second(1_800_000_000 + created).unwrap();
             ctx.allocator
-                .enqueue(KEY, name, &format!("uid-{name}"), created, now)
+                .enqueue(
+                    KEY,
+                    arrival(name, &format!("uid-{name}"), created, now),
+                    &[],
+                )
                 .unwrap();
         }
         (ctx, handle)

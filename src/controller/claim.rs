@@ -19,7 +19,7 @@ use super::bind;
 use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
-use super::pool::allocator::{Cap, Refused};
+use super::pool::allocator::{Arrival, Cap, Refused};
 use crate::builders::bind_ledger::{BindHolder, Entry, entries};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
@@ -184,9 +184,19 @@ fn join_line(
     created: Timestamp,
 ) -> Result<(), Refused> {
     let name = claim.name_any();
-    let now = Timestamp::now();
+    let arrival = Arrival {
+        claim: &name,
+        uid,
+        created,
+        now: Timestamp::now(),
+    };
+    let idle = ctx
+        .allocator
+        .terms(cluster_key)
+        .map(|terms| bind::candidates(ctx, &terms).0)
+        .unwrap_or_default();
     if !claim.labels().contains_key(GATEWAY_USER_LABEL) {
-        return ctx.allocator.enqueue(cluster_key, &name, uid, created, now);
+        return ctx.allocator.enqueue(cluster_key, arrival, &idle);
     }
     let ns = claim.namespace().unwrap_or_default();
     let live = live_gateway_claims(ctx, &ns, &claim.spec.cluster);
@@ -195,7 +205,7 @@ fn join_line(
         live: &live,
     };
     ctx.allocator
-        .enqueue_capped(cluster_key, &name, uid, created, now, cap)
+        .enqueue_capped(cluster_key, arrival, &idle, cap)
 }
 
 /// Fails a claim that could not join the line, with an Event.
@@ -343,7 +353,7 @@ mod tests {
     use super::*;
     use crate::controller::stores::Held;
     use crate::test_support::{
-        MockApiserver, answer_next_with_conflict, candidate, context_over, pool_terms,
+        MockApiserver, answer_next_with_conflict, arrival, candidate, context_over, pool_terms,
     };
     use serde_json::json;
 
@@ -387,7 +397,7 @@ mod tests {
         // Another task's serve took the claim out of line and is writing its bind.
         let now = Timestamp::now();
         ctx.allocator
-            .enqueue(KEY, "mine", "uid-mine", now, now)
+            .enqueue(KEY, arrival("mine", "uid-mine", now, now), &[])
             .unwrap();
         let taken = ctx.allocator.assign(
             KEY,

@@ -281,7 +281,8 @@ pub struct HotPoolSpec {
     #[x_kube(validation = Rule::new(MAX_IDLE_AGE.cel_rule()).message(MAX_IDLE_AGE.cel_message().as_str()))]
     #[schemars(length(max = 28))]
     pub max_idle_age: Option<String>,
-    /// Most claims that may wait for a server at once; later claims fail at once.
+    /// Most claims that may wait for a server at once (a claim an idle server is there for
+    /// does not wait); later claims fail at once.
     #[serde(default = "default_max_waiting_claims")]
     #[schemars(range(min = 0, max = 10000))]
     pub max_waiting_claims: i32,

@@ -77,6 +77,19 @@ pub enum Refused {
     },
 }
 
+/// A claim asking to join its cluster's line.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival<'a> {
+    /// The claim's name.
+    pub claim: &'a str,
+    /// The claim's uid.
+    pub uid: &'a str,
+    /// When the claim was created (its place in line).
+    pub created: Timestamp,
+    /// Now (when this process first saw the claim, if it is new).
+    pub now: Timestamp,
+}
+
 /// A cap on the claims of one kind (the gateway's, one per user) that hold, are being bound
 /// to or wait for a server of a cluster at once. Decided under the allocator's lock, so claims
 /// arriving together never pass it together.
@@ -148,6 +161,22 @@ impl ClusterQueue {
         live.iter()
             .filter(|(name, holds)| name.as_str() != claim && (**holds || in_hand.contains(name)))
             .count()
+    }
+
+    /// How many of `candidates` the picker would hand out: those not handed out or withheld,
+    /// beyond the servers reserved for the shared endpoint.
+    fn free(&self, candidates: &[Candidate]) -> usize {
+        let reserved = self.terms.as_ref().map_or(0, |t| t.reserved_for_shared);
+        candidates
+            .iter()
+            .filter(|c| !self.is_taken(&c.name))
+            .count()
+            .saturating_sub(reserved)
+    }
+
+    /// Whether `server` is handed out or withheld.
+    fn is_taken(&self, server: &str) -> bool {
+        self.handed_out.contains_key(server) || self.withheld.contains(server)
     }
 }
 
@@ -244,16 +273,17 @@ impl Allocator {
     /// Puts claim `claim` (uid `uid`) in line (idempotent; a claim this process is binding
     /// already stays out: a store that does not show its bind yet must not get it a second
     /// server). A claim of the same name and another uid is a new claim: an earlier namesake
-    /// in line or being bound is forgotten. Refused when the line is full.
+    /// in line or being bound is forgotten. Refused when the line is full: `idle` (the
+    /// cluster's candidates as the store shows them) says how many in line a server awaits
+    /// already, and those do not count as waiting, so how many a burst gets bound never
+    /// depends on how soon the picker runs.
     pub fn enqueue(
         &self,
         key: &str,
-        claim: &str,
-        uid: &str,
-        created: Timestamp,
-        now: Timestamp,
+        arrival: Arrival<'_>,
+        idle: &[Candidate],
     ) -> Result<(), Refused> {
-        self.join(key, claim, uid, created, now, None)
+        self.join(key, arrival, idle, None)
     }
 
     /// Puts a claim under `cap` in line as [`Allocator::enqueue`] does; refused as well when
@@ -261,24 +291,26 @@ impl Allocator {
     pub fn enqueue_capped(
         &self,
         key: &str,
-        claim: &str,
-        uid: &str,
-        created: Timestamp,
-        now: Timestamp,
+        arrival: Arrival<'_>,
+        idle: &[Candidate],
         cap: Cap<'_>,
     ) -> Result<(), Refused> {
-        self.join(key, claim, uid, created, now, Some(cap))
+        self.join(key, arrival, idle, Some(cap))
     }
 
     fn join(
         &self,
         key: &str,
-        claim: &str,
-        uid: &str,
-        created: Timestamp,
-        now: Timestamp,
+        arrival: Arrival<'_>,
+        idle: &[Candidate],
         cap: Option<Cap<'_>>,
     ) -> Result<(), Refused> {
+        let Arrival {
+            claim,
+            uid,
+            created,
+            now,
+        } = arrival;
         self.with(key, |q| {
             let this = |name: &str, u: &str| name == claim && u == uid;
             if q.waiting.iter().any(|c| this(&c.name, &c.uid))
@@ -289,7 +321,7 @@ impl Allocator {
             let namesake = |name: &str, u: &str| name == claim && u != uid;
             q.waiting.retain(|c| !namesake(&c.name, &c.uid));
             let max_waiting = q.terms.as_ref().map_or(usize::MAX, |t| t.max_waiting);
-            if q.waiting.len() >= max_waiting {
+            if q.waiting.len() >= max_waiting.saturating_add(q.free(idle)) {
                 return Err(Refused::QueueFull { max_waiting });
             }
             if let Some(cap) = cap
@@ -387,9 +419,12 @@ impl Allocator {
             q.handed_out.retain(|server, _| still_idle(server));
             q.withheld.retain(|server| still_idle(server));
             let reserved = q.terms.as_ref().map_or(0, |t| t.reserved_for_shared);
-            let taken =
-                |server: &str| q.handed_out.contains_key(server) || q.withheld.contains(server);
-            let pairs = pick(&q.waiting, candidates, taken, reserved);
+            let pairs = pick(
+                &q.waiting,
+                candidates,
+                |server| q.is_taken(server),
+                reserved,
+            );
             if !pairs.is_empty() {
                 q.last_handed_out = Some(now);
                 q.unreplaced_since.get_or_insert(now);
@@ -485,6 +520,7 @@ fn pick(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::arrival;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -510,8 +546,12 @@ mod tests {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
         for (name, created) in [("late", 3), ("first", 1), ("second", 2)] {
-            a.enqueue("ns/c", name, &format!("uid-{name}"), at(created), at(10))
-                .unwrap();
+            a.enqueue(
+                "ns/c",
+                arrival(name, &format!("uid-{name}"), at(created), at(10)),
+                &[],
+            )
+            .unwrap();
         }
         let got = a.assign(
             "ns/c",
@@ -531,8 +571,10 @@ mod tests {
     fn no_server_is_handed_out_twice_while_the_store_still_shows_it_idle() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
+        a.enqueue("ns/c", arrival("two", "uid-two", at(2), at(2)), &[])
+            .unwrap();
         let pool = [server("s1", 5)];
         assert_eq!(a.assign("ns/c", &pool, |_| true, Instant::now()).len(), 1);
         assert!(
@@ -548,12 +590,14 @@ mod tests {
     fn a_claim_being_bound_is_not_put_in_line_again_for_a_second_server() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
         let pool = [server("s1", 5), server("s2", 4)];
         let got = a.assign("ns/c", &pool, |_| true, Instant::now());
         assert_eq!(got.len(), 1);
         // The claim's own reconcile runs before its bind shows in the store.
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(2)), &[])
+            .unwrap();
         assert_eq!(a.waiting("ns/c"), 0);
         assert!(
             a.assign("ns/c", &pool, |_| true, Instant::now()).is_empty(),
@@ -568,7 +612,7 @@ mod tests {
     fn a_claim_created_again_under_the_name_of_one_just_bound_is_served() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "notebook", "uid-1", at(1), at(1))
+        a.enqueue("ns/c", arrival("notebook", "uid-1", at(1), at(1)), &[])
             .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
@@ -577,7 +621,7 @@ mod tests {
         );
         // Bound; the claim is deleted and applied again before anything else is served, so
         // s1 (gone by now) is still recorded as handed to the name.
-        a.enqueue("ns/c", "notebook", "uid-2", at(30), at(30))
+        a.enqueue("ns/c", arrival("notebook", "uid-2", at(30), at(30)), &[])
             .unwrap();
         assert_eq!(a.waiting("ns/c"), 1, "the new claim is in line");
         let got = a.assign("ns/c", &[server("s2", 1)], |_| true, Instant::now());
@@ -592,9 +636,9 @@ mod tests {
     fn a_namesake_still_in_line_gives_way_to_the_claim_created_again() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "notebook", "uid-1", at(1), at(1))
+        a.enqueue("ns/c", arrival("notebook", "uid-1", at(1), at(1)), &[])
             .unwrap();
-        a.enqueue("ns/c", "notebook", "uid-2", at(5), at(5))
+        a.enqueue("ns/c", arrival("notebook", "uid-2", at(5), at(5)), &[])
             .unwrap();
         assert_eq!(a.waiting("ns/c"), 1, "one claim of that name waits");
         a.forget_claim("ns/c", "notebook", "uid-1");
@@ -620,7 +664,8 @@ mod tests {
     fn a_server_the_cluster_is_changing_is_not_handed_out_and_a_handed_out_one_is_not_changed() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
         assert!(
             a.withhold("ns/c", "s1"),
             "s1 is free: the cluster may change it"
@@ -637,7 +682,8 @@ mod tests {
         // A withheld server the store no longer shows idle (it was changed) is forgotten.
         assert!(a.withhold("ns/c", "s2"));
         a.assign("ns/c", &[], |s| s != "s2", Instant::now());
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("two", "uid-two", at(2), at(2)), &[])
+            .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s2", 1)], |_| true, Instant::now())
                 .len(),
@@ -650,10 +696,10 @@ mod tests {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
         // Created at 1, first seen by this process at 3.
-        a.enqueue("ns/c", "first", "uid-first", at(1), at(3))
+        a.enqueue("ns/c", arrival("first", "uid-first", at(1), at(3)), &[])
             .unwrap();
         let got = a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now());
-        a.enqueue("ns/c", "later", "uid-later", at(9), at(9))
+        a.enqueue("ns/c", arrival("later", "uid-later", at(9), at(9)), &[])
             .unwrap();
         // A cluster reconcile while the bind is under way keeps the claim's first sighting.
         a.retain_waiting("ns/c", |_, _| true);
@@ -671,7 +717,8 @@ mod tests {
     fn servers_reserved_for_the_shared_endpoint_are_not_handed_out() {
         let a = Allocator::default();
         a.publish("ns/c", terms(1, 10));
-        a.enqueue("ns/c", "x", "uid-x", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("x", "uid-x", at(1), at(1)), &[])
+            .unwrap();
         assert!(
             a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
                 .is_empty()
@@ -727,8 +774,10 @@ mod tests {
     fn two_handed_out() -> Allocator {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
+        a.enqueue("ns/c", arrival("two", "uid-two", at(2), at(2)), &[])
+            .unwrap();
         let got = a.assign(
             "ns/c",
             &[server("s1", 5), server("s2", 4)],
@@ -759,8 +808,12 @@ mod tests {
         for i in 0..40u64 {
             let at = t0 + Duration::from_millis(300 * i);
             let claim = format!("c{i}");
-            a.enqueue("ns/c", &claim, &claim, Timestamp::now(), Timestamp::now())
-                .unwrap();
+            a.enqueue(
+                "ns/c",
+                arrival(&claim, &claim, Timestamp::now(), Timestamp::now()),
+                &[],
+            )
+            .unwrap();
             let got = a.assign("ns/c", &[server(&format!("s{i}"), 5)], |_| true, at);
             assert_eq!(got.len(), 1);
             // The refill is looked at once the bind is done, and again when the hold says.
@@ -781,7 +834,8 @@ mod tests {
         let a = Allocator::default();
         let (quiet, max) = (Duration::from_millis(250), Duration::from_secs(2));
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
                 .len(),
@@ -804,7 +858,8 @@ mod tests {
             None,
             "nothing handed out yet"
         );
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
                 .len(),
@@ -826,7 +881,8 @@ mod tests {
             None,
             "grace over"
         );
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("two", "uid-two", at(2), at(2)), &[])
+            .unwrap();
         assert_eq!(
             a.claimant_grace("ns/c", 1, delay, now),
             None,
@@ -844,7 +900,8 @@ mod tests {
         let a = Allocator::default();
         let delay = Duration::from_secs(2);
         a.publish("ns/c", terms(0, 10));
-        a.enqueue("ns/c", "one", "uid-one", at(1), at(1)).unwrap();
+        a.enqueue("ns/c", arrival("one", "uid-one", at(1), at(1)), &[])
+            .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s1", 5)], |_| true, Instant::now())
                 .len(),
@@ -853,7 +910,8 @@ mod tests {
         let first = Instant::now();
         assert!(a.claimant_grace("ns/c", 4, delay, first).is_some());
         // The next claim comes within the grace of the first: the pool is busy.
-        a.enqueue("ns/c", "two", "uid-two", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("two", "uid-two", at(2), at(2)), &[])
+            .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s2", 4)], |_| true, Instant::now())
                 .len(),
@@ -865,7 +923,7 @@ mod tests {
             "two handouts in one grace: the replacements start"
         );
         // Over: the next lone handout begins a new grace.
-        a.enqueue("ns/c", "three", "uid-three", at(3), at(3))
+        a.enqueue("ns/c", arrival("three", "uid-three", at(3), at(3)), &[])
             .unwrap();
         assert_eq!(
             a.assign("ns/c", &[server("s3", 3)], |_| true, Instant::now())
@@ -888,12 +946,52 @@ mod tests {
     fn the_line_is_bounded() {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 2));
-        a.enqueue("ns/c", "a", "uid-a", at(1), at(1)).unwrap();
-        a.enqueue("ns/c", "b", "uid-b", at(2), at(2)).unwrap();
-        a.enqueue("ns/c", "b", "uid-b", at(2), at(2)).unwrap();
+        a.enqueue("ns/c", arrival("a", "uid-a", at(1), at(1)), &[])
+            .unwrap();
+        a.enqueue("ns/c", arrival("b", "uid-b", at(2), at(2)), &[])
+            .unwrap();
+        a.enqueue("ns/c", arrival("b", "uid-b", at(2), at(2)), &[])
+            .unwrap();
         assert_eq!(
-            a.enqueue("ns/c", "c", "uid-c", at(3), at(3)),
+            a.enqueue("ns/c", arrival("c", "uid-c", at(3), at(3)), &[]),
             Err(Refused::QueueFull { max_waiting: 2 })
+        );
+    }
+
+    #[test]
+    fn claims_an_idle_server_awaits_are_not_counted_as_waiting() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(0, 2));
+        let idle = [server("s1", 3), server("s2", 2), server("s3", 1)];
+        // The picker has not run yet: three of the five in line have a server already.
+        for (i, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            let t = at(i64::try_from(i).unwrap());
+            a.enqueue("ns/c", arrival(name, name, t, t), &idle).unwrap();
+        }
+        assert_eq!(
+            a.enqueue("ns/c", arrival("f", "f", at(9), at(9)), &idle),
+            Err(Refused::QueueFull { max_waiting: 2 })
+        );
+        // Once the picker ran, the same two wait: one more is still refused.
+        assert_eq!(a.assign("ns/c", &idle, |_| true, Instant::now()).len(), 3);
+        assert_eq!(
+            a.enqueue("ns/c", arrival("f", "f", at(9), at(9)), &idle),
+            Err(Refused::QueueFull { max_waiting: 2 })
+        );
+    }
+
+    #[test]
+    fn servers_kept_for_the_shared_endpoint_do_not_make_room_in_line() {
+        let a = Allocator::default();
+        a.publish("ns/c", terms(1, 1));
+        let idle = [server("s1", 2), server("s2", 1)];
+        a.enqueue("ns/c", arrival("a", "a", at(1), at(1)), &idle)
+            .unwrap();
+        a.enqueue("ns/c", arrival("b", "b", at(2), at(2)), &idle)
+            .unwrap();
+        assert_eq!(
+            a.enqueue("ns/c", arrival("c", "c", at(3), at(3)), &idle),
+            Err(Refused::QueueFull { max_waiting: 1 })
         );
     }
 
@@ -920,10 +1018,8 @@ mod tests {
         let cap = Cap { limit, live: &live };
         a.enqueue_capped(
             "ns/c",
-            name,
-            &format!("uid-{name}"),
-            at(created),
-            at(created),
+            arrival(name, &format!("uid-{name}"), at(created), at(created)),
+            &[],
             cap,
         )
     }
@@ -933,7 +1029,7 @@ mod tests {
         let a = Allocator::default();
         a.publish("ns/c", terms(0, 100));
         // Claims of other kinds never count against the cap.
-        a.enqueue("ns/c", "kubectl", "uid-kubectl", at(5), at(5))
+        a.enqueue("ns/c", arrival("kubectl", "uid-kubectl", at(5), at(5)), &[])
             .unwrap();
         capped(&a, "being-bound", 2, 3, &[]).unwrap();
         let handed = a.assign("ns/c", &[server("s1", 9)], |_| true, Instant::now());
@@ -1000,7 +1096,12 @@ mod tests {
             live: &live,
         };
         assert_eq!(
-            a.enqueue_capped("ns/c", "second", "uid-second", at(2), at(2), cap),
+            a.enqueue_capped(
+                "ns/c",
+                arrival("second", "uid-second", at(2), at(2)),
+                &[],
+                cap
+            ),
             Ok(())
         );
     }
