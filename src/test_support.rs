@@ -80,6 +80,21 @@ pub fn pool_terms() -> crate::controller::pool::allocator::PoolTerms {
     }
 }
 
+/// An idle, current server pod `name` (uid `uid-<name>`) of the cluster of [`pool_terms`],
+/// created at `created`.
+pub fn idle_server(name: &str, created: jiff::Timestamp) -> k8s_openapi::api::core::v1::Pod {
+    use crate::builders::labels::{CLUSTER_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL};
+    serde_json::from_value(serde_json::json!({"metadata": {
+        "name": name, "namespace": "ns", "uid": format!("uid-{name}"), "resourceVersion": "7",
+        "creationTimestamp": created.to_string(),
+        "labels": {CLUSTER_LABEL: "c", SERVER_LABEL: name, STATE_LABEL: "idle",
+                   SPEC_HASH_LABEL: "h", "app.kubernetes.io/component": "server"},
+        "ownerReferences": [{"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
+                             "name": "c", "uid": "cluster-uid", "controller": true}]
+    }}))
+    .expect("fixture pod parses")
+}
+
 /// An idle server `name` (uid `uid-<name>`) created at `created`, as the allocator sees it.
 pub fn candidate(
     name: &str,

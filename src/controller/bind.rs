@@ -431,9 +431,10 @@ pub async fn write_bound(
 mod tests {
     use super::*;
     use crate::builders::bind_ledger::{Entry, ledger};
-    use crate::builders::labels::{CLUSTER_LABEL, STATE_LABEL};
     use crate::controller::stores::Held;
-    use crate::test_support::{MockApiserver, arrival, candidate, context_over, pool_terms};
+    use crate::test_support::{
+        MockApiserver, arrival, candidate, context_over, idle_server, pool_terms,
+    };
     use http::{Request, Response};
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::client::Body;
@@ -450,15 +451,7 @@ mod tests {
     }
 
     fn server(name: &str, age: i64) -> Pod {
-        serde_json::from_value(json!({"metadata": {
-            "name": name, "namespace": NS, "uid": format!("uid-{name}"), "resourceVersion": "7",
-            "creationTimestamp": at(-age),
-            "labels": {CLUSTER_LABEL: "c", SERVER_LABEL: name, STATE_LABEL: "idle",
-                       SPEC_HASH_LABEL: "h", "app.kubernetes.io/component": "server"},
-            "ownerReferences": [{"apiVersion": "sparkconnect.dev/v1alpha1", "kind": "SparkConnectCluster",
-                                 "name": "c", "uid": UID, "controller": true}]
-        }}))
-        .unwrap()
+        idle_server(name, Timestamp::from_second(1_800_000_000 - age).unwrap())
     }
 
     fn claim(name: &str, created: i64) -> SparkConnectClaim {

@@ -19,7 +19,7 @@ use super::bind;
 use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
-use super::pool::allocator::{Arrival, Cap, Refused};
+use super::pool::allocator::{Arrival, Candidate, Cap, Refused};
 use crate::builders::bind_ledger::{BindHolder, Entry, entries};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
@@ -171,7 +171,8 @@ async fn finish_interrupted_bind(
     Ok(true)
 }
 
-/// Puts the claim in its cluster's line; a gateway claim is under the cluster's
+/// Puts the claim in its cluster's line, unless `hotPool.maxWaitingClaims` claims wait beyond
+/// the idle servers already; a gateway claim is under the cluster's
 /// `gateway.maxDedicatedServers`, counted with the live gateway claims that hold a server (by
 /// their status or, before it is written, by the ledger entry that names them), are being bound
 /// or wait in line.
@@ -190,22 +191,37 @@ fn join_line(
         created,
         now: Timestamp::now(),
     };
-    let idle = ctx
-        .allocator
-        .terms(cluster_key)
-        .map(|terms| bind::candidates(ctx, &terms).0)
-        .unwrap_or_default();
-    if !claim.labels().contains_key(GATEWAY_USER_LABEL) {
-        return ctx.allocator.enqueue(cluster_key, arrival, &idle);
-    }
-    let ns = claim.namespace().unwrap_or_default();
-    let live = live_gateway_claims(ctx, &ns, &claim.spec.cluster);
-    let cap = Cap {
-        limit: usize::try_from(cluster.spec.gateway.max_dedicated_servers).unwrap_or(0),
-        live: &live,
+    let live = claim.labels().contains_key(GATEWAY_USER_LABEL).then(|| {
+        live_gateway_claims(
+            ctx,
+            &claim.namespace().unwrap_or_default(),
+            &claim.spec.cluster,
+        )
+    });
+    let join = |idle: &[Candidate]| match &live {
+        None => ctx.allocator.enqueue(cluster_key, arrival, idle),
+        Some(live) => {
+            let cap = Cap {
+                limit: usize::try_from(cluster.spec.gateway.max_dedicated_servers).unwrap_or(0),
+                live,
+            };
+            ctx.allocator
+                .enqueue_capped(cluster_key, arrival, idle, cap)
+        }
     };
-    ctx.allocator
-        .enqueue_capped(cluster_key, arrival, &idle, cap)
+    // The idle servers are read only when the line looks full: a burst's claims each read
+    // none while there is room.
+    match join(&[]) {
+        Err(Refused::QueueFull { .. }) => {
+            let idle = ctx
+                .allocator
+                .terms(cluster_key)
+                .map(|terms| bind::candidates(ctx, &terms).0)
+                .unwrap_or_default();
+            join(&idle)
+        }
+        joined => joined,
+    }
 }
 
 /// Fails a claim that could not join the line, with an Event.
@@ -351,9 +367,12 @@ pub fn error_policy(claim: Arc<SparkConnectClaim>, error: &Error, ctx: Arc<Conte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::pool::allocator::PoolTerms;
     use crate::controller::stores::Held;
+    use crate::probe::health::Verdict;
     use crate::test_support::{
-        MockApiserver, answer_next_with_conflict, arrival, candidate, context_over, pool_terms,
+        MockApiserver, answer_next_with_conflict, arrival, candidate, context_over, idle_server,
+        pool_terms,
     };
     use serde_json::json;
 
@@ -429,6 +448,45 @@ mod tests {
         assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
         assert_eq!(body["metadata"]["resourceVersion"], "41", "{body}");
         assert_eq!(body["status"]["phase"], "Pending", "{body}");
+    }
+
+    /// Joins `newcomer` to a line of one waiting claim, under a limit of one, with `idle`
+    /// healthy idle servers in the stores.
+    fn join_behind_one(idle: &[&str]) -> Result<(), Refused> {
+        let newcomer = claim("newcomer");
+        let created = Timestamp::from_second(1_800_000_000).unwrap();
+        let held = Held {
+            clusters: vec![cluster()],
+            claims: vec![claim("first"), newcomer.clone()],
+            pods: idle.iter().map(|name| idle_server(name, created)).collect(),
+            ..Held::default()
+        };
+        let (ctx, _apiserver) = context_over(held, NS);
+        for name in idle {
+            ctx.prober
+                .book()
+                .seed(&format!("uid-{name}"), Verdict::Healthy);
+        }
+        ctx.allocator.publish(
+            KEY,
+            PoolTerms {
+                max_waiting: 1,
+                ..pool_terms()
+            },
+        );
+        ctx.allocator
+            .enqueue(KEY, arrival("first", "uid-first", created, created), &[])
+            .unwrap();
+        join_line(&newcomer, &cluster(), &ctx, KEY, "uid-newcomer", created)
+    }
+
+    #[tokio::test]
+    async fn a_claim_past_the_waiting_limit_joins_while_an_idle_server_is_there_for_it() {
+        assert_eq!(join_behind_one(&["s1"]), Ok(()));
+        assert_eq!(
+            join_behind_one(&[]),
+            Err(Refused::QueueFull { max_waiting: 1 })
+        );
     }
 
     /// A claim the gateway made for `name`, bound to `server` when given.

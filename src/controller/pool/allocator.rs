@@ -276,7 +276,7 @@ impl Allocator {
     /// in line or being bound is forgotten. Refused when the line is full: `idle` (the
     /// cluster's candidates as the store shows them) says how many in line a server awaits
     /// already, and those do not count as waiting, so how many a burst gets bound never
-    /// depends on how soon the picker runs.
+    /// depends on how soon the picker runs. With no `idle` given, every claim in line counts.
     pub fn enqueue(
         &self,
         key: &str,
