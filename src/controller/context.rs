@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::ObjectRef;
 
 use tokio::sync::Semaphore;
@@ -19,6 +19,7 @@ use super::ledger::Ledgers;
 use super::pool::allocator::Allocator;
 use super::pool::autoscale::Autoscaler;
 use super::pool::backoff::StartBackoff;
+use super::recorders::Recorders;
 use super::stores::Stores;
 use crate::builders::labels::FIELD_MANAGER;
 use crate::metrics::Metrics;
@@ -39,8 +40,8 @@ const MAX_EVENT_HOLD: Duration = Duration::from_secs(2);
 pub struct Context {
     /// The API client for requests (timeouts, fenced by the leader Lease, counting writes).
     pub client: Client,
-    /// Publishes Events.
-    pub recorder: Recorder,
+    /// Publishes Events, one recorder per object they are about.
+    pub recorders: Recorders,
     /// The operator's metrics.
     pub metrics: Metrics,
     /// Probes every server; its health book is what "healthy" means.
@@ -80,7 +81,7 @@ impl Context {
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             tokens: KnownTokens::default(),
-            recorder: Recorder::new(client.clone(), reporter),
+            recorders: Recorders::new(client.clone(), reporter, Instant::now()),
             client,
             metrics,
             prober,
@@ -147,7 +148,7 @@ impl Context {
         reason: &str,
         note: &str,
     ) {
-        let recorder = self.recorder.clone();
+        let recorder = self.recorders.about(&reference, Instant::now());
         let event = Event {
             type_,
             reason: reason.into(),

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod known_tokens;
 pub mod ledger;
 pub mod pool;
+pub mod recorders;
 pub mod stores;
 
 use std::sync::Arc;

@@ -15,10 +15,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use spark_connect_operator::controller::recorders::Recorders;
 use tokio::sync::watch;
 
 use crate::paths::State;
@@ -41,7 +42,7 @@ pub async fn run(client: Client, state: State) -> anyhow::Result<()> {
         instance: Some(NODE_NAME.into()),
     };
     let node = Arc::new(pod::Node {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorders: Recorders::new(client.clone(), reporter, std::time::Instant::now()),
         client: client.clone(),
         state,
         ips: std::sync::Mutex::new((2..65000).collect()),

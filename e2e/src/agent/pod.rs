@@ -11,9 +11,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use spark_connect_operator::controller::recorders::Recorders;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
@@ -29,8 +30,8 @@ pub struct Node {
     pub client: Client,
     /// State directory.
     pub state: State,
-    /// Publishes pod Events.
-    pub recorder: Recorder,
+    /// Publishes pod Events, one recorder per pod.
+    pub recorders: Recorders,
     /// Free pod IP indexes (10.244.x.y, counted from 2), oldest-freed first: an address is
     /// reused as late as possible, so no neighbour cache still points it at a deleted pod.
     pub ips: std::sync::Mutex<std::collections::VecDeque<u32>>,
@@ -57,7 +58,9 @@ impl Node {
             action: reason.into(),
             secondary: None,
         };
-        let _ = self.recorder.publish(&event, &pod.object_ref(&())).await;
+        let regarding = pod.object_ref(&());
+        let recorder = self.recorders.about(&regarding, std::time::Instant::now());
+        let _ = recorder.publish(&event, &regarding).await;
     }
 }
 
