@@ -4,9 +4,9 @@
 //! decided on, so two leaders, or a bind racing a scale-down in another process, can never take
 //! one server twice; and one write takes the servers of a whole burst of claims. The server pod
 //! is stamped with its claim later, off the claim's path. Owned by the cluster, it goes with it.
-//! This file decides (entries, verdicts, the object); `controller/fence.rs` writes.
+//! This file decides (entries, verdicts, the object); `controller/ledger.rs` writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -162,6 +162,53 @@ pub fn is_ledger_of(map: &ConfigMap, cluster_uid: &str) -> bool {
     controlled && labelled
 }
 
+/// A ledger's readable entries parsed once, so that the many claims of a burst each read the
+/// one version of the ledger they see without parsing every entry again: by server name, and
+/// the servers each claim holds by the claim's uid.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LedgerView {
+    entries: BTreeMap<String, Entry>,
+    by_claim: HashMap<String, Vec<String>>,
+}
+
+impl LedgerView {
+    /// The readable entries of `map` (one that does not parse hands out nothing).
+    pub fn of(map: &ConfigMap) -> Self {
+        let mut view = Self::default();
+        for (server, entry) in entries(map) {
+            if !entry.claim_uid.is_empty() {
+                view.by_claim
+                    .entry(entry.claim_uid.clone())
+                    .or_default()
+                    .push(server.to_string());
+            }
+            view.entries.insert(server.to_string(), entry);
+        }
+        view
+    }
+
+    /// Every entry, by server name.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &Entry)> {
+        self.entries.iter().map(|(server, e)| (server.as_str(), e))
+    }
+
+    /// The entry of server `pod`, if it was written for this very pod.
+    pub fn entry_of(&self, pod: &Pod) -> Option<&Entry> {
+        let (name, uid) = (pod.metadata.name.as_deref()?, pod.metadata.uid.as_deref()?);
+        self.entries.get(name).filter(|entry| entry.pod == uid)
+    }
+
+    /// The entries that name the claim with uid `claim_uid`, with their server's name (one,
+    /// unless someone else wrote the ledger).
+    pub fn held_by_claim(&self, claim_uid: &str) -> impl Iterator<Item = (&str, &Entry)> {
+        self.by_claim
+            .get(claim_uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|server| Some((server.as_str(), self.entries.get(server)?)))
+    }
+}
+
 /// Every readable entry of a ledger, by server name (an entry that does not parse hands out
 /// nothing).
 pub fn entries(map: &ConfigMap) -> impl Iterator<Item = (&str, Entry)> {
@@ -291,6 +338,41 @@ mod tests {
         );
         assert_eq!(entry_of(&map, &pod("c-xyz", "u1")), None);
         assert_eq!(entries(&map).count(), 1);
+    }
+
+    #[test]
+    fn a_ledger_view_finds_a_claims_server_by_the_claims_uid_and_each_entry_for_its_own_pod() {
+        let (p1, p2, p3) = (pod("c-1", "u1"), pod("c-2", "u2"), pod("c-3", "u3"));
+        let b = BindHolder::Claim {
+            name: "b",
+            uid: "cu2",
+        };
+        let mut map = ledger_with(&[(&p1, CLAIM_1), (&p2, b), (&p3, BindHolder::Shared)]);
+        if let Some(data) = map.data.as_mut() {
+            data.insert("c-4".into(), "{not json".into());
+        }
+        let view = LedgerView::of(&map);
+        let held: Vec<&str> = view.held_by_claim("cu1").map(|(s, _)| s).collect();
+        assert_eq!(held, ["c-1"]);
+        assert_eq!(view.held_by_claim("cu2").count(), 1);
+        assert_eq!(view.held_by_claim("").count(), 0, "the cluster's own holds");
+        assert_eq!(view.held_by_claim("nobody").count(), 0);
+        assert_eq!(
+            view.entries().count(),
+            3,
+            "the unreadable entry is left out"
+        );
+        assert_eq!(view.entry_of(&p1).map(Entry::holder), Some(CLAIM_1));
+        assert_eq!(
+            view.entry_of(&pod("c-1", "u9")),
+            None,
+            "a later pod of the name"
+        );
+        assert_eq!(view.entry_of(&pod("c-4", "u4")), None);
+        for (server, entry) in view.entries() {
+            let pod = pod(server, &entry.pod);
+            assert_eq!(view.entry_of(&pod), entry_of(&map, &pod).as_ref());
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::claim_status::{bound_status, finish_claim};
 use super::context::Context;
 use super::ledger::{Ask, LedgerOf, LedgerTurn, Take};
 use super::pool::allocator::{Assignment, Candidate, PoolTerms};
-use crate::builders::bind_ledger::{BindHolder, entry_of};
+use crate::builders::bind_ledger::BindHolder;
 use crate::builders::labels::{
     ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, ServerRole, ServerState, endpoint,
     server_token_secret_name,
@@ -67,6 +67,11 @@ pub async fn serve(ctx: &Context, key: &str) {
         // One serve at a time writes the cluster's ledger: whoever waited for the turn pairs
         // every claim in line by then, and takes all their servers in one write.
         let mut turn = ctx.ledgers.turn(key).await;
+        // The turn before this one paired every claim in line by then: in a burst, most
+        // claims find nothing left to pair and need not read the servers.
+        if ctx.allocator.waiting(key) == 0 {
+            return;
+        }
         let (candidates, idle) = candidates(ctx, &terms);
         let assignments = ctx.allocator.assign(
             key,
@@ -205,8 +210,8 @@ pub fn candidates(ctx: &Context, terms: &PoolTerms) -> (Vec<Candidate>, BTreeSet
     let book = ctx.prober.book();
     let ledger = ctx
         .stores
-        .ledger_of(&terms.namespace, &terms.cluster, &terms.cluster_uid);
-    let held = |pod: &Pod| ledger.as_deref().and_then(|l| entry_of(l, pod)).is_some();
+        .ledger_view(&terms.namespace, &terms.cluster, &terms.cluster_uid);
+    let held = |pod: &Pod| ledger.entry_of(pod).is_some();
     let mut candidates = Vec::new();
     let mut idle = BTreeSet::new();
     for pod in ctx.stores.pods.of_cluster(&terms.namespace, &terms.cluster) {

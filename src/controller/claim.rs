@@ -20,7 +20,7 @@ use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::{Arrival, Candidate, Cap, Refused};
-use crate::builders::bind_ledger::{BindHolder, Entry, entries};
+use crate::builders::bind_ledger::BindHolder;
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
 };
@@ -134,28 +134,32 @@ async fn finish_interrupted_bind(
         return Ok(false);
     };
     let cluster_name = claim.spec.cluster.as_str();
-    let stamped = ctx
-        .stores
-        .pods
-        .of_cluster(&ns, cluster_name)
-        .into_iter()
-        .find(|p| {
-            live_server(p)
-                && ServerState::of(p) == ServerState::Claimed
-                && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
-                && p.annotations()
-                    .get(CLAIM_UID_ANNOTATION)
-                    .map(String::as_str)
-                    == Some(claim_uid)
-        });
-    // Or the bind ledger names the claim while its server is not stamped yet.
-    let stamped = stamped.or_else(|| {
-        ledger_holds(ctx, &ns, cluster_name, uid)
-            .into_iter()
-            .find(|(pod, entry)| live_server(pod) && entry.holder() == this_claim)
-            .map(|(pod, _)| pod)
+    // The bind ledger names the claim (looked up by its uid: a burst's claims each look)...
+    let ledger = ctx.stores.ledger_view(&ns, cluster_name, uid);
+    let held = ledger.held_by_claim(claim_uid).find_map(|(server, entry)| {
+        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(&ns))?;
+        (pod.metadata.uid.as_deref() == Some(entry.pod.as_str())
+            && live_server(&pod)
+            && entry.holder() == this_claim)
+            .then_some(pod)
     });
-    let Some(server) = stamped else {
+    // ... or a server is stamped with it (its ledger entry lost with a deleted ledger).
+    let server = held.or_else(|| {
+        ctx.stores
+            .pods
+            .of_cluster(&ns, cluster_name)
+            .into_iter()
+            .find(|p| {
+                live_server(p)
+                    && ServerState::of(p) == ServerState::Claimed
+                    && p.annotations().get(CLAIM_ANNOTATION) == Some(&name)
+                    && p.annotations()
+                        .get(CLAIM_UID_ANNOTATION)
+                        .map(String::as_str)
+                        == Some(claim_uid)
+            })
+    });
+    let Some(server) = server else {
         return Ok(false);
     };
     let first_seen = ctx
@@ -282,31 +286,18 @@ fn live_gateway_claims(ctx: &Context, ns: &str, cluster: &str) -> BTreeMap<Strin
         .get(&ObjectRef::new(cluster).within(ns))
         .and_then(|c| c.metadata.uid.clone())
         .unwrap_or_default();
-    for (_, entry) in ledger_holds(ctx, ns, cluster, &cluster_uid) {
-        if let Some(holds) = entry.holder().claim().and_then(|name| live.get_mut(name)) {
+    // Or the bind ledger names them, on servers the store shows (before their status says so).
+    let ledger = ctx.stores.ledger_view(ns, cluster, &cluster_uid);
+    for (server, entry) in ledger.entries() {
+        let Some(holds) = entry.holder().claim().and_then(|name| live.get_mut(name)) else {
+            continue;
+        };
+        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns));
+        if pod.is_some_and(|p| p.metadata.uid.as_deref() == Some(entry.pod.as_str())) {
             *holds = true;
         }
     }
     live
-}
-
-/// The servers (as the store shows them) that cluster `cluster` (uid `cluster_uid`) has taken
-/// in its bind ledger, each with its entry.
-fn ledger_holds(
-    ctx: &Context,
-    ns: &str,
-    cluster: &str,
-    cluster_uid: &str,
-) -> Vec<(Arc<Pod>, Entry)> {
-    let Some(ledger) = ctx.stores.ledger_of(ns, cluster, cluster_uid) else {
-        return Vec::new();
-    };
-    entries(&ledger)
-        .filter_map(|(server, entry)| {
-            let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns))?;
-            (pod.metadata.uid.as_deref() == Some(entry.pod.as_str())).then_some((pod, entry))
-        })
-        .collect()
 }
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.
@@ -597,5 +588,87 @@ mod tests {
         let (ctx, _, body) = newcomer_under(3).await;
         assert_eq!(body["status"]["phase"], "Pending", "{body}");
         assert_eq!(ctx.allocator.waiting(KEY), 1);
+    }
+
+    /// Reconciles claim "mine" in stores holding the cluster, the claim, `pods` and `ledger`;
+    /// returns the path and body of its first write (answered as done).
+    async fn first_write_of_mine(
+        pods: Vec<Pod>,
+        ledger: Option<k8s_openapi::api::core::v1::ConfigMap>,
+    ) -> (String, serde_json::Value) {
+        let mine = claim("mine");
+        let held = Held {
+            clusters: vec![cluster()],
+            claims: vec![mine.clone()],
+            pods,
+            ledgers: ledger.into_iter().collect(),
+            ..Held::default()
+        };
+        let (ctx, mut apiserver) = context_over(held, NS);
+        ctx.allocator.publish(KEY, pool_terms());
+        let reply = serde_json::to_value(&mine).unwrap();
+        let answered = tokio::spawn(async move {
+            let (request, send) = apiserver.next_request().await.expect("a write");
+            let path = request.uri().path().to_string();
+            let body: serde_json::Value = crate::test_support::request_json(request).await;
+            crate::test_support::respond_json(send, &reply);
+            (path, body)
+        });
+        tokio::time::timeout(Duration::from_secs(10), reconcile_claim(&mine, &ctx))
+            .await
+            .expect("the reconcile ends")
+            .expect("no error");
+        answered.await.unwrap()
+    }
+
+    /// The ledger of cluster "c" handing `server` to the claim `name` with uid `uid`.
+    fn ledger_naming(server: &Pod, name: &str, uid: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+        let holder = BindHolder::Claim { name, uid };
+        let entry = crate::builders::bind_ledger::Entry::new(server, holder).unwrap();
+        let data = BTreeMap::from([(server.name_any(), entry.encode())]);
+        crate::builders::bind_ledger::ledger("c", "cluster-uid", NS, data)
+    }
+
+    #[tokio::test]
+    async fn a_claim_its_clusters_ledger_names_is_bound_to_that_server_without_joining_the_line() {
+        let now = Timestamp::now();
+        let (s1, s2) = (idle_server("s1", now), idle_server("s2", now));
+        let ledger = ledger_naming(&s2, "mine", "uid-mine");
+        let (path, body) = first_write_of_mine(vec![s1, s2], Some(ledger)).await;
+        assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
+        assert_eq!(body["status"]["phase"], "Bound", "{body}");
+        assert_eq!(body["status"]["server"], "s2", "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_whose_stamped_server_lost_its_ledger_entry_is_bound_to_it() {
+        let mut stamped = idle_server("s1", Timestamp::now());
+        stamped.labels_mut().insert(
+            crate::builders::labels::STATE_LABEL.into(),
+            "claimed".into(),
+        );
+        stamped.annotations_mut().extend([
+            (CLAIM_ANNOTATION.to_string(), "mine".to_string()),
+            (CLAIM_UID_ANNOTATION.to_string(), "uid-mine".to_string()),
+        ]);
+        let (path, body) = first_write_of_mine(vec![stamped], None).await;
+        assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
+        assert_eq!(body["status"]["phase"], "Bound", "{body}");
+        assert_eq!(body["status"]["server"], "s1", "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_entry_for_a_namesake_claim_or_an_earlier_pod_binds_nothing() {
+        let now = Timestamp::now();
+        let s1 = idle_server("s1", now);
+        let namesake = ledger_naming(&s1, "mine", "uid-of-a-deleted-mine");
+        let mut earlier = s1.clone();
+        earlier.metadata.uid = Some("uid-of-an-earlier-s1".into());
+        let earlier_pod = ledger_naming(&earlier, "mine", "uid-mine");
+        for ledger in [namesake, earlier_pod] {
+            let (path, body) = first_write_of_mine(vec![s1.clone()], Some(ledger)).await;
+            assert!(path.ends_with("/sparkconnectclaims/mine/status"), "{path}");
+            assert_eq!(body["status"]["phase"], "Pending", "waits in line: {body}");
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! subscriber whose object left the store before it was polled returns Pending without a
 //! waker and stalls for good.)
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -19,7 +19,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use crate::builders::bind_ledger::{is_ledger_of, ledger_name};
+use crate::builders::bind_ledger::{LedgerView, is_ledger_of, ledger_name};
 use crate::builders::labels::{CLUSTER_LABEL, FIELD_MANAGER};
 use crate::crd::{SparkConnectClaim, SparkConnectCluster};
 use crate::store_index::{ClusterOf, Indexed, claimed, indexed, labelled};
@@ -49,7 +49,16 @@ pub struct Stores {
     pub bindings: Store<RoleBinding>,
     /// Bind ledgers (one per cluster: who holds each taken server), by cluster label.
     pub ledgers: Indexed<ConfigMap>,
+    /// Each ledger parsed, for the version of it last read.
+    ledger_views: Arc<Mutex<HashMap<String, ParsedLedger>>>,
     health: Arc<BTreeMap<&'static str, WatchHealth>>,
+}
+
+/// A ledger's view and the version of the ledger it was parsed from.
+struct ParsedLedger {
+    uid: String,
+    resource_version: String,
+    view: Arc<LedgerView>,
 }
 
 /// What one watch has done so far.
@@ -224,6 +233,7 @@ pub fn build(client: &Client, namespace: Option<&str>) -> (Stores, Triggers) {
         roles,
         bindings,
         ledgers,
+        ledger_views: Arc::default(),
         health,
     };
     let triggers = Triggers {
@@ -252,6 +262,49 @@ impl Stores {
         self.ledgers
             .get(&ObjectRef::new(&ledger_name(cluster)).within(namespace))
             .filter(|l| is_ledger_of(l, cluster_uid))
+    }
+
+    /// What cluster `cluster`'s own bind ledger says, parsed once per version of the ledger
+    /// the store shows (a burst of claims each reads it; parsing every entry for each costs the
+    /// square of the burst). Empty when the store shows no ledger of the cluster's.
+    pub fn ledger_view(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        cluster_uid: &str,
+    ) -> Arc<LedgerView> {
+        let key = format!("{namespace}/{cluster}");
+        let Some(ledger) = self.ledger_of(namespace, cluster, cluster_uid) else {
+            if let Ok(mut views) = self.ledger_views.lock() {
+                views.remove(&key);
+            }
+            return Arc::default();
+        };
+        let version = (
+            ledger.metadata.uid.as_deref().unwrap_or_default(),
+            ledger
+                .metadata
+                .resource_version
+                .as_deref()
+                .unwrap_or_default(),
+        );
+        let Ok(mut views) = self.ledger_views.lock() else {
+            return Arc::new(LedgerView::of(&ledger));
+        };
+        if let Some(parsed) = views.get(&key)
+            && (parsed.uid.as_str(), parsed.resource_version.as_str()) == version
+            && !version.1.is_empty()
+        {
+            return parsed.view.clone();
+        }
+        let view = Arc::new(LedgerView::of(&ledger));
+        let parsed = ParsedLedger {
+            uid: version.0.to_string(),
+            resource_version: version.1.to_string(),
+            view: view.clone(),
+        };
+        views.insert(key, parsed);
+        view
     }
 
     /// The kinds whose watch has not delivered its first full list yet.
@@ -358,6 +411,7 @@ impl Stores {
             roles: filled(held.roles),
             bindings: filled(held.bindings),
             ledgers: filed(held.ledgers, labelled),
+            ledger_views: Arc::default(),
             health: Arc::new(health),
         }
     }
