@@ -20,7 +20,7 @@ use super::claim_status::{finish_claim, ignore_gone};
 use super::context::{Context, cluster_key, key_of};
 use super::guard::{UNTIL_SYNCED, guarded};
 use super::pool::allocator::{Arrival, Candidate, Cap, Refused};
-use crate::builders::bind_ledger::BindHolder;
+use crate::builders::bind_ledger::{BindHolder, Entry};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, CLUSTER_LABEL, GATEWAY_USER_LABEL, ServerState,
 };
@@ -137,11 +137,8 @@ async fn finish_interrupted_bind(
     // The bind ledger names the claim (looked up by its uid: a burst's claims each look)...
     let ledger = ctx.stores.ledger_view(&ns, cluster_name, uid);
     let held = ledger.held_by_claim(claim_uid).find_map(|(server, entry)| {
-        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(&ns))?;
-        (pod.metadata.uid.as_deref() == Some(entry.pod.as_str())
-            && live_server(&pod)
-            && entry.holder() == this_claim)
-            .then_some(pod)
+        let pod = entry_pod(ctx, &ns, server, entry)?;
+        (live_server(&pod) && entry.holder() == this_claim).then_some(pod)
     });
     // ... or a server is stamped with it (its ledger entry lost with a deleted ledger).
     let server = held.or_else(|| {
@@ -292,12 +289,18 @@ fn live_gateway_claims(ctx: &Context, ns: &str, cluster: &str) -> BTreeMap<Strin
         let Some(holds) = entry.holder().claim().and_then(|name| live.get_mut(name)) else {
             continue;
         };
-        let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns));
-        if pod.is_some_and(|p| p.metadata.uid.as_deref() == Some(entry.pod.as_str())) {
+        if entry_pod(ctx, ns, server, entry).is_some() {
             *holds = true;
         }
     }
     live
+}
+
+/// The pod of ledger entry `entry` (of server `server` in `ns`), if the store shows the very pod
+/// it was written for.
+fn entry_pod(ctx: &Context, ns: &str, server: &str, entry: &Entry) -> Option<Arc<Pod>> {
+    let pod = ctx.stores.pods.get(&ObjectRef::new(server).within(ns))?;
+    (pod.metadata.uid.as_deref() == Some(entry.pod.as_str())).then_some(pod)
 }
 
 /// A waiting claim says so once; its place in line is not rewritten as others arrive.

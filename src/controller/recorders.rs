@@ -4,7 +4,7 @@
 //! Event of the last six minutes (a burst of 500 claims publishes thousands). A recorder per
 //! object keeps the same series (a series is always about one object) while each sweep sees
 //! only that object's Events. Recorders unused for longer than the cache keeps an Event are
-//! dropped, at most once a [`SWEEP_EVERY`].
+//! dropped, looked for at most once a `SWEEP_EVERY`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,9 +16,9 @@ use kube::runtime::events::{Recorder, Reporter};
 
 /// How long kube's recorder keeps a published Event to count repeats: after this long unused,
 /// a recorder holds nothing worth keeping.
-pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 /// The most often unused recorders are looked for.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Which object an Event is about: its uid when the reference has one, else its kind,
 /// namespace and name.
@@ -95,7 +95,8 @@ impl Recorders {
     }
 
     /// How many objects have a recorder kept.
-    pub fn kept(&self) -> usize {
+    #[cfg(test)]
+    fn kept(&self) -> usize {
         self.by_object.lock().map_or(0, |b| b.recorders.len())
     }
 }
@@ -105,10 +106,8 @@ mod tests {
     use super::*;
 
     fn recorders(now: Instant) -> Recorders {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+        let (service, _apiserver): (_, crate::test_support::MockApiserver) =
+            tower_test::mock::pair();
         let client = Client::new(service, "default");
         let reporter = Reporter {
             controller: "test".into(),

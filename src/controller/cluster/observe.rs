@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 use super::children::ClusterToken;
-use crate::builders::bind_ledger::{BindHolder, StaleEntry, entries};
+use crate::builders::bind_ledger::{BindHolder, LedgerView, StaleEntry};
 use crate::builders::labels::{
     CLAIM_ANNOTATION, CLAIM_UID_ANNOTATION, ROLE_LABEL, SERVER_LABEL, SPEC_HASH_LABEL, STATE_LABEL,
     ServerRole, ServerState,
@@ -111,8 +111,8 @@ pub fn observe(valid: &ValidCluster<'_>, ctx: &Context, token: &ClusterToken) ->
     let book = ctx.prober.book();
     seed_from_labels(book, servers.values());
     let warmup_on = valid.warmup.is_some();
-    let ledger = stores.ledger_of(valid.namespace, valid.name, valid.uid);
-    let fenced = fenced(ledger.as_deref(), &servers, &all_servers);
+    let ledger = stores.ledger_view(valid.namespace, valid.name, valid.uid);
+    let fenced = fenced(&ledger, &servers, &all_servers);
     let views = servers
         .values()
         .filter_map(|p| server_view(p, book, warmup_on))
@@ -245,15 +245,12 @@ struct Fenced {
 /// Reads the cluster's bind ledger for each of its servers (`all_servers`: the live and the
 /// terminating).
 fn fenced(
-    ledger: Option<&ConfigMap>,
+    ledger: &LedgerView,
     servers: &BTreeMap<String, Arc<Pod>>,
     all_servers: &[String],
 ) -> Fenced {
     let mut fenced = Fenced::default();
-    let Some(ledger) = ledger else {
-        return fenced;
-    };
-    for (name, entry) in entries(ledger) {
+    for (name, entry) in ledger.entries() {
         let pod = servers.get(name);
         let live = pod.is_some_and(|p| p.metadata.uid.as_deref() == Some(entry.pod.as_str()));
         if !live {
@@ -431,11 +428,11 @@ mod tests {
         }
     }
 
-    /// A ledger of cluster `c` handing `pod` to `holder`.
-    fn ledger_holding(pod: &Pod, holder: BindHolder<'_>) -> ConfigMap {
+    /// What a ledger of cluster `c` handing `pod` to `holder` says.
+    fn ledger_holding(pod: &Pod, holder: BindHolder<'_>) -> LedgerView {
         let entry = Entry::new(pod, holder).expect("an entry");
         let data = BTreeMap::from([(pod.name_any(), entry.encode())]);
-        ledger("c", "cluster-uid", "ns", data)
+        LedgerView::of(&ledger("c", "cluster-uid", "ns", data))
     }
 
     #[test]
@@ -449,7 +446,7 @@ mod tests {
         let ledger = ledger_holding(&pod, holder);
         let mut servers = BTreeMap::from([("s-1".to_string(), Arc::new(pod.clone()))]);
         let all = vec!["s-1".to_string()];
-        let unstamped = |servers: &BTreeMap<_, _>| fenced(Some(&ledger), servers, &all).unstamped;
+        let unstamped = |servers: &BTreeMap<_, _>| fenced(&ledger, servers, &all).unstamped;
         let taken = unstamped(&servers);
         assert_eq!(
             taken.get("s-1"),
@@ -481,15 +478,15 @@ mod tests {
         pod.metadata.namespace = Some("ns".into());
         let ledger = ledger_holding(&pod, BindHolder::Shared);
         let none = BTreeMap::new();
-        let seen = fenced(Some(&ledger), &none, &["s-1".to_string()]);
+        let seen = fenced(&ledger, &none, &["s-1".to_string()]);
         assert!(seen.gone.is_empty(), "terminating: {seen:?}");
-        let seen = fenced(Some(&ledger), &none, &[]);
+        let seen = fenced(&ledger, &none, &[]);
         let stale = vec![StaleEntry::new("s-1", "uid-1")];
         assert_eq!(seen.gone, stale);
         let mut later = pod;
         later.metadata.uid = Some("uid-2".into());
         let replaced = BTreeMap::from([("s-1".to_string(), Arc::new(later))]);
-        let seen = fenced(Some(&ledger), &replaced, &["s-1".to_string()]);
+        let seen = fenced(&ledger, &replaced, &["s-1".to_string()]);
         assert_eq!(seen.gone, stale, "a later pod of the name");
     }
 
@@ -504,7 +501,7 @@ mod tests {
         ] {
             let ledger = ledger_holding(&pod, holder);
             let all = vec!["s-1".to_string()];
-            let seen = fenced(Some(&ledger), &servers, &all);
+            let seen = fenced(&ledger, &servers, &all);
             assert_eq!(seen.by_cluster.get("s-1"), Some(&state));
             assert!(seen.unstamped.is_empty());
             let mut labelled = pod.clone();
@@ -514,7 +511,7 @@ mod tests {
             )]));
             servers.insert("s-1".into(), Arc::new(labelled));
             assert_eq!(
-                fenced(Some(&ledger), &servers, &all),
+                fenced(&ledger, &servers, &all),
                 Fenced::default(),
                 "the label caught up"
             );
